@@ -1,0 +1,41 @@
+# Two commands: `make run` and `make test`. Both build .venv from nothing when it is missing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+KB := $(BIN)/kernel-bridge
+run: $(STAMP)
+	@echo '== an execute: stdout and a returned value'
+	$(KB) exec 'import math; print("computing..."); return {"tau": round(2 * math.pi, 6)}'
+	@echo '== an evaluate'
+	$(KB) eval '1 + 2 * 3'
+	@echo '== a rich MIME result (the value travels as every MIME type IPython gives)'
+	$(KB) exec 'from IPython.display import HTML; return HTML("<b>bold</b>")' --json | head -25
+	@echo '== an error: exit status 1, with the traceback'
+	-$(KB) exec 'items = [1, 2, 3]; items[10]'
+	-$(KB) eval 'undefined_name + 1'
+	@echo '== a timeout that really interrupts, even code that swallows KeyboardInterrupt: exit status 2'
+	-printf 'while True:\n    try:\n        pass\n    except KeyboardInterrupt:\n        pass\n' | $(KB) exec - --timeout 2
+
+lint: $(STAMP)
+	$(BIN)/ruff check bridge kernels tests bench
+	$(BIN)/ruff format --check bridge kernels tests bench
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/execute.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,74 @@
+"""kernel-bridge: run Python in managed IPython kernels over the Jupyter protocol.
+
+>>> import bridge
+>>> with bridge.Bridge(pool_size=1) as b:          # doctest: +SKIP
+...     b.evaluate("1 + 2 * 3").value
+7
+
+``import bridge`` stays light: the kernel machinery (jupyter_client, pyzmq) is imported the
+first time one of its names is used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._exceptions import (
+    BridgeClosed,
+    BridgeError,
+    ExecutionError,
+    ExecutionTimeout,
+    ExitStatus,
+    InvalidRequest,
+    KernelDied,
+    KernelStartError,
+)
+from ._python import has_python, python_version
+from ._result import ErrorInfo, ExecutionResult
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._bridge import AsyncBridge, AsyncSession
+    from ._sync import Bridge, Session
+
+__all__ = [
+    "AsyncBridge",
+    "AsyncSession",
+    "Bridge",
+    "BridgeClosed",
+    "BridgeError",
+    "ErrorInfo",
+    "ExecutionError",
+    "ExecutionResult",
+    "ExecutionTimeout",
+    "ExitStatus",
+    "InvalidRequest",
+    "KernelDied",
+    "KernelStartError",
+    "Session",
+    "__version__",
+    "has_python",
+    "python_version",
+]
+
+_LAZY = {
+    "AsyncBridge": "._bridge",
+    "AsyncSession": "._bridge",
+    "Bridge": "._sync",
+    "Session": "._sync",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bridge' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

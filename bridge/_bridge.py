@@ -1,0 +1,393 @@
+"""AsyncBridge and AsyncSession: the one path every request takes to a kernel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import keyword
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from ._exceptions import BridgeClosed, ExecutionTimeout, InvalidRequest, KernelDied
+from ._kernel import Kernel
+from ._manager import KernelFactory
+from ._pool import KernelPool
+from ._result import DEFAULT_MAX_OUTPUT, ExecutionResult
+
+AttestCallback = Callable[[dict[str, Any]], Any]
+
+
+def _check_timeout(timeout: float | None, default: float) -> float:
+    if timeout is None:
+        return default
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise InvalidRequest(f"timeout must be a number of seconds, got {timeout!r}")
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise InvalidRequest(f"timeout must be positive and finite, got {timeout!r}")
+    return float(timeout)
+
+
+def _check_code(code: object, what: str = "code") -> str:
+    if not isinstance(code, str):
+        raise InvalidRequest(f"{what} must be a str, got {type(code).__name__}")
+    return code
+
+
+def _check_inputs(inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+    if inputs is None:
+        return {}
+    if not isinstance(inputs, Mapping):
+        raise InvalidRequest(f"inputs must be a mapping of names to JSON values, got {inputs!r}")
+    for name in inputs:
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+            raise InvalidRequest(f"inputs: {name!r} is not a valid Python name")
+    try:
+        json.dumps(inputs, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"inputs must be JSON values: {exc}") from None
+    return dict(inputs)
+
+
+def _request(
+    code: object,
+    *,
+    mode: str,
+    isolate: bool,
+    inputs: Mapping[str, Any] | None = None,
+    capture_variables: bool = False,
+    file: str | None = None,
+) -> tuple[str, dict[str, Any]]:
+    text = _check_code(code, "expr" if mode == "eval" else "code")
+    meta: dict[str, Any] = {"mode": mode, "isolate": isolate}
+    checked = _check_inputs(inputs)
+    if checked:
+        meta["inputs"] = checked
+    if capture_variables:
+        meta["capture_variables"] = True
+    if file is not None:
+        meta["file"] = file
+    return text, meta
+
+
+def read_script(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """(source, absolute path) of a script the host can read; InvalidRequest otherwise."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidRequest(f"path must be a path, got {path!r}")
+    resolved = Path(path).resolve()
+    try:
+        return resolved.read_text(encoding="utf-8"), str(resolved)
+    except FileNotFoundError:
+        raise InvalidRequest(f"no such file: {os.fspath(path)}") from None
+    except IsADirectoryError:
+        raise InvalidRequest(f"{os.fspath(path)} is a directory, not a script") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"{os.fspath(path)} is not UTF-8 text: {exc}") from None
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read {os.fspath(path)}: {exc.strerror}") from None
+
+
+class AsyncBridge:
+    """A pool of warm IPython kernels that run Python for the host.
+
+    >>> async with bridge.AsyncBridge(pool_size=2) as b:      # doctest: +SKIP
+    ...     (await b.evaluate("1 + 2 * 3")).value
+    7
+
+    One-off calls (``execute``, ``evaluate``, ``execute_file``) run on any free kernel in a
+    fresh namespace; ``session()`` keeps one kernel and its state for the caller.
+    """
+
+    def __init__(
+        self,
+        *,
+        pool_size: int = 2,
+        python: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        python_paths: Sequence[str | os.PathLike[str]] = (),
+        timeout: float = 30.0,
+        max_output: int = DEFAULT_MAX_OUTPUT,
+        on_attest: AttestCallback | None = None,
+        startup_timeout: float = 60.0,
+        kernel_manager: Any = None,
+    ) -> None:
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 0:
+            raise InvalidRequest(f"pool_size must be a whole number >= 0, got {pool_size!r}")
+        if isinstance(max_output, bool) or not isinstance(max_output, int) or max_output < 0:
+            raise InvalidRequest(f"max_output must be a whole number >= 0, got {max_output!r}")
+        self.timeout = _check_timeout(timeout, 30.0)
+        self.max_output = max_output
+        self.on_attest = on_attest
+        self._options: dict[str, Any] = {
+            "python": python,
+            "env": env,
+            "python_paths": python_paths,
+            "startup_timeout": _check_timeout(startup_timeout, 60.0),
+            "multi_manager": kernel_manager,
+        }
+        self._pool_size = pool_size
+        self._factory: KernelFactory | None = None
+        self._pool: KernelPool | None = None
+        self._closed = False
+        self._start_lock = asyncio.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncBridge:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Start the pool's kernels (``async with`` does this); idempotent."""
+        async with self._start_lock:
+            if self._closed:
+                raise BridgeClosed("the bridge is closed")
+            if self._pool is not None:
+                return
+            factory = KernelFactory(**self._options)
+            pool = KernelPool(factory, self._pool_size)
+            try:
+                await pool.start()
+            except BaseException:
+                await pool.close()
+                raise
+            self._factory, self._pool = factory, pool
+
+    async def aclose(self) -> None:
+        """Shut every kernel down with its process group and connection file; idempotent."""
+        self._closed = True
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    @property
+    def factory(self) -> KernelFactory:
+        if self._factory is None:
+            raise BridgeClosed(
+                "the bridge is closed" if self._closed else "the bridge is not started"
+            )
+        return self._factory
+
+    @property
+    def pool(self) -> KernelPool:
+        if self._pool is None:
+            raise BridgeClosed(
+                "the bridge is closed" if self._closed else "the bridge is not started"
+            )
+        return self._pool
+
+    @property
+    def python(self) -> str:
+        """The interpreter that runs the kernels."""
+        return self.factory.python
+
+    # -- one-off calls ---------------------------------------------------------------------------
+
+    async def execute(
+        self,
+        code: str,
+        *,
+        timeout: float | None = None,
+        capture_variables: bool = False,
+        inputs: Mapping[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """Run *code* in a fresh namespace; a top-level ``return X`` gives the value X.
+
+        >>> r = await b.execute("import math\\nreturn {'pi': math.pi}")   # doctest: +SKIP
+        >>> r.value                                                       # doctest: +SKIP
+        {'pi': 3.141592653589793}
+        """
+        text, meta = _request(
+            code, mode="exec", isolate=True, inputs=inputs, capture_variables=capture_variables
+        )
+        return await self._oneoff(text, meta, timeout, capture_variables)
+
+    async def evaluate(self, expr: str, *, timeout: float | None = None) -> ExecutionResult:
+        """The value of one expression: ``(await b.evaluate("1 + 2 * 3")).value == 7``."""
+        text, meta = _request(expr, mode="eval", isolate=True)
+        return await self._oneoff(text, meta, timeout, False)
+
+    async def execute_file(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+        capture_variables: bool = False,
+        inputs: Mapping[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """Run the script at *path* (read by the host) as ``__main__`` with ``__file__`` set."""
+        source, resolved = read_script(path)
+        text, meta = _request(
+            source,
+            mode="exec",
+            isolate=True,
+            inputs=inputs,
+            capture_variables=capture_variables,
+            file=resolved,
+        )
+        return await self._oneoff(text, meta, timeout, capture_variables)
+
+    async def _oneoff(
+        self, code: str, meta: dict[str, Any], timeout: float | None, capture: bool
+    ) -> ExecutionResult:
+        seconds = _check_timeout(timeout, self.timeout)
+        pool = self.pool
+        kernel = await pool.acquire()
+        try:
+            return await self.run_on(kernel, code, meta, seconds, capture)
+        finally:
+            pool.release(kernel)
+
+    async def run_on(
+        self, kernel: Kernel, code: str, meta: dict[str, Any], timeout: float, capture: bool
+    ) -> ExecutionResult:
+        """Run one prepared request on *kernel* with this bridge's output cap and callbacks."""
+        return await kernel.execute(
+            code,
+            timeout=timeout,
+            meta=meta,
+            max_output=self.max_output,
+            on_attest=self.on_attest,
+            capture_variables=capture,
+        )
+
+    # -- sessions --------------------------------------------------------------------------------
+
+    def session(self) -> AsyncSession:
+        """One kernel kept for the caller, state and all, until the session closes.
+
+        >>> async with b.session() as s:                        # doctest: +SKIP
+        ...     await s.execute("x = 41")
+        ...     (await s.evaluate("x + 1")).value
+        42
+        """
+        return AsyncSession(self)
+
+
+class AsyncSession:
+    """A kernel of the caller's own: state carries from call to call.
+
+    If the kernel dies, or a timeout needs it restarted, its state is gone: every later call
+    raises ``KernelDied`` until ``restart()``, so state is never lost without a word.
+    """
+
+    def __init__(self, bridge: AsyncBridge) -> None:
+        self._bridge = bridge
+        self._kernel: Kernel | None = None
+        self._lost: str | None = None
+        self._closed = False
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> AsyncSession:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        if self._closed:
+            raise BridgeClosed("the session is closed")
+        if self._kernel is None:
+            self._kernel = await self._bridge.pool.take()
+            self._lost = None
+
+    @property
+    def kernel(self) -> Kernel:
+        if self._closed:
+            raise BridgeClosed("the session is closed")
+        if self._kernel is None:
+            raise BridgeClosed("the session is not started: use `async with b.session() as s`")
+        return self._kernel
+
+    @property
+    def kernel_id(self) -> str:
+        return self.kernel.kernel_id
+
+    @property
+    def connection_file(self) -> str:
+        """For ``jupyter console --existing FILE``: look at the session's state by hand."""
+        return self.kernel.connection_file
+
+    async def restart(self) -> None:
+        """Replace the kernel with a fresh one from the pool: an empty namespace, alive again."""
+        old, self._kernel = self._kernel, None
+        if old is not None:
+            await self._bridge.pool.retire(old)
+        await self.start()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        kernel, self._kernel = self._kernel, None
+        if kernel is not None and self._bridge._pool is not None:
+            await self._bridge.pool.retire(kernel)
+
+    async def execute(
+        self,
+        code: str,
+        *,
+        timeout: float | None = None,
+        capture_variables: bool = False,
+        inputs: Mapping[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """Run *code* in the session's namespace."""
+        text, meta = _request(
+            code, mode="exec", isolate=False, inputs=inputs, capture_variables=capture_variables
+        )
+        return await self._run(text, meta, timeout, capture_variables)
+
+    async def evaluate(self, expr: str, *, timeout: float | None = None) -> ExecutionResult:
+        text, meta = _request(expr, mode="eval", isolate=False)
+        return await self._run(text, meta, timeout, False)
+
+    async def execute_file(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+        capture_variables: bool = False,
+        inputs: Mapping[str, Any] | None = None,
+    ) -> ExecutionResult:
+        source, resolved = read_script(path)
+        text, meta = _request(
+            source,
+            mode="exec",
+            isolate=False,
+            inputs=inputs,
+            capture_variables=capture_variables,
+            file=resolved,
+        )
+        return await self._run(text, meta, timeout, capture_variables)
+
+    async def _run(
+        self, code: str, meta: dict[str, Any], timeout: float | None, capture: bool
+    ) -> ExecutionResult:
+        seconds = _check_timeout(timeout, self._bridge.timeout)
+        async with self._lock:  # one call at a time: a timeout interrupts only its own call
+            kernel = self.kernel
+            if self._lost is not None or not kernel.alive:
+                raise KernelDied(
+                    f"the session's kernel is gone ({self._lost or kernel.exit_status}); "
+                    "its state is lost: call restart()",
+                    status=kernel.exit_status,
+                )
+            try:
+                return await self._bridge.run_on(kernel, code, meta, seconds, capture)
+            except ExecutionTimeout as exc:
+                if exc.restarted:
+                    self._lost = "killed after a timeout"
+                raise
+            except KernelDied as exc:
+                self._lost = str(exc.status)
+                raise

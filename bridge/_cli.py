@@ -1,0 +1,153 @@
+"""The kernel-bridge command: exec, eval, run, version.
+
+Start-up stays light: this module imports only the light part of ``bridge``; the kernel
+machinery loads when a command needs a kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from ._exceptions import BridgeError, ExecutionTimeout, KernelDied
+from ._result import ExecutionResult, strip_ansi
+
+EXIT_OK, EXIT_FAILED, EXIT_BRIDGE = 0, 1, 2
+
+
+def _kernel_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--python", help="interpreter that runs the kernel (needs ipykernel)")
+    parser.add_argument(
+        "--python-path", action="append", default=[], metavar="DIR", help="put DIR on sys.path"
+    )
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE", help="kernel environment"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kernel-bridge", description="Run Python in managed IPython kernels."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("exec", help="execute code ('-' reads it from stdin)")
+    p.add_argument("code")
+    p.add_argument("--capture-variables", action="store_true")
+    p.add_argument(
+        "--input", action="append", default=[], metavar="NAME=JSON", help="a global for the code"
+    )
+    _kernel_options(p)
+
+    p = commands.add_parser("eval", help="evaluate one expression")
+    p.add_argument("expr")
+    _kernel_options(p)
+
+    p = commands.add_parser("run", help="execute a Python file")
+    p.add_argument("file")
+    p.add_argument("--capture-variables", action="store_true")
+    _kernel_options(p)
+
+    commands.add_parser("version", help="print the versions")
+    return parser
+
+
+def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"kernel-bridge: error: {what} wants NAME=VALUE, got {item!r}")
+        out[name] = value
+    return out
+
+
+def _inputs(items: Sequence[str]) -> dict[str, Any]:
+    out = {}
+    for name, text in _pairs(items, "--input").items():
+        try:
+            out[name] = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"kernel-bridge: error: --input {name}: not JSON: {exc}") from None
+    return out
+
+
+def print_result(result: ExecutionResult) -> None:
+    """The readable form: outputs in order, stdout to stdout, errors and stderr to stderr."""
+    for output in result.outputs:
+        kind = output["output_type"]
+        if kind == "stream":
+            stream = sys.stderr if output["name"] == "stderr" else sys.stdout
+            stream.write(output["text"])
+        elif kind in ("display_data", "execute_result"):
+            data = output["data"]
+            text = data.get("text/plain", "")
+            others = sorted(k for k in data if k not in ("text/plain", "application/json"))
+            print(text)
+            if others:
+                print(f"[also as {', '.join(others)}]")
+        elif kind == "error":
+            print(strip_ansi("\n".join(output["traceback"])), file=sys.stderr)
+    if result.error is not None and not any(o["output_type"] == "error" for o in result.outputs):
+        print(result.error.traceback, file=sys.stderr)
+    sys.stdout.flush()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ._sync import Bridge
+
+    env = _pairs(args.env, "--env")
+    inputs = _inputs(getattr(args, "input", []))
+    with Bridge(pool_size=1, python=args.python, env=env, python_paths=args.python_path) as b:
+        if args.command == "exec":
+            code = sys.stdin.read() if args.code == "-" else args.code
+            result = b.execute(
+                code,
+                timeout=args.timeout,
+                capture_variables=args.capture_variables,
+                inputs=inputs,
+            )
+        elif args.command == "eval":
+            result = b.evaluate(args.expr, timeout=args.timeout)
+        else:
+            result = b.execute_file(
+                args.file, timeout=args.timeout, capture_variables=args.capture_variables
+            )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        print_result(result)
+    return EXIT_OK if result.success else EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # The command reports failures itself; the library's warnings would say them twice.
+    logging.basicConfig(level=logging.ERROR, format="kernel-bridge: %(message)s")
+    if args.command == "version":
+        print(f"kernel-bridge {__version__}")
+        print(f"Python {sys.version.split()[0]} ({sys.executable})")
+        return EXIT_OK
+    try:
+        return _run(args)
+    except (ExecutionTimeout, KernelDied) as exc:
+        if exc.result is not None and not args.json:
+            print_result(exc.result)
+        print(f"kernel-bridge: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_BRIDGE
+    except BridgeError as exc:
+        print(f"kernel-bridge: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_BRIDGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""One exception tree under BridgeError; lower-layer errors are translated here and nowhere else."""
+
+from __future__ import annotations
+
+import contextlib
+import signal as _signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._result import ExecutionResult
+
+
+class BridgeError(Exception):
+    """Base of every error kernel-bridge raises."""
+
+
+class InvalidRequest(BridgeError, ValueError):
+    """The caller's arguments are wrong: bad inputs, a missing file, a non-JSON value."""
+
+
+class BridgeClosed(BridgeError):
+    """The bridge, session or backend was closed before or during the call."""
+
+
+class KernelStartError(BridgeError):
+    """A kernel did not start: no such interpreter, no ipykernel, a crash during start-up."""
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How a kernel process ended: an exit code, or the signal that killed it."""
+
+    code: int | None = None
+    signal: int | None = None
+
+    @classmethod
+    def from_returncode(cls, returncode: int | None) -> ExitStatus:
+        if returncode is not None and returncode < 0:
+            return cls(signal=-returncode)
+        return cls(code=returncode)
+
+    def __str__(self) -> str:
+        if self.signal is not None:
+            try:
+                name = _signal.Signals(self.signal).name
+            except ValueError:
+                name = str(self.signal)
+            return f"killed by signal {name}"
+        if self.code is None:
+            return "exit status unknown"
+        return f"exit code {self.code}"
+
+
+class KernelDied(BridgeError):
+    """The kernel died during the call (or before it). Carries the output produced before death."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: ExitStatus | None = None,
+        result: ExecutionResult | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status or ExitStatus()
+        self.result = result
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.status.code
+
+    @property
+    def signal(self) -> int | None:
+        return self.status.signal
+
+
+class ExecutionTimeout(BridgeError, TimeoutError):
+    """The call ran past its timeout. ``restarted`` says whether an interrupt was enough.
+
+    ``result`` holds the output produced so far.
+    """
+
+    def __init__(self, message: str, *, timeout: float, restarted: bool, result: ExecutionResult):
+        super().__init__(message)
+        self.timeout = timeout
+        self.restarted = restarted
+        self.result = result
+
+
+class ExecutionError(BridgeError):
+    """The executed code raised; raised by ``ExecutionResult.raise_for_error()``.
+
+    The message shows the code, the output it made and the traceback, as nbclient's
+    CellExecutionError does.
+    """
+
+    def __init__(self, result: ExecutionResult) -> None:
+        self.result = result
+        err = result.error
+        self.ename = err.ename if err else ""
+        self.evalue = err.evalue if err else ""
+        self.traceback = err.traceback if err else ""
+        super().__init__(_describe_failure(result))
+
+
+def _describe_failure(result: ExecutionResult) -> str:
+    rule = "-" * 18
+    parts = ["An error occurred while executing the following code:", rule, result.code, rule]
+    if result.stdout:
+        parts += ["", "stdout:", result.stdout.rstrip("\n")]
+    if result.stderr:
+        parts += ["", "stderr:", result.stderr.rstrip("\n")]
+    if result.error is not None:
+        parts += ["", result.error.traceback.rstrip("\n")]
+        tail = f"{result.error.ename}: {result.error.evalue}"
+        if not result.error.traceback.rstrip().endswith(tail):
+            parts.append(tail)
+    return "\n".join(parts)
+
+
+@contextlib.contextmanager
+def translated(what: str, error: type[BridgeError] = BridgeError) -> Iterator[None]:
+    """Turn jupyter_client, ZeroMQ and OS errors raised while doing *what* into *error*.
+
+    >>> with translated("starting a kernel", KernelStartError):
+    ...     raise FileNotFoundError(2, "No such file", "/no/python")
+    Traceback (most recent call last):
+    bridge._exceptions.KernelStartError: starting a kernel: /no/python: No such file
+    """
+    try:
+        yield
+    except BridgeError:
+        raise
+    except OSError as exc:
+        detail = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
+        raise error(f"{what}: {detail}") from exc
+    except Exception as exc:
+        module = type(exc).__module__.split(".")[0]
+        if module in ("zmq", "jupyter_client") or isinstance(exc, RuntimeError):
+            raise error(f"{what}: {type(exc).__name__}: {exc}") from exc
+        raise

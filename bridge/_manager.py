@@ -1,0 +1,205 @@
+"""Starting and stopping kernels: the kernel spec, jupyter_client's MultiKernelManager, the reaper.
+
+Launch, restart and shutdown are jupyter_client's; this module only says which interpreter and
+environment a kernel gets, and adds what a host needs on top: a ready handshake, a log file for
+start-up failures, and the reaper that ends kernels whose host died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+from jupyter_client.multikernelmanager import AsyncMultiKernelManager
+
+from ._exceptions import InvalidRequest, KernelStartError, translated
+from ._kernel import Kernel
+from ._python import check_paths, diagnose, kernel_side_dir, resolve_python
+from ._reaper import Reaper
+
+log = logging.getLogger("bridge.kernel")
+
+KERNEL_NAME = "kernel-bridge"
+SHUTDOWN_WAIT = 2.0  # seconds a polite shutdown gets before SIGKILL (jupyter_client's is 5)
+
+
+def bridge_kernel_spec(python: str) -> KernelSpec:
+    """The kernel spec of a bridge kernel run by *python* (see kernels/kernelspec/kernel.json)."""
+    return KernelSpec(
+        argv=[python, "-m", "bridge_runtime.launch", "-f", "{connection_file}"],
+        display_name="Python 3 (kernel-bridge)",
+        language="python",
+        interrupt_mode="signal",
+        metadata={"debugger": False},
+    )
+
+
+class BridgeSpecManager(KernelSpecManager):  # type: ignore[misc]
+    """Knows the bridge kernel spec by name, and every installed spec as usual."""
+
+    def __init__(self, spec: KernelSpec, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.bridge_spec = spec
+
+    def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
+        if kernel_name == KERNEL_NAME:
+            return self.bridge_spec
+        return super().get_kernel_spec(kernel_name)
+
+    def find_kernel_specs(self) -> dict[str, str]:
+        specs: dict[str, str] = super().find_kernel_specs()
+        specs[KERNEL_NAME] = str(kernel_side_dir() / "kernelspec")
+        return specs
+
+
+def _check_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    if env is None:
+        return {}
+    if not isinstance(env, Mapping):
+        raise InvalidRequest(f"env must be a mapping of str to str, got {type(env).__name__}")
+    for key, value in env.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise InvalidRequest(f"env must map str to str, got {key!r}: {value!r}")
+    return dict(env)
+
+
+class KernelFactory:
+    """Starts bridge kernels through one MultiKernelManager and stops them with everything they own.
+
+    *multi_manager* may be a manager someone else owns (Jupyter Server's), so its kernels are
+    also the server's kernels.
+    """
+
+    def __init__(
+        self,
+        *,
+        python: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        python_paths: Sequence[str | os.PathLike[str]] = (),
+        startup_timeout: float = 60.0,
+        multi_manager: Any = None,
+    ) -> None:
+        self.python = resolve_python(python)
+        self.env = _check_env(env)
+        if isinstance(python_paths, (str, bytes)):
+            raise InvalidRequest("python_paths must be a sequence of paths, not one string")
+        self.python_paths = check_paths([os.fspath(p) for p in python_paths])
+        self.startup_timeout = startup_timeout
+        spec = bridge_kernel_spec(self.python)
+        if multi_manager is None:
+            multi_manager = AsyncMultiKernelManager(kernel_spec_manager=BridgeSpecManager(spec))
+        else:
+            _teach_spec(multi_manager, spec)
+        self.multi_manager = multi_manager
+        self.context = zmq.asyncio.Context()
+        self.context.setsockopt(zmq.RCVHWM, 0)  # never drop IOPub messages on our side either
+        self.context.setsockopt(zmq.LINGER, 0)
+        self.reaper = Reaper()
+        self.kernels: set[Kernel] = set()
+
+    def kernel_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ)
+        paths = [*self.python_paths, str(kernel_side_dir())]
+        if env.get("PYTHONPATH"):
+            paths.append(env["PYTHONPATH"])
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+        env["KERNEL_BRIDGE_PYTHON_PATHS"] = os.pathsep.join(self.python_paths)
+        env["KERNEL_BRIDGE_HOST_PID"] = str(os.getpid())
+        env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"  # no debugger warnings on every start
+        env.update(self.env)
+        env.update(_check_env(extra))
+        return env
+
+    async def start(
+        self, *, env: Mapping[str, str] | None = None, cwd: str | None = None
+    ) -> Kernel:
+        """Start a kernel and return it once it answers and its IOPub delivers."""
+        fd, log_path = tempfile.mkstemp(prefix="kernel-bridge-", suffix=".log")
+        try:
+            with translated(f"starting a kernel with {self.python}", KernelStartError):
+                kernel_id = await self.multi_manager.start_kernel(
+                    kernel_name=KERNEL_NAME,
+                    env=self.kernel_env(env),
+                    cwd=cwd or os.getcwd(),
+                    stdout=fd,
+                    stderr=fd,
+                )
+        except BaseException:
+            os.close(fd)
+            os.unlink(log_path)
+            raise
+        os.close(fd)  # the kernel holds its own copy
+        manager = self.multi_manager.get_kernel(kernel_id)
+        manager.shutdown_wait_time = SHUTDOWN_WAIT
+        pgid = getattr(manager.provisioner, "pgid", None)
+        if pgid is not None:
+            self.reaper.watch(pgid, [manager.connection_file])
+        kernel = Kernel(
+            manager=manager,
+            multi_manager=self.multi_manager,
+            kernel_id=kernel_id,
+            context=self.context,
+            pgid=pgid,
+            log_path=log_path,
+        )
+        self.kernels.add(kernel)
+        try:
+            await kernel.connect(self.startup_timeout)
+        except BaseException as exc:
+            detail = _tail(log_path)
+            await self.stop(kernel, now=True)
+            if isinstance(exc, KernelStartError):
+                hint = diagnose(self.python)
+                message = "; ".join(part for part in (str(exc), hint) if part)
+                if detail and not hint:
+                    message += f"\n--- kernel log ---\n{detail}"
+                raise KernelStartError(message) from None
+            raise
+        log.debug("started %s (pid %s)", kernel.name, kernel.pid)
+        return kernel
+
+    async def stop(self, kernel: Kernel, *, now: bool = False) -> None:
+        """Shut *kernel* down with its process group and connection file."""
+        self.kernels.discard(kernel)
+        await kernel.shutdown(now=now)
+        if kernel.pgid is not None:
+            self.reaper.forget(kernel.pgid)
+
+    async def close(self) -> None:
+        """Stop every kernel this factory started, then the reaper."""
+        await asyncio.gather(*(self.stop(k) for k in list(self.kernels)), return_exceptions=True)
+        self.reaper.close()
+        self.context.destroy(linger=0)
+
+
+def _teach_spec(multi_manager: Any, spec: KernelSpec) -> None:
+    """Make a foreign MultiKernelManager (Jupyter Server's) know the bridge kernel spec."""
+    ksm = multi_manager.kernel_spec_manager
+    original = ksm.get_kernel_spec
+    if getattr(original, "_bridge", False):
+        return
+
+    def get_kernel_spec(kernel_name: str) -> KernelSpec:
+        if kernel_name == KERNEL_NAME:
+            return spec
+        found: KernelSpec = original(kernel_name)
+        return found
+
+    get_kernel_spec._bridge = True  # type: ignore[attr-defined]
+    ksm.get_kernel_spec = get_kernel_spec
+
+
+def _tail(path: str, limit: int = 4000) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return ""
+    return text[-limit:].strip()

@@ -1,0 +1,263 @@
+"""Bridge and Session: the blocking API, a thin layer over AsyncBridge on a loop thread it owns.
+
+The way starlette's TestClient uses a blocking portal: every call is a coroutine run on the
+bridge's own event loop in its own thread, so a blocking call works from plain code and from
+inside a running event loop (a Jupyter cell) alike, with no nest_asyncio and no loop rebinding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import os
+import threading
+import weakref
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from ._bridge import AsyncBridge, AsyncSession, AttestCallback
+from ._exceptions import BridgeClosed, BridgeError
+from ._result import DEFAULT_MAX_OUTPUT, ExecutionResult
+
+T = TypeVar("T")
+
+_open_portals: weakref.WeakSet[Portal] = weakref.WeakSet()
+
+
+class Portal:
+    """An event loop in a daemon thread, and a way to run coroutines on it and wait."""
+
+    def __init__(self, name: str = "kernel-bridge") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+        _open_portals.add(self)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def call(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> T:
+        if threading.current_thread() is self._thread:
+            raise BridgeError(
+                "a blocking Bridge cannot be called from its own callbacks; "
+                "use the AsyncBridge inside callbacks, or hand the work to another thread"
+            )
+        if self.loop.is_closed():
+            raise BridgeClosed("the bridge is closed")
+        future = asyncio.run_coroutine_threadsafe(fn(*args, **kwargs), self.loop)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            future.cancel()  # the call is cancelled, its kernel interrupted
+            raise
+
+    def stop(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+class Bridge:
+    """The blocking twin of ``AsyncBridge``; same arguments, same methods.
+
+    >>> with bridge.Bridge(pool_size=2) as b:                  # doctest: +SKIP
+    ...     print(b.execute("print('hi')").stdout)
+    hi
+    """
+
+    def __init__(
+        self,
+        *,
+        pool_size: int = 2,
+        python: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        python_paths: Sequence[str | os.PathLike[str]] = (),
+        timeout: float = 30.0,
+        max_output: int = DEFAULT_MAX_OUTPUT,
+        on_attest: AttestCallback | None = None,
+        startup_timeout: float = 60.0,
+    ) -> None:
+        self._async = AsyncBridge(
+            pool_size=pool_size,
+            python=python,
+            env=env,
+            python_paths=python_paths,
+            timeout=timeout,
+            max_output=max_output,
+            on_attest=on_attest,
+            startup_timeout=startup_timeout,
+        )
+        self._portal: Portal | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def async_bridge(self) -> AsyncBridge:
+        """The AsyncBridge underneath (its coroutines run on ``self.loop``)."""
+        return self._async
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._get_portal().loop
+
+    def _get_portal(self) -> Portal:
+        with self._lock:
+            if self._portal is None:
+                if self._async._closed:
+                    raise BridgeClosed("the bridge is closed")
+                self._portal = Portal()
+            return self._portal
+
+    def call(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` on the bridge's loop and wait for it."""
+        return self._get_portal().call(fn, *args, **kwargs)
+
+    def __enter__(self) -> Bridge:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def start(self) -> None:
+        try:
+            self.call(self._async.start)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Shut every kernel down and stop the loop thread; idempotent."""
+        with self._lock:
+            portal, self._portal = self._portal, None
+        if portal is None:
+            self._async._closed = True
+            return
+        try:
+            portal.call(self._async.aclose)
+        finally:
+            portal.stop()
+
+    @property
+    def python(self) -> str:
+        return self._async.python
+
+    def execute(
+        self,
+        code: str,
+        *,
+        timeout: float | None = None,
+        capture_variables: bool = False,
+        inputs: Mapping[str, Any] | None = None,
+    ) -> ExecutionResult:
+        return self.call(
+            self._async.execute,
+            code,
+            timeout=timeout,
+            capture_variables=capture_variables,
+            inputs=inputs,
+        )
+
+    def evaluate(self, expr: str, *, timeout: float | None = None) -> ExecutionResult:
+        return self.call(self._async.evaluate, expr, timeout=timeout)
+
+    def execute_file(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+        capture_variables: bool = False,
+        inputs: Mapping[str, Any] | None = None,
+    ) -> ExecutionResult:
+        return self.call(
+            self._async.execute_file,
+            path,
+            timeout=timeout,
+            capture_variables=capture_variables,
+            inputs=inputs,
+        )
+
+    def session(self) -> Session:
+        """A blocking session: ``with b.session() as s: s.execute("x = 1")``."""
+        return Session(self, self._async.session())
+
+
+class Session:
+    """The blocking twin of ``AsyncSession``."""
+
+    def __init__(self, bridge: Bridge, session: AsyncSession) -> None:
+        self._bridge = bridge
+        self._async = session
+
+    def __enter__(self) -> Session:
+        self._bridge.call(self._async.start)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._bridge.call(self._async.aclose)
+
+    def restart(self) -> None:
+        self._bridge.call(self._async.restart)
+
+    @property
+    def kernel_id(self) -> str:
+        return self._async.kernel_id
+
+    @property
+    def connection_file(self) -> str:
+        return self._async.connection_file
+
+    def execute(
+        self,
+        code: str,
+        *,
+        timeout: float | None = None,
+        capture_variables: bool = False,
+        inputs: Mapping[str, Any] | None = None,
+    ) -> ExecutionResult:
+        return self._bridge.call(
+            self._async.execute,
+            code,
+            timeout=timeout,
+            capture_variables=capture_variables,
+            inputs=inputs,
+        )
+
+    def evaluate(self, expr: str, *, timeout: float | None = None) -> ExecutionResult:
+        return self._bridge.call(self._async.evaluate, expr, timeout=timeout)
+
+    def execute_file(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+        capture_variables: bool = False,
+        inputs: Mapping[str, Any] | None = None,
+    ) -> ExecutionResult:
+        return self._bridge.call(
+            self._async.execute_file,
+            path,
+            timeout=timeout,
+            capture_variables=capture_variables,
+            inputs=inputs,
+        )
+
+
+@atexit.register
+def _stop_portals() -> None:
+    # A Bridge left open at exit: its daemon loop thread would die mid-shutdown. The reaper
+    # would still end the kernels; stopping the loops here just keeps exit quiet.
+    for portal in list(_open_portals):
+        portal.stop()

@@ -1,0 +1,352 @@
+"""Kernel side of one bridge call: value, isolation, inputs, attest(), variables.
+
+The host marks its execute_requests with ``metadata={"kernel_bridge": {...}}``. IPython hands a
+request's metadata to the ``pre_run_cell``/``post_run_cell`` events as ``info.cell_meta``, so every
+per-call option travels inside the message: the host never pastes data into code, and a cell run
+by a person from JupyterLab (no such metadata) behaves exactly as in any IPython kernel.
+
+Records made during a call (attestations, captured variables) go back on a comm the host opens
+with target ``kernel-bridge``. ipykernel sends comm messages on IOPub with the current request as
+parent, so the host files each record under the call that made it, before that call's idle status.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import datetime
+import math
+import os
+import sys
+import uuid
+from typing import Any
+
+META_KEY = "kernel_bridge"
+COMM_TARGET = "kernel-bridge"
+_REPR_LIMIT = 10_000
+
+
+class _Return(BaseException):
+    """A rewritten top-level ``return``; a BaseException, so ``except Exception`` misses it."""
+
+    slot: Any = None
+
+    def __init__(self, value: Any = None) -> None:
+        super().__init__()
+        self.value = value
+
+    @classmethod
+    def store(cls, exc: _Return) -> None:
+        cls.slot = exc.value
+
+    @classmethod
+    def take(cls) -> Any:
+        value, cls.slot = cls.slot, None
+        return value
+
+
+class _State:
+    """What the runtime knows about the request being run (one at a time per kernel)."""
+
+    def __init__(self) -> None:
+        self.meta: dict[str, Any] | None = None  # the running bridge call's options
+        self.comm: Any = None  # the host's comm, once it has opened one
+        self.baseline: dict[str, Any] = {}  # user namespace of a fresh kernel
+        self.injected: dict[str, Any] = {}
+
+
+STATE = _State()
+
+
+# -- values ---------------------------------------------------------------------------------------
+
+
+def json_value(obj: Any, _depth: int = 0) -> tuple[bool, Any]:
+    """(True, JSON form) if *obj* is plain JSON data (str keys, finite floats), else (False, None).
+
+    Stricter than ``json.dumps``: ``{1: "a"}`` or ``nan`` would travel but not come back as sent.
+    """
+    if _depth > 100:
+        return False, None
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return True, obj
+    if isinstance(obj, float):
+        return (True, obj) if math.isfinite(obj) else (False, None)
+    if isinstance(obj, (list, tuple)):
+        out = []
+        for item in obj:
+            ok, value = json_value(item, _depth + 1)
+            if not ok:
+                return False, None
+            out.append(value)
+        return True, out
+    if isinstance(obj, dict):
+        result = {}
+        for key, item in obj.items():
+            if not isinstance(key, str):
+                return False, None
+            ok, value = json_value(item, _depth + 1)
+            if not ok:
+                return False, None
+            result[key] = value
+        return True, result
+    return False, None
+
+
+def _short_repr(obj: Any) -> str:
+    try:
+        text = repr(obj)
+    except Exception as exc:  # a broken __repr__ must not break the call
+        text = f"<unrepresentable {type(obj).__name__}: {exc!r}>"
+    return text if len(text) <= _REPR_LIMIT else text[:_REPR_LIMIT] + "..."
+
+
+# -- top-level return -----------------------------------------------------------------------------
+
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+
+
+def _has_top_level_return(node: ast.AST) -> bool:
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.Return):
+            return True
+        if not isinstance(child, _SCOPES) and _has_top_level_return(child):
+            return True
+    return False
+
+
+class _ReturnToRaise(ast.NodeTransformer):
+    def visit_Return(self, node: ast.Return) -> ast.AST:
+        value = node.value if node.value is not None else ast.Constant(None)
+        call = ast.Call(ast.Name("__bridge_return__", ast.Load()), [value], [])
+        return ast.copy_location(ast.Raise(exc=call, cause=None), node)
+
+    def _skip(self, node: ast.AST) -> ast.AST:
+        return node  # a return inside a def or class belongs to that function
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = visit_Lambda = _skip
+
+
+class CallTransformer(ast.NodeTransformer):
+    """IPython AST transformer: top-level ``return`` for every cell, one-expression check for eval.
+
+    Without a top-level ``return`` a cell is left as it is, so IPython's own rule (the value of
+    the last expression) holds. With one, the body becomes::
+
+        try:
+            <body, each top-level `return X` as `raise __bridge_return__(X)`,
+             a last expression statement as its return>
+        except __bridge_return__ as r:
+            __bridge_return__.store(r)
+        __bridge_return__.take()     # the last expression: IPython displays it as the value
+    """
+
+    def visit_Module(self, node: ast.Module) -> ast.Module:
+        meta = STATE.meta
+        if meta is not None and meta.get("mode") == "eval" and not _is_one_expression(node):
+            message = "evaluate() takes a single expression; use execute() for statements"
+            raise_ = ast.Raise(
+                ast.Call(ast.Name("SyntaxError", ast.Load()), [ast.Constant(message)], [])
+            )
+            node.body = [ast.copy_location(raise_, node.body[0]) if node.body else raise_]
+            return ast.fix_missing_locations(node)
+        if not _has_top_level_return(node):
+            return node
+        body = list(node.body)
+        last = body[-1]
+        if isinstance(last, ast.Expr):
+            body[-1] = ast.copy_location(ast.Return(last.value), last)
+        rewriter = _ReturnToRaise()
+        body = [rewriter.visit(stmt) for stmt in body]
+        name = ast.Name("__bridge_return__", ast.Load())
+        store = ast.Expr(
+            ast.Call(
+                ast.Attribute(name, "store", ast.Load()), [ast.Name("__bridge_r__", ast.Load())], []
+            )
+        )
+        handler = ast.ExceptHandler(type=name, name="__bridge_r__", body=[store])
+        wrapped = ast.Try(body=body, handlers=[handler], orelse=[], finalbody=[])
+        take = ast.Expr(ast.Call(ast.Attribute(name, "take", ast.Load()), [], []))
+        node.body = [ast.copy_location(wrapped, body[0]), ast.copy_location(take, last)]
+        return ast.fix_missing_locations(node)
+
+
+def _is_one_expression(node: ast.Module) -> bool:
+    return len(node.body) == 1 and isinstance(node.body[0], ast.Expr)
+
+
+# -- records sent to the host ---------------------------------------------------------------------
+
+
+def send_record(kind: str, payload: dict[str, Any]) -> None:
+    comm = STATE.comm
+    if comm is not None:
+        comm.send({"kind": kind, **payload})
+
+
+def _names(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return list(value)
+    return [value]
+
+
+def attest(
+    subjects: Any,
+    predicates: Any,
+    contexts: Any = None,
+    actors: Any = None,
+    attributes: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Record an attestation: who (actors) says what (predicates) of what (subjects), where.
+
+    >>> attest("user:alice", "reviewed", contexts="doc:42")["source"]
+    'python'
+    """
+    ok, attrs = json_value(dict(attributes or {}))
+    if not ok:
+        raise TypeError("attest(): attributes must be JSON data (str keys, finite numbers)")
+    record = {
+        "id": str(uuid.uuid4()),
+        "subjects": _names(subjects),
+        "predicates": _names(predicates),
+        "contexts": _names(contexts),
+        "actors": _names(actors),
+        "attributes": attrs,
+        "timestamp": datetime.datetime.now(datetime.UTC).isoformat(),
+        "source": "python",
+    }
+    ok, record = json_value(record)
+    if not ok:
+        raise TypeError("attest(): subjects, predicates, contexts and actors must be JSON values")
+    send_record("attestation", {"record": record})
+    return record
+
+
+def _captured_variables(ns: dict[str, Any]) -> dict[str, Any]:
+    import types
+
+    skip = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)
+    out: dict[str, Any] = {}
+    for name, value in list(ns.items()):
+        if name.startswith("_") or isinstance(value, skip):
+            continue
+        if (
+            STATE.baseline.get(name, _MISSING) is value
+            or STATE.injected.get(name, _MISSING) is value
+        ):
+            continue
+        ok, data = json_value(value)
+        out[name] = data if ok else _short_repr(value)
+    return out
+
+
+_MISSING = object()
+
+
+# -- IPython hooks ---------------------------------------------------------------------------
+
+
+class Hooks:
+    """pre/post_run_cell handlers and the displayhook tweak, bound to one shell."""
+
+    def __init__(self, shell: Any) -> None:
+        self.shell = shell
+        self._format = shell.displayhook.compute_format_data
+
+    def install(self) -> None:
+        shell = self.shell
+        builtins.__bridge_return__ = _Return  # type: ignore[attr-defined]
+        shell.ast_transformers.append(CallTransformer())
+        shell.events.register("pre_run_cell", self.pre_run_cell)
+        shell.events.register("post_run_cell", self.post_run_cell)
+        # The value of a bridge call also travels as application/json when it is JSON data.
+        shell.displayhook.compute_format_data = self.compute_format_data
+        shell.user_ns.setdefault("attest", attest)
+        STATE.baseline = dict(shell.user_ns)
+
+    def compute_format_data(self, result: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        data, md = self._format(result)
+        if STATE.meta is not None:
+            ok, value = json_value(result)
+            if ok:
+                data = dict(data)
+                data["application/json"] = value
+        return data, md
+
+    def pre_run_cell(self, info: Any) -> None:
+        meta = (getattr(info, "cell_meta", None) or {}).get(META_KEY)
+        STATE.meta = meta if isinstance(meta, dict) else None
+        if STATE.meta is None:
+            return
+        ns = self.shell.user_ns
+        if STATE.meta.get("isolate"):
+            self.reset_namespace()
+        else:
+            ns.setdefault("attest", attest)
+        inputs = STATE.meta.get("inputs") or {}
+        STATE.injected = dict(inputs)
+        ns.update(inputs)
+        path = STATE.meta.get("file")
+        if path:
+            ns["__file__"] = path
+        _Return.slot = None
+
+    def post_run_cell(self, result: Any) -> None:
+        meta, STATE.meta = STATE.meta, None
+        if meta is None:
+            return
+        try:
+            if meta.get("capture_variables"):
+                send_record("variables", {"variables": _captured_variables(self.shell.user_ns)})
+        finally:
+            if meta.get("isolate"):
+                self.reset_namespace()  # free what the call made now, not at the next call
+            STATE.injected = {}
+
+    def reset_namespace(self) -> None:
+        ns = self.shell.user_ns
+        ns.clear()
+        ns.update(STATE.baseline)
+        out = ns.get("_oh")
+        if isinstance(out, dict):
+            out.clear()
+        hook = self.shell.displayhook
+        hook._ = hook.__ = hook.___ = ""
+
+
+def _on_comm_open(comm: Any, msg: Any) -> None:
+    STATE.comm = comm
+
+
+def _flush_then(exit_: Any) -> Any:
+    def _exit(status: int) -> None:
+        # os._exit skips every flush: without this, what a cell printed just before it
+        # exits is lost in ipykernel's stream buffer. Flush, give IOPub a moment, then exit.
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            import time
+
+            time.sleep(0.05)
+        finally:
+            exit_(status)
+
+    _exit.__wrapped__ = exit_  # type: ignore[attr-defined]
+    return _exit
+
+
+def install(shell: Any) -> None:
+    """Install the call hooks into *shell* and listen for the host's comm."""
+    if not hasattr(os._exit, "__wrapped__"):
+        os._exit = _flush_then(os._exit)
+    paths = [p for p in os.environ.get("KERNEL_BRIDGE_PYTHON_PATHS", "").split(os.pathsep) if p]
+    for path in reversed(paths):  # the host's python_paths come first, ahead of the cwd
+        while path in sys.path:
+            sys.path.remove(path)
+        sys.path.insert(0, path)
+    Hooks(shell).install()
+    import comm
+
+    comm.get_comm_manager().register_target(COMM_TARGET, _on_comm_open)

@@ -1,0 +1,40 @@
+"""Start an IPython kernel for kernel-bridge: ipykernel's app, our extension, no lost output.
+
+Used as ``python -m bridge_runtime.launch -f {connection_file}`` by the kernel spec.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+
+def main() -> None:
+    # As ipykernel_launcher does: keep the cwd off sys.path while ipykernel loads;
+    # InteractiveShellApp.init_path() puts it back.
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        del sys.path[0]
+
+    import zmq
+    from ipykernel.kernelapp import IPKernelApp
+    from traitlets.config import Config
+
+    class BridgeKernelApp(IPKernelApp):  # type: ignore[misc]
+        def init_iopub(self, context: Any) -> None:
+            # IOPub is a (X)PUB socket: at its high-water mark ZeroMQ drops messages without a
+            # word when the host reads slowly. Unbounded keeps every output; the host caps
+            # what it keeps instead. A context default, so it is set before the socket binds.
+            context.setsockopt(zmq.SNDHWM, 0)
+            super().init_iopub(context)
+
+    config = Config()
+    config.IPKernelApp.extra_extensions = ["bridge_runtime"]
+    # No history database: bridge calls never store history, and a sqlite file per kernel
+    # is only I/O and locking.
+    config.HistoryManager.enabled = False
+    BridgeKernelApp.launch_instance(config=config)
+
+
+if __name__ == "__main__":
+    main()
