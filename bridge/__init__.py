@@ -19,9 +19,11 @@ from ._exceptions import (
     ExecutionError,
     ExecutionTimeout,
     ExitStatus,
+    InvalidNotebook,
     InvalidRequest,
     KernelDied,
     KernelStartError,
+    NotebookFailed,
 )
 from ._python import has_python, python_version
 from ._result import ErrorInfo, ExecutionResult
@@ -42,9 +44,11 @@ __all__ = [
     "ExecutionResult",
     "ExecutionTimeout",
     "ExitStatus",
+    "InvalidNotebook",
     "InvalidRequest",
     "KernelDied",
     "KernelStartError",
+    "NotebookFailed",
     "Session",
     "__version__",
     "has_python",

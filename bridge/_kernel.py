@@ -298,8 +298,13 @@ class Kernel:
         max_output: int = DEFAULT_MAX_OUTPUT,
         on_attest: AttestHook | None = None,
         capture_variables: bool = False,
+        as_cell: bool = False,
     ) -> ExecutionResult:
         """Run *code*; return its result, or raise ExecutionTimeout or KernelDied.
+
+        ``as_cell=True`` sends *code* as a notebook front end sends a cell: without the bridge's
+        metadata (so the kernel runs it as any IPython kernel would, no JSON value added) and
+        counted in the execution count and ``In``/``Out``.
 
         On timeout the kernel is interrupted; if it has not finished within INTERRUPT_GRACE
         (code that swallows KeyboardInterrupt, or holds the GIL in C) it is killed and
@@ -308,12 +313,13 @@ class Kernel:
         content = {
             "code": code,
             "silent": False,
-            "store_history": False,  # no history to write, no execution count to keep
+            # Bridge calls keep no history and no execution count; notebook cells do.
+            "store_history": as_cell,
             "user_expressions": {},
             "allow_stdin": False,  # input() raises at once instead of waiting forever
             "stop_on_error": False,  # an error must not abort other requests queued behind it
         }
-        metadata = {META_KEY: meta or {}}
+        metadata = {} if as_cell else {META_KEY: meta or {}}
         msg = self.session.msg("execute_request", content, metadata=metadata)
         msg_id = msg["header"]["msg_id"]
         call = _Call(msg_id, code, OutputCollector(max_output=max_output))
