@@ -102,3 +102,24 @@ async def test_closing_during_calls_fails_them_without_hanging() -> None:
     for task in (running, waiting):
         with pytest.raises((bridge.KernelDied, bridge.BridgeClosed)):
             await asyncio.wait_for(task, 5)
+
+
+@pytest.mark.asyncio
+async def test_other_clients_of_a_kernel_do_not_disturb_the_bridge(
+    abridge: bridge.AsyncBridge,
+) -> None:
+    async with abridge.session() as s:
+        kc = s.kernel.manager.client()  # shares the manager's Session, as km.client() does
+        kc.start_channels()
+        try:
+            await kc.wait_for_ready(timeout=30)
+            reply = await kc.execute_interactive("y = 5", output_hook=lambda m: None, timeout=30)
+            assert reply["content"]["status"] == "ok"
+            mine, theirs = await asyncio.gather(
+                s.evaluate("y * 2", timeout=10),
+                kc.execute_interactive("z = y + 1", output_hook=lambda m: None, timeout=30),
+            )
+            assert mine.value == 10 and theirs["content"]["status"] == "ok"
+            assert (await s.evaluate("z", timeout=10)).value == 6
+        finally:
+            kc.stop_channels()
