@@ -192,7 +192,8 @@ def run_tests(args: argparse.Namespace) -> int:
     parts = [f"{counts['passed']} passed", f"{counts['failed']} failed"]
     if counts["error"]:
         parts.append(f"{counts['error']} error{'s' * (counts['error'] > 1)}")
-    print(f"{len(results)} notebooks: {', '.join(parts)} in {elapsed:.2f} s")
+    noun = "notebook" if len(results) == 1 else "notebooks"
+    print(f"{len(results)} {noun}: {', '.join(parts)} in {elapsed:.2f} s")
     if args.junit_xml:
         write_junit(results, Path(args.junit_xml), elapsed)
     return EXIT_OK if all(r.passed for r in results) else EXIT_FAILED

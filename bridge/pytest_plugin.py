@@ -81,6 +81,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("nb"):  # bad options are a usage error now, not a failure per notebook
+        config.stash[_RUNNER] = _NotebookRunner(*_options(config))
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     if not parent.config.getoption("nb"):
         return None
@@ -100,7 +105,7 @@ class NotebookItem(pytest.Item):
     """A notebook run as one test on a fresh kernel from the plugin's pool."""
 
     def runtest(self) -> None:
-        result = _runner(self.config).result(self)
+        result = self.config.stash[_RUNNER].result(self)
         self.user_properties.append(("notebook_duration", round(result.duration, 3)))
         if not result.passed:
             raise _Failed(result)
@@ -114,7 +119,9 @@ class NotebookItem(pytest.Item):
         return super().repr_failure(excinfo)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, None, self.nodeid.split("::")[0]
+        # As pytest's doctest items: "[notebook] path" heads the failure section, and a domain
+        # that is not the end of the node id keeps `pytest -v` from rewriting its dots as "::".
+        return self.path, None, f"[notebook] {self.nodeid.split('::')[0]}"
 
 
 class _Failed(Exception):
@@ -167,13 +174,6 @@ def _options(config: pytest.Config) -> tuple[RunOptions, int]:
         root=config.rootpath,
     )
     return options, workers
-
-
-def _runner(config: pytest.Config) -> _NotebookRunner:
-    runner = config.stash.get(_RUNNER, None)
-    if runner is None:
-        runner = config.stash[_RUNNER] = _NotebookRunner(*_options(config))
-    return runner
 
 
 class _NotebookRunner:
