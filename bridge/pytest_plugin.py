@@ -179,44 +179,43 @@ def _options(config: pytest.Config) -> tuple[RunOptions, int]:
 class _NotebookRunner:
     """Runs the session's notebooks on one bridge whose loop lives in its own thread.
 
-    With N workers, when item i starts, notebooks i..i+N-1 are started, so N run at once and
-    each item waits for its own notebook only: reports stay per notebook, and a per-test
-    timeout (pytest-timeout) still measures one notebook.
+    The bridge's kernels start in the background once collection has found notebooks. With N
+    workers, when item i starts, notebooks i..i+N-1 are started, so N run at once and each item
+    waits for its own notebook only: reports stay per notebook, and a per-test timeout
+    (pytest-timeout) still measures one notebook.
     """
 
     def __init__(self, options: RunOptions, workers: int) -> None:
         self.options = options
         self.workers = workers
         self._bridge: Bridge | None = None
-        self._start_error: BaseException | None = None
+        self._started: concurrent.futures.Future[None] | None = None
+        self._queue: list[NotebookItem] = []
+        self._position: dict[str, int] = {}
         self._futures: dict[str, concurrent.futures.Future[NotebookResult]] = {}
 
-    def _get_bridge(self) -> Bridge:
-        if self._start_error is not None:
-            raise self._start_error
-        if self._bridge is None:
+    def plan(self, items: list[pytest.Item]) -> None:
+        """Take the collected notebook items, in run order, and start warming the kernels."""
+        self._queue = [i for i in items if isinstance(i, NotebookItem)]
+        self._position = {item.nodeid: n for n, item in enumerate(self._queue)}
+        if self._queue and self._bridge is None:
             from ._sync import Bridge
 
-            bridge = Bridge(pool_size=self.workers, timeout=self.options.timeout)
-            try:
-                bridge.start()
-            except BaseException as exc:
-                self._start_error = exc
-                raise
-            self._bridge = bridge
-        return self._bridge
+            self._bridge = Bridge(pool_size=self.workers, timeout=self.options.timeout)
+            self._started = _submit(self._bridge, self._bridge.async_bridge.start())
 
     def result(self, item: NotebookItem) -> NotebookResult:
-        bridge = self._get_bridge()
+        if self._bridge is None or self._started is None:
+            self.plan([item])
+        assert self._bridge is not None and self._started is not None
+        self._started.result()  # a kernel that cannot start fails every notebook item with why
         from ._notebook import run_notebook
 
-        queue = [i for i in item.session.items if isinstance(i, NotebookItem)]
-        position = queue.index(item) if item in queue else 0
-        for other in [item, *queue[position : position + self.workers]]:
+        position = self._position.get(item.nodeid, 0)
+        for other in [item, *self._queue[position : position + self.workers]]:
             if other.nodeid not in self._futures:
-                self._futures[other.nodeid] = asyncio_submit(
-                    bridge, run_notebook(bridge.async_bridge, other.path, self.options)
-                )
+                coro = run_notebook(self._bridge.async_bridge, other.path, self.options)
+                self._futures[other.nodeid] = _submit(self._bridge, coro)
         future = self._futures.pop(item.nodeid)
         try:
             return future.result()
@@ -234,10 +233,16 @@ class _NotebookRunner:
             bridge.close()
 
 
-def asyncio_submit(bridge: Bridge, coro: Any) -> concurrent.futures.Future[Any]:
+def _submit(bridge: Bridge, coro: Any) -> concurrent.futures.Future[Any]:
     import asyncio
 
     return asyncio.run_coroutine_threadsafe(coro, bridge.loop)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    runner = session.config.stash.get(_RUNNER, None)
+    if runner is not None and not session.config.option.collectonly:
+        runner.plan(session.items)
 
 
 @pytest.hookimpl(tryfirst=True)
