@@ -31,10 +31,13 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from ._bridge import AsyncBridge, AsyncSession
+    from ._nbhandle import AsyncNotebook, Notebook
+    from ._notebook import NotebookOptions, NotebookResult, run_notebook
     from ._sync import Bridge, Session
 
 __all__ = [
     "AsyncBridge",
+    "AsyncNotebook",
     "AsyncSession",
     "Bridge",
     "BridgeClosed",
@@ -48,18 +51,27 @@ __all__ = [
     "InvalidRequest",
     "KernelDied",
     "KernelStartError",
+    "Notebook",
     "NotebookFailed",
+    "NotebookOptions",
+    "NotebookResult",
     "Session",
     "__version__",
     "has_python",
     "python_version",
+    "run_notebook",
 ]
 
 _LAZY = {
     "AsyncBridge": "._bridge",
+    "AsyncNotebook": "._nbhandle",
     "AsyncSession": "._bridge",
     "Bridge": "._sync",
+    "Notebook": "._nbhandle",
+    "NotebookOptions": "._notebook",
+    "NotebookResult": "._notebook",
     "Session": "._sync",
+    "run_notebook": "._notebook",
 }
 
 

@@ -21,7 +21,7 @@ from typing import TextIO
 
 from ._exceptions import InvalidRequest
 from ._nbcompare import Sanitizer, read_sanitizer_file
-from ._notebook import NotebookResult, RunOptions, parse_param, run_notebook
+from ._notebook import NotebookOptions, NotebookResult, parse_param, run_notebook
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
@@ -137,7 +137,7 @@ def write_junit(results: Sequence[NotebookResult], path: Path, elapsed: float) -
 
 async def run_all(
     paths: Sequence[Path],
-    options: RunOptions,
+    options: NotebookOptions,
     *,
     workers: int,
     python: str | None = None,
@@ -152,7 +152,7 @@ async def run_all(
 
         async def one(path: Path) -> NotebookResult:
             async with slots:
-                result = await run_notebook(b, path, options)
+                result = await run_notebook(b, path, options=options)
             if progress is not None:
                 progress.update(result)
             return result
@@ -169,7 +169,7 @@ def run_tests(args: argparse.Namespace) -> int:
     sanitizers = [Sanitizer.of(r) for r in args.sanitize]
     if args.sanitize_with:
         sanitizers += read_sanitizer_file(args.sanitize_with)
-    options = RunOptions(
+    options = NotebookOptions(
         timeout=args.timeout,
         params=dict(parse_param(p) for p in args.param),
         compare=args.compare,

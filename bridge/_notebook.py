@@ -5,6 +5,9 @@ here. Each notebook gets a kernel of its own from the bridge's warm pool (``Asyn
 the pool starts a replacement in the background) with the notebook's folder as working
 directory, and the kernel is shut down when the notebook is done. Cells run as a notebook front
 end runs them (``AsyncSession.run_cell``), so the outputs are what Jupyter would store.
+
+nbformat is imported when a notebook is read, not with this module: the pytest plugin reads
+its options with it in every pytest run of a project that has ``--nb`` in its addopts.
 """
 
 from __future__ import annotations
@@ -19,8 +22,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import nbformat
 
 from ._exceptions import (
     BridgeError,
@@ -70,6 +71,8 @@ def read_notebook(path: str | os.PathLike[str], name: str | None = None) -> Any:
     except InvalidRequest as exc:
         raise InvalidNotebook(str(exc)) from None
     try:
+        import nbformat
+
         return nbformat.reads(text, as_version=4)  # type: ignore[no-untyped-call]
     except Exception as exc:
         # Translated here, the one place a notebook is parsed: nbformat raises NotJSONError,
@@ -151,6 +154,8 @@ def inject_parameters(nb: Any, params: Mapping[str, Any]) -> int | None:
             raise InvalidRequest(f"parameter names must be Python names, got {key!r}")
         lines.append(f"{key} = {value!r}")
     source = "\n".join(lines) + "\n"
+    import nbformat.v4
+
     new = nbformat.v4.new_code_cell(source, metadata={"tags": [INJECTED_TAG]})  # type: ignore[no-untyped-call]
     if (nb.nbformat, nb.nbformat_minor) < (4, 5):
         del new["id"]  # cell ids came with nbformat 4.5
@@ -307,7 +312,7 @@ class NotebookResult:
 
 
 @dataclass
-class RunOptions:
+class NotebookOptions:
     """How notebooks run: the options of ``pytest --nb`` and ``kernel-bridge test``."""
 
     timeout: float = DEFAULT_CELL_TIMEOUT
@@ -398,6 +403,8 @@ class CellRunner:
 
     @staticmethod
     def _store(cell: Any, outputs: list[dict[str, Any]], count: int) -> None:
+        import nbformat
+
         for output in outputs:
             if output.get("output_type") == "execute_result":
                 output["execution_count"] = count
@@ -437,6 +444,8 @@ def compare_outputs(
 
 def write_notebook(nb: Any, path: Path) -> Path:
     """Write *nb* to *path*, checked against the nbformat schema first."""
+    import nbformat
+
     nbformat.validate(nb)
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, os.fspath(path))  # type: ignore[no-untyped-call]
@@ -454,7 +463,7 @@ def _written_path(path: Path, write_dir: Path, root: Path | None) -> Path:
 
 
 async def run_notebook(
-    bridge: AsyncBridge, path: str | os.PathLike[str], options: RunOptions | None = None
+    bridge: AsyncBridge, path: str | os.PathLike[str], *, options: NotebookOptions | None = None
 ) -> NotebookResult:
     """Run the notebook at *path* as a test on a fresh kernel from *bridge*'s pool.
 
@@ -464,7 +473,7 @@ async def run_notebook(
 
     Never raises for a failing notebook: the result says what failed (``result.report()``).
     """
-    options = options or RunOptions()
+    options = options or NotebookOptions()
     path = Path(path)
     started = time.perf_counter()
     result = NotebookResult(path=path, name=display_name(path, options.root))

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from _pytest._io import TerminalWriter
 
     from ._nbhandle import Notebook
-    from ._notebook import NotebookResult, RunOptions
+    from ._notebook import NotebookOptions, NotebookResult
     from ._sync import Bridge
 
 _RUNNER = pytest.StashKey["_NotebookRunner"]()
@@ -144,9 +144,9 @@ class _Report(TerminalRepr):
         return self.text
 
 
-def _options(config: pytest.Config) -> tuple[RunOptions, int]:
+def _options(config: pytest.Config) -> tuple[NotebookOptions, int]:
     from ._nbcompare import Sanitizer, read_sanitizer_file
-    from ._notebook import RunOptions, parse_param
+    from ._notebook import NotebookOptions, parse_param
 
     def usage(message: str) -> pytest.UsageError:
         return pytest.UsageError(f"kernel-bridge: {message}")
@@ -165,7 +165,7 @@ def _options(config: pytest.Config) -> tuple[RunOptions, int]:
     if workers < 1:
         raise usage(f"--nb-workers must be at least 1, got {workers}")
     write = config.getoption("nb_write")
-    options = RunOptions(
+    options = NotebookOptions(
         timeout=timeout,
         params=params,
         compare=config.getoption("nb_compare"),
@@ -185,7 +185,7 @@ class _NotebookRunner:
     (pytest-timeout) still measures one notebook.
     """
 
-    def __init__(self, options: RunOptions, workers: int) -> None:
+    def __init__(self, options: NotebookOptions, workers: int) -> None:
         self.options = options
         self.workers = workers
         self._bridge: Bridge | None = None
@@ -214,7 +214,7 @@ class _NotebookRunner:
         position = self._position.get(item.nodeid, 0)
         for other in [item, *self._queue[position : position + self.workers]]:
             if other.nodeid not in self._futures:
-                coro = run_notebook(self._bridge.async_bridge, other.path, self.options)
+                coro = run_notebook(self._bridge.async_bridge, other.path, options=self.options)
                 self._futures[other.nodeid] = _submit(self._bridge, coro)
         future = self._futures.pop(item.nodeid)
         try:

@@ -11,7 +11,7 @@ from nbfiles import read_nb, result, stored, stream, write_nb
 
 import bridge
 from bridge._nbcompare import Sanitizer, diff_outputs, output_lines, read_sanitizer_file
-from bridge._notebook import RunOptions, parse_param, read_notebook, run_notebook
+from bridge._notebook import NotebookOptions, parse_param, read_notebook, run_notebook
 
 
 @pytest.mark.asyncio
@@ -64,7 +64,7 @@ async def test_a_failing_cell_is_reported_with_number_source_outputs_and_plain_t
         "print('about to divide')\nratio = total / 0\nprint('not here')",
         "print('never runs')",
     )
-    r = await run_notebook(abridge, path, RunOptions(root=tmp_path))
+    r = await run_notebook(abridge, path, options=NotebookOptions(root=tmp_path))
     assert r.status == "failed" and r.failed_cell == 2
     failure = r.failures[0]
     assert failure.kind == "error" and failure.execution_count == 2
@@ -108,12 +108,12 @@ async def test_a_cell_past_the_timeout_is_interrupted_and_fails_the_notebook(
         "import time\nwhile True:\n    try:\n        time.sleep(60)\n"
         "    except KeyboardInterrupt:\n        pass",
     )
-    r = await run_notebook(abridge, slow, RunOptions(timeout=1))
+    r = await run_notebook(abridge, slow, options=NotebookOptions(timeout=1))
     assert r.status == "failed" and r.failures[0].kind == "timeout"
     assert "cells[0] ran past the cell timeout of 1 s and was interrupted" in r.report()
     assert "waiting" in r.report() and "KeyboardInterrupt" in r.report()
     assert r.duration < 30
-    r = await run_notebook(abridge, stubborn, RunOptions(timeout=1))
+    r = await run_notebook(abridge, stubborn, options=NotebookOptions(timeout=1))
     assert r.failures[0].kind == "timeout"
     assert "ignored the interrupt, so its kernel was killed" in r.headline
 
@@ -154,14 +154,14 @@ async def test_parameters_are_injected_after_the_parameters_cell(
         ("n = 5\nname = 'default'", ["parameters"]),
         "print(name, [i * i for i in range(n)])",
     )
-    r = await run_notebook(abridge, path, RunOptions(params={"n": 3, "name": "given"}))
+    r = await run_notebook(abridge, path, options=NotebookOptions(params={"n": 3, "name": "given"}))
     assert r.passed, r.report()
     injected = r.notebook.cells[2]
     assert injected.metadata["tags"] == ["injected-parameters"]
     assert injected.source == "# Parameters\nn = 3\nname = 'given'\n"
     assert r.notebook.cells[3].outputs[0]["text"] == "given [0, 1, 4]\n"
     plain = write_nb(tmp_path / "plain.ipynb", "print(1)")
-    r = await run_notebook(abridge, plain, RunOptions(params={"n": 3}))
+    r = await run_notebook(abridge, plain, options=NotebookOptions(params={"n": 3}))
     assert r.passed and len(r.notebook.cells) == 1  # no parameters cell: nothing injected
 
 
@@ -188,8 +188,8 @@ async def test_compare_passes_when_only_volatile_parts_differ(
         "print('never run when saved: not compared')",
         stored("print('a', flush=True)\nprint('b')", stream("a\n"), stream("b\n")),
     )
-    options = RunOptions(compare=True, sanitizers=[Sanitizer.of(r"id- \d+", "id- N")])
-    r = await run_notebook(abridge, path, options)
+    options = NotebookOptions(compare=True, sanitizers=[Sanitizer.of(r"id- \d+", "id- N")])
+    r = await run_notebook(abridge, path, options=options)
     assert r.passed, r.report()
 
 
@@ -203,7 +203,7 @@ async def test_compare_shows_a_readable_diff_of_each_cell_that_differs(
         stored("print('same')", stream("same\n"), count=2),
         stored("{'a': 1}", result({"text/plain": "{'a': 2}"}, count=3)),
     )
-    r = await run_notebook(abridge, path, RunOptions(compare=True, root=tmp_path))
+    r = await run_notebook(abridge, path, options=NotebookOptions(compare=True, root=tmp_path))
     assert r.status == "failed"
     assert [f.index for f in r.failures] == [0, 2] and r.failed_cell == 0
     report = r.report()
@@ -252,13 +252,13 @@ async def test_executed_notebooks_are_written_valid_even_when_they_fail(
     src = tmp_path / "src"
     good = write_nb(src / "sub" / "good.ipynb", "print('out')", "'value'")
     bad = write_nb(src / "bad.ipynb", "print('partial')", "1 / 0", "2")
-    options = RunOptions(write_dir=tmp_path / "out", root=src)
-    r = await run_notebook(abridge, good, options)
+    options = NotebookOptions(write_dir=tmp_path / "out", root=src)
+    r = await run_notebook(abridge, good, options=options)
     assert r.passed and r.written == tmp_path / "out" / "sub" / "good.ipynb"
     written = read_nb(r.written)
     nbformat.validate(written)
     assert written.cells[1].outputs[0]["data"] == {"text/plain": "'value'"}
-    r = await run_notebook(abridge, bad, options)
+    r = await run_notebook(abridge, bad, options=options)
     assert r.status == "failed" and r.written is not None
     written = read_nb(r.written)
     nbformat.validate(written)
@@ -313,11 +313,11 @@ async def test_old_notebook_formats_run_and_are_written_as_nbformat_4(
     v3.write_text(json.dumps(NBFORMAT_3))
     v40 = tmp_path / "v40.ipynb"
     v40.write_text(json.dumps(NBFORMAT_4_0))
-    options = RunOptions(compare=True, write_dir=tmp_path / "out", root=tmp_path)
-    r = await run_notebook(abridge, v3, options)
+    options = NotebookOptions(compare=True, write_dir=tmp_path / "out", root=tmp_path)
+    r = await run_notebook(abridge, v3, options=options)
     assert r.passed, r.report()  # its stored output, upgraded, matches the fresh one
     assert r.written is not None and read_nb(r.written).nbformat == 4
-    r = await run_notebook(abridge, v40, options)
+    r = await run_notebook(abridge, v40, options=options)
     assert r.passed, r.report()
     assert r.notebook.cells[0].outputs[0]["text"] == "four-oh\n"
     nbformat.validate(read_nb(r.written))
@@ -359,7 +359,7 @@ async def test_a_kernel_the_bridge_cannot_provide_is_a_clear_error(
     abridge: bridge.AsyncBridge, tmp_path: Path, kernelspec: object, message: str
 ) -> None:
     path = write_nb(tmp_path / "other.ipynb", "1", kernelspec=kernelspec)
-    r = await run_notebook(abridge, path, RunOptions(root=tmp_path))
+    r = await run_notebook(abridge, path, options=NotebookOptions(root=tmp_path))
     assert r.status == "error" and r.cells_run == 0
     assert message in r.report()
     assert r.report().startswith("other.ipynb asks for")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -9,6 +10,9 @@ from pathlib import Path
 
 import nbformat
 from nbfiles import read_nb, stored, stream, write_nb
+
+from bridge._nbcli import Progress
+from bridge._notebook import NotebookResult
 
 
 def kb_test(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -84,3 +88,18 @@ def test_bad_paths_are_a_usage_error_exit_2(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     done = kb_test("empty", cwd=tmp_path)
     assert done.returncode == 2 and "no notebooks found in empty" in done.stderr
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_the_progress_is_one_bar_redrawn_in_place() -> None:
+    screen = Terminal()
+    progress = Progress(2, screen)
+    progress.update(NotebookResult(path=Path("a.ipynb"), name="a.ipynb", status="failed"))
+    progress.update(NotebookResult(path=Path("b.ipynb"), name="b.ipynb"))
+    first, second = screen.getvalue().split("\r\x1b[K")[1:]
+    assert first == "[" + "#" * 15 + "-" * 15 + "] 1/2 1 failed  a.ipynb"
+    assert second == "[" + "#" * 30 + "] 2/2 1 failed  b.ipynb\n"

@@ -153,6 +153,19 @@ def test_without_nb_notebooks_are_not_collected_and_nothing_heavy_is_imported(
     done = run_pytest(tmp_path, "-p", "no:nbmake")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 passed" in done.stdout
+    # --nb with its options read, but no notebook among the paths: still nothing heavy.
+    done = run_pytest(tmp_path, "-p", "no:nbmake", "--nb", "--nb-param", "n=1", "test_light.py")
+    assert done.returncode == 0, done.stdout + done.stderr
     done = run_pytest(tmp_path, "--nb", "--nb-workers", "0")
     assert done.returncode == 4  # a usage error, before any kernel starts
     assert "--nb-workers must be at least 1" in done.stderr
+
+
+def test_a_pytest_timeout_stops_the_notebook_and_the_run_goes_on(tmp_path: Path) -> None:
+    write_nb(tmp_path / "a_hang.ipynb", "import time\ntime.sleep(60)")
+    write_nb(tmp_path / "b_fine.ipynb", "print('fine')")
+    done = run_pytest(tmp_path, "--nb", "--timeout", "3", "-rA")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Timeout" in done.stdout
+    assert "FAILED a_hang.ipynb::a_hang.ipynb" in done.stdout
+    assert "PASSED b_fine.ipynb::b_fine.ipynb" in done.stdout
