@@ -21,7 +21,13 @@ from typing import TextIO
 
 from ._exceptions import InvalidRequest
 from ._nbcompare import Sanitizer, read_sanitizer_file
-from ._notebook import NotebookOptions, NotebookResult, parse_param, run_notebook
+from ._notebook import (
+    NotebookOptions,
+    NotebookResult,
+    display_name,
+    parse_param,
+    run_notebook,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
@@ -152,7 +158,12 @@ async def run_all(
 
         async def one(path: Path) -> NotebookResult:
             async with slots:
-                result = await run_notebook(b, path, options=options)
+                try:
+                    result = await run_notebook(b, path, options=options)
+                except Exception as exc:  # a bug of ours: report it, let the others run
+                    name = display_name(path, options.root)
+                    error = f"kernel-bridge failed on it: {type(exc).__name__}: {exc}"
+                    result = NotebookResult(path=path, name=name, status="error", error=error)
             if progress is not None:
                 progress.update(result)
             return result

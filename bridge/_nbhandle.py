@@ -21,6 +21,7 @@ from ._notebook import (
     CellRunner,
     check_kernel,
     display_name,
+    execution_settings,
     inject_parameters,
     read_notebook,
 )
@@ -81,6 +82,7 @@ class AsyncNotebook:
         name = display_name(path)
         nb = read_notebook(path, name)
         check_kernel(nb, name)
+        execution_settings(nb, timeout or DEFAULT_CELL_TIMEOUT, name)
         inject_parameters(nb, params or {})
         session = bridge.session()
         await session.start()

@@ -323,15 +323,28 @@ class NotebookOptions:
     root: Path | None = None  # names and written paths are relative to it (default: cwd)
 
 
+def execution_settings(nb: Any, timeout: float, name: str = "the notebook") -> tuple[float, bool]:
+    """(cell timeout, allow errors): nbmake's ``metadata.execution`` overrides the defaults."""
+    execution = nb.metadata.get("execution") or {}
+    if not isinstance(execution, dict):
+        raise InvalidNotebook(f"{name}: metadata.execution must be a mapping")
+    seconds = execution.get("timeout")
+    if seconds is None:
+        seconds = timeout
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise InvalidNotebook(
+            f"{name}: metadata.execution.timeout must be a positive number, got {seconds!r}"
+        )
+    return float(seconds), bool(execution.get("allow_errors", False))
+
+
 class CellRunner:
     """Runs the cells of one notebook in one session, keeping the execution count."""
 
     def __init__(self, session: AsyncSession, nb: Any, *, timeout: float) -> None:
         self.session = session
         self.nb = nb
-        execution = nb.metadata.get("execution") or {}  # nbmake's per-notebook settings
-        self.timeout = float(execution.get("timeout") or timeout)
-        self.allow_errors = bool(execution.get("allow_errors", False))
+        self.timeout, self.allow_errors = execution_settings(nb, timeout)
         self.count = 0
         self.ran = 0
         self.executed: set[int] = set()
@@ -480,6 +493,7 @@ async def run_notebook(
     try:
         stored = read_notebook(path, result.name)
         check_kernel(stored, result.name)
+        execution_settings(stored, options.timeout, result.name)
         nb = copy.deepcopy(stored)
         injected = inject_parameters(nb, options.params)
         if injected is not None:

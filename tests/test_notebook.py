@@ -374,3 +374,13 @@ def test_unreadable_notebooks_are_invalid(tmp_path: Path) -> None:
         read_notebook(tmp_path / "empty.ipynb")
     with pytest.raises(bridge.InvalidNotebook, match="no such file"):
         read_notebook(tmp_path / "missing.ipynb")
+
+
+@pytest.mark.asyncio
+async def test_bad_execution_metadata_is_a_clear_error(
+    abridge: bridge.AsyncBridge, tmp_path: Path
+) -> None:
+    path = write_nb(tmp_path / "m.ipynb", "1", execution={"timeout": "soon"})
+    r = await run_notebook(abridge, path, options=NotebookOptions(root=tmp_path))
+    assert r.status == "error"
+    assert r.report() == "m.ipynb: metadata.execution.timeout must be a positive number, got 'soon'"
