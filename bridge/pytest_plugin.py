@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from _pytest._code.code import ReprFileLocation, TerminalRepr
 
+from ._exceptions import BridgeError
+
 if TYPE_CHECKING:
     from _pytest._io import TerminalWriter
 
@@ -73,6 +75,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="write each executed notebook, outputs and all, under DIR",
     )
     group.addoption(
+        "--nb-python",
+        metavar="PYTHON",
+        help="the interpreter that runs the notebooks' kernels (it needs ipykernel)",
+    )
+    group.addoption(
         "--nb-workers",
         type=int,
         default=1,
@@ -116,6 +123,9 @@ class NotebookItem(pytest.Item):
         if isinstance(excinfo.value, _Failed):
             result = excinfo.value.result
             return _Report(result.report(), result.headline)
+        if isinstance(excinfo.value, BridgeError):  # no kernel could start, for one
+            message = f"{type(excinfo.value).__name__}: {excinfo.value}"
+            return _Report(message, message.splitlines()[0])
         return super().repr_failure(excinfo)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
@@ -144,7 +154,7 @@ class _Report(TerminalRepr):
         return self.text
 
 
-def _options(config: pytest.Config) -> tuple[NotebookOptions, int]:
+def _options(config: pytest.Config) -> tuple[NotebookOptions, int, str | None]:
     from ._nbcompare import Sanitizer, read_sanitizer_file
     from ._notebook import NotebookOptions, parse_param
 
@@ -173,7 +183,7 @@ def _options(config: pytest.Config) -> tuple[NotebookOptions, int]:
         write_dir=Path(write).resolve() if write else None,
         root=config.rootpath,
     )
-    return options, workers
+    return options, workers, config.getoption("nb_python")
 
 
 class _NotebookRunner:
@@ -185,9 +195,10 @@ class _NotebookRunner:
     (pytest-timeout) still measures one notebook.
     """
 
-    def __init__(self, options: NotebookOptions, workers: int) -> None:
+    def __init__(self, options: NotebookOptions, workers: int, python: str | None) -> None:
         self.options = options
         self.workers = workers
+        self.python = python
         self._bridge: Bridge | None = None
         self._started: concurrent.futures.Future[None] | None = None
         self._queue: list[NotebookItem] = []
@@ -201,7 +212,9 @@ class _NotebookRunner:
         if self._queue and self._bridge is None:
             from ._sync import Bridge
 
-            self._bridge = Bridge(pool_size=self.workers, timeout=self.options.timeout)
+            self._bridge = Bridge(
+                pool_size=self.workers, python=self.python, timeout=self.options.timeout
+            )
             self._started = _submit(self._bridge, self._bridge.async_bridge.start())
 
     def result(self, item: NotebookItem) -> NotebookResult:

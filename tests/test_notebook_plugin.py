@@ -137,7 +137,7 @@ def test_compare_write_and_params(tmp_path: Path) -> None:
     assert read_nb(tmp_path / "out" / "differs.ipynb").cells[0].outputs[0]["text"] == "goodbye\n"
 
 
-def test_without_nb_notebooks_are_not_collected_and_nothing_heavy_is_imported(
+def test_without_nb_nothing_heavy_loads_and_bad_options_or_interpreters_are_clear(
     tmp_path: Path,
 ) -> None:
     write_nb(tmp_path / "broken.ipynb", "1 / 0")
@@ -156,6 +156,11 @@ def test_without_nb_notebooks_are_not_collected_and_nothing_heavy_is_imported(
     # --nb with its options read, but no notebook among the paths: still nothing heavy.
     done = run_pytest(tmp_path, "-p", "no:nbmake", "--nb", "--nb-param", "n=1", "test_light.py")
     assert done.returncode == 0, done.stdout + done.stderr
+    done = run_pytest(tmp_path, "--nb", "--nb-python", "/no/such/python", "-rA")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "FAILED broken.ipynb::broken.ipynb - KernelStartError: no Python interpreter" in (
+        done.stdout
+    )
     done = run_pytest(tmp_path, "--nb", "--nb-workers", "0")
     assert done.returncode == 4  # a usage error, before any kernel starts
     assert "--nb-workers must be at least 1" in done.stderr
