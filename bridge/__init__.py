@@ -70,5 +70,13 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def _jupyter_server_extension_points() -> list[dict[str, Any]]:
+    """Jupyter Server finds the HTTP service here: ``--ServerApp.jpserver_extensions``
+    ``='{"bridge": true}'`` loads it into any Jupyter server (JupyterLab's too)."""
+    from ._server import BridgeApp
+
+    return [{"module": "bridge._server", "app": BridgeApp}]
+
+
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,257 @@
+"""The HTTP routes: parse and check a request, call the Service, write JSON.
+
+Handlers are Jupyter Server ``APIHandler``s, so the server's token auth (``Authorization:
+token T`` or ``Bearer T``, ``?token=T``), host and origin checks and request log apply to
+every route. Every failure, the server's own included, is written in the one error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable
+from http.client import responses
+from typing import Any
+
+from jupyter_server.base.handlers import APIHandler
+from tornado import web
+from tornado.http1connection import HTTP1Connection
+
+from . import schema
+from .errors import ApiError, bad_request, to_api_error
+from .service import DEFAULT_MODULES, Service
+
+log = logging.getLogger("bridge.server")
+
+_TORNADO_TYPES = {400: "bad_request", 404: "not_found", 405: "bad_request", 413: "too_large"}
+
+
+class BaseHandler(APIHandler):  # type: ignore[misc]
+    """Token-checked JSON routes whose failures all have one shape."""
+
+    service: Service
+
+    def initialize(self, service: Service) -> None:  # type: ignore[override]
+        self.service = service
+        self._work: asyncio.Future[Any] | None = None
+        self._gone = False
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        await super().prepare()
+        # Jupyter Server leaves a route open unless it says otherwise: ours never are.
+        if not self.current_user:
+            raise web.HTTPError(403)
+
+    # -- answers -------------------------------------------------------------------------------
+
+    def send(self, body: dict[str, Any], status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(body, default=str))
+
+    def send_failure(self, error: ApiError) -> None:
+        self.clear()
+        if error.status == 401:
+            self.set_header("WWW-Authenticate", 'Token realm="kernel-bridge"')
+        self.send(error.body(), error.status)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Failures raised outside our code (auth, a wrong method, a bad URL) in our shape."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if status_code == 403 and not getattr(self, "_jupyter_current_user", None):
+            error = ApiError(
+                401,
+                "unauthorized",
+                "a token is required: send 'Authorization: token <token>' "
+                "(or 'Bearer <token>'), or add ?token=<token> to the URL",
+            )
+        elif isinstance(exc, web.HTTPError) and status_code < 500:
+            message = exc.log_message or responses.get(status_code, "error")
+            if exc.args and "%" in message:
+                message = message % exc.args
+            kind = _TORNADO_TYPES.get(
+                status_code, "forbidden" if status_code == 403 else "bad_request"
+            )
+            error = ApiError(status_code, kind, message)
+        else:
+            error = ApiError(500, "internal", "internal error; the server's log has the details")
+        self.send_failure(error)
+
+    async def answer(self, work: Awaitable[dict[str, Any]], status: int = 200) -> None:
+        """Await *work* and write its result or its failure; a gone client cancels it."""
+        self._work = asyncio.ensure_future(work)
+        try:
+            body = await self._work
+        except asyncio.CancelledError:
+            if self._gone:
+                return  # the client went away; on_connection_close cancelled the work
+            raise
+        except Exception as exc:
+            error = to_api_error(exc)
+            if error is None:
+                log.exception("%s %s failed", self.request.method, self.request.path)
+                error = ApiError(
+                    500, "internal", "internal error; the server's log has the details"
+                )
+            self.send_failure(error)
+            return
+        self.send(body, status)
+
+    def on_connection_close(self) -> None:
+        self._gone = True
+        if self._work is not None and not self._work.done():
+            self._work.cancel()  # a cancelled call interrupts its code and frees the kernel
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def query(self, name: str) -> str | None:
+        values = self.request.query_arguments.get(name)
+        if not values:
+            return None
+        try:
+            return values[-1].decode("utf-8")
+        except UnicodeDecodeError:
+            raise bad_request(f"query parameter {name!r} is not UTF-8") from None
+
+
+@web.stream_request_body
+class BodyHandler(BaseHandler):
+    """A POST route with a JSON body, read as it streams in and refused past the size limit.
+
+    Subclasses give the body's ``shape`` and ``run(request, *path_args)``.
+    """
+
+    shape: schema.Schema = {}
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._too_large = False
+        self._refused: web.HTTPError | None = None
+        try:
+            await super().prepare()
+        except web.HTTPError as exc:
+            # Refused (no token): answered once the body is in and dropped. An answer sent
+            # while the client still sends makes the server close on unread data, and the
+            # client would see a reset connection instead of its 401.
+            self._refused = exc
+            if isinstance(self.request.connection, HTTP1Connection):
+                self.request.connection.set_max_body_size(self.service.max_body_size)
+            return
+        # A body past the limit is still read (up to the server's own max_body_size) and
+        # dropped, for the same reason: the client gets its 413.
+        length = self.request.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > self.service.max_body_size:
+            self._too_large = True
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._refused is not None:
+            return
+        self._size += len(chunk)
+        if self._size > self.service.max_body_size:
+            self._too_large = True
+            self._chunks.clear()
+        elif not self._too_large:
+            self._chunks.append(chunk)
+
+    async def post(self, *args: str) -> None:
+        if self._refused is not None:
+            raise self._refused
+        await self.answer(self._post(*args))
+
+    async def _post(self, *args: str) -> dict[str, Any]:
+        return await self.run(self.body(), *args)
+
+    def body(self) -> dict[str, Any]:
+        """The request's JSON object, checked against the route's shape."""
+        if self._too_large:
+            raise ApiError(
+                413,
+                "too_large",
+                f"the request body is larger than {self.service.max_body_size} bytes",
+            )
+        value = schema.parse_json(b"".join(self._chunks))
+        if not isinstance(value, dict):
+            raise bad_request("the body must be a JSON object")
+        schema.validate(value, self.shape)
+        return value
+
+    async def run(self, req: dict[str, Any], *args: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class ExecuteHandler(BodyHandler):
+    shape = schema.EXECUTE_REQUEST
+
+    async def run(self, req: dict[str, Any], *args: str) -> dict[str, Any]:
+        code = req["content"] if "content" in req else req["code"]
+        return await self.service.execute(
+            code,
+            timeout=req.get("timeout_secs"),
+            capture_variables=req.get("capture_variables", False),
+            inputs=req.get("inputs"),
+        )
+
+
+class EvaluateHandler(BodyHandler):
+    shape = schema.EVALUATE_REQUEST
+
+    async def run(self, req: dict[str, Any], *args: str) -> dict[str, Any]:
+        return await self.service.evaluate(req["expr"], timeout=req.get("timeout_secs"))
+
+
+class ExecuteFileHandler(BodyHandler):
+    shape = schema.EXECUTE_FILE_REQUEST
+
+    async def run(self, req: dict[str, Any], *args: str) -> dict[str, Any]:
+        return await self.service.execute_file(
+            req["path"],
+            timeout=req.get("timeout_secs"),
+            capture_variables=req.get("capture_variables", False),
+        )
+
+
+class VersionHandler(BaseHandler):
+    async def get(self) -> None:
+        await self.answer(self.service.version())
+
+
+class HealthHandler(BaseHandler):
+    async def get(self) -> None:
+        await self.answer(self.service.health())
+
+
+class ModulesHandler(BaseHandler):
+    async def get(self) -> None:
+        await self.answer(self.do_modules())
+
+    async def do_modules(self) -> dict[str, Any]:
+        text = self.query("names")
+        if text is None:
+            names = list(DEFAULT_MODULES)
+        else:
+            names = [name.strip() for name in text.split(",") if name.strip()]
+            if not names:
+                raise bad_request("names is empty: give module names separated by commas")
+        return await self.service.modules(names)
+
+
+class OpenAPIHandler(BaseHandler):
+    async def get(self) -> None:
+        from .openapi import document
+
+        self.send(document(self.request.host or "127.0.0.1"))
+
+
+def routes(service: Service) -> list[tuple[str, type[BaseHandler], dict[str, Any]]]:
+    """The service's routes, for ExtensionApp.handlers (the server adds its base_url)."""
+    table: list[tuple[str, type[BaseHandler]]] = [
+        (r"/execute", ExecuteHandler),
+        (r"/evaluate", EvaluateHandler),
+        (r"/execute-file", ExecuteFileHandler),
+        (r"/version", VersionHandler),
+        (r"/modules", ModulesHandler),
+        (r"/health", HealthHandler),
+        (r"/openapi.json", OpenAPIHandler),
+    ]
+    return [(pattern, handler, {"service": service}) for pattern, handler in table]
