@@ -284,6 +284,8 @@ BAD_BODIES = [
     (b'{"code": "1", "inputs": {"not a name": 1}}', "not a valid Python name"),
     (b'{"code": "1", "inputs": {"class": 1}}', "not a valid Python name"),
     (b'{"code": "1", "python_paths": ["/tmp"]}', "unknown field 'python_paths'"),
+    (b'{"code": "\\ud800"}', "lone surrogate"),
+    (b'{"code": "1", "inputs": {"\\udfff": 1}}', "lone surrogate"),
 ]
 
 

@@ -50,11 +50,20 @@ def parse_json(body: bytes) -> Any:
         raise SchemaError("the body is empty: send a JSON object")
     _check_depth(text)
     try:
-        return json.loads(text, parse_constant=_no_constant)
+        value = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise SchemaError(f"the body is not JSON: {exc.msg} (line {exc.lineno})") from None
     except RecursionError:  # cannot happen after _check_depth, but never let it become a 500
         raise SchemaError(f"the body is nested more than {MAX_DEPTH} levels deep") from None
+    if "\\ud" in text.lower():
+        # A lone surrogate ("\\ud800") is valid JSON but no text: it cannot reach a kernel.
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise SchemaError(
+                "the body holds a lone surrogate (\\ud800-\\udfff): not text"
+            ) from None
+    return value
 
 
 def _check_depth(text: str) -> None:
