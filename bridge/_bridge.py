@@ -287,6 +287,8 @@ class AsyncBridge:
         *restart* brings a dead kernel back with the script run again. Raises
         ``BackendStartError`` if the script raises or never calls ``run()``.
         """
+        if self._closed:
+            raise BridgeClosed("the bridge is closed")
         seconds = _check_timeout(timeout, self.timeout)
         backend = AsyncBackend(
             self, script, env=env, python_paths=python_paths, timeout=seconds, restart=restart
