@@ -113,6 +113,7 @@ class AsyncBackend:
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[asyncio.Future[Any], str]] = {}
         self._handlers: dict[str, list[Handler]] = {}
+        self._any_handlers: list[Callable[[str, Any], Any]] = []
         self._backlog: dict[str, collections.deque[Any]] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
         self._lost: BridgeError | None = None  # why calls cannot be served now
@@ -390,10 +391,34 @@ class AsyncBackend:
 
         return unsubscribe
 
+    def on_any(self, handler: Callable[[str, Any], Any]) -> Callable[[], None]:
+        """Call ``handler(event, data)`` for every event of every type (what an event stream
+        relays); returns a function that unsubscribes.
+
+        Events kept for lack of a handler are delivered to it first, type by type.
+        """
+        if not callable(handler):
+            raise InvalidRequest(f"the handler must be callable, got {handler!r}")
+        self._any_handlers.append(handler)
+        backlog, self._backlog = self._backlog, {}
+        for event, items in backlog.items():
+            for data in items:
+                self._invoke(event, functools.partial(handler, event), data)
+
+        def unsubscribe() -> None:
+            if handler in self._any_handlers:
+                self._any_handlers.remove(handler)
+
+        return unsubscribe
+
     def _dispatch(self, event: str, data: Any) -> None:
         if event in ("stdout", "stderr") and isinstance(data, str):
             log.info("%s %s: %s", self.name, event, data.rstrip("\n"))
+        for any_handler in list(self._any_handlers):
+            self._invoke(event, functools.partial(any_handler, event), data)
         handlers = self._handlers.get(event)
+        if not handlers and self._any_handlers:
+            return  # delivered: nothing to keep for a later handler
         if not handlers:
             backlog = self._backlog.get(event)
             if backlog is None:

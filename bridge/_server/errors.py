@@ -9,8 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from .._exceptions import (
+    BackendStartError,
     BridgeClosed,
     BridgeError,
+    CallTimeout,
     ExecutionTimeout,
     InvalidRequest,
     KernelDied,
@@ -62,6 +64,14 @@ def to_api_error(exc: BaseException) -> ApiError | None:
         return bad_request(str(exc))
     if isinstance(exc, ExecutionTimeout):
         return ApiError(504, "timeout", str(exc), restarted=exc.restarted, **_so_far(exc.result))
+    if isinstance(exc, CallTimeout):
+        return ApiError(504, "timeout", str(exc), restarted=False)
+    if isinstance(exc, BackendStartError):
+        if isinstance(exc.__cause__, KernelStartError):
+            return ApiError(503, "busy", str(exc))
+        if exc.traceback:
+            return ApiError(400, "python_error", str(exc), traceback=exc.traceback)
+        return bad_request(str(exc))
     if isinstance(exc, KernelDied):
         return ApiError(503, "kernel_died", str(exc), **_so_far(exc.result))
     if isinstance(exc, KernelStartError):

@@ -17,6 +17,7 @@ from typing import Any
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 from tornado.http1connection import HTTP1Connection
+from tornado.iostream import StreamClosedError
 
 from . import schema
 from .errors import ApiError, bad_request, to_api_error
@@ -122,6 +123,7 @@ class BodyHandler(BaseHandler):
     """
 
     shape: schema.Schema = {}
+    created = 200  # the status of a success
 
     async def prepare(self) -> None:  # type: ignore[override]
         self._chunks: list[bytes] = []
@@ -154,10 +156,14 @@ class BodyHandler(BaseHandler):
         elif not self._too_large:
             self._chunks.append(chunk)
 
-    async def post(self, *args: str) -> None:
+    def check_refused(self) -> None:
+        """Raise the refusal prepare() held back until the body was in."""
         if self._refused is not None:
             raise self._refused
-        await self.answer(self._post(*args))
+
+    async def post(self, *args: str) -> None:
+        self.check_refused()
+        await self.answer(self._post(*args), self.created)
 
     async def _post(self, *args: str) -> dict[str, Any]:
         return await self.run(self.body(), *args)
@@ -211,6 +217,89 @@ class ExecuteFileHandler(BodyHandler):
         )
 
 
+class BackendsHandler(BodyHandler):
+    shape = schema.BACKEND_REQUEST
+    created = 201
+
+    async def get(self) -> None:
+        self.check_refused()
+        await self.answer(self.service.list_backends())
+
+    async def run(self, req: dict[str, Any], *args: str) -> dict[str, Any]:
+        return await self.service.create_backend(
+            req["script"],
+            env=req.get("env"),
+            timeout=req.get("timeout_secs"),
+            restart=req.get("restart", False),
+        )
+
+
+class BackendHandler(BaseHandler):
+    async def get(self, backend_id: str) -> None:
+        await self.answer(self.service.backend_info(backend_id))
+
+    async def delete(self, backend_id: str) -> None:
+        await self.answer(self.service.delete_backend(backend_id))
+
+
+class CallHandler(BodyHandler):
+    shape = schema.CALL_REQUEST
+
+    async def run(self, req: dict[str, Any], *args: str) -> dict[str, Any]:
+        (backend_id,) = args
+        return await self.service.call(
+            backend_id, req["cmd"], req.get("params"), req.get("timeout_secs")
+        )
+
+
+class EventsHandler(BaseHandler):
+    """Server-Sent Events: one ``data: {"type", "data"}`` per event, ``id:`` its number."""
+
+    KEEPALIVE = 15.0  # seconds between comments that keep proxies from closing the stream
+
+    async def get(self, backend_id: str) -> None:
+        try:
+            hosted = self.service.backend(backend_id)
+            last = self.request.headers.get("Last-Event-ID") or self.query("last_event_id")
+            if last is not None and not last.isdigit():
+                raise bad_request("Last-Event-ID must be an event number")
+        except ApiError as error:
+            self.send_failure(error)
+            return
+        self._queue = hosted.subscribe(int(last) if last is not None else None)
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+        try:
+            self.write(": kernel-bridge events\n\n")
+            await self.flush()
+            while not self._gone:
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), self.KEEPALIVE)
+                except TimeoutError:
+                    self.write(": keep-alive\n\n")
+                    await self.flush()
+                    continue
+                if item is None:
+                    self.write("event: end\ndata: {}\n\n")
+                    break
+                seq, data = item
+                self.write(f"id: {seq}\ndata: {data}\n\n")
+                await self.flush()
+        except StreamClosedError:
+            return
+        finally:
+            hosted.unsubscribe(self._queue)
+        if not self._gone:
+            self.finish(set_content_type="text/event-stream")
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        queue = getattr(self, "_queue", None)
+        if queue is not None:
+            queue.put_nowait(None)
+
+
 class VersionHandler(BaseHandler):
     async def get(self) -> None:
         await self.answer(self.service.version())
@@ -253,5 +342,9 @@ def routes(service: Service) -> list[tuple[str, type[BaseHandler], dict[str, Any
         (r"/modules", ModulesHandler),
         (r"/health", HealthHandler),
         (r"/openapi.json", OpenAPIHandler),
+        (r"/backends", BackendsHandler),
+        (r"/backends/([^/]+)", BackendHandler),
+        (r"/backends/([^/]+)/call", CallHandler),
+        (r"/backends/([^/]+)/events", EventsHandler),
     ]
     return [(pattern, handler, {"service": service}) for pattern, handler in table]

@@ -128,6 +128,64 @@ def document(host: str = "127.0.0.1") -> dict[str, Any]:
                 failures=(503,),
             )
         },
+        "/backends": {
+            "get": _operation(
+                "The service's backends",
+                ok=(200, "Every backend, alive or not.", schema.BACKEND_LIST),
+            ),
+            "post": _operation(
+                "Start a backend: a script of methods in a kernel of its own",
+                ok=(201, "Started; its kernel is listed by /api/kernels.", schema.BACKEND),
+                body=schema.BACKEND_REQUEST,
+                failures=(400, 413, 429, 503, 504),
+            ),
+        },
+        "/backends/{backend_id}": {
+            "get": _operation(
+                "One backend",
+                ok=(200, "The backend.", schema.BACKEND),
+                failures=(404,),
+                parameters=[_BACKEND_ID],
+            ),
+            "delete": _operation(
+                "Stop a backend and its kernel",
+                ok=(200, "Stopped.", schema.BACKEND_DELETED),
+                failures=(404,),
+                parameters=[_BACKEND_ID],
+            ),
+        },
+        "/backends/{backend_id}/call": {
+            "post": _operation(
+                "Call a method of the backend",
+                ok=(200, "The method ran (success tells whether it raised).", schema.CALL_RESULT),
+                body=schema.CALL_REQUEST,
+                failures=(400, 404, 413, 503, 504),
+                parameters=[_BACKEND_ID],
+            )
+        },
+        "/backends/{backend_id}/events": {
+            "get": _operation(
+                "The backend's events as Server-Sent Events",
+                ok=(
+                    200,
+                    "One 'data: {\"type\": ..., \"data\": ...}' per event, 'id:' its number; "
+                    "events no stream has read yet come first (or those after Last-Event-ID).",
+                    {},
+                ),
+                failures=(400, 404),
+                parameters=[
+                    _BACKEND_ID,
+                    {
+                        "name": "last_event_id",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                        "description": "Resume after this event (as the Last-Event-ID header).",
+                    },
+                ],
+                stream=True,
+            )
+        },
         "/openapi.json": {
             "get": _operation(
                 "This document", ok=(200, "The OpenAPI document.", {"type": "object"})

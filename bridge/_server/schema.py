@@ -253,7 +253,15 @@ BACKEND_REQUEST: Schema = {
             "additionalProperties": {"type": "string"},
             "description": "Extra environment variables for the backend's kernel.",
         },
-        "timeout_secs": {**_TIMEOUT, "description": "Seconds the backend gets to start."},
+        "timeout_secs": {
+            **_TIMEOUT,
+            "description": "Seconds the script gets to start, and the default for its calls.",
+        },
+        "restart": {
+            "type": "boolean",
+            "default": False,
+            "description": "Bring a dead kernel back with the script run again.",
+        },
     },
     "required": ["script"],
     "additionalProperties": False,
@@ -322,6 +330,7 @@ ERROR: Schema = {
         "stderr": {"type": "string"},
         "outputs": {"type": "array", "items": _OUTPUT},
         "restarted": {"type": "boolean"},
+        "traceback": {"type": "string", "description": "A backend script's traceback."},
     },
     "required": ["success", "error", "error_type", "status"],
 }

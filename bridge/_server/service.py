@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import sys
 import time
 import urllib.parse
@@ -17,9 +18,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from .._bridge import AsyncBridge
-from .._exceptions import BridgeClosed, KernelStartError
+from .._exceptions import BackendError, BridgeClosed, KernelStartError
 from .._result import ExecutionResult
 from .._version import __version__
+from .backends import HostedBackend, to_json
 from .errors import ApiError, bad_request, not_found
 
 log = logging.getLogger("bridge.server")
@@ -122,6 +124,8 @@ class Service:
         self.started = time.monotonic()
         self._ready: asyncio.Future[None] | None = None
         self._slots: asyncio.Semaphore | None = None
+        self.backends: dict[str, HostedBackend] = {}
+        self._starting_backends = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -164,6 +168,11 @@ class Service:
         if not ready.done():
             ready.set_exception(BridgeClosed("the service was stopped"))
             ready.exception()
+        await asyncio.gather(
+            *(hosted.terminate() for hosted in list(self.backends.values())),
+            return_exceptions=True,
+        )
+        self.backends.clear()
         await self.bridge.aclose()
 
     # -- one-off calls ---------------------------------------------------------------------------
@@ -248,5 +257,94 @@ class Service:
             "version": __version__,
             "pool_size": self.pool_size,
             "kernels": sum(1 for k in self.bridge.pool.kernels if k.alive),
-            "backends": 0,
+            "backends": len(self.backends),
         }
+
+    # -- backends --------------------------------------------------------------------------------
+
+    def backend(self, backend_id: str) -> HostedBackend:
+        hosted = self.backends.get(backend_id)
+        if hosted is None:
+            raise not_found(f"no backend {backend_id!r}")
+        return hosted
+
+    async def create_backend(
+        self,
+        script: str,
+        *,
+        env: dict[str, str] | None,
+        timeout: float | None,
+        restart: bool,
+    ) -> dict[str, Any]:
+        await self.wait_ready()
+        live = sum(1 for h in self.backends.values() if h.backend.alive)
+        if live + self._starting_backends >= self.max_backends:
+            raise ApiError(
+                429,
+                "busy",
+                f"{self.max_backends} backends are running, the service's limit: delete one first",
+            )
+        self._starting_backends += 1
+        folder, path = HostedBackend.write_script(script)
+        try:
+            backend = await self.bridge.spawn(path, env=env, timeout=timeout, restart=restart)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        finally:
+            self._starting_backends -= 1
+        try:
+            methods = sorted(await backend.methods())
+        except BaseException:
+            await backend.terminate()
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        hosted = HostedBackend(backend, folder, methods)
+        self.backends[hosted.id] = hosted
+        log.info("backend %s started in kernel %s", hosted.id, backend.kernel_id)
+        return hosted.info()
+
+    async def list_backends(self) -> dict[str, Any]:
+        return {"backends": [hosted.info() for hosted in self.backends.values()]}
+
+    async def backend_info(self, backend_id: str) -> dict[str, Any]:
+        return self.backend(backend_id).info()
+
+    async def call(
+        self, backend_id: str, method: str, params: dict[str, Any] | None, timeout: float | None
+    ) -> dict[str, Any]:
+        hosted = self.backend(backend_id)
+        if method not in hosted.methods:
+            raise bad_request(
+                f"the backend has no method {method!r}; it has: {', '.join(hosted.methods)}"
+            )
+        started = time.perf_counter()
+        error = None
+        value: Any = None
+        try:
+            value = await hosted.backend.call(method, params, timeout=timeout)
+        except BackendError as exc:
+            error = exc
+        duration = round((time.perf_counter() - started) * 1000, 3)
+        if error is not None:
+            return {
+                "success": False,
+                "result": None,
+                "error": str(error),
+                "error_type": "python_error",
+                "duration_ms": duration,
+            }
+        return {
+            "success": True,
+            "result": to_json(value),
+            "error": None,
+            "error_type": None,
+            "duration_ms": duration,
+        }
+
+    async def delete_backend(self, backend_id: str) -> dict[str, Any]:
+        hosted = self.backends.pop(backend_id, None)
+        if hosted is None:
+            raise not_found(f"no backend {backend_id!r}")
+        await hosted.terminate()
+        return {"id": backend_id, "deleted": True}
