@@ -97,9 +97,27 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _token(given: str | None) -> str | None:
+    """The token: --token, else Jupyter's own JUPYTER_TOKEN or JUPYTER_TOKEN_FILE, else None."""
+    if given is not None:
+        return given
+    if "JUPYTER_TOKEN" in os.environ:
+        return os.environ["JUPYTER_TOKEN"]
+    path = os.environ.get("JUPYTER_TOKEN_FILE")
+    if path:
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except OSError as exc:
+            raise SystemExit(
+                f"kernel-bridge: error: JUPYTER_TOKEN_FILE {path}: {exc.strerror}"
+            ) from None
+    return None
+
+
 def _serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
     """Run Jupyter Server with the kernel-bridge extension until Ctrl-C or SIGTERM."""
-    token = args.token if args.token is not None else os.environ.get("JUPYTER_TOKEN")
+    token = _token(args.token)
     if token is not None and not token.strip():
         raise SystemExit("kernel-bridge: error: the token must not be empty")
     if not _is_loopback(args.host) and not token:

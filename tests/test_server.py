@@ -377,15 +377,19 @@ def test_the_token_never_reaches_the_kernels(client: httpx.Client, service: Serv
     assert "JUPYTER_TOKEN" not in env
 
 
-def test_jupyter_token_variable_stays_out_of_kernels() -> None:
-    token = "from-the-environment-" + os.urandom(8).hex()
-    with ServiceProcess(token="", pool_size=1, env={"JUPYTER_TOKEN": token}) as svc:
-        svc.token = token  # the server took its token from JUPYTER_TOKEN
+def test_a_token_file_works_and_stays_out_of_kernels(tmp_path: Path) -> None:
+    # `make run` hands the token over in a file, Jupyter's JUPYTER_TOKEN_FILE.
+    token = "from-a-file-" + os.urandom(8).hex()
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    with ServiceProcess(token="", pool_size=1, env={"JUPYTER_TOKEN_FILE": str(token_file)}) as svc:
+        assert f"token: {token}" in svc.banner
+        svc.token = token
         with svc.client() as c:
-            env = c.post("/execute", json={"content": "import os\nreturn dict(os.environ)"})
-            values = env.json()["result"]
-        assert "JUPYTER_TOKEN" not in values
-        assert not [k for k, v in values.items() if token in v]
+            r = c.post("/execute", json={"content": "import os\nreturn dict(os.environ)"})
+        env = r.json()["result"]
+    assert "JUPYTER_TOKEN_FILE" not in env
+    assert not [k for k, v in env.items() if token in v]
 
 
 # -- information -----------------------------------------------------------------------------------

@@ -161,6 +161,7 @@ class BodyHandler(BaseHandler):
         if self._refused is not None:
             raise self._refused
 
+    @web.authenticated
     async def post(self, *args: str) -> None:
         self.check_refused()
         await self.answer(self._post(*args), self.created)
@@ -221,6 +222,7 @@ class BackendsHandler(BodyHandler):
     shape = schema.BACKEND_REQUEST
     created = 201
 
+    @web.authenticated
     async def get(self) -> None:
         self.check_refused()
         await self.answer(self.service.list_backends())
@@ -235,9 +237,11 @@ class BackendsHandler(BodyHandler):
 
 
 class BackendHandler(BaseHandler):
+    @web.authenticated
     async def get(self, backend_id: str) -> None:
         await self.answer(self.service.backend_info(backend_id))
 
+    @web.authenticated
     async def delete(self, backend_id: str) -> None:
         await self.answer(self.service.delete_backend(backend_id))
 
@@ -257,6 +261,7 @@ class EventsHandler(BaseHandler):
 
     KEEPALIVE = 15.0  # seconds between comments that keep proxies from closing the stream
 
+    @web.authenticated
     async def get(self, backend_id: str) -> None:
         try:
             hosted = self.service.backend(backend_id)
@@ -301,16 +306,19 @@ class EventsHandler(BaseHandler):
 
 
 class VersionHandler(BaseHandler):
+    @web.authenticated
     async def get(self) -> None:
         await self.answer(self.service.version())
 
 
 class HealthHandler(BaseHandler):
+    @web.authenticated
     async def get(self) -> None:
         await self.answer(self.service.health())
 
 
 class ModulesHandler(BaseHandler):
+    @web.authenticated
     async def get(self) -> None:
         await self.answer(self.do_modules())
 
@@ -326,6 +334,7 @@ class ModulesHandler(BaseHandler):
 
 
 class OpenAPIHandler(BaseHandler):
+    @web.authenticated
     async def get(self) -> None:
         from .openapi import document
 
