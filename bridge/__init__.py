@@ -82,8 +82,8 @@ def __getattr__(name: str) -> Any:
 
 
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:
-    """Jupyter Server finds the HTTP service here: ``--ServerApp.jpserver_extensions``
-    ``='{"bridge": true}'`` loads it into any Jupyter server (JupyterLab's too)."""
+    """Jupyter Server finds the HTTP service here: ``jupyter lab``
+    ``--ServerApp.jpserver_extensions=bridge=True`` loads it into JupyterLab's server."""
     from ._server import BridgeApp
 
     return [{"module": "bridge._server", "app": BridgeApp}]
