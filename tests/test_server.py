@@ -327,6 +327,9 @@ def test_body_limit_is_413(client: httpx.Client) -> None:
         yield b'"}'
 
     assert_failure(client.post("/execute", content=chunks()), 413, "too_large")
+    # Without the token the answer is a 401, still read to the end and in the error shape.
+    with httpx.Client(base_url=client.base_url, timeout=60) as anonymous:
+        assert_failure(anonymous.post("/execute", content=big), 401, "unauthorized")
     # Just under the limit is fine.
     ok = json.dumps({"code": "x = '" + "a" * (1024 * 1024) + "'\nreturn len(x)"}).encode()
     assert client.post("/execute", content=ok).json()["result"] == 1024 * 1024

@@ -16,7 +16,6 @@ from typing import Any
 
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
-from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 
 from . import schema
@@ -137,11 +136,9 @@ class BodyHandler(BaseHandler):
             # while the client still sends makes the server close on unread data, and the
             # client would see a reset connection instead of its 401.
             self._refused = exc
-            if isinstance(self.request.connection, HTTP1Connection):
-                self.request.connection.set_max_body_size(self.service.max_body_size)
             return
-        # A body past the limit is still read (up to the server's own max_body_size) and
-        # dropped, for the same reason: the client gets its 413.
+        # A body past the limit is still read (up to the server's own max_body_size,
+        # ServerApp.max_body_size) and dropped, for the same reason: the client gets its 413.
         length = self.request.headers.get("Content-Length", "")
         if length.isdigit() and int(length) > self.service.max_body_size:
             self._too_large = True
