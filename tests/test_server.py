@@ -14,7 +14,6 @@ from pathlib import Path
 import httpx
 import pytest
 from service_process import ServiceProcess, alive, children
-from tornado import web
 
 from bridge._server.handlers import routes
 from bridge._server.openapi import document
@@ -336,8 +335,12 @@ def test_body_limit_is_413(client: httpx.Client) -> None:
 
 
 def test_wrong_method_is_405_in_the_error_shape(client: httpx.Client) -> None:
-    assert_failure(client.get("/execute"), 405, "bad_request")
-    assert_failure(client.delete("/health"), 405, "bad_request")
+    r = client.get("/execute")
+    assert_failure(r, 405, "bad_request")
+    assert r.headers["Allow"] == "POST"
+    r = client.delete("/backends")
+    assert_failure(r, 405, "bad_request")
+    assert r.headers["Allow"] == "GET, POST"
 
 
 # -- auth ------------------------------------------------------------------------------------------
@@ -369,6 +372,12 @@ def test_token_in_header_bearer_or_query(service: ServiceProcess) -> None:
         assert c.get(f"/health?token={service.token}").status_code == 200
         r = c.post(f"/evaluate?token={service.token}", json={"expr": "3"})
         assert r.json()["result"] == 3
+
+
+def test_a_foreign_host_header_is_403(client: httpx.Client) -> None:
+    # DNS rebinding: a page on evil.example that resolves to 127.0.0.1 is not let in.
+    r = client.get("/health", headers={"Host": "evil.example"})
+    assert "evil.example" in str(assert_failure(r, 403, "forbidden")["error"])
 
 
 def test_the_token_never_reaches_the_kernels(client: httpx.Client, service: ServiceProcess) -> None:
@@ -432,9 +441,7 @@ def test_openapi_documents_every_route(client: httpx.Client) -> None:
     served = set()
     for pattern, handler, _ in routes(service=None):  # type: ignore[arg-type]
         path = re.sub(r"\(\[\^/\]\+\)", "{backend_id}", pattern)
-        for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
-            if getattr(handler, method.lower()) is not getattr(web.RequestHandler, method.lower()):
-                served.add((path, method))
+        served |= {(path, method) for method in handler.methods()}
     assert documented == served
 
 

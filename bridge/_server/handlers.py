@@ -27,6 +27,11 @@ log = logging.getLogger("bridge.server")
 _TORNADO_TYPES = {400: "bad_request", 404: "not_found", 405: "bad_request", 413: "too_large"}
 
 
+def _internal() -> ApiError:
+    # Only a bug gets here: the log has the traceback, the client never sees it.
+    return ApiError(500, "internal", "internal error; the server's log has the details")
+
+
 class BaseHandler(APIHandler):  # type: ignore[misc]
     """Token-checked JSON routes whose failures all have one shape."""
 
@@ -51,6 +56,8 @@ class BaseHandler(APIHandler):  # type: ignore[misc]
 
     def send_failure(self, error: ApiError) -> None:
         self.clear()
+        if error.status == 405:
+            self.set_header("Allow", ", ".join(self.methods()))
         if error.status == 401:
             self.set_header("WWW-Authenticate", 'Token realm="kernel-bridge"')
         self.send(error.body(), error.status)
@@ -58,7 +65,13 @@ class BaseHandler(APIHandler):  # type: ignore[misc]
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Failures raised outside our code (auth, a wrong method, a bad URL) in our shape."""
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if status_code == 403 and not getattr(self, "_jupyter_current_user", None):
+        if status_code == 403 and not self.check_host():
+            error = ApiError(
+                403,
+                "forbidden",
+                f"the Host {self.request.host!r} is not allowed (ServerApp.allow_remote_access)",
+            )
+        elif status_code == 403 and not getattr(self, "_jupyter_current_user", None):
             error = ApiError(
                 401,
                 "unauthorized",
@@ -67,15 +80,27 @@ class BaseHandler(APIHandler):  # type: ignore[misc]
             )
         elif isinstance(exc, web.HTTPError) and status_code < 500:
             message = exc.log_message or responses.get(status_code, "error")
-            if exc.args and "%" in message:
-                message = message % exc.args
+            if exc.args:
+                try:
+                    message = message % exc.args
+                except (TypeError, ValueError):
+                    pass
             kind = _TORNADO_TYPES.get(
                 status_code, "forbidden" if status_code == 403 else "bad_request"
             )
             error = ApiError(status_code, kind, message)
         else:
-            error = ApiError(500, "internal", "internal error; the server's log has the details")
+            error = _internal()
         self.send_failure(error)
+
+    @classmethod
+    def methods(cls) -> list[str]:
+        """The HTTP methods this route answers."""
+        return [
+            m
+            for m in ("GET", "POST", "DELETE")
+            if getattr(cls, m.lower()) is not getattr(web.RequestHandler, m.lower())
+        ]
 
     async def answer(self, work: Awaitable[dict[str, Any]], status: int = 200) -> None:
         """Await *work* and write its result or its failure; a gone client cancels it."""
@@ -90,9 +115,7 @@ class BaseHandler(APIHandler):  # type: ignore[misc]
             error = to_api_error(exc)
             if error is None:
                 log.exception("%s %s failed", self.request.method, self.request.path)
-                error = ApiError(
-                    500, "internal", "internal error; the server's log has the details"
-                )
+                error = _internal()
             self.send_failure(error)
             return
         self.send(body, status)
