@@ -125,6 +125,8 @@ def _serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
             f"kernel-bridge: error: --host {args.host} is reachable from other machines: "
             "give it a --token (this service runs any code it is sent)"
         )
+    if args.root is not None and not os.path.isdir(args.root):
+        raise SystemExit(f"kernel-bridge: error: --root {args.root} is not a folder")
     if args.pool_size < 1:
         raise SystemExit("kernel-bridge: error: --pool-size must be at least 1")
     import signal

@@ -90,6 +90,20 @@ def test_refuses_an_empty_token() -> None:
     assert "must not be empty" in done.stderr
 
 
+def test_refuses_a_missing_root() -> None:
+    svc = ServiceProcess("--root", "/no/such/folder")
+    done = subprocess.run(svc.command(), capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "--root /no/such/folder is not a folder" in done.stderr
+
+
+def test_a_python_that_cannot_run_kernels_stops_the_service() -> None:
+    svc = ServiceProcess("--python", "/no/such/python")
+    done = subprocess.run(svc.command(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "could not start its kernels" in done.stderr and "/no/such/python" in done.stderr
+
+
 # -- execution routes ------------------------------------------------------------------------------
 
 

@@ -26,8 +26,6 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
     name = "kernel_bridge"
     description = "Run Python in managed IPython kernels over HTTP."
     load_other_extensions = True
-    # The service answers JSON only; opening a browser on it would show nothing useful.
-    open_browser = False
 
     pool_size = Int(2, config=True, help="Warm kernels for one-off calls.")
     python = Unicode(
@@ -42,6 +40,10 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
     max_backends = Int(16, config=True, help="Live backends at most; more get 429 busy.")
     max_body_size = Int(10 * 1024 * 1024, config=True, help="Largest request body, in bytes.")
     announce = Bool(False, config=True, help="Print the URL, the token and a curl line once ready.")
+
+    @default("open_browser")
+    def _default_open_browser(self) -> bool:
+        return False  # the service answers JSON: a browser on it would show nothing useful
 
     @default("root")
     def _default_root(self) -> str:
