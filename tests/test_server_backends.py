@@ -52,6 +52,7 @@ class Probe(PythonBridge):
 
 
 if __name__ == "__main__":
+    print("probe ready")
     backend = Probe()
     backend.run()
 """
@@ -233,9 +234,10 @@ def test_events_stream_replays_then_follows(service: ServiceProcess, client: htt
             assert r.status_code == 200
             assert r.headers["content-type"].startswith("text/event-stream")
             lines = r.iter_lines()
-            replayed = read_events(lines, 3)
-            assert [e["data"]["i"] for _, e in replayed] == [0, 1, 2]
-            assert {e["type"] for _, e in replayed} == {"tick"}
+            replayed = [e for _, e in read_events(lines, 4)]
+            # What the script printed while starting came before any stream existed.
+            assert replayed[0] == {"type": "stdout", "data": "probe ready\n"}
+            assert replayed[1:] == [{"type": "tick", "data": {"i": i}} for i in range(3)]
             call(client, created["id"], "emit", n=2)
             live = read_events(lines, 2)
             assert [e["data"]["i"] for _, e in live] == [0, 1]
