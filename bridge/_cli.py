@@ -162,11 +162,17 @@ def _serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
     app.root = server.root_dir
     app.timeout = args.timeout
     app.announce = True
-    serverapp = BridgeApp.initialize_server(argv=list(extra), config=config)  # type: ignore[no-untyped-call]
+    # A setting the service refuses stops it here, instead of a service running without it.
+    server.reraise_server_extension_failures = True
+    try:
+        serverapp = BridgeApp.initialize_server(argv=list(extra), config=config)  # type: ignore[no-untyped-call]
+    except Exception as exc:
+        print(f"kernel-bridge: error: {exc}", file=sys.stderr)
+        return EXIT_BRIDGE
+    extension = serverapp.extension_manager.extension_points[BridgeApp.name].app
     # Ctrl-C stops at once (no "shut down? y/n" prompt) and shuts every kernel down.
     signal.signal(signal.SIGINT, serverapp._signal_stop)
     serverapp.start()
-    extension = serverapp.extension_manager.extension_points[BridgeApp.name].app
     return EXIT_BRIDGE if getattr(extension, "start_error", None) else EXIT_OK
 
 

@@ -97,6 +97,13 @@ def test_refuses_a_missing_root() -> None:
     assert "--root /no/such/folder is not a folder" in done.stderr
 
 
+def test_bad_service_settings_stop_it() -> None:
+    svc = ServiceProcess("--BridgeApp.max_backends=0")
+    done = subprocess.run(svc.command(), capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "BridgeApp.max_backends must be at least 1, got 0" in done.stderr
+
+
 def test_a_python_that_cannot_run_kernels_stops_the_service() -> None:
     svc = ServiceProcess("--python", "/no/such/python")
     done = subprocess.run(svc.command(), capture_output=True, text=True, timeout=120)

@@ -13,7 +13,7 @@ import shlex
 from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Float, Int, List, Unicode, default
+from traitlets import Bool, Float, Int, List, TraitError, Unicode, default, validate
 
 from .._version import __version__
 from .handlers import routes
@@ -40,6 +40,13 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
     max_backends = Int(16, config=True, help="Live backends at most; more get 429 busy.")
     max_body_size = Int(10 * 1024 * 1024, config=True, help="Largest request body, in bytes.")
     announce = Bool(False, config=True, help="Print the URL, the token and a curl line once ready.")
+
+    @validate("pool_size", "max_backends", "max_body_size")
+    def _at_least_one(self, proposal: Any) -> int:
+        value: int = proposal["value"]
+        if value < 1:
+            raise TraitError(f"BridgeApp.{proposal['trait'].name} must be at least 1, got {value}")
+        return value
 
     @default("open_browser")
     def _default_open_browser(self) -> bool:

@@ -121,7 +121,6 @@ class Service:
             kernel_manager=kernel_manager,
         )
         self.kernel_python_version = ""
-        self.started = time.monotonic()
         self._ready: asyncio.Future[None] | None = None
         self._slots: asyncio.Semaphore | None = None
         self.backends: dict[str, HostedBackend] = {}
