@@ -258,12 +258,17 @@ class _Output:
         return len(text)
 
     def flush(self) -> None:
+        self.send_pending()
+        if not self._ours():
+            self._original.flush()
+
+    def send_pending(self) -> None:
+        """Send this thread's unfinished line. Not the kernel's stream: ipykernel's flush
+        waits on its IOPub thread, a cost every call would pay for output it never made."""
         pending = getattr(self._local, "text", "")
         if pending:
             self._local.text = ""
             self._core.emit(self._name, pending)
-        if not self._everything:
-            self._original.flush()
 
     def writelines(self, lines: Any) -> None:
         for line in lines:
@@ -279,7 +284,7 @@ class _Output:
 def _flush_output() -> None:
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, _Output):
-            stream.flush()
+            stream.send_pending()
 
 
 # -- serving calls ----------------------------------------------------------------------------
