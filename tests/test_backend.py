@@ -27,12 +27,6 @@ pytestmark = pytest.mark.asyncio
 
 
 @pytest_asyncio.fixture(scope="module")
-async def abridge() -> AsyncIterator[bridge.AsyncBridge]:
-    async with bridge.AsyncBridge(pool_size=0, timeout=30) as b:
-        yield b
-
-
-@pytest_asyncio.fixture(scope="module")
 async def echo(abridge: bridge.AsyncBridge) -> AsyncIterator[bridge.AsyncBackend]:
     async with await abridge.spawn(ECHO, env={"MODE": "test"}, timeout=30.0) as backend:
         yield backend
