@@ -49,6 +49,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python bench/execute.py
 	$(BIN)/python bench/http.py
+	$(BIN)/python bench/backend.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

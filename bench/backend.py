@@ -55,7 +55,8 @@ class RawComm:
         self.km = AsyncKernelManager(
             kernel_name=KERNEL_NAME, kernel_spec_manager=BridgeSpecManager(spec)
         )
-        await self.km.start_kernel(env=env)
+        # The kernel's own chatter (ipykernel's TCP warning) is not part of the figures.
+        await self.km.start_kernel(env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.client = self.km.client()
         self.client.start_channels()
         await self.client.wait_for_ready(timeout=60)

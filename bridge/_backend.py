@@ -218,7 +218,9 @@ class AsyncBackend:
         if self.terminated:
             raise BridgeClosed(f"{self.name} was terminated")
         if self._restarting is None:
-            self._restarting = asyncio.ensure_future(self._relaunch("restarted by the host"))
+            self._restarting = asyncio.ensure_future(
+                self._relaunch("restarted by the host", automatic=False)
+            )
         task = self._restarting
         await asyncio.shield(task)
         if self._lost is not None:
@@ -552,16 +554,16 @@ class AsyncBackend:
             },
         )
         if self.restart_on_exit and self._restarting is None:
-            self._restarting = asyncio.ensure_future(self._relaunch(str(status)))
+            self._restarting = asyncio.ensure_future(self._relaunch(str(status), automatic=True))
 
-    async def _relaunch(self, reason: str) -> None:
+    async def _relaunch(self, reason: str, *, automatic: bool) -> None:
         """Stop the current kernel, start a fresh one with the script; say how in an event."""
         try:
             now = time.monotonic()
             times = self._restart_times
             while times and now - times[0] > RESTART_WINDOW:
                 times.popleft()
-            if len(times) >= RESTART_LIMIT and reason != "restarted by the host":
+            if automatic and len(times) >= RESTART_LIMIT:  # a crash loop: stop feeding it
                 self._lost = KernelDied(
                     f"{self.name} died {len(times) + 1} times within {RESTART_WINDOW:g} s; "
                     "not restarting it again"

@@ -27,12 +27,6 @@ pytestmark = pytest.mark.asyncio
 
 
 @pytest_asyncio.fixture(scope="module")
-async def abridge() -> AsyncIterator[bridge.AsyncBridge]:
-    async with bridge.AsyncBridge(pool_size=0, timeout=30) as b:
-        yield b
-
-
-@pytest_asyncio.fixture(scope="module")
 async def echo(abridge: bridge.AsyncBridge) -> AsyncIterator[bridge.AsyncBackend]:
     async with await abridge.spawn(ECHO, env={"MODE": "test"}, timeout=30.0) as backend:
         yield backend
@@ -204,18 +198,43 @@ async def test_async_method_past_its_timeout_is_cancelled(toolbox: bridge.AsyncB
     assert (await toolbox.call("state"))["cancelled"] == before + 1
 
 
-async def test_late_reply_never_reaches_another_call(toolbox: bridge.AsyncBackend) -> None:
-    # time.sleep in C cannot be interrupted: the reply comes late, after the timeout, and
-    # the calls made meanwhile (on a fresh worker thread) must each get their own value.
+async def test_call_stuck_in_c_does_not_hold_up_the_calls_behind_it(
+    toolbox: bridge.AsyncBackend,
+) -> None:
+    # time.sleep in C cannot be interrupted: after a grace second its worker is left to
+    # finish alone, a fresh one serves the calls behind it, and each gets its own value.
     with pytest.raises(bridge.CallTimeout):
-        await toolbox.call("slow", {"seconds": 1.5, "value": "late"}, timeout=0.2)
+        await toolbox.call("slow", {"seconds": 2.5, "value": "late"}, timeout=0.2)
+    started = time.monotonic()
+    assert await toolbox.call("give_back", {"value": "next"}, timeout=10) == "next"
+    assert time.monotonic() - started < 2.0  # not after the stuck call's 2.5 s
     replies = []
-    deadline = time.monotonic() + 2.5
-    while time.monotonic() < deadline:  # spans the moment the late reply arrives
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:  # spans the moment the stuck call ends
         replies.append(await toolbox.call("give_back", {"value": len(replies)}, timeout=5))
         await asyncio.sleep(0.05)
     assert replies == list(range(len(replies)))
-    assert await toolbox.call("add", {"a": 1}) == 1
+
+
+async def test_late_reply_is_dropped_not_given_to_another_call(
+    concurrent_toolbox: bridge.AsyncBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The method ends after its timeout while the kernel's shell is busy (an async method
+    # blocks its loop), so the cancel comes too late and the reply does go out: the host
+    # must drop it by its request id.
+    backend = concurrent_toolbox
+    late = asyncio.ensure_future(
+        backend.call("slow", {"seconds": 0.6, "value": "late"}, timeout=0.3)
+    )
+    await asyncio.sleep(0.1)
+    blocker = asyncio.ensure_future(backend.call("block_loop", {"seconds": 1.5}))
+    with caplog.at_level("DEBUG", logger="bridge.backend"):
+        with pytest.raises(bridge.CallTimeout):
+            await late
+        others = [backend.call("give_back", {"value": i}, timeout=10) for i in range(5)]
+        assert await asyncio.gather(*others) == list(range(5))
+        assert await blocker == "unblocked"
+    assert any("dropped a reply" in r.getMessage() for r in caplog.records)
 
 
 # -- events --------------------------------------------------------------------------------------

@@ -8,26 +8,18 @@ import base64
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import joblib
 import numpy as np
 import pytest
-import pytest_asyncio
 from sklearn.linear_model import LogisticRegression
 
 import bridge
 from bridge._python import kernel_side_dir
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "kernels" / "examples"
-
-
-@pytest_asyncio.fixture(scope="module")
-async def abridge() -> AsyncIterator[bridge.AsyncBridge]:
-    async with bridge.AsyncBridge(pool_size=0, timeout=60) as b:
-        yield b
 
 
 @pytest.mark.asyncio

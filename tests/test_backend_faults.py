@@ -7,24 +7,16 @@ import os
 import signal
 import stat
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 import bridge
 
 TOOLBOX = Path(__file__).resolve().parent / "backends" / "toolbox.py"
 
 pytestmark = pytest.mark.asyncio
-
-
-@pytest_asyncio.fixture(scope="module")
-async def abridge() -> AsyncIterator[bridge.AsyncBridge]:
-    async with bridge.AsyncBridge(pool_size=0, timeout=30) as b:
-        yield b
 
 
 def gone(pid: int) -> bool:

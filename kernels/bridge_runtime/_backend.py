@@ -119,16 +119,31 @@ class _Outbox:
         self.dropped = 0  # events dropped while no host was connected
         self._wake = threading.Event()
         self._sender: threading.Thread | None = None
+        self._local = threading.local()
+
+    @property
+    def sending(self) -> bool:
+        """True in a thread that is sending: what it prints now must not become an event."""
+        return bool(getattr(self._local, "sending", False))
 
     def attach(
         self,
         send: Callable[[dict[str, Any], list[Any]], None],
         first: dict[str, Any] | None = None,
     ) -> None:
+        def guarded(data: dict[str, Any], buffers: list[Any]) -> None:
+            # A warning printed while sending (by jupyter_client, say) would come back here
+            # as an event and wait for the lock this thread holds.
+            self._local.sending = True
+            try:
+                send(data, buffers)
+            finally:
+                self._local.sending = False
+
         with self.lock:
-            self.send = send
+            self.send = guarded
             if first is not None:
-                send(first, [])
+                guarded(first, [])
             self._flush()
 
     def detach(self) -> None:
@@ -245,6 +260,10 @@ class _Output:
         )
 
     def write(self, text: str) -> int:
+        if self._core.outbox.sending:
+            # stdout is the protocol itself in a subprocess: keep it clean there.
+            stream = sys.__stderr__ if self._everything else self._original
+            return int(stream.write(text)) if stream is not None else len(text)
         if not self._ours():
             return int(self._original.write(text))
         pending = getattr(self._local, "text", "") + text
@@ -258,12 +277,17 @@ class _Output:
         return len(text)
 
     def flush(self) -> None:
+        self.send_pending()
+        if not self._ours():
+            self._original.flush()
+
+    def send_pending(self) -> None:
+        """Send this thread's unfinished line. Not the kernel's stream: ipykernel's flush
+        waits on its IOPub thread, a cost every call would pay for output it never made."""
         pending = getattr(self._local, "text", "")
         if pending:
             self._local.text = ""
             self._core.emit(self._name, pending)
-        if not self._everything:
-            self._original.flush()
 
     def writelines(self, lines: Any) -> None:
         for line in lines:
@@ -279,7 +303,7 @@ class _Output:
 def _flush_output() -> None:
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, _Output):
-            stream.flush()
+            stream.send_pending()
 
 
 # -- serving calls ----------------------------------------------------------------------------

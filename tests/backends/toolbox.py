@@ -87,6 +87,11 @@ class Toolbox(PythonBridge):
             raise
         return "finished"
 
+    async def block_loop(self, seconds: float):
+        """Hold the kernel's event loop (and so its shell) without awaiting."""
+        time.sleep(seconds)  # noqa: ASYNC251 - blocking on purpose
+        return "unblocked"
+
     def fail(self, message: str):
         raise ValueError(message)
 
