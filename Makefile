@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -13,7 +13,19 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 KB := $(BIN)/kernel-bridge
-run: $(STAMP)
+TOKEN := $(VENV)/token
+PORT ?= 9000
+
+# The token lives in a private file, not on a command line where `ps` would show it.
+$(TOKEN): | $(STAMP)
+	umask 077 && $(BIN)/python -c 'import secrets; print(secrets.token_hex(24))' > $(TOKEN)
+
+# The HTTP service on http://127.0.0.1:$(PORT)/ until Ctrl-C; the README's curl lines call it.
+run: $(STAMP) $(TOKEN)
+	JUPYTER_TOKEN_FILE=$(TOKEN) $(KB) serve --port $(PORT)
+
+# The command line, call by call.
+demo: $(STAMP)
 	@echo '== an execute: stdout and a returned value'
 	$(KB) exec 'import math; print("computing..."); return {"tau": round(2 * math.pi, 6)}'
 	@echo '== an evaluate'
@@ -37,6 +49,8 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python bench/execute.py
 	$(BIN)/python bench/notebooks.py
+	$(BIN)/python bench/http.py
+	$(BIN)/python bench/backend.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

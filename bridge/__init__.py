@@ -14,8 +14,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._exceptions import (
+    BackendError,
+    BackendStartError,
     BridgeClosed,
     BridgeError,
+    CallTimeout,
     ExecutionError,
     ExecutionTimeout,
     ExitStatus,
@@ -30,18 +33,24 @@ from ._result import ErrorInfo, ExecutionResult
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from ._backend import AsyncBackend
     from ._bridge import AsyncBridge, AsyncSession
     from ._nbhandle import AsyncNotebook, Notebook
     from ._notebook import NotebookOptions, NotebookResult, run_notebook
-    from ._sync import Bridge, Session
+    from ._sync import Backend, Bridge, Session
 
 __all__ = [
+    "AsyncBackend",
     "AsyncBridge",
     "AsyncNotebook",
     "AsyncSession",
+    "Backend",
+    "BackendError",
+    "BackendStartError",
     "Bridge",
     "BridgeClosed",
     "BridgeError",
+    "CallTimeout",
     "ErrorInfo",
     "ExecutionError",
     "ExecutionResult",
@@ -63,9 +72,11 @@ __all__ = [
 ]
 
 _LAZY = {
+    "AsyncBackend": "._backend",
     "AsyncBridge": "._bridge",
     "AsyncNotebook": "._nbhandle",
     "AsyncSession": "._bridge",
+    "Backend": "._sync",
     "Bridge": "._sync",
     "Notebook": "._nbhandle",
     "NotebookOptions": "._notebook",
@@ -84,6 +95,14 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value
+
+
+def _jupyter_server_extension_points() -> list[dict[str, Any]]:
+    """Jupyter Server finds the HTTP service here: ``jupyter lab``
+    ``--ServerApp.jpserver_extensions=bridge=True`` loads it into JupyterLab's server."""
+    from ._server import BridgeApp
+
+    return [{"module": "bridge._server", "app": BridgeApp}]
 
 
 def __dir__() -> list[str]:

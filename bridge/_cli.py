@@ -1,4 +1,4 @@
-"""The kernel-bridge command: exec, eval, run, test, version.
+"""The kernel-bridge command: exec, eval, run, serve, test, version.
 
 Start-up stays light: this module imports only the light part of ``bridge``; the kernel
 machinery loads when a command needs a kernel.
@@ -7,8 +7,11 @@ machinery loads when a command needs a kernel.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
+import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -79,8 +82,122 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--junit-xml", metavar="FILE", help="write a JUnit XML report to FILE")
     p.add_argument("--python", help="interpreter that runs the kernels (needs ipykernel)")
 
+    p = commands.add_parser(
+        "serve",
+        help="run the HTTP service (a Jupyter Server extension)",
+        description="Run the HTTP service. Jupyter Server options pass through as "
+        "--Class.trait=value (for example --ServerApp.base_url=/bridge/).",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=9000, help="port (default 9000; 0 picks a free one)")
+    p.add_argument(
+        "--log-level",
+        default="info",
+        type=str.lower,
+        choices=["debug", "info", "warning", "error", "critical"],
+    )
+    p.add_argument("--token", help="the token clients send (default: a generated one)")
+    p.add_argument("--pool-size", type=int, default=2, help="warm kernels (default 2)")
+    p.add_argument("--python", help="interpreter that runs the kernels (needs ipykernel)")
+    p.add_argument(
+        "--python-paths", default="", metavar="A:B", help="folders for the kernels' sys.path"
+    )
+    p.add_argument("--root", help="folder /execute-file reads from (default: this one)")
+    p.add_argument("--timeout", type=float, default=30.0, help="default call timeout, seconds")
+
     commands.add_parser("version", help="print the versions")
     return parser
+
+
+_PASS_THROUGH = re.compile(r"--[A-Za-z]\w*\.[A-Za-z_]\w*(=.*)?$")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _token(given: str | None) -> str | None:
+    """The token: --token, else Jupyter's own JUPYTER_TOKEN or JUPYTER_TOKEN_FILE, else None."""
+    if given is not None:
+        return given
+    if "JUPYTER_TOKEN" in os.environ:
+        return os.environ["JUPYTER_TOKEN"]
+    path = os.environ.get("JUPYTER_TOKEN_FILE")
+    if path:
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except OSError as exc:
+            raise SystemExit(
+                f"kernel-bridge: error: JUPYTER_TOKEN_FILE {path}: {exc.strerror}"
+            ) from None
+    return None
+
+
+def _serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    """Run Jupyter Server with the kernel-bridge extension until Ctrl-C or SIGTERM."""
+    token = _token(args.token)
+    if token is not None and not token.strip():
+        raise SystemExit("kernel-bridge: error: the token must not be empty")
+    if not _is_loopback(args.host) and not token:
+        raise SystemExit(
+            f"kernel-bridge: error: --host {args.host} is reachable from other machines: "
+            "give it a --token (this service runs any code it is sent)"
+        )
+    if args.root is not None and not os.path.isdir(args.root):
+        raise SystemExit(f"kernel-bridge: error: --root {args.root} is not a folder")
+    if args.pool_size < 1:
+        raise SystemExit("kernel-bridge: error: --pool-size must be at least 1")
+    import signal
+
+    try:
+        from traitlets.config import Config
+
+        from ._server import BridgeApp
+    except ImportError as exc:
+        raise SystemExit(
+            f"kernel-bridge: error: serve needs Jupyter Server ({exc}): "
+            "pip install 'kernel-bridge[server]'"
+        ) from None
+
+    config = Config()
+    server = config.ServerApp
+    server.ip = args.host
+    server.port = args.port
+    server.port_retries = 0  # the port asked for, or a clear error
+    server.open_browser = False
+    server.allow_unauthenticated_access = False  # every route of the server needs the token
+    server.log_level = args.log_level.upper()
+    server.root_dir = os.path.abspath(args.root or os.getcwd())
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        server.allow_root = True  # containers and CI run as root; the token still guards
+    if token:
+        config.IdentityProvider.token = token
+    app = config.BridgeApp
+    app.pool_size = args.pool_size
+    if args.python:
+        app.python = args.python
+    app.python_paths = [p for p in args.python_paths.split(os.pathsep) if p]
+    app.root = server.root_dir
+    app.timeout = args.timeout
+    app.announce = True
+    # A setting the service refuses stops it here, instead of a service running without it.
+    server.reraise_server_extension_failures = True
+    try:
+        serverapp = BridgeApp.initialize_server(argv=list(extra), config=config)  # type: ignore[no-untyped-call]
+    except Exception as exc:
+        print(f"kernel-bridge: error: {exc}", file=sys.stderr)
+        return EXIT_BRIDGE
+    extension = serverapp.extension_manager.extension_points[BridgeApp.name].app
+    # Ctrl-C stops at once (no "shut down? y/n" prompt) and shuts every kernel down.
+    signal.signal(signal.SIGINT, serverapp._signal_stop)
+    serverapp.start()
+    return EXIT_BRIDGE if getattr(extension, "start_error", None) else EXIT_OK
 
 
 def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
@@ -152,7 +269,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    bad = [a for a in extra if args.command != "serve" or not _PASS_THROUGH.match(a)]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    if args.command == "serve":
+        return _serve(args, extra)
     # The command reports failures itself; the library's warnings would say them twice.
     logging.basicConfig(level=logging.ERROR, format="kernel-bridge: %(message)s")
     if args.command == "version":

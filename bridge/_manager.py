@@ -30,6 +30,10 @@ log = logging.getLogger("bridge.kernel")
 
 KERNEL_NAME = "kernel-bridge"
 SHUTDOWN_WAIT = 2.0  # seconds a polite shutdown gets before SIGKILL (jupyter_client's is 5)
+# The host's credentials for its own server: never part of a kernel's environment.
+HOST_SECRETS = frozenset(
+    {"JUPYTER_TOKEN", "JUPYTER_TOKEN_FILE", "JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN"}
+)
 
 
 def bridge_kernel_spec(python: str) -> KernelSpec:
@@ -113,7 +117,7 @@ class KernelFactory:
         self.kernels: set[Kernel] = set()
 
     def kernel_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k not in HOST_SECRETS}
         paths = [*self.python_paths, str(kernel_side_dir())]
         if env.get("PYTHONPATH"):
             paths.append(env["PYTHONPATH"])
@@ -146,6 +150,10 @@ class KernelFactory:
         os.close(fd)  # the kernel holds its own copy
         manager = self.multi_manager.get_kernel(kernel_id)
         manager.shutdown_wait_time = SHUTDOWN_WAIT
+        # The Kernel watches its process and the pool replaces a dead kernel; a manager that
+        # restarted it too (jupyter_client's and Jupyter Server's restarter) would fight that.
+        manager.stop_restarter()
+        manager.autorestart = False
         pgid = getattr(manager.provisioner, "pgid", None)
         if pgid is not None:
             self.reaper.watch(pgid, [manager.connection_file])

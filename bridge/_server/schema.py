@@ -1,0 +1,401 @@
+"""The JSON shapes of the HTTP service: one definition serves validation and /openapi.json.
+
+Request bodies are checked against these schemas by ``validate`` (the small subset of JSON
+Schema they use), so the document a host reads and the checks the service makes cannot drift.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+MAX_DEPTH = 64  # nesting levels a request body may have; deeper is refused, never recursed into
+MAX_TIMEOUT = 86_400.0  # a day: anything longer is a mistake, not a timeout
+
+ERROR_TYPES = [
+    "python_error",
+    "timeout",
+    "kernel_died",
+    "bad_request",
+    "not_found",
+    "unauthorized",
+    "forbidden",
+    "too_large",
+    "busy",
+    "internal",
+]
+
+Schema = dict[str, Any]
+
+
+class SchemaError(ValueError):
+    """A request body does not fit its schema; the message names the field and the problem."""
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+
+def _no_constant(name: str) -> Any:
+    raise SchemaError(f"{name} is not valid JSON (numbers must be finite)")
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON value of a request body, or SchemaError saying what is wrong with it."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SchemaError(f"the body is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    if not text.strip():
+        raise SchemaError("the body is empty: send a JSON object")
+    _check_depth(text)
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise SchemaError(f"the body is not JSON: {exc.msg} (line {exc.lineno})") from None
+    except RecursionError:  # cannot happen after _check_depth, but never let it become a 500
+        raise SchemaError(f"the body is nested more than {MAX_DEPTH} levels deep") from None
+    if "\\ud" in text.lower():
+        # A lone surrogate ("\\ud800") is valid JSON but no text: it cannot reach a kernel.
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise SchemaError(
+                "the body holds a lone surrogate (\\ud800-\\udfff): not text"
+            ) from None
+    return value
+
+
+def _check_depth(text: str) -> None:
+    """Refuse JSON nested past MAX_DEPTH before parsing it (brackets inside strings skipped)."""
+    depth = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise SchemaError(f"the body is nested more than {MAX_DEPTH} levels deep")
+        elif char in "]}":
+            depth -= 1
+
+
+# -- validation ------------------------------------------------------------------------------
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "object": (dict,),
+    "array": (list,),
+    "string": (str,),
+    "boolean": (bool,),
+    "integer": (int,),
+    "number": (int, float),
+}
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    for name in ("boolean", "integer", "number", "string", "array", "object"):
+        if isinstance(value, _TYPES[name]):
+            return name
+    return type(value).__name__
+
+
+def validate(value: Any, schema: Schema, where: str = "body") -> None:
+    """Raise SchemaError if *value* does not fit *schema* (the keywords used in this module)."""
+    if value is None:
+        if schema.get("nullable"):
+            return
+        if "type" in schema:
+            raise SchemaError(f"{where} must be {_article(schema['type'])}, got null")
+    kind = schema.get("type")
+    if kind is not None:
+        ok = isinstance(value, _TYPES[kind]) and not (
+            kind in ("integer", "number") and isinstance(value, bool)
+        )
+        if not ok:
+            raise SchemaError(f"{where} must be {_article(kind)}, got {_type_name(value)}")
+    if isinstance(value, str):
+        if len(value) < schema.get("minLength", 0):
+            raise SchemaError(f"{where} must not be empty")
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            raise SchemaError(f"{where} is longer than {schema['maxLength']} characters")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        _check_number(value, schema, where)
+    if isinstance(value, dict):
+        _check_object(value, schema, where)
+    if isinstance(value, list):
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            raise SchemaError(f"{where} has more than {schema['maxItems']} items")
+        items = schema.get("items")
+        if items is not None:
+            for i, item in enumerate(value):
+                validate(item, items, f"{where}[{i}]")
+    if "oneOf" in schema:
+        matches = 0
+        for sub in schema["oneOf"]:
+            try:
+                validate(value, sub, where)
+            except SchemaError:
+                continue
+            matches += 1
+        if matches != 1:
+            raise SchemaError(schema.get("x-oneOf-message", f"{where} fits none of its forms"))
+
+
+def _article(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
+def _check_number(value: float, schema: Schema, where: str) -> None:
+    if not math.isfinite(value):
+        raise SchemaError(f"{where} must be finite")
+    low = schema.get("minimum")
+    if low is not None:
+        if schema.get("exclusiveMinimum") and value <= low:
+            raise SchemaError(f"{where} must be greater than {low:g}, got {value!r}")
+        if value < low:
+            raise SchemaError(f"{where} must be at least {low:g}, got {value!r}")
+    high = schema.get("maximum")
+    if high is not None and value > high:
+        raise SchemaError(f"{where} must be at most {high:g}, got {value!r}")
+
+
+def _check_object(value: dict[str, Any], schema: Schema, where: str) -> None:
+    properties = schema.get("properties", {})
+    for name in schema.get("required", []):
+        if name not in value:
+            raise SchemaError(f"{where}: missing field {name!r}")
+    extra = schema.get("additionalProperties", True)
+    for name, item in value.items():
+        field = f"{name}" if where == "body" else f"{where}.{name}"
+        if name in properties:
+            validate(item, properties[name], field)
+        elif extra is False:
+            known = ", ".join(sorted(properties)) or "none"
+            raise SchemaError(f"{where}: unknown field {name!r} (known fields: {known})")
+        elif isinstance(extra, dict):
+            validate(item, extra, field)
+
+
+# -- the shapes --------------------------------------------------------------------------------
+
+_TIMEOUT: Schema = {
+    "type": "number",
+    "minimum": 0,
+    "exclusiveMinimum": True,
+    "maximum": MAX_TIMEOUT,
+    "description": "Seconds before the code is interrupted (and its kernel replaced if it "
+    "ignores the interrupt); the answer is then 504 timeout.",
+}
+_CODE: Schema = {"type": "string", "description": "Python source; a top-level `return X` gives X."}
+
+EXECUTE_REQUEST: Schema = {
+    "type": "object",
+    "properties": {
+        "content": _CODE,
+        "code": {**_CODE, "description": "The same as `content` (the older field name)."},
+        "timeout_secs": {**_TIMEOUT, "default": 30},
+        "capture_variables": {"type": "boolean", "default": False},
+        "inputs": {
+            "type": "object",
+            "additionalProperties": True,
+            "description": "Globals for the code: Python names mapped to JSON values.",
+        },
+    },
+    "additionalProperties": False,
+    "oneOf": [{"required": ["content"]}, {"required": ["code"]}],
+    "x-oneOf-message": "give the code in exactly one of the fields 'content' or 'code'",
+}
+
+EVALUATE_REQUEST: Schema = {
+    "type": "object",
+    "properties": {
+        "expr": {"type": "string", "description": "One Python expression."},
+        "timeout_secs": _TIMEOUT,
+    },
+    "required": ["expr"],
+    "additionalProperties": False,
+}
+
+EXECUTE_FILE_REQUEST: Schema = {
+    "type": "object",
+    "properties": {
+        "path": {
+            "type": "string",
+            "minLength": 1,
+            "description": "A script inside the service's root folder, relative to it or absolute.",
+        },
+        "timeout_secs": _TIMEOUT,
+        "capture_variables": {"type": "boolean", "default": False},
+    },
+    "required": ["path"],
+    "additionalProperties": False,
+}
+
+BACKEND_REQUEST: Schema = {
+    "type": "object",
+    "properties": {
+        "script": {
+            "type": "string",
+            "description": "Python source defining the backend class (see the backends guide).",
+        },
+        "env": {
+            "type": "object",
+            "additionalProperties": {"type": "string"},
+            "description": "Extra environment variables for the backend's kernel.",
+        },
+        "timeout_secs": {
+            **_TIMEOUT,
+            "description": "Seconds the script gets to start, and the default for its calls.",
+        },
+        "restart": {
+            "type": "boolean",
+            "default": False,
+            "description": "Bring a dead kernel back with the script run again.",
+        },
+    },
+    "required": ["script"],
+    "additionalProperties": False,
+}
+
+CALL_REQUEST: Schema = {
+    "type": "object",
+    "properties": {
+        "cmd": {"type": "string", "minLength": 1, "description": "The method to call."},
+        "params": {
+            "type": "object",
+            "additionalProperties": True,
+            "description": "Keyword arguments of the method.",
+        },
+        "timeout_secs": _TIMEOUT,
+    },
+    "required": ["cmd"],
+    "additionalProperties": False,
+}
+
+_OUTPUT: Schema = {
+    "type": "object",
+    "description": "An nbformat v4 output (stream, display_data, execute_result or error).",
+    "properties": {"output_type": {"type": "string"}},
+    "required": ["output_type"],
+}
+
+EXECUTION_RESULT: Schema = {
+    "type": "object",
+    "properties": {
+        "success": {"type": "boolean"},
+        "stdout": {"type": "string"},
+        "stderr": {"type": "string"},
+        "result": {"nullable": True, "description": "The value (JSON if it has a JSON form)."},
+        "error": {"type": "string", "nullable": True, "description": "The traceback."},
+        "error_type": {"type": "string", "nullable": True, "enum": ["python_error", None]},
+        "duration_ms": {"type": "number"},
+        "outputs": {"type": "array", "items": _OUTPUT},
+        "variables": {"type": "object", "nullable": True},
+        "attestations": {"type": "array", "items": {"type": "object"}},
+        "truncated": {"type": "boolean"},
+    },
+    "required": [
+        "success",
+        "stdout",
+        "stderr",
+        "result",
+        "error",
+        "duration_ms",
+        "outputs",
+        "attestations",
+        "truncated",
+    ],
+}
+
+ERROR: Schema = {
+    "type": "object",
+    "description": "Every failure has this shape; a call that ran out of time or lost its "
+    "kernel also carries the output made so far (stdout, stderr, outputs).",
+    "properties": {
+        "success": {"type": "boolean", "enum": [False]},
+        "error": {"type": "string"},
+        "error_type": {"type": "string", "enum": ERROR_TYPES},
+        "status": {"type": "integer"},
+        "stdout": {"type": "string"},
+        "stderr": {"type": "string"},
+        "outputs": {"type": "array", "items": _OUTPUT},
+        "restarted": {"type": "boolean"},
+        "traceback": {"type": "string", "description": "A backend script's traceback."},
+    },
+    "required": ["success", "error", "error_type", "status"],
+}
+
+VERSION: Schema = {
+    "type": "object",
+    "properties": {
+        "python_version": {"type": "string", "description": "The kernels' Python version."},
+        "plugin_version": {"type": "string", "description": "kernel-bridge's version."},
+        "kernel_python": {"type": "string", "description": "The interpreter of the kernels."},
+        "server_python_version": {"type": "string"},
+        "jupyter_server_version": {"type": "string"},
+    },
+    "required": ["python_version", "plugin_version"],
+}
+
+MODULES: Schema = {
+    "type": "object",
+    "properties": {"modules": {"type": "object", "additionalProperties": {"type": "boolean"}}},
+    "required": ["modules"],
+}
+
+HEALTH: Schema = {
+    "type": "object",
+    "properties": {
+        "status": {"type": "string", "enum": ["ok"]},
+        "version": {"type": "string"},
+        "pool_size": {"type": "integer"},
+        "kernels": {"type": "integer", "description": "Live kernels of the pool."},
+        "backends": {"type": "integer"},
+    },
+    "required": ["status", "version", "pool_size", "kernels", "backends"],
+}
+
+BACKEND: Schema = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "kernel_id": {"type": "string", "description": "The kernel, as /api/kernels lists it."},
+        "methods": {"type": "array", "items": {"type": "string"}},
+        "alive": {"type": "boolean"},
+    },
+    "required": ["id", "kernel_id", "methods", "alive"],
+}
+
+BACKEND_LIST: Schema = {
+    "type": "object",
+    "properties": {"backends": {"type": "array", "items": BACKEND}},
+    "required": ["backends"],
+}
+
+BACKEND_DELETED: Schema = {
+    "type": "object",
+    "properties": {"id": {"type": "string"}, "deleted": {"type": "boolean"}},
+    "required": ["id", "deleted"],
+}
+
+CALL_RESULT: Schema = {
+    "type": "object",
+    "properties": {
+        "success": {"type": "boolean"},
+        "result": {"nullable": True},
+        "error": {"type": "string", "nullable": True},
+        "error_type": {"type": "string", "nullable": True, "enum": ["python_error", None]},
+        "duration_ms": {"type": "number"},
+    },
+    "required": ["success", "result", "error", "duration_ms"],
+}

@@ -1,0 +1,135 @@
+"""The real service, `kernel-bridge serve`, as a separate process on a free port, for tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+KERNEL_BRIDGE = str(Path(sys.executable).with_name("kernel-bridge"))
+
+
+def children(pid: int) -> set[int]:
+    """Processes whose parent is *pid* (the kernels of a service)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid:
+            found.add(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+class ServiceProcess:
+    """`kernel-bridge serve --port 0 ...`; ``url`` and ``token`` once ``start()`` returns."""
+
+    def __init__(
+        self,
+        *args: str,
+        token: str | None = None,
+        pool_size: int = 2,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> None:
+        self.token = token if token is not None else secrets.token_hex(16)
+        self.args: Sequence[str] = args
+        self.pool_size = pool_size
+        self.env = {**os.environ, **(env or {})}
+        self.cwd = cwd
+        self.url = ""
+        self.banner = ""
+        self.process: subprocess.Popen[bytes] | None = None
+        self._out = tempfile.NamedTemporaryFile(prefix="kb-serve-", suffix=".out")  # noqa: SIM115
+        self._err = tempfile.NamedTemporaryFile(prefix="kb-serve-", suffix=".err")  # noqa: SIM115
+
+    def command(self) -> list[str]:
+        cmd = [KERNEL_BRIDGE, "serve", "--port", "0", "--pool-size", str(self.pool_size)]
+        if self.token:
+            cmd += ["--token", self.token]
+        return [*cmd, *self.args]
+
+    def start(self, timeout: float = 90) -> ServiceProcess:
+        self.process = subprocess.Popen(
+            self.command(), stdout=self._out, stderr=self._err, env=self.env, cwd=self.cwd
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = Path(self._out.name).read_text()
+            match = re.search(r"serving at (\S+)", text)
+            if match and "Ctrl-C" in text:
+                self.url = match.group(1).rstrip("/")
+                self.banner = text
+                return self
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the service exited early:\n{self.log()}")
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"the service did not start in {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return Path(self._out.name).read_text() + Path(self._err.name).read_text()
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def _options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        headers = {"Authorization": f"token {self.token}"}
+        return {"base_url": self.url, "headers": headers, "timeout": 60, **kwargs}
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(**self._options(kwargs))
+
+    def async_client(self, **kwargs: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(**self._options(kwargs))
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 30) -> int | None:
+        """Stop it as Ctrl-C does; kill it (and say so) if it does not stop in time."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise RuntimeError(f"the service ignored signal {sig}:\n{self.log()}") from None
+        return self.process.returncode
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            self._out.close()
+            self._err.close()
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,322 @@
+"""Backends over HTTP, and the same kernels seen through Jupyter Server's own API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from service_process import ServiceProcess
+from tornado.websocket import websocket_connect
+
+PROBE = """\
+import os
+import time
+
+from bridge_runtime import PythonBridge
+
+
+class Probe(PythonBridge):
+    def __init__(self):
+        super().__init__()
+        self.counter = 0
+
+    def increment(self):
+        self.counter += 1
+        return {"count": self.counter}
+
+    def env(self):
+        return dict(os.environ)
+
+    def fail(self):
+        raise ValueError("no good")
+
+    def slow(self, seconds):
+        time.sleep(seconds)
+        return "done"
+
+    def die(self):
+        os.kill(os.getpid(), 9)
+
+    def emit(self, n):
+        for i in range(n):
+            self.send_event("tick", {"i": i})
+        return n
+
+    def blob(self):
+        return b"\\x00\\x01"
+
+
+if __name__ == "__main__":
+    print("probe ready")
+    backend = Probe()
+    backend.run()
+"""
+
+MAX_BACKENDS = 3
+
+
+@pytest.fixture(scope="module")
+def service() -> Iterator[ServiceProcess]:
+    with ServiceProcess(f"--BridgeApp.max_backends={MAX_BACKENDS}", pool_size=1) as svc:
+        yield svc
+
+
+@pytest.fixture(scope="module")
+def client(service: ServiceProcess) -> Iterator[httpx.Client]:
+    with service.client() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def probe(client: httpx.Client) -> Iterator[dict[str, Any]]:
+    """One backend shared by the tests that only call it."""
+    r = client.post("/backends", json={"script": PROBE})
+    assert r.status_code == 201, r.text
+    yield r.json()
+    client.delete(f"/backends/{r.json()['id']}")
+
+
+def call(client: httpx.Client, backend_id: str, cmd: str, **params: Any) -> httpx.Response:
+    return client.post(f"/backends/{backend_id}/call", json={"cmd": cmd, "params": params})
+
+
+def failure(r: httpx.Response, status: int, error_type: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    body: dict[str, Any] = r.json()
+    assert (body["success"], body["error_type"], body["status"]) == (False, error_type, status)
+    return body
+
+
+def test_create_list_get_call_delete(client: httpx.Client) -> None:
+    r = client.post("/backends", json={"script": PROBE, "env": {"MODE": "x"}})
+    assert r.status_code == 201, r.text
+    created = r.json()
+    assert set(created["methods"]) >= {"increment", "env", "fail", "slow"}
+    assert created["alive"] is True
+    backend_id = created["id"]
+    assert created in client.get("/backends").json()["backends"]
+    assert client.get(f"/backends/{backend_id}").json() == created
+    assert created["kernel_id"] in {k["id"] for k in client.get("/api/kernels").json()}
+    body = call(client, backend_id, "env").json()
+    assert body["success"] is True and body["result"]["MODE"] == "x"
+    assert body["error"] is None and body["duration_ms"] > 0
+
+    r = client.delete(f"/backends/{backend_id}")
+    assert r.json() == {"id": backend_id, "deleted": True}
+    failure(client.get(f"/backends/{backend_id}"), 404, "not_found")
+    assert created["kernel_id"] not in {k["id"] for k in client.get("/api/kernels").json()}
+
+
+def test_calls_keep_state_and_report_errors(client: httpx.Client, probe: dict[str, Any]) -> None:
+    pid = probe["id"]
+    counts = [call(client, pid, "increment").json()["result"]["count"] for _ in range(3)]
+    assert counts == [counts[0], counts[0] + 1, counts[0] + 2]
+    body = call(client, pid, "fail").json()
+    assert body["success"] is False
+    assert body["error_type"] == "python_error"
+    assert "ValueError" in body["error"] and "no good" in body["error"]
+    body = failure(call(client, pid, "nope"), 400, "bad_request")
+    assert "increment" in body["error"]  # names the methods there are
+    blob = call(client, pid, "blob").json()["result"]
+    assert blob["kind"] == "bytes" and blob["base64"] == "AAE="
+
+
+def test_call_timeout_is_504_and_the_backend_lives_on(
+    client: httpx.Client, probe: dict[str, Any]
+) -> None:
+    r = client.post(
+        f"/backends/{probe['id']}/call",
+        json={"cmd": "slow", "params": {"seconds": 30}, "timeout_secs": 0.5},
+    )
+    failure(r, 504, "timeout")
+    assert call(client, probe["id"], "increment").json()["success"] is True
+
+
+def test_unknown_backend_is_404_everywhere(client: httpx.Client) -> None:
+    missing = uuid.uuid4().hex
+    failure(client.get(f"/backends/{missing}"), 404, "not_found")
+    failure(client.delete(f"/backends/{missing}"), 404, "not_found")
+    failure(call(client, missing, "x"), 404, "not_found")
+    failure(client.get(f"/backends/{missing}/events"), 404, "not_found")
+
+
+@pytest.mark.parametrize(
+    ("body", "names"),
+    [
+        ({}, "missing field 'script'"),
+        ({"script": 5}, "script must be a string"),
+        ({"script": "x = 1", "env": {"A": 1}}, "env.A must be a string"),
+        ({"script": "x = 1", "extra": 1}, "unknown field 'extra'"),
+    ],
+)
+def test_bad_backend_requests(client: httpx.Client, body: dict[str, Any], names: str) -> None:
+    assert names in failure(client.post("/backends", json=body), 400, "bad_request")["error"]
+
+
+def test_bad_call_requests(client: httpx.Client, probe: dict[str, Any]) -> None:
+    url = f"/backends/{probe['id']}/call"
+    failure(client.post(url, json={}), 400, "bad_request")
+    failure(client.post(url, json={"cmd": "env", "params": [1]}), 400, "bad_request")
+    failure(client.post(url, content=b"{nope"), 400, "bad_request")
+
+
+def test_a_script_that_raises_is_a_python_error(client: httpx.Client) -> None:
+    r = client.post("/backends", json={"script": "import os\n1 / 0\n"})
+    body = failure(r, 400, "python_error")
+    assert "ZeroDivisionError" in body["traceback"]
+    r = client.post("/backends", json={"script": "x = 1\n"})  # never calls run()
+    failure(r, 400, "bad_request")
+
+
+def test_a_killed_backend_is_503_kernel_died(client: httpx.Client) -> None:
+    created = client.post("/backends", json={"script": PROBE}).json()
+    try:
+        r = call(client, created["id"], "die")
+        failure(r, 503, "kernel_died")
+        failure(call(client, created["id"], "increment"), 503, "kernel_died")
+        assert client.get(f"/backends/{created['id']}").json()["alive"] is False
+    finally:
+        client.delete(f"/backends/{created['id']}")
+
+
+def test_the_backend_limit_is_429(client: httpx.Client, probe: dict[str, Any]) -> None:
+    ids = []
+    try:
+        for _ in range(MAX_BACKENDS - 1):  # the probe is one
+            r = client.post("/backends", json={"script": PROBE})
+            assert r.status_code == 201, r.text
+            ids.append(r.json()["id"])
+        failure(client.post("/backends", json={"script": PROBE}), 429, "busy")
+    finally:
+        for backend_id in ids:
+            client.delete(f"/backends/{backend_id}")
+
+
+def test_the_token_never_reaches_a_backend(
+    client: httpx.Client, probe: dict[str, Any], service: ServiceProcess
+) -> None:
+    env = call(client, probe["id"], "env").json()["result"]
+    assert not [k for k, v in env.items() if service.token in v]
+
+
+# -- events --------------------------------------------------------------------------------------
+
+
+def read_events(lines: Iterator[str], count: int) -> list[tuple[int, dict[str, Any]]]:
+    """The next *count* events of an SSE stream, as (id, {type, data})."""
+    events: list[tuple[int, dict[str, Any]]] = []
+    seq = 0
+    for line in lines:
+        if line.startswith("id: "):
+            seq = int(line[4:])
+        elif line.startswith("data: "):
+            events.append((seq, json.loads(line[6:])))
+            if len(events) == count:
+                break
+    return events
+
+
+def test_events_stream_replays_then_follows(service: ServiceProcess, client: httpx.Client) -> None:
+    created = client.post("/backends", json={"script": PROBE}).json()
+    url = f"/backends/{created['id']}/events"
+    try:
+        assert call(client, created["id"], "emit", n=3).json()["result"] == 3  # before the stream
+        # ?token= as an EventSource sends it; no Authorization header.
+        with (
+            httpx.Client(base_url=service.url, timeout=30) as plain,
+            plain.stream("GET", f"{url}?token={service.token}") as r,
+        ):
+            assert r.status_code == 200
+            assert r.headers["content-type"].startswith("text/event-stream")
+            lines = r.iter_lines()
+            replayed = [e for _, e in read_events(lines, 4)]
+            # What the script printed while starting came before any stream existed.
+            assert replayed[0] == {"type": "stdout", "data": "probe ready\n"}
+            assert replayed[1:] == [{"type": "tick", "data": {"i": i}} for i in range(3)]
+            call(client, created["id"], "emit", n=2)
+            live = read_events(lines, 2)
+            assert [e["data"]["i"] for _, e in live] == [0, 1]
+        # A reconnecting EventSource sends the last id it saw and gets what came after.
+        first_live = live[0][0]
+        with client.stream("GET", url, headers={"Last-Event-ID": str(first_live)}) as r:
+            assert read_events(r.iter_lines(), 1) == [live[1]]
+    finally:
+        client.delete(f"/backends/{created['id']}")
+
+
+def test_events_stream_ends_when_the_backend_is_deleted(client: httpx.Client) -> None:
+    created = client.post("/backends", json={"script": PROBE}).json()
+    with client.stream("GET", f"/backends/{created['id']}/events") as r:
+        client.delete(f"/backends/{created['id']}")
+        lines = list(r.iter_lines())
+    assert "event: end" in lines
+
+
+# -- JupyterLab ----------------------------------------------------------------------------------
+
+
+async def execute_over_websocket(service: ServiceProcess, kernel_id: str, code: str) -> str:
+    """Run *code* in a kernel through /api/kernels/{id}/channels, as JupyterLab does."""
+    ws_url = service.url.replace("http://", "ws://")
+    url = f"{ws_url}/api/kernels/{kernel_id}/channels?token={service.token}"
+    ws = await websocket_connect(url)
+    msg_id = uuid.uuid4().hex
+    ws.write_message(
+        json.dumps(
+            {
+                "header": {
+                    "msg_id": msg_id,
+                    "msg_type": "execute_request",
+                    "username": "test",
+                    "session": uuid.uuid4().hex,
+                    "version": "5.3",
+                    "date": "",
+                },
+                "parent_header": {},
+                "metadata": {},
+                "content": {"code": code, "silent": False, "store_history": True},
+                "channel": "shell",
+                "buffers": [],
+            }
+        )
+    )
+    result = ""
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                raw = await ws.read_message()
+                assert raw is not None, "the server closed the websocket"
+                msg = json.loads(raw)
+                if msg["parent_header"].get("msg_id") != msg_id:
+                    continue
+                kind = msg["header"]["msg_type"]
+                if kind == "execute_result":
+                    result = msg["content"]["data"]["text/plain"]
+                elif kind == "error":
+                    raise AssertionError(msg["content"]["evalue"])
+                elif kind == "status" and msg["content"]["execution_state"] == "idle":
+                    return result
+    finally:
+        ws.close()
+
+
+def test_jupyterlab_sees_and_opens_a_backend(service: ServiceProcess, client: httpx.Client) -> None:
+    created = client.post("/backends", json={"script": PROBE}).json()
+    try:
+        listed = {k["id"]: k for k in client.get("/api/kernels").json()}
+        assert created["kernel_id"] in listed
+        for _ in range(3):
+            call(client, created["id"], "increment")
+        # The backend instance is live in its kernel: a Jupyter client reads its state.
+        seen = asyncio.run(execute_over_websocket(service, created["kernel_id"], "backend.counter"))
+        assert seen == "3"
+        # ...and can change it; the host sees the change on its next call.
+        asyncio.run(execute_over_websocket(service, created["kernel_id"], "backend.counter = 10"))
+        assert call(client, created["id"], "increment").json()["result"] == {"count": 11}
+    finally:
+        client.delete(f"/backends/{created['id']}")
