@@ -37,6 +37,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python bench/execute.py
 	$(BIN)/python bench/backend.py
+	$(BIN)/python bench/notebooks.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
