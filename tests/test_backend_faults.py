@@ -65,14 +65,16 @@ async def test_death_fails_pending_calls_and_restart_brings_it_back(
             assert time.monotonic() - started < 5
             assert "died" in str(info.value)
             assert (info.value.exit_code, info.value.signal) == (status["code"], status["signal"])
-            await wait_for(lambda n=round_: len(restarts) == n, 30)
+            assert not backend.alive  # restarting
+            # A call made now waits for the fresh kernel; the script ran again, state anew.
+            assert (await backend.call("state"))["counter"] == 0
+            assert len(restarts) == round_
             assert exits[-1]["code"] == status["code"]
             assert exits[-1]["signal"] == status["signal"]
             assert exits[-1]["restarting"] is True
             assert restarts[-1]["ok"] is True and restarts[-1]["kernel_id"] != first_kernel
             assert backend.alive and backend.restarts == round_
             assert backend.kernel_id == restarts[-1]["kernel_id"]
-            assert (await backend.call("state"))["counter"] == 0  # a fresh run of the script
             assert gone(pid)
 
 
