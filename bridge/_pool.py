@@ -7,13 +7,28 @@ import collections
 import contextlib
 import functools
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
+from typing import Protocol
 
 from ._exceptions import BridgeClosed, ExitStatus, KernelStartError
 from ._kernel import Kernel
-from ._manager import KernelFactory
 
 log = logging.getLogger("bridge.pool")
+
+
+class Factory(Protocol):
+    """What the pool needs of a kernel factory: _manager.KernelFactory, _gateway.GatewayFactory."""
+
+    python: str
+    kernels: set[Kernel]
+
+    async def start(
+        self, *, env: Mapping[str, str] | None = None, cwd: str | None = None
+    ) -> Kernel: ...
+
+    async def stop(self, kernel: Kernel, *, now: bool = False) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class KernelPool:
@@ -24,7 +39,7 @@ class KernelPool:
     a warm kernel is free.
     """
 
-    def __init__(self, factory: KernelFactory, size: int) -> None:
+    def __init__(self, factory: Factory, size: int) -> None:
         self.factory = factory
         self.size = size
         self._free: collections.deque[Kernel] = collections.deque()
