@@ -52,6 +52,7 @@ POLL_INTERVAL = 2.0  # seconds between checks that the gateway still has our ker
 PING_INTERVAL = 2.5  # websocket pings: a silently dropped connection is seen within 2 of them
 MAX_MESSAGE = 1 << 30  # the largest message we accept from the gateway
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+_RATE_LIMITED = ("IOPub message rate exceeded", "IOPub data rate exceeded")
 
 
 def gateway_settings(url: str | None, token: str | None) -> tuple[str, str]:
@@ -379,6 +380,7 @@ class GatewayKernel(Kernel):
         self.gateway = gateway
         self.startup_timeout = startup_timeout
         self.reason = ""  # why it is gone, as the gateway showed it
+        self._warned_rate = False
 
     @property
     def name(self) -> str:
@@ -421,6 +423,19 @@ class GatewayKernel(Kernel):
         elif msg_type == "shutdown_reply":
             self.lost("it was shut down on the gateway")
             return True
+        elif msg_type == "stream" and msg["content"].get("text", "").startswith(_RATE_LIMITED):
+            # Jupyter Server's IOPub rate limit (on by default in Kernel Gateway) drops output
+            # and says so on stderr: the call's output is incomplete, so it is marked truncated.
+            call = self._calls.get(msg["parent_header"].get("msg_id", ""))
+            if call is not None:
+                call.collector.truncated = True
+            if not self._warned_rate:
+                self._warned_rate = True
+                log.warning(
+                    "%s: the gateway dropped output over its IOPub rate limit; start it with "
+                    "--ZMQChannelsWebsocketConnection.limit_rate=False",
+                    self.name,
+                )
         return False
 
     def _send(self, msg: dict[str, Any], buffers: list[Any] | None = None) -> None:

@@ -84,6 +84,8 @@ class GatewayProcess:
                 *common,
                 f"--KernelGatewayApp.auth_token={self.token}",
                 "--JupyterWebsocketPersonality.list_kernels=True",
+                # Its IOPub rate limit drops output past 1,000 msg/s or 1 MB/s (docs/scale.md).
+                "--ZMQChannelsWebsocketConnection.limit_rate=False",
             ]
             if self.legacy_protocol:
                 cmd.append("--ZMQChannelsWebsocketConnection.kernel_ws_protocol=")
