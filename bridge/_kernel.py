@@ -108,7 +108,12 @@ class Kernel:
         self.kernel_id = kernel_id
         self.pgid = pgid
         self.log_path = log_path
-        self.client = manager.client(context=context)
+        # A Session of our own: one shared with another client of this kernel (km.client()
+        # hands out the manager's) means one ZeroMQ identity, so replies can go to the other
+        # socket, and one replay-check history, so each client rejects the other's messages.
+        session = manager.session.clone()
+        session.session = uuid.uuid4().hex
+        self.client = manager.client(context=context, session=session)
         self.session = self.client.session
         self.kernel_info: dict[str, Any] = {}
         self.exit_status: ExitStatus | None = None

@@ -18,6 +18,8 @@ import zmq
 import zmq.asyncio
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
+from jupyter_core.paths import jupyter_runtime_dir
+from jupyter_core.utils import ensure_dir_exists
 
 from ._exceptions import InvalidRequest, KernelStartError, translated
 from ._kernel import Kernel
@@ -94,7 +96,13 @@ class KernelFactory:
         self.startup_timeout = startup_timeout
         spec = bridge_kernel_spec(self.python)
         if multi_manager is None:
-            multi_manager = AsyncMultiKernelManager(kernel_spec_manager=BridgeSpecManager(spec))
+            # Connection files (0600, with the key) go to Jupyter's private runtime folder
+            # (0700), where `jupyter console --existing` looks; the default is the cwd.
+            runtime_dir = jupyter_runtime_dir()
+            ensure_dir_exists(runtime_dir, 0o700)
+            multi_manager = AsyncMultiKernelManager(
+                kernel_spec_manager=BridgeSpecManager(spec), connection_dir=runtime_dir
+            )
         else:
             _teach_spec(multi_manager, spec)
         self.multi_manager = multi_manager

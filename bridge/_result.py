@@ -119,16 +119,19 @@ class OutputCollector:
         if handler is not None:
             handler(content)
 
-    def _admit(self, size: int, stream: str = "stderr") -> bool:
+    def _admit(self, size: int) -> int:
+        """How much of *size* characters still fits under the cap (all of it, or what is left)."""
         if self.truncated:
-            return False
-        if self.size + size <= self.max_output:
-            self.size += size
-            return True
+            return 0
+        room = self.max_output - self.size
+        taken = min(size, max(room, 0))
+        self.size += taken
+        return taken
+
+    def _cut(self, stream: str) -> None:
         self.truncated = True
         marker = f"\n[kernel-bridge: output truncated at {self.max_output} characters]\n"
         self._append_stream(stream, marker)
-        return False
 
     def _flush_clear(self) -> None:
         if self._clear_pending:
@@ -153,13 +156,22 @@ class OutputCollector:
     def _on_stream(self, content: dict[str, Any]) -> None:
         self._flush_clear()
         name, text = str(content.get("name", "stdout")), str(content.get("text", ""))
-        if self._admit(len(text), name):
-            self._append_stream(name, text)
+        if self.truncated:
+            return
+        taken = self._admit(len(text))
+        if taken:
+            self._append_stream(name, text[:taken])
+        if taken < len(text):
+            self._cut(name)
 
     def _on_display_data(self, content: dict[str, Any]) -> None:
         self._flush_clear()
         data = content.get("data") or {}
-        if not self._admit(_size(data)):
+        if self.truncated:
+            return
+        size = _size(data)
+        if self._admit(size) < size:  # a display is kept whole or not at all
+            self._cut("stderr")
             return
         output = {
             "output_type": "display_data",

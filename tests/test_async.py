@@ -1,0 +1,125 @@
+"""AsyncBridge under concurrency: calls spread over the pool, outputs stay with their call."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+import bridge
+
+
+@pytest.mark.asyncio
+async def test_concurrent_calls_spread_and_keep_their_own_output(
+    abridge: bridge.AsyncBridge,
+) -> None:
+    code = (
+        "import os, time\n"
+        "for i in range(3):\n"
+        "    print(token, i, flush=True)\n"
+        "    time.sleep(0.01)\n"
+        "return os.getpid()"
+    )
+    tokens = [f"token-{n:03d}" for n in range(24)]
+    results = await asyncio.gather(*(abridge.execute(code, inputs={"token": t}) for t in tokens))
+    for token, r in zip(tokens, results, strict=True):
+        assert r.success, r.error
+        assert r.stdout == "".join(f"{token} {i}\n" for i in range(3))
+    assert len({r.value for r in results}) == 2  # both kernels of the pool did work
+
+
+@pytest.mark.asyncio
+async def test_sessions_run_beside_one_off_calls(abridge: bridge.AsyncBridge) -> None:
+    async with abridge.session() as s:
+        await s.execute("counter = 0")
+        await asyncio.gather(*(s.execute("counter += 1") for _ in range(10)))
+        one_offs = await asyncio.gather(*(abridge.evaluate(f"{n} * 2") for n in range(5)))
+        assert (await s.evaluate("counter")).value == 10
+    assert [r.value for r in one_offs] == [0, 2, 4, 6, 8]
+
+
+@pytest.mark.asyncio
+async def test_on_attest_sees_each_record_as_it_is_made() -> None:
+    seen: list[tuple[float, dict[str, Any]]] = []
+    later: list[str] = []
+
+    async def async_hook(record: dict[str, Any]) -> None:
+        later.append(record["subjects"][0])
+
+    def hook(record: dict[str, Any]) -> None:
+        seen.append((time.monotonic(), record))
+
+    async with bridge.AsyncBridge(pool_size=1, on_attest=hook) as b:
+        started = time.monotonic()
+        r = await b.execute(
+            "import time\nattest('early', 'made')\ntime.sleep(1)\nattest('late', 'made')"
+        )
+        ended = time.monotonic()
+        assert [rec for _, rec in seen] == r.attestations
+        assert seen[0][0] - started < ended - started - 0.5  # delivered during the call
+        b.on_attest = async_hook
+        await b.execute("attest('from-async-hook', 'made')")
+        await asyncio.sleep(0.1)
+        assert later == ["from-async-hook"]
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_call_leaves_a_usable_kernel() -> None:
+    async with bridge.AsyncBridge(pool_size=1) as b:
+        pid = (await b.evaluate("__import__('os').getpid()")).value
+        task = asyncio.ensure_future(b.execute("import time\ntime.sleep(60)"))
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        r = await b.execute("import os\nreturn os.getpid()", timeout=10)
+        assert r.value == pid  # interrupted and reused, not replaced
+
+
+@pytest.mark.asyncio
+async def test_calls_after_close_fail_clearly() -> None:
+    b = bridge.AsyncBridge(pool_size=1)
+    with pytest.raises(bridge.BridgeClosed, match="not started"):
+        await b.execute("1")
+    async with b:
+        pass
+    with pytest.raises(bridge.BridgeClosed, match="closed"):
+        await b.execute("1")
+    with pytest.raises(bridge.BridgeClosed):
+        await b.start()
+
+
+@pytest.mark.asyncio
+async def test_closing_during_calls_fails_them_without_hanging() -> None:
+    b = bridge.AsyncBridge(pool_size=1)
+    await b.start()
+    running = asyncio.ensure_future(b.execute("import time\ntime.sleep(60)"))
+    waiting = asyncio.ensure_future(b.execute("1"))
+    await asyncio.sleep(0.3)
+    await asyncio.wait_for(b.aclose(), 15)
+    for task in (running, waiting):
+        with pytest.raises((bridge.KernelDied, bridge.BridgeClosed)):
+            await asyncio.wait_for(task, 5)
+
+
+@pytest.mark.asyncio
+async def test_other_clients_of_a_kernel_do_not_disturb_the_bridge(
+    abridge: bridge.AsyncBridge,
+) -> None:
+    async with abridge.session() as s:
+        kc = s.kernel.manager.client()  # shares the manager's Session, as km.client() does
+        kc.start_channels()
+        try:
+            await kc.wait_for_ready(timeout=30)
+            reply = await kc.execute_interactive("y = 5", output_hook=lambda m: None, timeout=30)
+            assert reply["content"]["status"] == "ok"
+            mine, theirs = await asyncio.gather(
+                s.evaluate("y * 2", timeout=10),
+                kc.execute_interactive("z = y + 1", output_hook=lambda m: None, timeout=30),
+            )
+            assert mine.value == 10 and theirs["content"]["status"] == "ok"
+            assert (await s.evaluate("z", timeout=10)).value == 6
+        finally:
+            kc.stop_channels()

@@ -1,0 +1,191 @@
+"""Kernels that misbehave on purpose: hang, ignore interrupts, hold the GIL, die, flood output."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import bridge
+
+SWALLOWS_INTERRUPT = """
+import time
+print('started', flush=True)
+while True:
+    try:
+        time.sleep(0.05)
+    except KeyboardInterrupt:
+        pass
+"""
+
+
+@pytest.fixture(scope="module")
+def faulty() -> Iterator[bridge.Bridge]:
+    """Its own pool: these tests kill kernels, which the shared pool's users should not feel."""
+    with bridge.Bridge(pool_size=2, timeout=30) as b:
+        yield b
+
+
+def _pids(b: bridge.Bridge) -> set[int]:
+    return {pid for k in b.async_bridge.pool.kernels if (pid := k.pid) is not None and k.alive}
+
+
+def _wait_full(b: bridge.Bridge) -> None:
+    """Until the pool has all its kernels again (replacements start in the background)."""
+    pool = b.async_bridge.pool
+    deadline = time.monotonic() + 30
+    while len([k for k in pool.kernels if k.alive]) < pool.size:
+        assert time.monotonic() < deadline, "the pool did not refill"
+        time.sleep(0.05)
+
+
+def test_timeout_interrupts_and_keeps_the_kernel(faulty: bridge.Bridge) -> None:
+    _wait_full(faulty)
+    before = _pids(faulty)
+    start = time.monotonic()
+    with pytest.raises(bridge.ExecutionTimeout) as info:
+        faulty.execute("import time\nprint('working', flush=True)\ntime.sleep(60)", timeout=1)
+    elapsed = time.monotonic() - start
+    assert elapsed < 1 + 2
+    exc = info.value
+    assert isinstance(exc, TimeoutError) and isinstance(exc, bridge.BridgeError)
+    assert not exc.restarted and "interrupted" in str(exc)
+    assert exc.timeout == 1 and exc.result.stdout == "working\n"
+    assert exc.result.error is not None and exc.result.error.ename == "KeyboardInterrupt"
+    assert faulty.evaluate("1 + 1").value == 2
+    assert _pids(faulty) == before  # an interrupt was enough: no kernel was replaced
+
+
+def test_timeout_kills_code_that_swallows_keyboard_interrupt(faulty: bridge.Bridge) -> None:
+    start = time.monotonic()
+    with pytest.raises(bridge.ExecutionTimeout) as info:
+        faulty.execute(SWALLOWS_INTERRUPT, timeout=1)
+    assert time.monotonic() - start < 1 + 2
+    assert info.value.restarted and "killed" in str(info.value)
+    assert info.value.result.stdout == "started\n"
+    assert faulty.evaluate("2 + 2").value == 4
+
+
+def test_timeout_kills_code_holding_the_gil_in_c(faulty: bridge.Bridge) -> None:
+    start = time.monotonic()
+    with pytest.raises(bridge.ExecutionTimeout) as info:
+        faulty.execute("sum(range(10**11))", timeout=1)
+    assert time.monotonic() - start < 1 + 2
+    assert info.value.restarted
+    assert faulty.evaluate("3 + 3").value == 6
+
+
+@pytest.mark.parametrize(
+    ("code", "exit_code", "sig"),
+    [
+        ("import os\nprint('last words')\nos._exit(7)", 7, None),
+        ("import ctypes\nprint('last words')\nctypes.string_at(0)", None, signal.SIGSEGV),
+        ("import os, signal\nprint('last words')\nos.kill(os.getpid(), signal.SIGKILL)", None, 9),
+    ],
+    ids=["exit", "segfault", "sigkill"],
+)
+def test_kernel_death_is_reported_with_status_and_output(
+    faulty: bridge.Bridge, code: str, exit_code: int | None, sig: int | None
+) -> None:
+    start = time.monotonic()
+    with pytest.raises(bridge.KernelDied) as info:
+        faulty.execute(code, timeout=30)
+    assert time.monotonic() - start < 5
+    assert info.value.exit_code == exit_code and info.value.signal == sig
+    assert info.value.result is not None and not info.value.result.success
+    if sig is None:  # os._exit flushes first; a signal gives the kernel no chance to
+        assert info.value.result.stdout == "last words\n"
+    assert faulty.evaluate("'next call works'").value == "next call works"
+
+
+def test_replacement_starts_in_the_background(faulty: bridge.Bridge) -> None:
+    pool = faulty.async_bridge.pool
+    _wait_full(faulty)
+    survivors = _pids(faulty)
+    with pytest.raises(bridge.KernelDied):
+        faulty.execute("import os\nos._exit(1)")
+    # The next calls go to the warm kernel that is still there, not to one being started.
+    alive = {k.pid for k in pool.kernels if k.alive}
+    assert alive and alive <= survivors
+    pid = faulty.evaluate("__import__('os').getpid()").value
+    assert pid in survivors
+    _wait_full(faulty)
+
+
+def test_idle_kernel_death_is_replaced(faulty: bridge.Bridge) -> None:
+    import os
+
+    pool = faulty.async_bridge.pool
+    _wait_full(faulty)
+    victim = next(k for k in pool.kernels if k.alive)
+    assert victim.pid is not None
+    os.kill(victim.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while (victim in pool.kernels or len(pool.kernels) < 2) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert victim not in pool.kernels and all(k.alive for k in pool.kernels)
+    for _ in range(4):
+        assert faulty.evaluate("1").value == 1
+
+
+def test_session_death_is_reported_until_restart(faulty: bridge.Bridge) -> None:
+    with faulty.session() as s:
+        s.execute("state = 'precious'")
+        with pytest.raises(bridge.KernelDied):
+            s.execute("import os\nos._exit(3)")
+        for _ in range(2):  # never silently on a fresh kernel without the state
+            with pytest.raises(bridge.KernelDied, match="restart"):
+                s.evaluate("state")
+        s.restart()
+        r = s.evaluate("state")
+        assert not r.success and r.error is not None and r.error.ename == "NameError"
+        s.execute("state = 'new'")
+        assert s.evaluate("state").value == "new"
+
+
+def test_session_timeout_that_needed_a_kill_loses_the_session(faulty: bridge.Bridge) -> None:
+    with faulty.session() as s:
+        s.execute("x = 1")
+        with pytest.raises(bridge.ExecutionTimeout) as info:
+            s.execute(SWALLOWS_INTERRUPT, timeout=1)
+        assert info.value.restarted
+        with pytest.raises(bridge.KernelDied, match="timeout"):
+            s.evaluate("x")
+
+
+def test_session_timeout_with_interrupt_keeps_state(faulty: bridge.Bridge) -> None:
+    with faulty.session() as s:
+        s.execute("x = 1")
+        with pytest.raises(bridge.ExecutionTimeout) as info:
+            s.execute("import time\ntime.sleep(60)", timeout=1)
+        assert not info.value.restarted
+        assert s.evaluate("x").value == 1
+
+
+def test_fifty_thousand_lines_all_arrive_in_order(faulty: bridge.Bridge) -> None:
+    r = faulty.execute("for i in range(50_000):\n    print(i)", timeout=60)
+    assert r.success and not r.truncated
+    lines = r.stdout.splitlines()
+    assert len(lines) == 50_000
+    assert lines == [str(i) for i in range(50_000)]
+
+
+def test_many_display_messages_are_not_dropped(faulty: bridge.Bridge) -> None:
+    # One IOPub message each: well past ZeroMQ's default high-water mark of 1000.
+    r = faulty.execute(
+        "from IPython.display import display\nfor i in range(5000):\n    display(i)", timeout=60
+    )
+    assert r.success
+    shown = [o["data"]["text/plain"] for o in r.outputs if o["output_type"] == "display_data"]
+    assert shown == [str(i) for i in range(5000)]
+
+
+def test_output_past_the_cap_is_cut_and_the_call_completes() -> None:
+    with bridge.Bridge(pool_size=1, max_output=100_000) as b:
+        r = b.execute("for i in range(100_000):\n    print('x' * 20)\nreturn 'done'", timeout=60)
+        assert r.success and r.value == "done" and r.truncated
+        assert "output truncated" in r.stdout
+        assert 100_000 <= len(r.stdout) < 101_000
+        assert b.execute("print('small')").truncated is False
