@@ -13,12 +13,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Enterprise Gateway 3 pins jupyter_client < 7 and jupyter_server < 2: the tests run it from a
-# venv of its own, as a gateway host that has never seen kernel-bridge (tests/gateways.py).
+# venv of its own, as a gateway host that has never seen kernel-bridge (tests/gateways.py);
+# its kernels get the libraries the core tests use.
 EG_STAMP := $(VENV)/eg/.installed
 $(EG_STAMP): | $(STAMP)
 	test -x $(VENV)/eg/bin/python || $(PY) -m venv $(VENV)/eg
 	$(VENV)/eg/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/eg/bin/python -m pip install --quiet 'jupyter-enterprise-gateway>=3.2,<4' 'ipykernel>=6.29'
+	$(VENV)/eg/bin/python -m pip install --quiet 'jupyter-enterprise-gateway>=3.2,<4' 'ipykernel>=6.29' pandas matplotlib
 	touch $(EG_STAMP)
 
 KB := $(BIN)/kernel-bridge

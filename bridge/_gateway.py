@@ -243,14 +243,12 @@ def _frames() -> Any:
 class _Channels:
     """The kernel's websocket: every channel over one connection, the token in the upgrade."""
 
-    def __init__(self, gateway: Gateway, kernel_id: str) -> None:
-        from jupyter_client.session import Session
-
+    def __init__(self, gateway: Gateway, kernel_id: str, session: Any) -> None:
         self.gateway = gateway
         self.kernel_id = kernel_id
-        # The gateway signs for the kernel (it alone has the key); the session makes headers.
-        # No key, but set after __init__, which would warn that signing is disabled.
-        self.session = Session()
+        # The gateway signs for the kernel (it alone has the key); the session makes headers
+        # and reads messages. No signing, set here: a Session made without a key warns.
+        self.session = session
         self.session.auth = None
         self.ws: Any = None
         self.v1 = True
@@ -354,11 +352,14 @@ class _RemoteManager:
     connection_file = ""  # nothing to hand to `jupyter console --existing`
 
     def __init__(self, gateway: Gateway, kernel_id: str) -> None:
+        from jupyter_client.session import Session
+
         self.gateway = gateway
         self.kernel_id = kernel_id
+        self.session = Session()  # Kernel clones it for the client
 
-    def client(self, context: Any = None) -> _Channels:
-        return _Channels(self.gateway, self.kernel_id)
+    def client(self, context: Any = None, session: Any = None) -> _Channels:
+        return _Channels(self.gateway, self.kernel_id, session or self.session.clone())
 
     async def interrupt_kernel(self) -> None:
         await self.gateway.interrupt_kernel(self.kernel_id)

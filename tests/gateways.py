@@ -25,10 +25,24 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 KG_EXE = Path(sys.executable).parent / "jupyter-kernelgateway"
 EG_EXE = ROOT / ".venv" / "eg" / "bin" / "jupyter-enterprisegateway"
-KINDS = ("kernel_gateway", "enterprise_gateway")
+GATEWAY_KINDS = ("kernel_gateway", "enterprise_gateway")
+
+
+def bridge_options(request: pytest.FixtureRequest, kind: str) -> dict[str, object]:
+    """AsyncBridge arguments for local kernels or for kernels on the gateway fixture *kind*."""
+    if kind == "local":
+        return {"gateway_url": ""}  # local, whatever the environment says
+    gateway = request.getfixturevalue(kind)
+    options: dict[str, object] = {"gateway_url": gateway.url, "gateway_token": gateway.token}
+    tag = "KERNEL_BRIDGE_TEST_RUN"  # conftest.py's leak check: the gateway's kernels carry it
+    if tag in os.environ:  # too (a KERNEL_* name, which any gateway passes on)
+        options["env"] = {tag: os.environ[tag]}
+    return options
 
 
 def free_port() -> int:
@@ -62,7 +76,7 @@ class GatewayProcess:
     """One gateway of *kind* on a free loopback port with a fresh token."""
 
     def __init__(self, kind: str, *, legacy_protocol: bool = False) -> None:
-        if kind not in KINDS:
+        if kind not in GATEWAY_KINDS:
             raise ValueError(kind)
         self.kind = kind
         self.token = secrets.token_hex(16)

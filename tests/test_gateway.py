@@ -1,10 +1,11 @@
-"""Gateway mode against real gateways on 127.0.0.1: the same checks locally and remotely, then
-the faults only a gateway has.
+"""Gateway mode against real gateways on 127.0.0.1 (tests/gateways.py, fixtures in conftest.py).
 
-``target`` is one parametrized fixture: a bridge on local kernels, on a Jupyter Kernel Gateway
-(websocket protocol v1, ipykernel 7) and on an Enterprise Gateway (its own venv, ipykernel 6).
-Each gateway is shared by the module and stopped at its end, with a check that none of its
-kernels outlived it.
+The core's behaviour checks (test_execute.py) run on the gateways through the parametrized
+``shared_bridge``; here are the core's faults, comms and concurrency over a gateway's websocket,
+then the faults only a gateway has: a kernel killed on the gateway's host or deleted behind our
+back, the gateway stopped mid-call, a wrong token, no gateway at all. ``target`` runs each on a
+Jupyter Kernel Gateway (websocket protocol v1, ipykernel 7) and on an Enterprise Gateway (its
+own venv, ipykernel 6).
 """
 
 from __future__ import annotations
@@ -13,124 +14,35 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from gateways import KINDS, GatewayProcess, alive, free_port
+from gateways import GATEWAY_KINDS, GatewayProcess, alive, bridge_options, free_port
 
 import bridge
 
 pytestmark = pytest.mark.asyncio
 
 
-@pytest.fixture(scope="module")
-def kernel_gateway() -> Iterator[GatewayProcess]:
-    gateway = GatewayProcess("kernel_gateway").start()
-    yield gateway
-    assert gateway.stop() == [], "kernels outlived the gateway"
-
-
-@pytest.fixture(scope="module")
-def enterprise_gateway() -> Iterator[GatewayProcess]:
-    gateway = GatewayProcess("enterprise_gateway").start()
-    yield gateway
-    assert gateway.stop() == [], "kernels outlived the gateway"
-
-
 @dataclass
 class Target:
     kind: str
     bridge: bridge.AsyncBridge
-    gateway: GatewayProcess | None
+    gateway: GatewayProcess
 
 
-@pytest_asyncio.fixture(scope="module", params=["local", *KINDS])
+@pytest_asyncio.fixture(scope="module", params=GATEWAY_KINDS)
 async def target(request: pytest.FixtureRequest) -> AsyncIterator[Target]:
-    gateway = None
-    options: dict[str, Any] = {"gateway_url": ""}  # local, whatever the environment says
-    if request.param != "local":
-        gateway = request.getfixturevalue(request.param)
-        options = {"gateway_url": gateway.url, "gateway_token": gateway.token}
-    async with bridge.AsyncBridge(pool_size=2, timeout=30, **options) as b:
-        yield Target(request.param, b, gateway)
+    """An AsyncBridge on each kind of gateway (the gateways are the session's, conftest.py)."""
+    options = bridge_options(request, request.param)
+    async with bridge.AsyncBridge(pool_size=2, timeout=30, **options) as b:  # type: ignore[arg-type]
+        yield Target(request.param, b, request.getfixturevalue(request.param))
 
 
-def gateway_params() -> pytest.MarkDecorator:
-    return pytest.mark.parametrize("target", KINDS, indirect=True)
-
-
-# -- the core's behaviour, on every target --------------------------------------------------
-
-
-async def test_value_stdout_stderr(target: Target) -> None:
-    r = await target.bridge.execute(
-        "import sys\nprint('hi')\nprint('oops', file=sys.stderr)\nreturn {'a': [1, 2.5, None]}"
-    )
-    assert r.success, r.error
-    assert r.value == {"a": [1, 2.5, None]}
-    assert r.stdout == "hi\n"
-    assert r.stderr == "oops\n"
-    assert (await target.bridge.evaluate("1 + 2 * 3")).value == 7
-    assert (await target.bridge.execute("x = 2\nx * 21")).value == 42
-
-
-async def test_mime_bundles(target: Target) -> None:
-    r = await target.bridge.execute(
-        "from IPython.display import HTML, display\n"
-        "display(HTML('<b>shown</b>'))\n"
-        "return HTML('<i>value</i>')"
-    )
-    assert r.success, r.error
-    assert r.outputs[0]["output_type"] == "display_data"
-    assert r.outputs[0]["data"]["text/html"] == "<b>shown</b>"
-    assert r.data["text/html"] == "<i>value</i>"
-    assert "text/plain" in r.data
-
-
-async def test_traceback(target: Target) -> None:
-    r = await target.bridge.execute("def f():\n    raise ValueError('boom')\nf()")
-    assert not r.success
-    assert r.error is not None
-    assert (r.error.ename, r.error.evalue) == ("ValueError", "boom")
-    assert "f()" in r.error.traceback
-    assert "\x1b[" not in r.error.traceback
-    with pytest.raises(bridge.ExecutionError, match="boom"):
-        r.raise_for_error()
-
-
-async def test_inputs_isolation_attest(target: Target) -> None:
-    b = target.bridge
-    r = await b.execute("return upstream['n'] + 1", inputs={"upstream": {"n": 41}})
-    assert r.value == 42
-    await b.execute("leftover = 1")
-    assert (await b.execute("return 'leftover' in globals()")).value is False
-    seen: list[dict[str, Any]] = []
-    b.on_attest = seen.append
-    try:
-        r = await b.execute("attest('user:alice', 'reviewed', contexts='doc:42')\nreturn 1")
-    finally:
-        b.on_attest = None
-    assert r.success, r.error
-    assert [a["subjects"] for a in r.attestations] == [["user:alice"]]
-    assert r.attestations[0]["source"] == "python"
-    assert seen == r.attestations
-
-
-async def test_execute_file_and_variables(target: Target, tmp_path: Any) -> None:
-    script = tmp_path / "job.py"
-    script.write_text("import os\nname = os.path.basename(__file__)\ncount = 3\n")
-    r = await target.bridge.execute_file(script, capture_variables=True)
-    assert r.success, r.error
-    assert r.variables == {"name": "job.py", "count": 3}
-
-
-async def test_session_keeps_state(target: Target) -> None:
-    async with target.bridge.session() as s:
-        await s.execute("x = 41")
-        assert (await s.evaluate("x + 1")).value == 42
+# -- the core's faults and comms, over the gateway's websocket ------------------------------
 
 
 async def test_concurrent_calls_keep_their_output(target: Target) -> None:
@@ -193,20 +105,15 @@ async def test_kernel_death_is_seen(target: Target) -> None:
         await target.bridge.execute("import os\nprint('bye', flush=True)\nos._exit(3)")
     assert time.monotonic() - started < 5
     assert caught.value.result is not None and caught.value.result.stdout == "bye\n"
-    if target.kind == "local":
-        assert caught.value.exit_code == 3
-    else:  # the gateway shows a death as a restart: the state is gone all the same
-        assert "died" in str(caught.value) and target.gateway is not None
-        assert target.gateway.url in str(caught.value)
+    # No exit code through a gateway: it shows a death as a restart, the state gone all the same
+    assert "died" in str(caught.value) and target.gateway.url in str(caught.value)
     assert (await target.bridge.evaluate("1 + 1")).value == 2
 
 
 # -- only on a gateway ----------------------------------------------------------------------
 
 
-@gateway_params()
 async def test_kernel_killed_on_the_gateway_host(target: Target) -> None:
-    assert target.gateway is not None
     async with target.bridge.session() as s:
         pid = (await s.evaluate("__import__('os').getpid()")).value
         assert pid in target.gateway.kernel_processes()  # a child of the gateway, not ours
@@ -221,10 +128,8 @@ async def test_kernel_killed_on_the_gateway_host(target: Target) -> None:
             await s.execute("1")
 
 
-@gateway_params()
 async def test_kernel_deleted_by_someone_else(target: Target) -> None:
     gateway = target.gateway
-    assert gateway is not None
     async with target.bridge.session() as s:
         call = asyncio.ensure_future(s.execute("import time\ntime.sleep(30)"))
         await asyncio.sleep(0.5)
@@ -238,7 +143,6 @@ async def test_kernel_deleted_by_someone_else(target: Target) -> None:
         assert time.monotonic() - deleted < 5
 
 
-@gateway_params()
 async def test_missing_kernels_are_found_by_rest(target: Target) -> None:
     """The liveness backstop (for deaths the websocket does not show): Kernel Gateway lists
     kernels in one request, Enterprise Gateway (listing off by default) one by one."""
