@@ -11,8 +11,11 @@ own venv, ipykernel 6).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -228,3 +231,26 @@ async def test_gateway_stopped_mid_call() -> None:
             assert await stopping == []
     finally:
         gateway.stop()
+
+
+async def test_cli_on_a_gateway(kernel_gateway: GatewayProcess) -> None:
+    before = kernel_gateway.kernel_ids()
+
+    def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bridge", *args, "--gateway-url", kernel_gateway.url],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+            env={**os.environ, **env},
+        )
+
+    token = {"JUPYTER_GATEWAY_AUTH_TOKEN": kernel_gateway.token}
+    done = await asyncio.to_thread(cli, "exec", "import os\nreturn os.getpid()", "--json", **token)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["result"] not in (None, os.getpid())
+    done = await asyncio.to_thread(cli, "eval", "6 * 7", "--gateway-token", "wrong")
+    assert done.returncode == 2
+    assert kernel_gateway.url in done.stderr and "401" in done.stderr
+    assert kernel_gateway.kernel_ids() == before  # the CLI deleted the kernel it made
