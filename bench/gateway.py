@@ -1,0 +1,124 @@
+"""Benchmark: the same bridge with local kernels and with kernels on a Kernel Gateway, one run.
+
+    .venv/bin/python bench/gateway.py [--calls 300]
+
+Starts a Jupyter Kernel Gateway on 127.0.0.1 with a token (as the tests do), then measures:
+(a) AsyncBridge.execute("return 1+1") on a local kernel (pool_size 1), the baseline;
+(b) the same call on a gateway kernel: websocket to the gateway, ZeroMQ from there;
+(c) a batch of 8 concurrent executes over a pool of 2, local against gateway;
+(a) and (b), like the two sides of (c), run interleaved, so load from elsewhere hits both alike;
+and what each gateway kernel costs: the host's memory per kernel (its websocket and state), the
+gateway's memory per kernel, an idle kernel's own. Figures are medians and ratios of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from gateways import GatewayProcess
+
+import bridge
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+async def timed(fn: Callable[[], Awaitable[object]], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        await fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def paired(
+    local: bridge.AsyncBridge, remote: bridge.AsyncBridge, n: int, concurrent: int
+) -> tuple[list[float], list[float]]:
+    """Time *n* rounds of *concurrent* trivial executes on each bridge, interleaved (and in
+    alternating order) so that load from elsewhere on the machine weighs on both alike."""
+
+    def round_of(b: bridge.AsyncBridge) -> Callable[[], Awaitable[object]]:
+        async def one() -> None:
+            results = await asyncio.gather(*(b.execute("return 1+1") for _ in range(concurrent)))
+            assert all(r.value == 2 for r in results), results
+
+        return one
+
+    on_local, on_remote = round_of(local), round_of(remote)
+    await timed(on_local, 20)  # warm-up
+    await timed(on_remote, 20)
+    a: list[float] = []
+    b: list[float] = []
+    for i in range(n):
+        first, second = (on_local, on_remote) if i % 2 else (on_remote, on_local)
+        x, y = await timed(first, 1), await timed(second, 1)
+        (a if first is on_local else b).extend(x)
+        (b if first is on_local else a).extend(y)
+    return a, b
+
+
+async def main(calls: int) -> None:
+    gateway = await asyncio.to_thread(GatewayProcess("kernel_gateway").start)
+    assert gateway.proc is not None
+    remote = {"gateway_url": gateway.url, "gateway_token": gateway.token}
+    try:
+        async with (
+            bridge.AsyncBridge(pool_size=1, gateway_url="") as lb,
+            bridge.AsyncBridge(pool_size=1, **remote) as rb,  # type: ignore[arg-type]
+        ):
+            local, over = await paired(lb, rb, calls, 1)
+        async with (
+            bridge.AsyncBridge(pool_size=2, gateway_url="") as lb,
+            bridge.AsyncBridge(pool_size=2, **remote) as rb,  # type: ignore[arg-type]
+        ):
+            local8, over8 = await paired(lb, rb, calls // 5, 8)
+
+        n = 8  # memory per kernel: a pool of n idle gateway kernels against none
+        host0, gw0 = rss_mb(os.getpid()), rss_mb(gateway.proc.pid)
+        async with bridge.AsyncBridge(pool_size=n, **remote) as b:  # type: ignore[arg-type]
+            await asyncio.gather(*(b.execute("return 1") for _ in range(n)))
+            await asyncio.sleep(1)
+            host_per = (rss_mb(os.getpid()) - host0) / n
+            gw_per = (rss_mb(gateway.proc.pid) - gw0) / n
+            kernel_rss = statistics.median(rss_mb(p) for p in gateway.kernel_processes())
+    finally:
+        await asyncio.to_thread(gateway.stop)
+
+    a, b50 = statistics.median(local) * 1000, statistics.median(over) * 1000
+    c_local, c_over = statistics.median(local8) * 1000, statistics.median(over8) * 1000
+    print(f"trivial execute, {calls} calls after warm-up   p50 ms   p99 ms")
+    print(f"  (a) local kernel                        {a:7.2f}  {pct(local, 0.99):7.2f}")
+    print(f"  (b) Kernel Gateway kernel (loopback)    {b50:7.2f}  {pct(over, 0.99):7.2f}")
+    print(f"  b/a = {b50 / a:.2f}   (target <= 2.0)")
+    print("8 concurrent executes over a pool of 2            p50 ms per batch")
+    print(f"  local {c_local:.2f}   gateway {c_over:.2f}   gateway/local = {c_over / c_local:.2f}")
+    print(f"memory per gateway kernel, {n} idle kernels:")
+    print(f"  host (bridge side) {host_per:.2f} MB   gateway process {gw_per:.2f} MB   ", end="")
+    print(f"kernel process {kernel_rss:.1f} MB (ipykernel, idle, the runtime loaded)")
+    print(f"(load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=300)
+    asyncio.run(main(parser.parse_args().calls))
