@@ -43,6 +43,13 @@ async def timed(fn: Callable[[], Awaitable[object]], n: int) -> list[float]:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process *pid* so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -86,7 +93,9 @@ async def main(calls: int) -> None:
             bridge.AsyncBridge(pool_size=1, gateway_url="") as lb,
             bridge.AsyncBridge(pool_size=1, **remote) as rb,  # type: ignore[arg-type]
         ):
+            cpu0 = cpu_seconds(gateway.proc.pid)
             local, over = await paired(lb, rb, calls, 1)
+            gw_cpu_ms = (cpu_seconds(gateway.proc.pid) - cpu0) / calls * 1000
         async with (
             bridge.AsyncBridge(pool_size=2, gateway_url="") as lb,
             bridge.AsyncBridge(pool_size=2, **remote) as rb,  # type: ignore[arg-type]
@@ -110,6 +119,7 @@ async def main(calls: int) -> None:
     print(f"  (a) local kernel                        {a:7.2f}  {pct(local, 0.99):7.2f}")
     print(f"  (b) Kernel Gateway kernel (loopback)    {b50:7.2f}  {pct(over, 0.99):7.2f}")
     print(f"  b/a = {b50 / a:.2f}   (target <= 2.0)")
+    print(f"  the gateway's CPU per execute (6 messages relayed): {gw_cpu_ms:.2f} ms")
     print("8 concurrent executes over a pool of 2            p50 ms per batch")
     print(f"  local {c_local:.2f}   gateway {c_over:.2f}   gateway/local = {c_over / c_local:.2f}")
     print(f"memory per gateway kernel, {n} idle kernels:")

@@ -51,6 +51,10 @@ REQUEST_TIMEOUT = 20.0  # seconds for a REST call other than a kernel start
 POLL_INTERVAL = 2.0  # seconds between checks that the gateway still has our kernels
 PING_INTERVAL = 2.5  # websocket pings: a silently dropped connection is seen within 2 of them
 MAX_MESSAGE = 1 << 30  # the largest message we accept from the gateway
+# The largest the gateway accepts from us: tornado's default websocket_max_message_size, which
+# neither Kernel Gateway nor Enterprise Gateway lets one configure. Past it the gateway would
+# drop the connection, and with it every call on the kernel: refuse the one message instead.
+GATEWAY_MAX_MESSAGE = 10 * 1024 * 1024
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 _RATE_LIMITED = ("IOPub message rate exceeded", "IOPub data rate exceeded")
 
@@ -295,15 +299,21 @@ class _Channels:
         frames = _frames()
         pack = self.session.pack
         blobs = [b if isinstance(b, bytes) else bytes(b) for b in buffers or ()]
+        data: bytes | str
         if self.v1:
             parts = [pack(msg["header"]), pack(msg["parent_header"])]
             parts += [pack(msg["metadata"]), pack(msg["content"]), *blobs]
-            return self.ws.write_message(frames.serialize_msg_to_ws_v1(parts, channel), binary=True)
-        wire = {**msg, "channel": channel, "buffers": blobs}
-        if blobs:
-            return self.ws.write_message(frames.serialize_binary_message(wire), binary=True)
-        del wire["buffers"]
-        return self.ws.write_message(pack(wire).decode("utf-8"))
+            data = frames.serialize_msg_to_ws_v1(parts, channel)
+        elif blobs:
+            data = frames.serialize_binary_message({**msg, "channel": channel, "buffers": blobs})
+        else:
+            data = pack({**msg, "channel": channel}).decode("utf-8")
+        if len(data) > GATEWAY_MAX_MESSAGE:
+            raise InvalidRequest(
+                f"a {msg['header']['msg_type']} of {len(data):,} bytes is over the "
+                f"{GATEWAY_MAX_MESSAGE:,} bytes a gateway's websocket accepts"
+            )
+        return self.ws.write_message(data, binary=not isinstance(data, str))
 
     async def recv(self) -> tuple[str, dict[str, Any]] | None:
         """The next (channel, message), or None once the websocket has closed."""

@@ -84,6 +84,9 @@ async def test_comm_binary_buffers(target: Target) -> None:
         msg = await asyncio.wait_for(reply, 10)
         assert msg["content"]["data"] == {"got": {"n": 1}}
         assert [bytes(b) for b in msg["buffers"]] == [blob[::-1]]
+        with pytest.raises(bridge.InvalidRequest, match="websocket accepts"):
+            kernel.send_comm(comm_id, {}, buffers=[blob * 11])  # 11 MiB: the gateway would
+        assert (await s.evaluate("1 + 1")).value == 2  # drop the connection; we refuse it
         kernel.close_comm(comm_id)
 
 
