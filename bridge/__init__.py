@@ -14,8 +14,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._exceptions import (
+    BackendError,
+    BackendStartError,
     BridgeClosed,
     BridgeError,
+    CallTimeout,
     ExecutionError,
     ExecutionTimeout,
     ExitStatus,
@@ -28,15 +31,21 @@ from ._result import ErrorInfo, ExecutionResult
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from ._backend import AsyncBackend
     from ._bridge import AsyncBridge, AsyncSession
-    from ._sync import Bridge, Session
+    from ._sync import Backend, Bridge, Session
 
 __all__ = [
+    "AsyncBackend",
     "AsyncBridge",
     "AsyncSession",
+    "Backend",
+    "BackendError",
+    "BackendStartError",
     "Bridge",
     "BridgeClosed",
     "BridgeError",
+    "CallTimeout",
     "ErrorInfo",
     "ExecutionError",
     "ExecutionResult",
@@ -52,8 +61,10 @@ __all__ = [
 ]
 
 _LAZY = {
+    "AsyncBackend": "._backend",
     "AsyncBridge": "._bridge",
     "AsyncSession": "._bridge",
+    "Backend": "._sync",
     "Bridge": "._sync",
     "Session": "._sync",
 }

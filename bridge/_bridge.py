@@ -12,6 +12,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ._backend import AsyncBackend
 from ._exceptions import BridgeClosed, ExecutionTimeout, InvalidRequest, KernelDied
 from ._gateway import GatewayFactory, gateway_settings
 from ._kernel import Kernel
@@ -170,6 +171,7 @@ class AsyncBridge:
         self._pool: KernelPool | None = None
         self._closed = False
         self._start_lock = asyncio.Lock()
+        self._backends: set[AsyncBackend] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -208,6 +210,8 @@ class AsyncBridge:
     async def aclose(self) -> None:
         """Shut every kernel down with its process group and connection file; idempotent."""
         self._closed = True
+        # Backends first: their kernels are the factory's, which the pool closes with it.
+        await asyncio.gather(*(b.terminate() for b in list(self._backends)), return_exceptions=True)
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -302,6 +306,41 @@ class AsyncBridge:
             on_attest=self.on_attest,
             capture_variables=capture,
         )
+
+    # -- backends --------------------------------------------------------------------------------
+
+    async def spawn(
+        self,
+        script: str | os.PathLike[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        python_paths: Sequence[str | os.PathLike[str]] = (),
+        timeout: float | None = None,
+        restart: bool = False,
+    ) -> AsyncBackend:
+        """Run a backend script in a kernel of its own and return it, ready for calls.
+
+        >>> backend = await b.spawn("kernels/examples/echo_backend.py")    # doctest: +SKIP
+        >>> await backend.call("greet", {"name": "Alice"})                  # doctest: +SKIP
+        {'message': 'Hello, Alice!', ...}
+
+        *timeout* is the default for its calls and the limit for running the script;
+        *restart* brings a dead kernel back with the script run again. Raises
+        ``BackendStartError`` if the script raises or never calls ``run()``.
+        """
+        if self._closed:
+            raise BridgeClosed("the bridge is closed")
+        seconds = _check_timeout(timeout, self.timeout)
+        backend = AsyncBackend(
+            self, script, env=env, python_paths=python_paths, timeout=seconds, restart=restart
+        )
+        self._backends.add(backend)
+        try:
+            await backend.start()
+        except BaseException:
+            self._backends.discard(backend)
+            raise
+        return backend
 
     # -- sessions --------------------------------------------------------------------------------
 

@@ -105,6 +105,42 @@ class ExecutionError(BridgeError):
         super().__init__(_describe_failure(result))
 
 
+class BackendError(BridgeError):
+    """A backend method raised: ``ename``, ``evalue`` and the full ``traceback`` from the kernel.
+
+    Also raised for an unknown method or wrong parameters (``AttributeError`` or ``TypeError``
+    named in ``ename``, the method's signature in ``evalue``).
+    """
+
+    def __init__(self, method: str, ename: str, evalue: str, traceback: str) -> None:
+        self.method = method
+        self.ename = ename
+        self.evalue = evalue
+        self.traceback = traceback
+        message = f"{method}() raised {ename}: {evalue}"
+        if traceback.strip():
+            message += "\n" + traceback.rstrip("\n")
+        super().__init__(message)
+
+
+class BackendStartError(BridgeError):
+    """A backend did not start: its script raised (``traceback`` holds it), never called
+    ``run()``, or its kernel did not start."""
+
+    def __init__(self, message: str, *, traceback: str = "") -> None:
+        super().__init__(message)
+        self.traceback = traceback
+
+
+class CallTimeout(BridgeError, TimeoutError):
+    """A backend call ran past its timeout; the method was interrupted in the kernel."""
+
+    def __init__(self, message: str, *, method: str, timeout: float) -> None:
+        super().__init__(message)
+        self.method = method
+        self.timeout = timeout
+
+
 def _describe_failure(result: ExecutionResult) -> str:
     rule = "-" * 18
     parts = ["An error occurred while executing the following code:", rule, result.code, rule]

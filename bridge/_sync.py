@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import inspect
+import logging
 import os
+import queue
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
+from ._backend import AsyncBackend, Handler
 from ._bridge import AsyncBridge, AsyncSession, AttestCallback
 from ._exceptions import BridgeClosed, BridgeError
 from ._result import DEFAULT_MAX_OUTPUT, ExecutionResult
@@ -196,6 +200,26 @@ class Bridge:
         """A blocking session: ``with b.session() as s: s.execute("x = 1")``."""
         return Session(self, self._async.session())
 
+    def spawn(
+        self,
+        script: str | os.PathLike[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        python_paths: Sequence[str | os.PathLike[str]] = (),
+        timeout: float | None = None,
+        restart: bool = False,
+    ) -> Backend:
+        """A blocking backend: ``b.spawn("echo_backend.py").call("echo", {"data": 1})``."""
+        backend = self.call(
+            self._async.spawn,
+            script,
+            env=env,
+            python_paths=python_paths,
+            timeout=timeout,
+            restart=restart,
+        )
+        return Backend(self, backend)
+
 
 class Session:
     """The blocking twin of ``AsyncSession``."""
@@ -259,6 +283,114 @@ class Session:
             capture_variables=capture_variables,
             inputs=inputs,
         )
+
+
+class Backend:
+    """The blocking twin of ``AsyncBackend``. Event handlers run on a thread of the backend's
+    own, one at a time in order of arrival, so a handler may call the backend itself."""
+
+    def __init__(self, bridge: Bridge, backend: AsyncBackend) -> None:
+        self._bridge = bridge
+        self._async = backend
+        self._events: queue.SimpleQueue[tuple[Handler, Any] | None] | None = None
+        self._lock = threading.Lock()
+        backend._on_terminate.append(self._stop_events)
+
+    def __repr__(self) -> str:
+        return repr(self._async).replace("AsyncBackend", "Backend", 1)
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.terminate()
+
+    @property
+    def async_backend(self) -> AsyncBackend:
+        return self._async
+
+    @property
+    def kernel_id(self) -> str:
+        return self._async.kernel_id
+
+    @property
+    def connection_file(self) -> str:
+        return self._async.connection_file
+
+    @property
+    def alive(self) -> bool:
+        return self._async.alive
+
+    def call(
+        self, method: str, params: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Any:
+        return self._bridge.call(self._async.call, method, params, timeout=timeout)
+
+    def methods(self, *, timeout: float | None = None) -> dict[str, dict[str, Any]]:
+        return self._bridge.call(self._async.methods, timeout=timeout)
+
+    def restart(self) -> None:
+        self._bridge.call(self._async.restart)
+
+    def terminate(self) -> None:
+        """Shut the backend down; idempotent, and a no-op once the bridge is closed."""
+        try:
+            self._bridge.call(self._async.terminate)
+        except BridgeClosed:
+            pass  # the bridge is closed, and closing it terminated its backends
+        self._stop_events()
+
+    def on(self, event: str, handler: Handler) -> Callable[[], None]:
+        """Call ``handler(data)`` on the backend's handler thread for every *event*."""
+        if not callable(handler):
+            raise BridgeError(f"the handler must be callable, got {handler!r}")
+        events = self._event_queue()
+
+        def forward(data: Any) -> None:
+            events.put((handler, data))
+
+        async def subscribe() -> Callable[[], None]:
+            return self._async.on(event, forward)
+
+        undo = self._bridge.call(subscribe)
+
+        async def unsubscribe() -> None:
+            undo()
+
+        return lambda: self._bridge.call(unsubscribe)
+
+    def _event_queue(self) -> queue.SimpleQueue[tuple[Handler, Any] | None]:
+        with self._lock:
+            if self._events is None:
+                self._events = queue.SimpleQueue()
+                thread = threading.Thread(
+                    target=_run_handlers,
+                    args=(self._events,),
+                    name="kernel-bridge-backend-events",
+                    daemon=True,
+                )
+                thread.start()
+            return self._events
+
+    def _stop_events(self) -> None:
+        with self._lock:
+            events, self._events = self._events, None
+        if events is not None:
+            events.put(None)
+
+
+def _run_handlers(events: queue.SimpleQueue[tuple[Handler, Any] | None]) -> None:
+    while True:
+        item = events.get()
+        if item is None:
+            return
+        handler, data = item
+        try:
+            outcome = handler(data)
+            if inspect.iscoroutine(outcome):
+                asyncio.run(outcome)
+        except Exception:
+            logging.getLogger("bridge.backend").exception("an event handler failed")
 
 
 @atexit.register

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._backend import PythonBridge
 from ._execute import attest
 
-__all__ = ["attest", "load_ipython_extension"]
+__all__ = ["PythonBridge", "attest", "load_ipython_extension"]
 
 
 def load_ipython_extension(shell: Any) -> None:
+    from ._backend import install as install_backends
     from ._execute import install
 
     install(shell)
+    install_backends(shell)

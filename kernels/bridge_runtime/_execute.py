@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import builtins
 import datetime
+import linecache
 import math
 import os
 import sys
@@ -265,6 +266,21 @@ class Hooks:
         shell.displayhook.compute_format_data = self.compute_format_data
         shell.user_ns.setdefault("attest", attest)
         STATE.baseline = dict(shell.user_ns)
+        self._cache = shell.compile.cache
+        shell.compile.cache = self.cache_code
+
+    def cache_code(self, transformed_code: str, number: int = 0, raw_code: Any = None) -> str:
+        """Name the code of an execute_file after its file, so tracebacks show the script.
+
+        IPython names a cell ``/tmp/ipykernel_<pid>/<hash>.py`` and its tracebacks say
+        ``Cell In[n]``; a script run from a file should say ``File "/path/script.py"``.
+        """
+        path = (STATE.meta or {}).get("file")
+        if not path:
+            return str(self._cache(transformed_code, number, raw_code))
+        lines = transformed_code.splitlines(keepends=True)
+        linecache.cache[path] = (len(transformed_code), None, lines, path)
+        return str(path)
 
     def compute_format_data(self, result: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         data, md = self._format(result)
