@@ -520,7 +520,8 @@ class GatewayFactory:
         self.env = _check_env(env)
         if isinstance(python_paths, (str, bytes)):
             raise InvalidRequest("python_paths must be a sequence of paths, not one string")
-        self.python_paths = [os.fspath(p) for p in python_paths]  # paths on the gateway's host
+        self.python_paths = tuple(os.fspath(p) for p in python_paths)  # on the kernel's host
+        self.remote = True
         self.startup_timeout = startup_timeout
         self.python = f"the {kernel_name or 'default'} kernel spec of {url}"
         self.kernels: set[Kernel] = set()
@@ -616,6 +617,7 @@ class Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         package, filename, text = sources[module.__name__]
         # Tracebacks and inspect show the runtime's lines, though no file holds them.
         linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
+        module.__file__ = filename  # the name its code objects carry, as for a file
         exec(compile(text, filename, "exec"), module.__dict__)
 
 if "bridge_runtime" not in sys.modules:  # else the kernel came with it: keep that one

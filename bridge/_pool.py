@@ -7,7 +7,7 @@ import collections
 import contextlib
 import functools
 import logging
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Protocol
 
 from ._exceptions import BridgeClosed, ExitStatus, KernelStartError
@@ -21,6 +21,12 @@ class Factory(Protocol):
 
     python: str
     kernels: set[Kernel]
+    remote: bool  # kernels on another host: host paths and files mean nothing to them
+
+    @property
+    def python_paths(self) -> Sequence[str]: ...
+
+    def kernel_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]: ...
 
     async def start(
         self, *, env: Mapping[str, str] | None = None, cwd: str | None = None

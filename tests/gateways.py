@@ -31,6 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 KG_EXE = Path(sys.executable).parent / "jupyter-kernelgateway"
 EG_EXE = ROOT / ".venv" / "eg" / "bin" / "jupyter-enterprisegateway"
 GATEWAY_KINDS = ("kernel_gateway", "enterprise_gateway")
+# Environment names the gateways pass on to kernels besides KERNEL_*, as an operator allows
+# them: those the backend tests' scripts read.
+CLIENT_ENVS = ("MODE", "CONCURRENT")
 
 
 def bridge_options(request: pytest.FixtureRequest, kind: str) -> dict[str, object]:
@@ -100,6 +103,7 @@ class GatewayProcess:
                 "--JupyterWebsocketPersonality.list_kernels=True",
                 # Its IOPub rate limit drops output past 1,000 msg/s or 1 MB/s (docs/scale.md).
                 "--ZMQChannelsWebsocketConnection.limit_rate=False",
+                *(f"--JupyterWebsocketPersonality.env_whitelist={name}" for name in CLIENT_ENVS),
             ]
             if self.legacy_protocol:
                 cmd.append("--ZMQChannelsWebsocketConnection.kernel_ws_protocol=")
@@ -112,6 +116,7 @@ class GatewayProcess:
             f"--EnterpriseGatewayApp.auth_token={self.token}",
             # It refuses kernels for user root unless told who is unauthorized instead.
             "--EnterpriseGatewayApp.unauthorized_users=nobody",
+            *(f"--EnterpriseGatewayApp.client_envs={name}" for name in CLIENT_ENVS),
         ]
 
     def start(self, timeout: float = 60.0) -> GatewayProcess:
