@@ -6,7 +6,8 @@ Starts a Jupyter Kernel Gateway on 127.0.0.1 with a token (as the tests do), the
 (a) AsyncBridge.execute("return 1+1") on a local kernel (pool_size 1), the baseline;
 (b) the same call on a gateway kernel: websocket to the gateway, ZeroMQ from there;
 (c) a batch of 8 concurrent executes over a pool of 2, local against gateway;
-(a) and (b), like the two sides of (c), run interleaved, so load from elsewhere hits both alike;
+(d) backend.call("echo") on the echo example backend, local against gateway;
+(a) and (b), like the two sides of (c) and (d), run interleaved: load from elsewhere hits both;
 and what each gateway kernel costs: the host's memory per kernel (its websocket and state), the
 gateway's memory per kernel, an idle kernel's own. Figures are medians and ratios of one run.
 """
@@ -27,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from gateways import GatewayProcess
 
 import bridge
+
+ECHO = Path(__file__).resolve().parent.parent / "kernels" / "examples" / "echo_backend.py"
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -71,17 +74,39 @@ async def paired(
 
         return one
 
-    on_local, on_remote = round_of(local), round_of(remote)
+    return await interleaved(round_of(local), round_of(remote), n)
+
+
+async def interleaved(
+    on_local: Callable[[], Awaitable[object]], on_remote: Callable[[], Awaitable[object]], n: int
+) -> tuple[list[float], list[float]]:
+    """Time *n* of each, one of one then one of the other, the order alternating."""
     await timed(on_local, 20)  # warm-up
     await timed(on_remote, 20)
     a: list[float] = []
     b: list[float] = []
     for i in range(n):
-        first, second = (on_local, on_remote) if i % 2 else (on_remote, on_local)
-        x, y = await timed(first, 1), await timed(second, 1)
-        (a if first is on_local else b).extend(x)
-        (b if first is on_local else a).extend(y)
+        if i % 2:
+            a += await timed(on_local, 1)
+            b += await timed(on_remote, 1)
+        else:
+            b += await timed(on_remote, 1)
+            a += await timed(on_local, 1)
     return a, b
+
+
+async def paired_calls(
+    local: bridge.AsyncBackend, remote: bridge.AsyncBackend, n: int
+) -> tuple[list[float], list[float]]:
+    """backend.call("echo") on each, interleaved like paired()."""
+
+    def call(backend: bridge.AsyncBackend) -> Callable[[], Awaitable[object]]:
+        async def one() -> None:
+            assert (await backend.call("echo", {"data": "ping"}))["echo"] == "ping"
+
+        return one
+
+    return await interleaved(call(local), call(remote), n)
 
 
 async def main(calls: int) -> None:
@@ -101,6 +126,15 @@ async def main(calls: int) -> None:
             bridge.AsyncBridge(pool_size=2, **remote) as rb,  # type: ignore[arg-type]
         ):
             local8, over8 = await paired(lb, rb, calls // 5, 8)
+
+        echo = ECHO
+        async with (
+            bridge.AsyncBridge(pool_size=0, gateway_url="") as lb,
+            bridge.AsyncBridge(pool_size=0, **remote) as rb,  # type: ignore[arg-type]
+            await lb.spawn(echo) as local_echo,
+            await rb.spawn(echo) as remote_echo,
+        ):
+            local_calls, remote_calls = await paired_calls(local_echo, remote_echo, calls)
 
         n = 8  # memory per kernel: a pool of n idle gateway kernels against none
         host0, gw0 = rss_mb(os.getpid()), rss_mb(gateway.proc.pid)
@@ -122,6 +156,9 @@ async def main(calls: int) -> None:
     print(f"  the gateway's CPU per execute (6 messages relayed): {gw_cpu_ms:.2f} ms")
     print("8 concurrent executes over a pool of 2            p50 ms per batch")
     print(f"  local {c_local:.2f}   gateway {c_over:.2f}   gateway/local = {c_over / c_local:.2f}")
+    e_local, e_over = statistics.median(local_calls) * 1000, statistics.median(remote_calls) * 1000
+    print("backend.call('echo') on the echo example                 p50 ms")
+    print(f"  local {e_local:.2f}   gateway {e_over:.2f}   gateway/local = {e_over / e_local:.2f}")
     print(f"memory per gateway kernel, {n} idle kernels:")
     print(f"  host (bridge side) {host_per:.2f} MB   gateway process {gw_per:.2f} MB   ", end="")
     print(f"kernel process {kernel_rss:.1f} MB (ipykernel, idle, the runtime loaded)")

@@ -48,6 +48,7 @@ log = logging.getLogger("bridge.gateway")
 URL_ENV, TOKEN_ENV = "JUPYTER_GATEWAY_URL", "JUPYTER_GATEWAY_AUTH_TOKEN"  # as Jupyter Server's
 WS_PROTOCOL = "v1.kernel.websocket.jupyter.org"
 REQUEST_TIMEOUT = 20.0  # seconds for a REST call other than a kernel start
+DELETE_ATTEMPTS = 5  # a kernel the gateway is restarting cannot be deleted for a moment
 POLL_INTERVAL = 2.0  # seconds between checks that the gateway still has our kernels
 PING_INTERVAL = 2.5  # websocket pings: a silently dropped connection is seen within 2 of them
 MAX_MESSAGE = 1 << 30  # the largest message we accept from the gateway
@@ -195,11 +196,16 @@ class Gateway:
     async def _delete(self, kernel_id: str) -> None:
         what = f"deleting kernel {kernel_id[:8]}"
         try:
-            status, data = await self.fetch("DELETE", self.kernel_url(kernel_id), what=what)
-            if status in (200, 204, 404):
-                self.kernel_ids.discard(kernel_id)
-            else:
-                log.warning("%s", self.refused(what, status, data))
+            for attempt in range(DELETE_ATTEMPTS):
+                status, data = await self.fetch("DELETE", self.kernel_url(kernel_id), what=what)
+                if status in (200, 204, 404):
+                    self.kernel_ids.discard(kernel_id)
+                    return
+                if status < 500 or attempt == DELETE_ATTEMPTS - 1:
+                    log.warning("%s", self.refused(what, status, data))
+                    return
+                # A gateway answers 500 while it restarts a kernel that died: try again.
+                await asyncio.sleep(0.5 * (attempt + 1))
         except BridgeError as exc:
             log.warning("%s", exc)
         finally:

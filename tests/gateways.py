@@ -170,6 +170,11 @@ class GatewayProcess:
         assert status == 200 and isinstance(data, list), status
         return {k["id"] for k in data}
 
+    def has_kernel(self, kernel_id: str) -> bool:
+        status, _ = self.get(f"/api/kernels/{kernel_id}")
+        assert status in (200, 404), status
+        return status == 200
+
     def kernel_processes(self) -> set[int]:
         assert self.proc is not None
         pids = children(self.proc.pid)

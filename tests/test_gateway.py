@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +27,8 @@ import pytest_asyncio
 from gateways import GATEWAY_KINDS, GatewayProcess, alive, bridge_options, free_port
 
 import bridge
+
+TOOLBOX = Path(__file__).resolve().parent / "backends" / "toolbox.py"
 
 pytestmark = pytest.mark.asyncio
 
@@ -257,3 +260,36 @@ async def test_cli_on_a_gateway(kernel_gateway: GatewayProcess) -> None:
     assert done.returncode == 2
     assert kernel_gateway.url in done.stderr and "401" in done.stderr
     assert kernel_gateway.kernel_ids() == before  # the CLI deleted the kernel it made
+
+
+async def test_backend_killed_on_the_gateway_host_restarts(target: Target) -> None:
+    """A backend's kernel killed on the gateway's host: its call fails at once, the backend
+    comes back with the script sent again, and terminate() deletes its kernel there."""
+    exits: list[dict[str, Any]] = []
+    restarts: list[dict[str, Any]] = []
+    backend = await target.bridge.spawn(TOOLBOX, restart=True, env={"CONCURRENT": "1"})
+    try:
+        backend.on("exit", exits.append)
+        backend.on("restart", restarts.append)
+        first = backend.kernel_id
+        assert target.gateway.has_kernel(first)
+        assert backend.connection_file == ""  # the gateway keeps it to itself
+        await backend.call("slow", {"seconds": 0})  # state the restart will lose
+        pending = asyncio.ensure_future(backend.call("slow", {"seconds": 60}))
+        await asyncio.sleep(0.3)
+        os.kill(backend.info["pid"], signal.SIGKILL)
+        killed = time.monotonic()
+        with pytest.raises(bridge.KernelDied, match="died"):
+            await pending
+        assert time.monotonic() - killed < 5
+        deadline = time.monotonic() + 30
+        while not restarts:
+            assert time.monotonic() < deadline, "the backend did not come back"
+            await asyncio.sleep(0.05)
+        assert exits[-1]["restarting"] is True and restarts[-1]["ok"] is True
+        assert backend.alive and backend.kernel_id != first
+        assert (await backend.call("state"))["counter"] == 0  # a fresh run of the script
+        assert not target.gateway.has_kernel(first)
+    finally:
+        await backend.terminate()
+    assert not target.gateway.has_kernel(backend.kernel_id)
