@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._exceptions import (
+    BridgeClosed,
     BridgeError,
     ExecutionTimeout,
     ExitStatus,
@@ -41,8 +42,12 @@ CommHandler = Callable[[dict[str, Any]], None]
 AttestHook = Callable[[dict[str, Any]], Any]
 
 
+class _Fallback(Exception):
+    """The runtime cannot run this code from a comm message (top-level await)."""
+
+
 class _Call:
-    """One execute_request in flight."""
+    """One call in flight: an execute_request, or a bridge comm message run by the runtime."""
 
     def __init__(self, msg_id: str, code: str, collector: OutputCollector) -> None:
         self.msg_id = msg_id
@@ -52,6 +57,7 @@ class _Call:
         self.reply: dict[str, Any] | None = None
         self.idle = False
         self.on_attest: AttestHook | None = None
+        self.fallback = False
         self.started = time.perf_counter()
 
     def on_iopub(self, msg_type: str, content: dict[str, Any]) -> None:
@@ -116,6 +122,7 @@ class Kernel:
         self.client = manager.client(context=context, session=session)
         self.session = self.client.session
         self.kernel_info: dict[str, Any] = {}
+        self.runtime_info: dict[str, Any] = {}
         self.exit_status: ExitStatus | None = None
         self.closing = False
         self._calls: dict[str, _Call] = {}
@@ -160,6 +167,7 @@ class Kernel:
         the first reply; a call sent before that loses its first output. ipykernel 7 says so
         with an ``iopub_welcome``; older kernels show it by publishing our kernel_info status.
         """
+        stage = "answer"
         try:
             async with asyncio.timeout(timeout):
                 self._tasks = await self._open_channels()
@@ -170,14 +178,21 @@ class Kernel:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(0.25):
                             await self._iopub_live.wait()
+                # The runtime answers a ping on its comm: proof that it loaded, and the
+                # path of every call from now on.
+                stage = "load the kernel-bridge runtime"
                 await self._prepare()
+                comm_id = self.open_comm(BRIDGE_COMM, {}, self._on_bridge_record)
+                self.runtime_info = await self._request_reply(
+                    self.send_comm(comm_id, {"kind": "ping"})
+                )
+                self._bridge_comm = comm_id
         except TimeoutError:
             raise KernelStartError(
-                f"{self.name} did not answer within {timeout:g} s of starting"
+                f"{self.name} did not {stage} within {timeout:g} s of starting"
             ) from None
         except KernelDied as exc:
             raise KernelStartError(f"{self.name} exited while starting ({exc.status})") from None
-        self._bridge_comm = self.open_comm(BRIDGE_COMM, {}, self._on_bridge_record)
 
     # -- transport: what a kernel elsewhere (a gateway's, see _gateway.py) does differently --------
 
@@ -247,9 +262,22 @@ class Kernel:
             future.set_result(msg["content"])
 
     def _on_bridge_record(self, msg: dict[str, Any]) -> None:
-        call = self._calls.get(msg["parent_header"].get("msg_id", ""))
+        parent_id = msg["parent_header"].get("msg_id", "")
+        call = self._calls.get(parent_id)
         data = msg["content"].get("data") or {}
-        if call is None or not isinstance(data, dict):
+        if not isinstance(data, dict):
+            return
+        if call is None:
+            future = self._replies.pop(parent_id, None)  # the ping's pong
+            if future is not None and not future.done():
+                future.set_result(data)
+            return
+        if data.get("kind") == "reply":
+            if data.get("fallback"):
+                call.fallback = True
+                call.fail(_Fallback())
+            else:
+                call.on_reply(data)
             return
         record = call.collector.add_record(data)
         if record is not None and call.on_attest is not None:
@@ -317,26 +345,37 @@ class Kernel:
         max_output: int = DEFAULT_MAX_OUTPUT,
         on_attest: AttestHook | None = None,
         capture_variables: bool = False,
+        force_request: bool = False,
     ) -> ExecutionResult:
         """Run *code*; return its result, or raise ExecutionTimeout or KernelDied.
+
+        The call goes on the bridge comm (see bridge_runtime._execute); code that awaits at
+        top level comes back as a fallback and is sent as an execute_request, as is every call
+        with *force_request*.
 
         On timeout the kernel is interrupted; if it has not finished within INTERRUPT_GRACE
         (code that swallows KeyboardInterrupt, or holds the GIL in C) it is killed and
         ``ExecutionTimeout.restarted`` is True: the caller must not use this kernel again.
         """
-        content = {
-            "code": code,
-            "silent": False,
-            "store_history": False,  # no history to write, no execution count to keep
-            "user_expressions": {},
-            "allow_stdin": False,  # input() raises at once instead of waiting forever
-            "stop_on_error": False,  # an error must not abort other requests queued behind it
-        }
-        metadata = {META_KEY: meta or {}}
-        msg = self.session.msg("execute_request", content, metadata=metadata)
+        if self._bridge_comm and not force_request:
+            data = {"kind": "execute", "code": code, "meta": meta or {}}
+            msg = self.session.msg("comm_msg", {"comm_id": self._bridge_comm, "data": data})
+        else:
+            content = {
+                "code": code,
+                "silent": False,
+                "store_history": False,  # no history to write, no execution count to keep
+                "user_expressions": {},
+                "allow_stdin": False,  # input() raises at once instead of waiting forever
+                "stop_on_error": False,  # an error must not abort requests queued behind it
+            }
+            msg = self.session.msg("execute_request", content, metadata={META_KEY: meta or {}})
         msg_id = msg["header"]["msg_id"]
         call = _Call(msg_id, code, OutputCollector(max_output=max_output))
         call.on_attest = on_attest
+        # On the comm path the runtime's reply comes after all of the call's output (IOPub
+        # keeps order), so there is no idle status to wait for.
+        call.idle = not force_request and bool(self._bridge_comm)
         if not self.alive:
             raise self._died_error(call)
         self._calls[msg_id] = call
@@ -349,6 +388,17 @@ class Kernel:
                     await asyncio.shield(call.done)
             except TimeoutError:
                 raise await self._timed_out(call, timeout) from None
+            except _Fallback:
+                remaining = timeout - call.elapsed_ms() / 1000
+                return await self.execute(
+                    code,
+                    timeout=max(remaining, 0.001),
+                    meta=meta,
+                    max_output=max_output,
+                    on_attest=on_attest,
+                    capture_variables=capture_variables,
+                    force_request=True,
+                )
             except asyncio.CancelledError:
                 # The caller gave up: let the kernel finish, or interrupt it, before reuse.
                 if not call.done.done():
@@ -493,6 +543,10 @@ class Kernel:
     async def shutdown(self, *, now: bool = False) -> None:
         """Shut the kernel down (politely unless *now*), with its process group and files."""
         self.closing = True
+        # jupyter_client interrupts a kernel before shutting it down: a call in flight would
+        # end as an ordinary KeyboardInterrupt result. It was cut off; say so.
+        for call in list(self._calls.values()):
+            call.fail(BridgeClosed(f"{self.name} was shut down during the call"))
         try:
             if self.kernel_id in self.multi_manager:
                 with contextlib.suppress(Exception):

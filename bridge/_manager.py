@@ -162,10 +162,13 @@ class KernelFactory:
         try:
             await kernel.connect(self.startup_timeout)
         except BaseException as exc:
+            exited = not kernel.alive
             detail = _tail(log_path)
             await self.stop(kernel, now=True)
             if isinstance(exc, KernelStartError):
-                hint = diagnose(self.python)
+                # Why did it exit? Ask the interpreter (a kernel that is merely slow would
+                # make this slow too, and its log says more).
+                hint = await asyncio.to_thread(diagnose, self.python) if exited else ""
                 message = "; ".join(part for part in (str(exc), hint) if part)
                 if detail and not hint:
                     message += f"\n--- kernel log ---\n{detail}"

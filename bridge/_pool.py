@@ -10,7 +10,7 @@ import logging
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Protocol
 
-from ._exceptions import BridgeClosed, ExitStatus, KernelStartError
+from ._exceptions import BridgeClosed, ExitStatus, InvalidRequest, KernelStartError
 from ._kernel import Kernel
 
 log = logging.getLogger("bridge.pool")
@@ -77,6 +77,8 @@ class KernelPool:
 
     async def acquire(self) -> Kernel:
         """A free, live kernel, waiting for one if all are busy."""
+        if self.size == 0:
+            raise InvalidRequest("one-off calls need a pool: this bridge has pool_size=0")
         while True:
             if self._closed:
                 raise BridgeClosed("the bridge is closed")
@@ -113,6 +115,12 @@ class KernelPool:
 
     async def take(self) -> Kernel:
         """A kernel for a session's own use; the pool starts another to stay warm."""
+        if self.size == 0:  # no warm kernels to take from: start one for the session
+            if self._closed:
+                raise BridgeClosed("the bridge is closed")
+            kernel = await self.factory.start()
+            self._taken.add(kernel)
+            return kernel
         kernel = await self.acquire()
         self._busy.discard(kernel)
         self._taken.add(kernel)

@@ -123,3 +123,13 @@ async def test_other_clients_of_a_kernel_do_not_disturb_the_bridge(
             assert (await s.evaluate("z", timeout=10)).value == 6
         finally:
             kc.stop_channels()
+
+
+@pytest.mark.asyncio
+async def test_pool_size_zero_serves_sessions_and_refuses_one_off_calls() -> None:
+    async with bridge.AsyncBridge(pool_size=0) as b:
+        assert b.pool.kernels == []
+        with pytest.raises(bridge.InvalidRequest, match="pool_size=0"):
+            await b.execute("1")
+        async with b.session() as s:
+            assert (await s.evaluate("40 + 2")).value == 42

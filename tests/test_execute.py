@@ -288,3 +288,37 @@ def test_bridge_works_inside_a_running_event_loop(shared_bridge: bridge.Bridge) 
         return shared_bridge.evaluate("6 * 7").value
 
     assert asyncio.run(inside_a_notebook_cell()) == 42
+
+
+def test_top_level_await_runs_on_the_kernel_loop(shared_bridge: bridge.Bridge) -> None:
+    r = shared_bridge.execute("import asyncio\nawait asyncio.sleep(0.01)\nprint('awaited')\n6 * 7")
+    assert r.success, r.error
+    assert r.value == 42 and r.stdout == "awaited\n"
+
+
+def test_magics_and_shell_escapes_work(shared_bridge: bridge.Bridge) -> None:
+    r = shared_bridge.execute(
+        "%env BRIDGE_MAGIC=on\nimport os\n!echo from-the-shell\nreturn os.environ['BRIDGE_MAGIC']"
+    )
+    assert r.success, r.error
+    assert r.value == "on" and "from-the-shell" in r.stdout
+
+
+def test_matplotlib_figures_made_by_a_call_are_shown(shared_bridge: bridge.Bridge) -> None:
+    r = shared_bridge.execute("import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nNone")
+    assert r.success, r.error
+    assert any("image/png" in o.get("data", {}) for o in r.outputs)
+
+
+def test_an_internal_error_of_the_runtime_still_answers(shared_bridge: bridge.Bridge) -> None:
+    with shared_bridge.session() as s:
+        s.execute(
+            "import bridge_runtime._execute as ex\n"
+            "ex._saved = ex.Hooks.run\n"
+            "def broken(self, code, meta):\n"
+            "    raise RuntimeError('runtime bug')\n"
+            "ex.Hooks.run = broken"
+        )
+        r = s.execute("1", timeout=10)  # answered at once, not after the timeout
+        assert not r.success and r.error is not None and "runtime bug" in r.error.evalue
+    # The session's kernel (with the broken runtime) is shut down when the session ends.

@@ -211,3 +211,16 @@ def test_kernel_interrupt_signal_reaches_only_the_kernel_group() -> None:
         assert kernel.pgid != os.getpgrp()
         b.call(kernel.interrupt)
         assert b.evaluate("'still fine'").value == "still fine"
+
+
+def test_a_kernel_that_starts_too_slowly_is_a_start_error(tmp_path: Path) -> None:
+    slow = tmp_path / "slow-python"
+    slow.write_text(f'#!/bin/sh\nsleep 30\nexec "{sys.executable}" "$@"\n')
+    slow.chmod(0o755)
+    start = time.monotonic()
+    with (
+        pytest.raises(bridge.KernelStartError, match="did not answer within 2 s"),
+        bridge.Bridge(pool_size=1, python=slow, startup_timeout=2),
+    ):
+        pass
+    assert time.monotonic() - start < 10

@@ -8,6 +8,14 @@ by a person from JupyterLab (no such metadata) behaves exactly as in any IPython
 Records made during a call (attestations, captured variables) go back on a comm the host opens
 with target ``kernel-bridge``. ipykernel sends comm messages on IOPub with the current request as
 parent, so the host files each record under the call that made it, before that call's idle status.
+
+The host sends its calls on that comm too (``{"kind": "execute", "code", "meta"}``), and
+``Hooks.run`` runs them with IPython's own pieces (transform_cell, transform_ast, run_ast_nodes,
+the displayhook, showtraceback). That skips what an execute_request costs beyond the cell itself
+(the execute_input broadcast, a second compile to test for top-level await, the reply and
+status bookkeeping), about half of a trivial call. Code with a top-level ``await`` needs the
+kernel's event loop, so for it the runtime answers ``fallback`` and the host sends a plain
+execute_request, which the same hooks see through ``pre_run_cell``/``post_run_cell``.
 """
 
 from __future__ import annotations
@@ -150,7 +158,7 @@ class CallTransformer(ast.NodeTransformer):
                 ast.Call(ast.Name("SyntaxError", ast.Load()), [ast.Constant(message)], [])
             )
             node.body = [ast.copy_location(raise_, node.body[0]) if node.body else raise_]
-            return ast.fix_missing_locations(node)
+            return node  # IPython's transform_ast fills in missing locations afterwards
         if not _has_top_level_return(node):
             return node
         body = list(node.body)
@@ -169,7 +177,56 @@ class CallTransformer(ast.NodeTransformer):
         wrapped = ast.Try(body=body, handlers=[handler], orelse=[], finalbody=[])
         take = ast.Expr(ast.Call(ast.Attribute(name, "take", ast.Load()), [], []))
         node.body = [ast.copy_location(wrapped, body[0]), ast.copy_location(take, last)]
-        return ast.fix_missing_locations(node)
+        return node  # IPython's transform_ast fills in missing locations afterwards
+
+
+def _awaits_at_top_level(node: ast.AST) -> bool:
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.Await, ast.AsyncFor, ast.AsyncWith)):
+            return True
+        if isinstance(child, (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)) and any(
+            g.is_async for g in child.generators
+        ):
+            return True
+        if not isinstance(child, _SCOPES) and _awaits_at_top_level(child):
+            return True
+    return False
+
+
+def _flush_streams() -> None:
+    """Send what the streams hold before the reply: the host counts a call complete on its reply."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+
+
+def _skip_empty_flushes(stream: Any) -> None:
+    """Make ipykernel's OutStream.flush return at once when nothing was written.
+
+    Its flush hands work to the IOPub thread and waits for it, even with empty buffers, and
+    every value shown costs two such flushes (the displayhook's), a third of a trivial call.
+    With nothing buffered there is nothing to send or to order, so there is nothing to wait for.
+    """
+    flush = getattr(stream, "flush", None)
+    buffers = getattr(stream, "_buffers", None)
+    if flush is None or not isinstance(buffers, dict) or getattr(stream, "echo", None) is not None:
+        return  # not the OutStream this was written for: leave it alone
+
+    def quick_flush() -> None:
+        if stream._buffers:
+            flush()
+
+    stream.flush = quick_flush
+
+
+def _drive(coro: Any) -> Any:
+    """Run a coroutine that never suspends (IPython's run_ast_nodes without await) to its end."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coro.close()
+    raise RuntimeError("kernel-bridge: the code awaited at top level")
 
 
 def _is_one_expression(node: ast.Module) -> bool:
@@ -324,6 +381,81 @@ class Hooks:
                 self.reset_namespace()  # free what the call made now, not at the next call
             STATE.injected = {}
 
+    def run(self, code: str, meta: dict[str, Any]) -> dict[str, Any]:
+        """Run one bridge call as IPython runs a cell; the reply says how it ended."""
+        from IPython.core.interactiveshell import ExecutionInfo, ExecutionResult
+
+        shell = self.shell
+        info = ExecutionInfo(code, False, False, True, None, cell_meta={META_KEY: meta})
+        result = ExecutionResult(info)
+        shell._last_traceback = None
+        self.pre_run_cell(info)
+        shell.events.trigger("pre_execute")
+        # As do_execute does: input() asks the kernel's stdin channel, which a bridge call
+        # does not allow, so it raises StdinNotImplementedError instead of reading EOF.
+        kernel = getattr(shell, "kernel", None)
+        forward = getattr(kernel, "_forward_input", None)
+        if forward is not None:
+            forward(False)
+        outcome = "error"
+        try:
+            outcome = self._run_cell(code, result)
+        finally:
+            if forward is not None:
+                kernel._restore_input()
+            shell.events.trigger("post_execute")
+            if outcome == "fallback":  # nothing ran; the execute_request does it all again
+                STATE.meta, STATE.injected = None, {}
+            else:
+                self.post_run_cell(result)
+        if outcome == "fallback":
+            return {"fallback": True}
+        _flush_streams()
+        error = result.error_before_exec or result.error_in_exec
+        if error is None:
+            return {"status": "ok"}
+        return {
+            "status": "error",
+            "ename": type(error).__name__,
+            "evalue": str(error),
+            "traceback": list(shell._last_traceback or []),
+        }
+
+    def _run_cell(self, code: str, result: Any) -> str:
+        shell = self.shell
+        try:
+            cell = shell.transform_cell(code)
+        except Exception as exc:
+            shell.showtraceback()
+            result.error_before_exec = exc
+            return "error"
+        with shell.builtin_trap, shell.display_trap:
+            cell_name = shell.compile.cache(cell, shell.execution_count, raw_code=code)
+            try:
+                tree = shell.compile.ast_parse(cell, filename=cell_name)
+            except IndentationError as exc:
+                shell.showindentationerror()
+                result.error_before_exec = exc
+                return "error"
+            except (OverflowError, SyntaxError, ValueError, TypeError, MemoryError) as exc:
+                shell.showsyntaxerror()
+                result.error_before_exec = exc
+                return "error"
+            tree = shell.transform_ast(tree)
+            if _awaits_at_top_level(tree):
+                return "fallback"
+            shell.displayhook.exec_result = result
+            _drive(
+                shell.run_ast_nodes(
+                    tree.body,
+                    cell_name,
+                    interactivity="last_expr",
+                    compiler=shell.compile,
+                    result=result,
+                )
+            )
+        return "ok"
+
     def reset_namespace(self) -> None:
         ns = self.shell.user_ns
         ns.clear()
@@ -335,8 +467,32 @@ class Hooks:
         hook._ = hook.__ = hook.___ = ""
 
 
+_HOOKS: Hooks | None = None
+
+
 def _on_comm_open(comm: Any, msg: Any) -> None:
     STATE.comm = comm
+    comm.on_msg(_on_comm_msg)
+
+
+def _on_comm_msg(msg: dict[str, Any]) -> None:
+    data = msg["content"].get("data") or {}
+    kind = data.get("kind")
+    if kind == "execute" and _HOOKS is not None:
+        try:
+            reply = _HOOKS.run(str(data.get("code", "")), data.get("meta") or {})
+        except BaseException as exc:  # every call gets a reply: the host must never wait in vain
+            import traceback
+
+            reply = {
+                "status": "error",
+                "ename": type(exc).__name__,
+                "evalue": str(exc),
+                "traceback": traceback.format_exc().splitlines(),
+            }
+        send_record("reply", reply)
+    elif kind == "ping":
+        send_record("pong", {"python": sys.version.split()[0], "pid": os.getpid()})
 
 
 def _flush_then(exit_: Any) -> Any:
@@ -365,7 +521,11 @@ def install(shell: Any) -> None:
         while path in sys.path:
             sys.path.remove(path)
         sys.path.insert(0, path)
-    Hooks(shell).install()
+    for stream in (sys.stdout, sys.stderr):
+        _skip_empty_flushes(stream)
+    global _HOOKS
+    _HOOKS = Hooks(shell)
+    _HOOKS.install()
     import comm
 
     comm.get_comm_manager().register_target(COMM_TARGET, _on_comm_open)

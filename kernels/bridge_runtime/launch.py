@@ -33,6 +33,11 @@ def main() -> None:
     # No history database: bridge calls never store history, and a sqlite file per kernel
     # is only I/O and locking.
     config.HistoryManager.enabled = False
+    # ipykernel sleeps 0.5 ms after every execute so that a late stdout flush reaches clients
+    # before the reply. The bridge completes a call on its idle status, which IOPub sends
+    # after that flush, so the sleep only adds latency.
+    config.IPKernelApp.kernel_class = "ipykernel.ipkernel.IPythonKernel"
+    config.IPythonKernel._execute_sleep = 0.0
     BridgeKernelApp.launch_instance(config=config)
 
 
