@@ -7,6 +7,9 @@ has never seen kernel-bridge.
 
 Each gateway is started with a token, its kernels are its own children, and ``stop()`` ends the
 gateway and checks that none of its kernels outlived it (killing any that did, and saying so).
+Their kernels use IPC transport: with TCP, a kernel launched as another process on this busy
+machine takes its port dies at start, and the gateway waits 60 s before it says so.
+``KB_GATEWAY_LOGS=DIR`` keeps each gateway's log in DIR.
 """
 
 from __future__ import annotations
@@ -100,6 +103,7 @@ class GatewayProcess:
                 str(KG_EXE),
                 *common,
                 f"--KernelGatewayApp.auth_token={self.token}",
+                "--KernelManager.transport=ipc",
                 "--JupyterWebsocketPersonality.list_kernels=True",
                 # Its IOPub rate limit drops output past 1,000 msg/s or 1 MB/s (docs/scale.md).
                 "--ZMQChannelsWebsocketConnection.limit_rate=False",
@@ -114,6 +118,7 @@ class GatewayProcess:
             str(EG_EXE),
             *common,
             f"--EnterpriseGatewayApp.auth_token={self.token}",
+            "--RemoteKernelManager.transport=ipc",
             # It refuses kernels for user root unless told who is unauthorized instead.
             "--EnterpriseGatewayApp.unauthorized_users=nobody",
             *(f"--EnterpriseGatewayApp.client_envs={name}" for name in CLIENT_ENVS),
@@ -202,5 +207,10 @@ class GatewayProcess:
         for pid in leaked:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+        keep = os.environ.get("KB_GATEWAY_LOGS")
+        if keep:  # the log, for a post-mortem
+            import shutil
+
+            shutil.copy(self.log_path, Path(keep) / f"{self.kind}-{self.port}.log")
         self._dir.cleanup()
         return leaked
