@@ -47,6 +47,7 @@ test: lint $(EG_STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/execute.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/notebooks.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -22,9 +22,11 @@ from ._exceptions import (
     ExecutionError,
     ExecutionTimeout,
     ExitStatus,
+    InvalidNotebook,
     InvalidRequest,
     KernelDied,
     KernelStartError,
+    NotebookFailed,
 )
 from ._python import has_python, python_version
 from ._result import ErrorInfo, ExecutionResult
@@ -33,11 +35,14 @@ from ._version import __version__
 if TYPE_CHECKING:
     from ._backend import AsyncBackend
     from ._bridge import AsyncBridge, AsyncSession
+    from ._nbhandle import AsyncNotebook, Notebook
+    from ._notebook import NotebookOptions, NotebookResult, run_notebook
     from ._sync import Backend, Bridge, Session
 
 __all__ = [
     "AsyncBackend",
     "AsyncBridge",
+    "AsyncNotebook",
     "AsyncSession",
     "Backend",
     "BackendError",
@@ -51,22 +56,33 @@ __all__ = [
     "ExecutionResult",
     "ExecutionTimeout",
     "ExitStatus",
+    "InvalidNotebook",
     "InvalidRequest",
     "KernelDied",
     "KernelStartError",
+    "Notebook",
+    "NotebookFailed",
+    "NotebookOptions",
+    "NotebookResult",
     "Session",
     "__version__",
     "has_python",
     "python_version",
+    "run_notebook",
 ]
 
 _LAZY = {
     "AsyncBackend": "._backend",
     "AsyncBridge": "._bridge",
+    "AsyncNotebook": "._nbhandle",
     "AsyncSession": "._bridge",
     "Backend": "._sync",
     "Bridge": "._sync",
+    "Notebook": "._nbhandle",
+    "NotebookOptions": "._notebook",
+    "NotebookResult": "._notebook",
     "Session": "._sync",
+    "run_notebook": "._notebook",
 }
 
 

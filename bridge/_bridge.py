@@ -295,9 +295,17 @@ class AsyncBridge:
             pool.release(kernel)
 
     async def run_on(
-        self, kernel: Kernel, code: str, meta: dict[str, Any], timeout: float, capture: bool
+        self,
+        kernel: Kernel,
+        code: str,
+        meta: dict[str, Any] | None,
+        timeout: float,
+        capture: bool,
     ) -> ExecutionResult:
-        """Run one prepared request on *kernel* with this bridge's output cap and callbacks."""
+        """Run one prepared request on *kernel* with this bridge's output cap and callbacks.
+
+        ``meta=None`` runs *code* as a notebook cell (``Kernel.execute(as_cell=True)``).
+        """
         return await kernel.execute(
             code,
             timeout=timeout,
@@ -305,6 +313,7 @@ class AsyncBridge:
             max_output=self.max_output,
             on_attest=self.on_attest,
             capture_variables=capture,
+            as_cell=meta is None,
         )
 
     # -- backends --------------------------------------------------------------------------------
@@ -450,8 +459,16 @@ class AsyncSession:
         )
         return await self._run(text, meta, timeout, capture_variables)
 
+    async def run_cell(self, source: str, *, timeout: float | None = None) -> ExecutionResult:
+        """Run a notebook cell as a notebook front end does: plain IPython, no bridge options.
+
+        The value is not turned into JSON and the cell counts in the execution count, so
+        ``result.outputs`` is what Jupyter would store in the notebook.
+        """
+        return await self._run(_check_code(source, "source"), None, timeout, False)
+
     async def _run(
-        self, code: str, meta: dict[str, Any], timeout: float | None, capture: bool
+        self, code: str, meta: dict[str, Any] | None, timeout: float | None, capture: bool
     ) -> ExecutionResult:
         seconds = _check_timeout(timeout, self._bridge.timeout)
         async with self._lock:  # one call at a time: a timeout interrupts only its own call

@@ -1,4 +1,4 @@
-"""The kernel-bridge command: exec, eval, run, version.
+"""The kernel-bridge command: exec, eval, run, test, version.
 
 Start-up stays light: this module imports only the light part of ``bridge``; the kernel
 machinery loads when a command needs a kernel.
@@ -74,6 +74,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--capture-variables", action="store_true")
     _kernel_options(p)
+
+    p = commands.add_parser(
+        "test",
+        help="run notebooks as tests",
+        description="Run notebooks as tests, each on a fresh warm kernel; exit 1 if any fails.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="a notebook, or a folder to search")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per cell (default 300)")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="notebooks run at once")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a parameter for notebooks with a cell tagged 'parameters'",
+    )
+    p.add_argument("--compare", action="store_true", help="fail on outputs that differ")
+    p.add_argument(
+        "--sanitize", action="append", default=[], metavar="REGEX", help="mask before comparing"
+    )
+    p.add_argument("--sanitize-with", metavar="FILE", help="nbval-style sanitizer file")
+    p.add_argument("--write", metavar="DIR", help="write the executed notebooks under DIR")
+    p.add_argument("--junit-xml", metavar="FILE", help="write a JUnit XML report to FILE")
+    p.add_argument("--python", help="interpreter that runs the kernels (needs ipykernel)")
 
     commands.add_parser("version", help="print the versions")
     return parser
@@ -164,6 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Python {sys.version.split()[0]} ({sys.executable})")
         return EXIT_OK
     try:
+        if args.command == "test":
+            from ._nbcli import run_tests
+
+            return run_tests(args)
         return _run(args)
     except (ExecutionTimeout, KernelDied) as exc:
         if exc.result is not None and not args.json:

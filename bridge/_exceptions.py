@@ -6,7 +6,7 @@ import contextlib
 import signal as _signal
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._result import ExecutionResult
@@ -139,6 +139,23 @@ class CallTimeout(BridgeError, TimeoutError):
         super().__init__(message)
         self.method = method
         self.timeout = timeout
+
+
+class InvalidNotebook(InvalidRequest):
+    """A notebook cannot be run: not readable as a notebook, or it needs a kernel the bridge
+    cannot provide (another language, a kernel spec that is not installed)."""
+
+
+class NotebookFailed(BridgeError):
+    """A notebook run as a test failed: a cell raised, ran past its timeout, killed its kernel,
+    or made outputs that differ from the stored ones. The message is the full report.
+
+    ``result`` is the ``NotebookResult`` with every detail.
+    """
+
+    def __init__(self, message: str, *, result: Any = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 def _describe_failure(result: ExecutionResult) -> str:

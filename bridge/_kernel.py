@@ -346,36 +346,43 @@ class Kernel:
         on_attest: AttestHook | None = None,
         capture_variables: bool = False,
         force_request: bool = False,
+        as_cell: bool = False,
     ) -> ExecutionResult:
         """Run *code*; return its result, or raise ExecutionTimeout or KernelDied.
 
         The call goes on the bridge comm (see bridge_runtime._execute); code that awaits at
         top level comes back as a fallback and is sent as an execute_request, as is every call
-        with *force_request*.
+        with *force_request*. ``as_cell=True`` sends *code* as a notebook front end sends a
+        cell: an execute_request without the bridge's metadata (the kernel runs it as any
+        IPython kernel would, no JSON value added), counted in the execution count and
+        ``In``/``Out``.
 
         On timeout the kernel is interrupted; if it has not finished within INTERRUPT_GRACE
         (code that swallows KeyboardInterrupt, or holds the GIL in C) it is killed and
         ``ExecutionTimeout.restarted`` is True: the caller must not use this kernel again.
         """
-        if self._bridge_comm and not force_request:
+        request = force_request or as_cell or not self._bridge_comm
+        if not request:
             data = {"kind": "execute", "code": code, "meta": meta or {}}
             msg = self.session.msg("comm_msg", {"comm_id": self._bridge_comm, "data": data})
         else:
             content = {
                 "code": code,
                 "silent": False,
-                "store_history": False,  # no history to write, no execution count to keep
+                # Bridge calls keep no history and no execution count; notebook cells do.
+                "store_history": as_cell,
                 "user_expressions": {},
                 "allow_stdin": False,  # input() raises at once instead of waiting forever
                 "stop_on_error": False,  # an error must not abort requests queued behind it
             }
-            msg = self.session.msg("execute_request", content, metadata={META_KEY: meta or {}})
+            metadata = {} if as_cell else {META_KEY: meta or {}}
+            msg = self.session.msg("execute_request", content, metadata=metadata)
         msg_id = msg["header"]["msg_id"]
         call = _Call(msg_id, code, OutputCollector(max_output=max_output))
         call.on_attest = on_attest
         # On the comm path the runtime's reply comes after all of the call's output (IOPub
         # keeps order), so there is no idle status to wait for.
-        call.idle = not force_request and bool(self._bridge_comm)
+        call.idle = not request
         if not self.alive:
             raise self._died_error(call)
         self._calls[msg_id] = call

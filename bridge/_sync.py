@@ -268,6 +268,10 @@ class Session:
     def evaluate(self, expr: str, *, timeout: float | None = None) -> ExecutionResult:
         return self._bridge.call(self._async.evaluate, expr, timeout=timeout)
 
+    def run_cell(self, source: str, *, timeout: float | None = None) -> ExecutionResult:
+        """Run a notebook cell as a notebook front end does (see ``AsyncSession.run_cell``)."""
+        return self._bridge.call(self._async.run_cell, source, timeout=timeout)
+
     def execute_file(
         self,
         path: str | os.PathLike[str],

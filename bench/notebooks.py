@@ -1,0 +1,174 @@
+"""Benchmark: a suite of notebooks run as tests, against nbmake and an nbclient loop, in one run.
+
+    .venv/bin/python bench/notebooks.py [--notebooks 20] [--workers 2] [--rounds 2]
+
+Builds N small notebooks (a few cells each: standard-library imports, prints, a small HTML
+display; one has a cell tagged raises-exception, two fail on purpose) in a temporary folder and
+times, wall clock and CPU, on the same notebooks:
+(a) pytest --nb --nb-workers 2: this project's plugin, a fresh kernel per notebook from a warm pool;
+(b) pytest --nbmake: nbmake, a cold kernel per notebook started by nbclient, one at a time;
+(c) a loop of nbclient's NotebookClient in this process, one cold kernel per notebook;
+checks that all three agree on which notebooks pass, and prints (b)/(a) and (c)/(a) of the best
+wall time of each. Both pytest runs pay the same pytest start-up; the nbclient loop pays none.
+CPU counts the host and its kernels: all three start one kernel per notebook, so on a machine
+that others keep busy the wall-time ratios shrink toward the CPU ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import nbformat
+import nbformat.v4 as v4
+
+FAILING = {7, 15}
+RAISES = {3}
+
+
+def build(folder: Path, n: int) -> list[Path]:
+    paths = []
+    for i in range(n):
+        cells = [
+            v4.new_markdown_cell(f"# notebook {i}"),
+            v4.new_code_cell("import collections, datetime, itertools, json, math, statistics"),
+            v4.new_code_cell(
+                f"values = [math.sqrt(k) for k in range({i} + 10)]\n"
+                f"print('notebook {i}', round(statistics.mean(values), 3))"
+            ),
+            v4.new_code_cell(
+                "from IPython.display import HTML, display\n"
+                "display(HTML(f'<b>{len(values)} values</b>'))"
+            ),
+            v4.new_code_cell(
+                "values[1000]"
+                if i in FAILING
+                else "counts = collections.Counter(int(v) for v in values)\njson.dumps(counts)"
+            ),
+        ]
+        if i in RAISES:
+            cells.append(v4.new_code_cell("1 / 0", metadata={"tags": ["raises-exception"]}))
+        nb = v4.new_notebook(cells=cells)
+        nb.metadata["kernelspec"] = {
+            "name": "python3",
+            "display_name": "Python 3",
+            "language": "python",
+        }
+        path = folder / f"nb_{i:02d}.ipynb"
+        nbformat.write(nb, str(path))
+        paths.append(path)
+    return paths
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of every child it has waited for (kernels included)."""
+    me, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
+Run = tuple[float, float, set[str]]  # wall seconds, CPU seconds, the notebooks that passed
+
+
+def pytest_run(folder: Path, name: str, *args: str) -> Run:
+    """A pytest run in *folder*; the notebooks that passed come from its JUnit XML report."""
+    report = folder.parent / f"{name}.xml"
+    cpu, started = cpu_seconds(), time.perf_counter()
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    subprocess.run(
+        [*command, "--junit-xml", str(report), *args, str(folder)],
+        cwd=folder,
+        capture_output=True,
+        check=False,
+        timeout=600,
+    )
+    elapsed, cpu = time.perf_counter() - started, cpu_seconds() - cpu
+    passed = set()
+    for case in ET.parse(report).getroot().iter("testcase"):
+        if case.find("failure") is None and case.find("error") is None:
+            passed.add(Path(case.get("name", "")).name.split("::")[-1])
+    return elapsed, cpu, passed
+
+
+def nbclient_loop(paths: list[Path]) -> Run:
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    passed = set()
+    cpu, started = cpu_seconds(), time.perf_counter()
+    for path in paths:
+        nb = nbformat.read(str(path), as_version=4)
+        client = NotebookClient(
+            nb,
+            timeout=60,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(path.parent)}},
+        )
+        try:
+            client.execute(stderr=subprocess.DEVNULL)  # the kernels' start-up chatter
+        except CellExecutionError:
+            continue
+        passed.add(path.name)
+    return time.perf_counter() - started, cpu_seconds() - cpu, passed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--notebooks", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="best of N rounds (default 2)")
+    args = parser.parse_args()
+    names = [
+        f"(a) pytest --nb --nb-workers {args.workers} (kernel-bridge)",
+        "(b) pytest --nbmake (nbmake)",
+        "(c) nbclient NotebookClient loop",
+    ]
+    runs: dict[str, list[Run]] = {name: [] for name in names}
+    with tempfile.TemporaryDirectory(prefix="kb-bench-") as tmp:
+        folder = Path(tmp) / "notebooks"
+        folder.mkdir()
+        paths = build(folder, args.notebooks)
+        expected = {p.name for i, p in enumerate(paths) if i not in FAILING}
+        for _ in range(args.rounds):  # interleaved, so a busy moment does not hit one alone
+            runs[names[0]].append(
+                pytest_run(folder, "ours", "--nb", "--nb-workers", str(args.workers))
+            )
+            runs[names[1]].append(pytest_run(folder, "nbmake", "--nbmake"))
+            runs[names[2]].append(nbclient_loop(paths))
+    best = {name: min(r[0] for r in found) for name, found in runs.items()}
+    cpu = {name: min(r[1] for r in found) for name, found in runs.items()}
+    print(
+        f"{args.notebooks} notebooks, {len(FAILING)} failing on purpose; "
+        f"best of {args.rounds} rounds, load average {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} CPUs:"
+    )
+    print(f"  {'':48} {'wall':>8} {'CPU':>8}")
+    for name in names:
+        print(f"  {name:48} {best[name]:6.2f} s {cpu[name]:6.2f} s")
+    a, b, c = (best[n] for n in names)
+    print(f"b/a = {b / a:5.2f}   (target >= 3)")
+    print(f"c/a = {c / a:5.2f}   (target >= 3)")
+    failed = {
+        name: (sorted(expected - r[2]), sorted(r[2] - expected))
+        for name, found in runs.items()
+        for r in found
+        if r[2] != expected
+    }
+    print(f"all three agree on which notebooks pass: {'NO' if failed else 'yes'}")
+    for name, (missing, extra) in failed.items():
+        print(f"  {name}: should pass but did not {missing}; should fail but passed {extra}")
+    if failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
