@@ -19,12 +19,12 @@ import asyncio
 import os
 import statistics
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from execute import pct, rss_mb, timed  # bench/execute.py: the same measuring helpers
 from gateways import GatewayProcess
 
 import bridge
@@ -32,33 +32,11 @@ import bridge
 ECHO = Path(__file__).resolve().parent.parent / "kernels" / "examples" / "echo_backend.py"
 
 
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
-async def timed(fn: Callable[[], Awaitable[object]], n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        await fn()
-        out.append(time.perf_counter() - t)
-    return out
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of process *pid* so far."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 async def paired(
