@@ -12,6 +12,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# Enterprise Gateway 3 pins jupyter_client < 7 and jupyter_server < 2: the tests run it from a
+# venv of its own, as a gateway host that has never seen kernel-bridge (tests/gateways.py);
+# its kernels get the libraries the core tests use.
+EG_STAMP := $(VENV)/eg/.installed
+$(EG_STAMP): | $(STAMP)
+	test -x $(VENV)/eg/bin/python || $(PY) -m venv $(VENV)/eg
+	$(VENV)/eg/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/eg/bin/python -m pip install --quiet 'jupyter-enterprise-gateway>=3.2,<4' 'ipykernel>=6.29' pandas matplotlib
+	touch $(EG_STAMP)
+
 KB := $(BIN)/kernel-bridge
 TOKEN := $(VENV)/token
 PORT ?= 9000
@@ -43,11 +53,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check bridge kernels tests bench
 	$(BIN)/mypy
 
-test: lint
+test: lint $(EG_STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
 	$(BIN)/python bench/execute.py
+	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/notebooks.py
 	$(BIN)/python bench/http.py
 	$(BIN)/python bench/backend.py

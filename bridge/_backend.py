@@ -47,7 +47,7 @@ from ._python import check_paths, kernel_side_dir
 
 if TYPE_CHECKING:
     from ._bridge import AsyncBridge
-    from ._manager import KernelFactory
+    from ._pool import Factory
 
 log = logging.getLogger("bridge.backend")
 
@@ -106,7 +106,7 @@ class AsyncBackend:
             raise InvalidRequest("python_paths must be a sequence of paths, not one string")
         self._python_paths = check_paths([os.fspath(p) for p in python_paths])
         self._bridge = bridge
-        self._factory: KernelFactory = bridge.factory
+        self._factory: Factory = bridge.factory
         self._kernel: Kernel | None = None
         self._last_kernel: Kernel | None = None
         self._comm_id = ""
@@ -163,8 +163,11 @@ class AsyncBackend:
 
     @property
     def connection_file(self) -> str:
-        """For ``jupyter console --existing FILE``: attach and look at the live backend."""
-        return os.path.abspath(self.kernel.connection_file)
+        """For ``jupyter console --existing FILE``: attach and look at the live backend.
+
+        "" for a kernel on a gateway, which keeps its connection file to itself."""
+        path = self.kernel.connection_file
+        return os.path.abspath(path) if path else ""
 
     @property
     def alive(self) -> bool:
@@ -229,11 +232,14 @@ class AsyncBackend:
     # -- start-up --------------------------------------------------------------------------------
 
     def _kernel_env(self) -> dict[str, str]:
-        # As `python script.py` does: the script's folder first on sys.path, then python_paths.
-        paths = [str(Path(self.path).parent), *self._python_paths]
+        # As `python script.py` does: the script's folder first on sys.path, then python_paths
+        # (but not on a gateway's kernel: the script's folder is on the host, not there).
+        local = not self._factory.remote
+        paths = [str(Path(self.path).parent)] if local else []
+        paths += self._python_paths
         env = dict(self._env)
         base = self._factory.kernel_env()
-        pythonpath = [*paths, env.get("PYTHONPATH", ""), base["PYTHONPATH"]]
+        pythonpath = [*paths, env.get("PYTHONPATH", ""), base.get("PYTHONPATH", "")]
         env["PYTHONPATH"] = os.pathsep.join(p for p in pythonpath if p)
         env["KERNEL_BRIDGE_PYTHON_PATHS"] = os.pathsep.join([*paths, *self._factory.python_paths])
         return env

@@ -14,9 +14,10 @@ from typing import Any
 
 from ._backend import AsyncBackend
 from ._exceptions import BridgeClosed, ExecutionTimeout, InvalidRequest, KernelDied
+from ._gateway import GatewayFactory, gateway_settings
 from ._kernel import Kernel
 from ._manager import KernelFactory
-from ._pool import KernelPool
+from ._pool import Factory, KernelPool
 from ._result import DEFAULT_MAX_OUTPUT, ExecutionResult
 
 AttestCallback = Callable[[dict[str, Any]], Any]
@@ -91,6 +92,27 @@ def read_script(path: str | os.PathLike[str]) -> tuple[str, str]:
         raise InvalidRequest(f"cannot read {os.fspath(path)}: {exc.strerror}") from None
 
 
+def _gateway_options(
+    options: dict[str, Any], url: str, token: str, kernel_name: str | None
+) -> dict[str, Any]:
+    """The GatewayFactory's arguments, refusing the options that only mean something locally."""
+    if options["python"] is not None:
+        raise InvalidRequest(
+            "python= picks a local interpreter; on a gateway the kernel spec decides "
+            "(gateway_kernel_name=)"
+        )
+    if options["multi_manager"] is not None:
+        raise InvalidRequest("kernel_manager= and gateway_url= exclude each other")
+    return {
+        "url": url,
+        "token": token,
+        "kernel_name": kernel_name,
+        "env": options["env"],
+        "python_paths": options["python_paths"],
+        "startup_timeout": options["startup_timeout"],
+    }
+
+
 class AsyncBridge:
     """A pool of warm IPython kernels that run Python for the host.
 
@@ -100,6 +122,13 @@ class AsyncBridge:
 
     One-off calls (``execute``, ``evaluate``, ``execute_file``) run on any free kernel in a
     fresh namespace; ``session()`` keeps one kernel and its state for the caller.
+
+    With ``gateway_url`` (or ``JUPYTER_GATEWAY_URL`` in the environment, with
+    ``JUPYTER_GATEWAY_AUTH_TOKEN``) the kernels run on a Jupyter Kernel Gateway or Enterprise
+    Gateway instead, started from its ``gateway_kernel_name`` spec (the gateway's default if
+    None); ``gateway_url=""`` forces local kernels. ``env`` then goes in the kernel start
+    request (gateways pass on ``KERNEL_*`` names and those their operator allows) and
+    ``python_paths`` name directories on the gateway's host.
     """
 
     def __init__(
@@ -114,6 +143,9 @@ class AsyncBridge:
         on_attest: AttestCallback | None = None,
         startup_timeout: float = 60.0,
         kernel_manager: Any = None,
+        gateway_url: str | None = None,
+        gateway_token: str | None = None,
+        gateway_kernel_name: str | None = None,
     ) -> None:
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 0:
             raise InvalidRequest(f"pool_size must be a whole number >= 0, got {pool_size!r}")
@@ -129,8 +161,13 @@ class AsyncBridge:
             "startup_timeout": _check_timeout(startup_timeout, 60.0),
             "multi_manager": kernel_manager,
         }
+        self.gateway_url, gateway_token = gateway_settings(gateway_url, gateway_token)
+        if self.gateway_url:
+            self._options = _gateway_options(
+                self._options, self.gateway_url, gateway_token, gateway_kernel_name
+            )
         self._pool_size = pool_size
-        self._factory: KernelFactory | None = None
+        self._factory: Factory | None = None
         self._pool: KernelPool | None = None
         self._closed = False
         self._start_lock = asyncio.Lock()
@@ -157,7 +194,11 @@ class AsyncBridge:
                 raise BridgeClosed("the bridge is closed")
             if self._pool is not None:
                 return
-            factory = KernelFactory(**self._options)
+            factory: Factory
+            if self.gateway_url:
+                factory = GatewayFactory(**self._options)
+            else:
+                factory = KernelFactory(**self._options)
             pool = KernelPool(factory, self._pool_size)
             try:
                 await pool.start()
@@ -176,7 +217,7 @@ class AsyncBridge:
             await pool.close()
 
     @property
-    def factory(self) -> KernelFactory:
+    def factory(self) -> Factory:
         if self._factory is None:
             raise BridgeClosed(
                 "the bridge is closed" if self._closed else "the bridge is not started"

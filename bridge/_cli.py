@@ -33,6 +33,26 @@ def _kernel_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--env", action="append", default=[], metavar="NAME=VALUE", help="kernel environment"
     )
+    _gateway_options(parser)
+
+
+def _gateway_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "gateway", "run the kernels on a Jupyter Kernel Gateway or Enterprise Gateway"
+    )
+    group.add_argument(
+        "--gateway-url",
+        metavar="URL",
+        help="the gateway (default: $JUPYTER_GATEWAY_URL; local kernels if unset or '')",
+    )
+    group.add_argument(
+        "--gateway-token",
+        metavar="TOKEN",
+        help="its token (default: $JUPYTER_GATEWAY_AUTH_TOKEN, which other users cannot see)",
+    )
+    group.add_argument(
+        "--gateway-kernel", metavar="NAME", help="its kernel spec (default: the gateway's)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,7 +266,15 @@ def _run(args: argparse.Namespace) -> int:
 
     env = _pairs(args.env, "--env")
     inputs = _inputs(getattr(args, "input", []))
-    with Bridge(pool_size=1, python=args.python, env=env, python_paths=args.python_path) as b:
+    with Bridge(
+        pool_size=1,
+        python=args.python,
+        env=env,
+        python_paths=args.python_path,
+        gateway_url=args.gateway_url,
+        gateway_token=args.gateway_token,
+        gateway_kernel_name=args.gateway_kernel,
+    ) as b:
         if args.command == "exec":
             code = sys.stdin.read() if args.code == "-" else args.code
             result = b.execute(

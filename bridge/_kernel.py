@@ -167,16 +167,10 @@ class Kernel:
         the first reply; a call sent before that loses its first output. ipykernel 7 says so
         with an ``iopub_welcome``; older kernels show it by publishing our kernel_info status.
         """
-        with translated(f"connecting to {self.name}", KernelStartError):
-            self.client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)
-        self._tasks = [
-            asyncio.create_task(self._read(self.client.iopub_channel.socket, self._on_iopub)),
-            asyncio.create_task(self._read(self.client.shell_channel.socket, self._on_shell)),
-            asyncio.create_task(self._watch()),
-        ]
         stage = "answer"
         try:
             async with asyncio.timeout(timeout):
+                self._tasks = await self._open_channels()
                 while not self._iopub_live.is_set():
                     msg_id = self._send_shell("kernel_info_request", {})
                     self._handshake_ids.add(msg_id)
@@ -187,6 +181,7 @@ class Kernel:
                 # The runtime answers a ping on its comm: proof that it loaded, and the
                 # path of every call from now on.
                 stage = "load the kernel-bridge runtime"
+                await self._prepare()
                 comm_id = self.open_comm(BRIDGE_COMM, {}, self._on_bridge_record)
                 self.runtime_info = await self._request_reply(
                     self.send_comm(comm_id, {"kind": "ping"})
@@ -198,6 +193,25 @@ class Kernel:
             ) from None
         except KernelDied as exc:
             raise KernelStartError(f"{self.name} exited while starting ({exc.status})") from None
+
+    # -- transport: what a kernel elsewhere (a gateway's, see _gateway.py) does differently --------
+
+    async def _open_channels(self) -> list[asyncio.Task[None]]:
+        """Connect shell and IOPub; return the tasks that read them and watch the kernel."""
+        with translated(f"connecting to {self.name}", KernelStartError):
+            self.client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)
+        return [
+            asyncio.create_task(self._read(self.client.iopub_channel.socket, self._on_iopub)),
+            asyncio.create_task(self._read(self.client.shell_channel.socket, self._on_shell)),
+            asyncio.create_task(self._watch()),
+        ]
+
+    def _send(self, msg: dict[str, Any], buffers: list[Any] | None = None) -> None:
+        """Send *msg* on the shell channel."""
+        self.session.send(self.client.shell_channel.socket, msg, buffers=buffers)
+
+    async def _prepare(self) -> None:
+        """Make the kernel ready for bridge calls once it answers (the runtime is loaded here)."""
 
     # -- message routing -------------------------------------------------------------------------
 
@@ -288,7 +302,7 @@ class Kernel:
             raise self._died_error()
         msg = self.session.msg(msg_type, content, metadata=metadata)
         with translated(f"sending {msg_type} to {self.name}"):
-            self.session.send(self.client.shell_channel.socket, msg, buffers=buffers)
+            self._send(msg, buffers)
         return str(msg["header"]["msg_id"])
 
     async def _request_reply(self, msg_id: str) -> dict[str, Any]:
@@ -375,7 +389,7 @@ class Kernel:
         draining = False
         try:
             with translated(f"sending code to {self.name}"):
-                self.session.send(self.client.shell_channel.socket, msg)
+                self._send(msg)
             try:
                 async with asyncio.timeout(timeout):
                     await asyncio.shield(call.done)

@@ -114,6 +114,7 @@ class KernelFactory:
         self.context.setsockopt(zmq.RCVHWM, 0)  # never drop IOPub messages on our side either
         self.context.setsockopt(zmq.LINGER, 0)
         self.reaper = Reaper()
+        self.remote = False
         self.kernels: set[Kernel] = set()
 
     def kernel_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -7,13 +7,34 @@ import collections
 import contextlib
 import functools
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Protocol
 
 from ._exceptions import BridgeClosed, ExitStatus, InvalidRequest, KernelStartError
 from ._kernel import Kernel
-from ._manager import KernelFactory
 
 log = logging.getLogger("bridge.pool")
+
+
+class Factory(Protocol):
+    """What the pool needs of a kernel factory: _manager.KernelFactory, _gateway.GatewayFactory."""
+
+    python: str
+    kernels: set[Kernel]
+    remote: bool  # kernels on another host: host paths and files mean nothing to them
+
+    @property
+    def python_paths(self) -> Sequence[str]: ...
+
+    def kernel_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]: ...
+
+    async def start(
+        self, *, env: Mapping[str, str] | None = None, cwd: str | None = None
+    ) -> Kernel: ...
+
+    async def stop(self, kernel: Kernel, *, now: bool = False) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class KernelPool:
@@ -24,7 +45,7 @@ class KernelPool:
     a warm kernel is free.
     """
 
-    def __init__(self, factory: KernelFactory, size: int) -> None:
+    def __init__(self, factory: Factory, size: int) -> None:
         self.factory = factory
         self.size = size
         self._free: collections.deque[Kernel] = collections.deque()

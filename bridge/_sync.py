@@ -85,6 +85,9 @@ class Bridge:
         max_output: int = DEFAULT_MAX_OUTPUT,
         on_attest: AttestCallback | None = None,
         startup_timeout: float = 60.0,
+        gateway_url: str | None = None,
+        gateway_token: str | None = None,
+        gateway_kernel_name: str | None = None,
     ) -> None:
         self._async = AsyncBridge(
             pool_size=pool_size,
@@ -95,6 +98,9 @@ class Bridge:
             max_output=max_output,
             on_attest=on_attest,
             startup_timeout=startup_timeout,
+            gateway_url=gateway_url,
+            gateway_token=gateway_token,
+            gateway_kernel_name=gateway_kernel_name,
         )
         self._portal: Portal | None = None
         self._lock = threading.Lock()

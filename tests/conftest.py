@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
+from gateways import GATEWAY_KINDS, GatewayProcess, bridge_options
 
 import bridge
 
@@ -66,10 +67,31 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def _gateway(kind: str) -> Iterator[GatewayProcess]:
+    gateway = GatewayProcess(kind).start()
+    yield gateway
+    assert gateway.stop() == [], f"kernels outlived the {kind}"
+
+
 @pytest.fixture(scope="session")
-def shared_bridge() -> Iterator[bridge.Bridge]:
-    """A blocking bridge with two warm kernels, for tests where isolation is not the point."""
-    with bridge.Bridge(pool_size=2, timeout=60) as b:
+def kernel_gateway() -> Iterator[GatewayProcess]:
+    """A Jupyter Kernel Gateway on 127.0.0.1 with a token (tests/gateways.py)."""
+    yield from _gateway("kernel_gateway")
+
+
+@pytest.fixture(scope="session")
+def enterprise_gateway() -> Iterator[GatewayProcess]:
+    """A Jupyter Enterprise Gateway on 127.0.0.1 with a token, ipykernel 6 kernels."""
+    yield from _gateway("enterprise_gateway")
+
+
+@pytest.fixture(scope="session", params=["local", *GATEWAY_KINDS])
+def shared_bridge(request: pytest.FixtureRequest) -> Iterator[bridge.Bridge]:
+    """A blocking bridge with two warm kernels, for tests where isolation is not the point.
+
+    The same checks run on local kernels and on kernels of each kind of gateway.
+    """
+    with bridge.Bridge(pool_size=2, timeout=60, **bridge_options(request, request.param)) as b:
         yield b
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import pytest_asyncio
+from gateways import GATEWAY_KINDS, bridge_options
 from jupyter_client.asynchronous import AsyncKernelClient
 
 import bridge
@@ -24,6 +25,17 @@ ECHO = ROOT / "kernels" / "examples" / "echo_backend.py"
 TOOLBOX = Path(__file__).resolve().parent / "backends" / "toolbox.py"
 
 pytestmark = pytest.mark.asyncio
+
+
+@pytest_asyncio.fixture(scope="module", params=["local", *GATEWAY_KINDS])
+async def abridge(request: pytest.FixtureRequest) -> AsyncIterator[bridge.AsyncBridge]:
+    """Backends on local kernels and on each kind of gateway (tests/gateways.py)."""
+    options = bridge_options(request, request.param)
+    async with bridge.AsyncBridge(pool_size=0, timeout=30, **options) as b:  # type: ignore[arg-type]
+        yield b
+
+
+local_only = pytest.mark.parametrize("abridge", ["local"], indirect=True)
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -70,6 +82,7 @@ async def test_methods_lists_signatures_and_docs(echo: bridge.AsyncBackend) -> N
     assert methods["echo"]["async"] is False
 
 
+@local_only  # a gateway keeps the connection file to itself
 async def test_identity_and_liveness(echo: bridge.AsyncBackend) -> None:
     assert echo.alive
     assert len(echo.kernel_id) == 36
@@ -317,10 +330,11 @@ async def test_binary_values_travel_as_buffers(toolbox: bridge.AsyncBackend) -> 
     }
     assert await toolbox.call("numpy_loaded") is False  # bytes need no numpy in the kernel
 
-    array = np.random.default_rng(1).random(1_310_720)  # 10 MB of float64
+    # 10 MB of float64 (a gateway's websocket takes messages up to 10 MiB: it fits there too)
+    array = np.random.default_rng(1).random(1_250_000)
     described = await toolbox.call("describe", {"value": array})
     assert described["type"] == "ndarray" and described["dtype"] == "float64"
-    assert described["shape"] == [1_310_720]
+    assert described["shape"] == [1_250_000]
     back = await toolbox.call("give_back", {"value": {"array": array, "tag": "x"}}, timeout=30)
     assert back["tag"] == "x"
     assert isinstance(back["array"], np.ndarray) and np.array_equal(back["array"], array)
@@ -332,6 +346,7 @@ async def test_binary_values_travel_as_buffers(toolbox: bridge.AsyncBackend) -> 
     assert back[1:] == [1.5, 7]
 
 
+@local_only  # through the connection file, which a gateway keeps to itself
 async def test_inspection_is_not_blocked_by_a_long_call(toolbox: bridge.AsyncBackend) -> None:
     # A second client, as `jupyter console --existing FILE` would be, reads the live state
     # while a long call is running.

@@ -349,7 +349,10 @@ class Hooks:
         return data, md
 
     def pre_run_cell(self, info: Any) -> None:
-        meta = (getattr(info, "cell_meta", None) or {}).get(META_KEY)
+        cell_meta = getattr(info, "cell_meta", None)
+        if cell_meta is None:  # ipykernel < 7 does not pass it on: read it from the request
+            cell_meta = (getattr(self.shell, "parent_header", None) or {}).get("metadata")
+        meta = (cell_meta or {}).get(META_KEY)
         STATE.meta = meta if isinstance(meta, dict) else None
         if STATE.meta is None:
             return
