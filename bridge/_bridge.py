@@ -213,6 +213,7 @@ class AsyncBridge:
         # Backends first: their kernels are the factory's, which the pool closes with it.
         await asyncio.gather(*(b.terminate() for b in list(self._backends)), return_exceptions=True)
         pool, self._pool = self._pool, None
+        self._factory = None  # closed with the pool: nothing may use it from now on
         if pool is not None:
             await pool.close()
 

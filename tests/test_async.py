@@ -89,6 +89,11 @@ async def test_calls_after_close_fail_clearly() -> None:
         await b.execute("1")
     with pytest.raises(bridge.BridgeClosed):
         await b.start()
+    with pytest.raises(bridge.BridgeClosed):
+        b.python  # noqa: B018
+    with pytest.raises(bridge.BridgeClosed):
+        async with b.session():
+            pass
 
 
 @pytest.mark.asyncio
