@@ -102,9 +102,7 @@ class AsyncBackend:
         self.timeout = timeout
         self.restart_on_exit = bool(restart)
         self._env = _check_env(env)
-        if isinstance(python_paths, (str, bytes)):
-            raise InvalidRequest("python_paths must be a sequence of paths, not one string")
-        self._python_paths = check_paths([os.fspath(p) for p in python_paths])
+        self._python_paths = check_paths(python_paths)
         self._bridge = bridge
         self._factory: Factory = bridge.factory
         self._kernel: Kernel | None = None

@@ -113,7 +113,70 @@ def _gateway_options(
     }
 
 
-class AsyncBridge:
+class _AsyncCalls:
+    """execute, evaluate and execute_file, shared by AsyncBridge and AsyncSession.
+
+    They differ only in where a prepared request runs: any free pool kernel in a fresh
+    namespace (the bridge), or the session's own kernel and namespace.
+    """
+
+    _isolate: bool
+
+    async def _submit(
+        self, code: str, meta: dict[str, Any] | None, timeout: float | None, capture: bool
+    ) -> ExecutionResult:
+        raise NotImplementedError
+
+    async def execute(
+        self,
+        code: str,
+        *,
+        timeout: float | None = None,
+        capture_variables: bool = False,
+        inputs: Mapping[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """Run *code*; a top-level ``return X`` gives the value X.
+
+        >>> r = await b.execute("import math\\nreturn {'pi': math.pi}")   # doctest: +SKIP
+        >>> r.value                                                       # doctest: +SKIP
+        {'pi': 3.141592653589793}
+        """
+        text, meta = _request(
+            code,
+            mode="exec",
+            isolate=self._isolate,
+            inputs=inputs,
+            capture_variables=capture_variables,
+        )
+        return await self._submit(text, meta, timeout, capture_variables)
+
+    async def evaluate(self, expr: str, *, timeout: float | None = None) -> ExecutionResult:
+        """The value of one expression: ``(await b.evaluate("1 + 2 * 3")).value == 7``."""
+        text, meta = _request(expr, mode="eval", isolate=self._isolate)
+        return await self._submit(text, meta, timeout, False)
+
+    async def execute_file(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+        capture_variables: bool = False,
+        inputs: Mapping[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """Run the script at *path* (read by the host) as ``__main__`` with ``__file__`` set."""
+        source, resolved = read_script(path)
+        text, meta = _request(
+            source,
+            mode="exec",
+            isolate=self._isolate,
+            inputs=inputs,
+            capture_variables=capture_variables,
+            file=resolved,
+        )
+        return await self._submit(text, meta, timeout, capture_variables)
+
+
+class AsyncBridge(_AsyncCalls):
     """A pool of warm IPython kernels that run Python for the host.
 
     >>> async with bridge.AsyncBridge(pool_size=2) as b:      # doctest: +SKIP
@@ -240,52 +303,10 @@ class AsyncBridge:
 
     # -- one-off calls ---------------------------------------------------------------------------
 
-    async def execute(
-        self,
-        code: str,
-        *,
-        timeout: float | None = None,
-        capture_variables: bool = False,
-        inputs: Mapping[str, Any] | None = None,
-    ) -> ExecutionResult:
-        """Run *code* in a fresh namespace; a top-level ``return X`` gives the value X.
+    _isolate = True  # one-off calls: a fresh namespace each
 
-        >>> r = await b.execute("import math\\nreturn {'pi': math.pi}")   # doctest: +SKIP
-        >>> r.value                                                       # doctest: +SKIP
-        {'pi': 3.141592653589793}
-        """
-        text, meta = _request(
-            code, mode="exec", isolate=True, inputs=inputs, capture_variables=capture_variables
-        )
-        return await self._oneoff(text, meta, timeout, capture_variables)
-
-    async def evaluate(self, expr: str, *, timeout: float | None = None) -> ExecutionResult:
-        """The value of one expression: ``(await b.evaluate("1 + 2 * 3")).value == 7``."""
-        text, meta = _request(expr, mode="eval", isolate=True)
-        return await self._oneoff(text, meta, timeout, False)
-
-    async def execute_file(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        timeout: float | None = None,
-        capture_variables: bool = False,
-        inputs: Mapping[str, Any] | None = None,
-    ) -> ExecutionResult:
-        """Run the script at *path* (read by the host) as ``__main__`` with ``__file__`` set."""
-        source, resolved = read_script(path)
-        text, meta = _request(
-            source,
-            mode="exec",
-            isolate=True,
-            inputs=inputs,
-            capture_variables=capture_variables,
-            file=resolved,
-        )
-        return await self._oneoff(text, meta, timeout, capture_variables)
-
-    async def _oneoff(
-        self, code: str, meta: dict[str, Any], timeout: float | None, capture: bool
+    async def _submit(
+        self, code: str, meta: dict[str, Any] | None, timeout: float | None, capture: bool
     ) -> ExecutionResult:
         seconds = _check_timeout(timeout, self.timeout)
         pool = self.pool
@@ -365,7 +386,7 @@ class AsyncBridge:
         return AsyncSession(self)
 
 
-class AsyncSession:
+class AsyncSession(_AsyncCalls):
     """A kernel of the caller's own: state carries from call to call.
 
     If the kernel dies, or a timeout needs it restarted, its state is gone: every later call
@@ -423,52 +444,17 @@ class AsyncSession:
         if kernel is not None and self._bridge._pool is not None:
             await self._bridge.pool.retire(kernel)
 
-    async def execute(
-        self,
-        code: str,
-        *,
-        timeout: float | None = None,
-        capture_variables: bool = False,
-        inputs: Mapping[str, Any] | None = None,
-    ) -> ExecutionResult:
-        """Run *code* in the session's namespace."""
-        text, meta = _request(
-            code, mode="exec", isolate=False, inputs=inputs, capture_variables=capture_variables
-        )
-        return await self._run(text, meta, timeout, capture_variables)
-
-    async def evaluate(self, expr: str, *, timeout: float | None = None) -> ExecutionResult:
-        text, meta = _request(expr, mode="eval", isolate=False)
-        return await self._run(text, meta, timeout, False)
-
-    async def execute_file(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        timeout: float | None = None,
-        capture_variables: bool = False,
-        inputs: Mapping[str, Any] | None = None,
-    ) -> ExecutionResult:
-        source, resolved = read_script(path)
-        text, meta = _request(
-            source,
-            mode="exec",
-            isolate=False,
-            inputs=inputs,
-            capture_variables=capture_variables,
-            file=resolved,
-        )
-        return await self._run(text, meta, timeout, capture_variables)
-
     async def run_cell(self, source: str, *, timeout: float | None = None) -> ExecutionResult:
         """Run a notebook cell as a notebook front end does: plain IPython, no bridge options.
 
         The value is not turned into JSON and the cell counts in the execution count, so
         ``result.outputs`` is what Jupyter would store in the notebook.
         """
-        return await self._run(_check_code(source, "source"), None, timeout, False)
+        return await self._submit(_check_code(source, "source"), None, timeout, False)
 
-    async def _run(
+    _isolate = False  # the session's own namespace, kept from call to call
+
+    async def _submit(
         self, code: str, meta: dict[str, Any] | None, timeout: float | None, capture: bool
     ) -> ExecutionResult:
         seconds = _check_timeout(timeout, self._bridge.timeout)

@@ -41,7 +41,7 @@ from ._exceptions import (
     KernelStartError,
 )
 from ._kernel import Kernel
-from ._python import kernel_side_dir
+from ._python import check_paths, kernel_side_dir
 
 log = logging.getLogger("bridge.gateway")
 
@@ -524,9 +524,7 @@ class GatewayFactory:
         self.gateway = Gateway(url, token)
         self.kernel_name = kernel_name
         self.env = _check_env(env)
-        if isinstance(python_paths, (str, bytes)):
-            raise InvalidRequest("python_paths must be a sequence of paths, not one string")
-        self.python_paths = tuple(os.fspath(p) for p in python_paths)  # on the kernel's host
+        self.python_paths = check_paths(python_paths, absolute=False)  # on the kernel's host
         self.remote = True
         self.startup_timeout = startup_timeout
         self.python = f"the {kernel_name or 'default'} kernel spec of {url}"

@@ -94,9 +94,7 @@ class KernelFactory:
     ) -> None:
         self.python = resolve_python(python)
         self.env = _check_env(env)
-        if isinstance(python_paths, (str, bytes)):
-            raise InvalidRequest("python_paths must be a sequence of paths, not one string")
-        self.python_paths = check_paths([os.fspath(p) for p in python_paths])
+        self.python_paths = check_paths(python_paths)
         self.startup_timeout = startup_timeout
         spec = bridge_kernel_spec(self.python)
         if multi_manager is None:

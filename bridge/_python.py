@@ -87,10 +87,19 @@ def diagnose(python: str) -> str:
     return ""
 
 
-def check_paths(paths: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+def check_paths(paths: object, *, absolute: bool = True) -> tuple[str, ...]:
+    """*python_paths* checked (absolute unless they name folders on another host).
+
+    InvalidRequest for anything but a list or tuple of paths.
+    """
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise InvalidRequest("python_paths must be a sequence of paths, not one path")
+    if not isinstance(paths, (list, tuple)):
+        raise InvalidRequest(f"python_paths must be a list of paths, got {type(paths).__name__}")
     out = []
     for path in paths:
         if not isinstance(path, (str, os.PathLike)):
             raise InvalidRequest(f"python_paths entries must be paths, got {path!r}")
-        out.append(os.path.abspath(os.fspath(path)))
+        text = os.fspath(path)
+        out.append(os.path.abspath(text) if absolute else text)
     return tuple(out)

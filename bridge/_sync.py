@@ -66,7 +66,55 @@ class Portal:
             self.loop.close()
 
 
-class Bridge:
+class _BlockingCalls:
+    """execute, evaluate and execute_file, shared by Bridge and Session: each runs the async
+    twin's method on the bridge's loop thread and waits."""
+
+    _async: AsyncBridge | AsyncSession
+
+    def _call(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> T:
+        raise NotImplementedError
+
+    def execute(
+        self,
+        code: str,
+        *,
+        timeout: float | None = None,
+        capture_variables: bool = False,
+        inputs: Mapping[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """Run *code*; a top-level ``return X`` gives the value X."""
+        return self._call(
+            self._async.execute,
+            code,
+            timeout=timeout,
+            capture_variables=capture_variables,
+            inputs=inputs,
+        )
+
+    def evaluate(self, expr: str, *, timeout: float | None = None) -> ExecutionResult:
+        """The value of one expression: ``b.evaluate("1 + 2 * 3").value == 7``."""
+        return self._call(self._async.evaluate, expr, timeout=timeout)
+
+    def execute_file(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+        capture_variables: bool = False,
+        inputs: Mapping[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """Run the script at *path* (read by the host) as ``__main__`` with ``__file__`` set."""
+        return self._call(
+            self._async.execute_file,
+            path,
+            timeout=timeout,
+            capture_variables=capture_variables,
+            inputs=inputs,
+        )
+
+
+class Bridge(_BlockingCalls):
     """The blocking twin of ``AsyncBridge``; same arguments, same methods.
 
     >>> with bridge.Bridge(pool_size=2) as b:                  # doctest: +SKIP
@@ -89,7 +137,7 @@ class Bridge:
         gateway_token: str | None = None,
         gateway_kernel_name: str | None = None,
     ) -> None:
-        self._async = AsyncBridge(
+        self._async: AsyncBridge = AsyncBridge(
             pool_size=pool_size,
             python=python,
             env=env,
@@ -126,6 +174,8 @@ class Bridge:
         """Run ``fn(*args, **kwargs)`` on the bridge's loop and wait for it."""
         return self._get_portal().call(fn, *args, **kwargs)
 
+    _call = call
+
     def __enter__(self) -> Bridge:
         self.start()
         return self
@@ -161,41 +211,6 @@ class Bridge:
     def python(self) -> str:
         return self._async.python
 
-    def execute(
-        self,
-        code: str,
-        *,
-        timeout: float | None = None,
-        capture_variables: bool = False,
-        inputs: Mapping[str, Any] | None = None,
-    ) -> ExecutionResult:
-        return self.call(
-            self._async.execute,
-            code,
-            timeout=timeout,
-            capture_variables=capture_variables,
-            inputs=inputs,
-        )
-
-    def evaluate(self, expr: str, *, timeout: float | None = None) -> ExecutionResult:
-        return self.call(self._async.evaluate, expr, timeout=timeout)
-
-    def execute_file(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        timeout: float | None = None,
-        capture_variables: bool = False,
-        inputs: Mapping[str, Any] | None = None,
-    ) -> ExecutionResult:
-        return self.call(
-            self._async.execute_file,
-            path,
-            timeout=timeout,
-            capture_variables=capture_variables,
-            inputs=inputs,
-        )
-
     def session(self) -> Session:
         """A blocking session: ``with b.session() as s: s.execute("x = 1")``."""
         return Session(self, self._async.session())
@@ -221,12 +236,15 @@ class Bridge:
         return Backend(self, backend)
 
 
-class Session:
+class Session(_BlockingCalls):
     """The blocking twin of ``AsyncSession``."""
 
     def __init__(self, bridge: Bridge, session: AsyncSession) -> None:
         self._bridge = bridge
-        self._async = session
+        self._async: AsyncSession = session
+
+    def _call(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> T:
+        return self._bridge.call(fn, *args, **kwargs)
 
     def __enter__(self) -> Session:
         self._bridge.call(self._async.start)
@@ -249,44 +267,9 @@ class Session:
     def connection_file(self) -> str:
         return self._async.connection_file
 
-    def execute(
-        self,
-        code: str,
-        *,
-        timeout: float | None = None,
-        capture_variables: bool = False,
-        inputs: Mapping[str, Any] | None = None,
-    ) -> ExecutionResult:
-        return self._bridge.call(
-            self._async.execute,
-            code,
-            timeout=timeout,
-            capture_variables=capture_variables,
-            inputs=inputs,
-        )
-
-    def evaluate(self, expr: str, *, timeout: float | None = None) -> ExecutionResult:
-        return self._bridge.call(self._async.evaluate, expr, timeout=timeout)
-
     def run_cell(self, source: str, *, timeout: float | None = None) -> ExecutionResult:
         """Run a notebook cell as a notebook front end does (see ``AsyncSession.run_cell``)."""
         return self._bridge.call(self._async.run_cell, source, timeout=timeout)
-
-    def execute_file(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        timeout: float | None = None,
-        capture_variables: bool = False,
-        inputs: Mapping[str, Any] | None = None,
-    ) -> ExecutionResult:
-        return self._bridge.call(
-            self._async.execute_file,
-            path,
-            timeout=timeout,
-            capture_variables=capture_variables,
-            inputs=inputs,
-        )
 
 
 class Backend:
