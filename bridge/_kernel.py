@@ -58,6 +58,7 @@ class _Call:
         self.idle = False
         self.on_attest: AttestHook | None = None
         self.fallback = False
+        self.reads_status = False  # an execute_request call, complete on its idle status
         self.started = time.perf_counter()
 
     def on_iopub(self, msg_type: str, content: dict[str, Any]) -> None:
@@ -132,6 +133,9 @@ class Kernel:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Future[Any]] = set()
         self._iopub_live = asyncio.Event()
+        # Status messages matter to the ready handshake and to execute_request calls (they
+        # complete on idle); comm calls complete on the runtime's reply.
+        self._status_readers = 1  # the handshake, until connect() is done
         self._handshake_ids: set[str] = set()
         self._recovery: asyncio.Task[None] | None = None
         self._bridge_comm = ""
@@ -187,6 +191,7 @@ class Kernel:
                     self.send_comm(comm_id, {"kind": "ping"})
                 )
                 self._bridge_comm = comm_id
+                self._status_readers -= 1
         except TimeoutError:
             raise KernelStartError(
                 f"{self.name} did not {stage} within {timeout:g} s of starting"
@@ -225,6 +230,11 @@ class Kernel:
             except Exception as exc:  # socket closed under us: the kernel is being shut down
                 log.debug("%s: reader stopped: %s", self.name, exc)
                 return
+            if self._ignore_status and frames[0].endswith(b".status"):
+                # ipykernel publishes busy and idle around every request, half of a comm
+                # call's IOPub messages; deserializing them (signature, JSON, dateutil) was a
+                # fifth of the host's work per call. Its topic frame says what it is.
+                continue
             try:
                 _, frames = session.feed_identities(frames)
                 msg = session.deserialize(frames)
@@ -386,6 +396,9 @@ class Kernel:
         if not self.alive:
             raise self._died_error(call)
         self._calls[msg_id] = call
+        if request:
+            self._status_readers += 1
+            call.reads_status = True
         draining = False
         try:
             with translated(f"sending code to {self.name}"):
@@ -451,8 +464,13 @@ class Kernel:
         finally:
             self._forget(call)
 
+    @property
+    def _ignore_status(self) -> bool:
+        return self._status_readers == 0
+
     def _forget(self, call: _Call) -> None:
-        self._calls.pop(call.msg_id, None)
+        if self._calls.pop(call.msg_id, None) is not None and call.reads_status:
+            self._status_readers -= 1
         if call.done.done() and not call.done.cancelled():
             call.done.exception()  # retrieved: no "exception was never retrieved" noise
 
