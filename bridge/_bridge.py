@@ -14,7 +14,7 @@ from typing import Any
 
 from ._backend import AsyncBackend
 from ._exceptions import BridgeClosed, ExecutionTimeout, InvalidRequest, KernelDied
-from ._gateway import GatewayFactory, gateway_settings
+from ._gateway import GatewayFactory, check_server_manager, gateway_settings
 from ._kernel import Kernel
 from ._manager import KernelFactory
 from ._pool import Factory, KernelPool
@@ -101,12 +101,14 @@ def _gateway_options(
             "python= picks a local interpreter; on a gateway the kernel spec decides "
             "(gateway_kernel_name=)"
         )
-    if options["multi_manager"] is not None:
-        raise InvalidRequest("kernel_manager= and gateway_url= exclude each other")
+    server_manager = options["multi_manager"]
+    if server_manager is not None:
+        check_server_manager(server_manager, url)
     return {
         "url": url,
         "token": token,
         "kernel_name": kernel_name,
+        "server_manager": server_manager,
         "env": options["env"],
         "python_paths": options["python_paths"],
         "startup_timeout": options["startup_timeout"],
@@ -191,7 +193,9 @@ class AsyncBridge(_AsyncCalls):
     Gateway instead, started from its ``gateway_kernel_name`` spec (the gateway's default if
     None); ``gateway_url=""`` forces local kernels. ``env`` then goes in the kernel start
     request (gateways pass on ``KERNEL_*`` names and those their operator allows) and
-    ``python_paths`` name directories on the gateway's host.
+    ``python_paths`` name directories on the gateway's host. ``kernel_manager`` may then only be
+    Jupyter Server's ``GatewayMappingKernelManager`` for the same gateway: the bridge registers
+    its kernels there, so the server lists them and JupyterLab opens them.
     """
 
     def __init__(

@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--root", help="folder /execute-file reads from (default: this one)")
     p.add_argument("--timeout", type=float, default=30.0, help="default call timeout, seconds")
+    _gateway_options(p)
 
     commands.add_parser("version", help="print the versions")
     return parser
@@ -206,6 +207,14 @@ def _serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
     app.root = server.root_dir
     app.timeout = args.timeout
     app.announce = True
+    # Gateway mode is Jupyter Server's own (GatewayClient, which reads JUPYTER_GATEWAY_URL and
+    # JUPYTER_GATEWAY_AUTH_TOKEN too): its /api/kernels then lists the gateway's kernels.
+    if args.gateway_url is not None:
+        config.GatewayClient.url = args.gateway_url.strip() or None
+    if args.gateway_token is not None:
+        config.GatewayClient.auth_token = args.gateway_token
+    if args.gateway_kernel:
+        app.gateway_kernel_name = args.gateway_kernel
     # A setting the service refuses stops it here, instead of a service running without it.
     server.reraise_server_extension_failures = True
     try:

@@ -77,6 +77,27 @@ def gateway_settings(url: str | None, token: str | None) -> tuple[str, str]:
     return url, token
 
 
+def check_server_manager(manager: Any, url: str) -> None:
+    """Refuse a ``kernel_manager=`` that cannot show the bridge's gateway kernels: anything but
+    Jupyter Server's ``GatewayMappingKernelManager`` for the same gateway."""
+    try:
+        from jupyter_server.gateway.managers import GatewayMappingKernelManager
+    except ImportError:  # no Jupyter Server, so not its manager
+        is_gateway = False
+    else:
+        is_gateway = isinstance(manager, GatewayMappingKernelManager)
+    if not is_gateway:
+        raise InvalidRequest(
+            "with gateway_url=, kernel_manager= must be Jupyter Server's "
+            "GatewayMappingKernelManager (a local MultiKernelManager starts local kernels)"
+        )
+    theirs = str(manager.kernels_url).rstrip("/")
+    if theirs != f"{url}/api/kernels":
+        raise InvalidRequest(
+            f"kernel_manager= manages the kernels of {theirs}, not of the gateway {url}"
+        )
+
+
 class Gateway:
     """The REST side of a gateway: start, interrupt, delete kernels; the token on every call.
 
@@ -518,10 +539,14 @@ class GatewayFactory:
         env: Mapping[str, str] | None = None,
         python_paths: Sequence[str | os.PathLike[str]] = (),
         startup_timeout: float = 60.0,
+        server_manager: Any = None,
     ) -> None:
         from ._manager import _check_env
 
         self.gateway = Gateway(url, token)
+        # Jupyter Server's GatewayMappingKernelManager, if any: our kernels are registered
+        # there, so the server's /api/kernels lists them and JupyterLab can open them.
+        self.server_manager = server_manager
         self.kernel_name = kernel_name
         self.env = _check_env(env)
         self.python_paths = check_paths(python_paths, absolute=False)  # on the kernel's host
@@ -568,12 +593,24 @@ class GatewayFactory:
             raise
         if self._poller is None:
             self._poller = asyncio.create_task(self._poll())
+        if self.server_manager is not None:
+            await self._show(kernel)
         log.debug("started %s", kernel.name)
         return kernel
+
+    async def _show(self, kernel: Kernel) -> None:
+        """Register *kernel* with the server, as Jupyter Server adopts a kernel the gateway
+        already runs (``start_kernel(kernel_id=...)`` asks the gateway for it, starts nothing)."""
+        try:
+            await self.server_manager.start_kernel(kernel_id=kernel.kernel_id)
+        except Exception as exc:  # the kernel works; only the server's listing lacks it
+            log.warning("Jupyter Server will not list %s: %s", kernel.name, exc)
 
     async def stop(self, kernel: Kernel, *, now: bool = False) -> None:
         """Delete *kernel* on the gateway and close its websocket."""
         self.kernels.discard(kernel)
+        if self.server_manager is not None:
+            self.server_manager.remove_kernel(kernel.kernel_id)
         await kernel.shutdown(now=now)
 
     async def _poll(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 import secrets
@@ -10,11 +12,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
+from tornado.websocket import websocket_connect
 
 KERNEL_BRIDGE = str(Path(sys.executable).with_name("kernel-bridge"))
 
@@ -133,3 +137,62 @@ class ServiceProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def read_events(lines: Iterator[str], count: int) -> list[tuple[int, dict[str, Any]]]:
+    """The next *count* events of an SSE stream, as (id, {type, data})."""
+    events: list[tuple[int, dict[str, Any]]] = []
+    seq = 0
+    for line in lines:
+        if line.startswith("id: "):
+            seq = int(line[4:])
+        elif line.startswith("data: "):
+            events.append((seq, json.loads(line[6:])))
+            if len(events) == count:
+                break
+    return events
+
+
+async def execute_over_websocket(service: ServiceProcess, kernel_id: str, code: str) -> str:
+    """Run *code* in a kernel through /api/kernels/{id}/channels, as JupyterLab does."""
+    ws_url = service.url.replace("http://", "ws://")
+    url = f"{ws_url}/api/kernels/{kernel_id}/channels?token={service.token}"
+    ws = await websocket_connect(url)
+    msg_id = uuid.uuid4().hex
+    ws.write_message(
+        json.dumps(
+            {
+                "header": {
+                    "msg_id": msg_id,
+                    "msg_type": "execute_request",
+                    "username": "test",
+                    "session": uuid.uuid4().hex,
+                    "version": "5.3",
+                    "date": "",
+                },
+                "parent_header": {},
+                "metadata": {},
+                "content": {"code": code, "silent": False, "store_history": True},
+                "channel": "shell",
+                "buffers": [],
+            }
+        )
+    )
+    result = ""
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                raw = await ws.read_message()
+                assert raw is not None, "the server closed the websocket"
+                msg = json.loads(raw)
+                if msg["parent_header"].get("msg_id") != msg_id:
+                    continue
+                kind = msg["header"]["msg_type"]
+                if kind == "execute_result":
+                    result = msg["content"]["data"]["text/plain"]
+                elif kind == "error":
+                    raise AssertionError(msg["content"]["evalue"])
+                elif kind == "status" and msg["content"]["execution_state"] == "idle":
+                    return result
+    finally:
+        ws.close()

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from service_process import ServiceProcess
-from tornado.websocket import websocket_connect
+from service_process import ServiceProcess, execute_over_websocket, read_events
 
 PROBE = """\
 import os
@@ -207,20 +205,6 @@ def test_the_token_never_reaches_a_backend(
 # -- events --------------------------------------------------------------------------------------
 
 
-def read_events(lines: Iterator[str], count: int) -> list[tuple[int, dict[str, Any]]]:
-    """The next *count* events of an SSE stream, as (id, {type, data})."""
-    events: list[tuple[int, dict[str, Any]]] = []
-    seq = 0
-    for line in lines:
-        if line.startswith("id: "):
-            seq = int(line[4:])
-        elif line.startswith("data: "):
-            events.append((seq, json.loads(line[6:])))
-            if len(events) == count:
-                break
-    return events
-
-
 def test_events_stream_replays_then_follows(service: ServiceProcess, client: httpx.Client) -> None:
     created = client.post("/backends", json={"script": PROBE}).json()
     url = f"/backends/{created['id']}/events"
@@ -258,51 +242,6 @@ def test_events_stream_ends_when_the_backend_is_deleted(client: httpx.Client) ->
 
 
 # -- JupyterLab ----------------------------------------------------------------------------------
-
-
-async def execute_over_websocket(service: ServiceProcess, kernel_id: str, code: str) -> str:
-    """Run *code* in a kernel through /api/kernels/{id}/channels, as JupyterLab does."""
-    ws_url = service.url.replace("http://", "ws://")
-    url = f"{ws_url}/api/kernels/{kernel_id}/channels?token={service.token}"
-    ws = await websocket_connect(url)
-    msg_id = uuid.uuid4().hex
-    ws.write_message(
-        json.dumps(
-            {
-                "header": {
-                    "msg_id": msg_id,
-                    "msg_type": "execute_request",
-                    "username": "test",
-                    "session": uuid.uuid4().hex,
-                    "version": "5.3",
-                    "date": "",
-                },
-                "parent_header": {},
-                "metadata": {},
-                "content": {"code": code, "silent": False, "store_history": True},
-                "channel": "shell",
-                "buffers": [],
-            }
-        )
-    )
-    result = ""
-    try:
-        async with asyncio.timeout(60):
-            while True:
-                raw = await ws.read_message()
-                assert raw is not None, "the server closed the websocket"
-                msg = json.loads(raw)
-                if msg["parent_header"].get("msg_id") != msg_id:
-                    continue
-                kind = msg["header"]["msg_type"]
-                if kind == "execute_result":
-                    result = msg["content"]["data"]["text/plain"]
-                elif kind == "error":
-                    raise AssertionError(msg["content"]["evalue"])
-                elif kind == "status" and msg["content"]["execution_state"] == "idle":
-                    return result
-    finally:
-        ws.close()
 
 
 def test_jupyterlab_sees_and_opens_a_backend(service: ServiceProcess, client: httpx.Client) -> None:

@@ -3,6 +3,12 @@
 Jupyter Server owns the HTTP server, the token, the config files and the log; this extension
 adds the routes and runs an AsyncBridge on the server's own MappingKernelManager, so the
 bridge's kernels are the server's kernels (``/api/kernels``, JupyterLab).
+
+Gateway mode follows the server's own gateway settings (``GatewayClient.url`` and
+``auth_token``, which Jupyter Server also reads from ``JUPYTER_GATEWAY_URL`` and
+``JUPYTER_GATEWAY_AUTH_TOKEN``): the server's kernel manager is then its
+GatewayMappingKernelManager, the bridge runs its kernels on that gateway through its own
+client and registers them there, so ``/api/kernels`` and JupyterLab still see them.
 """
 
 from __future__ import annotations
@@ -39,6 +45,12 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
     )
     max_backends = Int(16, config=True, help="Live backends at most; more get 429 busy.")
     max_body_size = Int(10 * 1024 * 1024, config=True, help="Largest request body, in bytes.")
+    gateway_kernel_name = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="With a gateway (GatewayClient.url): its kernel spec (default: the gateway's).",
+    )
     announce = Bool(False, config=True, help="Print the URL, the token and a curl line once ready.")
 
     @validate("pool_size", "max_backends", "max_body_size")
@@ -68,8 +80,12 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
             bridge_log.setLevel(serverapp.log.level)
             bridge_log.propagate = False
         self.start_error: BaseException | None = None
+        gateway = serverapp.gateway_config  # Jupyter Server's GatewayClient
         self.service = Service(
             kernel_manager=serverapp.kernel_manager,
+            gateway_url=(gateway.url or "") if gateway.gateway_enabled else "",
+            gateway_token=gateway.auth_token or "",
+            gateway_kernel_name=self.gateway_kernel_name,
             root=self.root,
             pool_size=self.pool_size,
             python=self.python,

@@ -106,6 +106,9 @@ class Service:
         queue_timeout: float = 60.0,
         max_backends: int = 16,
         max_body_size: int = 10 * 1024 * 1024,
+        gateway_url: str = "",
+        gateway_token: str = "",
+        gateway_kernel_name: str | None = None,
     ) -> None:
         self.root = os.path.realpath(root)
         self.pool_size = pool_size
@@ -119,6 +122,9 @@ class Service:
             python_paths=python_paths,
             timeout=timeout,
             kernel_manager=kernel_manager,
+            gateway_url=gateway_url,
+            gateway_token=gateway_token,
+            gateway_kernel_name=gateway_kernel_name,
         )
         self.kernel_python_version = ""
         self._ready: asyncio.Future[None] | None = None
