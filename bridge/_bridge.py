@@ -272,6 +272,9 @@ class AsyncBridge(_AsyncCalls):
             except BaseException:
                 await pool.close()
                 raise
+            if self._closed:  # aclose() came while the kernels were starting
+                await pool.close()
+                raise BridgeClosed("the bridge was closed while it was starting")
             self._factory, self._pool = factory, pool
 
     async def aclose(self) -> None:
@@ -314,7 +317,19 @@ class AsyncBridge(_AsyncCalls):
     ) -> ExecutionResult:
         seconds = _check_timeout(timeout, self.timeout)
         pool = self.pool
-        kernel = await pool.acquire()
+        try:
+            # Waiting for a free kernel is bounded too (all busy, or the only one being
+            # replaced); the code then gets its full timeout to run.
+            async with asyncio.timeout(seconds):
+                kernel = await pool.acquire()
+        except TimeoutError:
+            raise ExecutionTimeout(
+                f"no kernel was free within the timeout of {seconds:g} s (all busy or starting); "
+                "the code did not run",
+                timeout=seconds,
+                restarted=False,
+                result=ExecutionResult(success=False, code=code),
+            ) from None
         try:
             return await self.run_on(kernel, code, meta, seconds, capture)
         finally:
@@ -464,6 +479,7 @@ class AsyncSession(_AsyncCalls):
         seconds = _check_timeout(timeout, self._bridge.timeout)
         async with self._lock:  # one call at a time: a timeout interrupts only its own call
             kernel = self.kernel
+            await kernel.settle()  # a cancelled call before this one may still be stopping
             if self._lost is not None or not kernel.alive:
                 raise KernelDied(
                     f"the session's kernel is gone ({self._lost or kernel.exit_status}); "

@@ -432,11 +432,14 @@ class Kernel:
 
     async def _timed_out(self, call: _Call, timeout: float) -> BridgeError:
         try:
-            await self.interrupt()
+            # The interrupt itself counts against the grace: over a gateway it is a REST call.
             async with asyncio.timeout(INTERRUPT_GRACE):
+                await self.interrupt()
                 await asyncio.shield(call.done)
         except KernelDied as exc:
             return exc
+        except _Fallback:
+            pass  # the runtime ran nothing (top-level await) and the time is up: interrupted
         except (TimeoutError, BridgeError):
             await self.kill()
             return ExecutionTimeout(
@@ -456,9 +459,11 @@ class Kernel:
     async def _drain(self, call: _Call) -> None:
         """After a cancelled call: wait for it to end, interrupting and then killing if need be."""
         try:
-            await self.interrupt()
             async with asyncio.timeout(INTERRUPT_GRACE):
+                await self.interrupt()
                 await asyncio.shield(call.done)
+        except _Fallback:
+            pass  # nothing ran
         except (TimeoutError, BridgeError):
             await self.kill()
         finally:
@@ -473,6 +478,11 @@ class Kernel:
             self._status_readers -= 1
         if call.done.done() and not call.done.cancelled():
             call.done.exception()  # retrieved: no "exception was never retrieved" noise
+
+    @property
+    def settling(self) -> bool:
+        """A cancelled call is still being wound down (see settle())."""
+        return self._recovery is not None
 
     async def settle(self) -> None:
         """Wait until a cancelled call has been cleaned up, so the kernel can be reused."""

@@ -32,7 +32,13 @@ KERNEL_NAME = "kernel-bridge"
 SHUTDOWN_WAIT = 2.0  # seconds a polite shutdown gets before SIGKILL (jupyter_client's is 5)
 # The host's credentials for its own server: never part of a kernel's environment.
 HOST_SECRETS = frozenset(
-    {"JUPYTER_TOKEN", "JUPYTER_TOKEN_FILE", "JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN"}
+    {
+        "JUPYTER_TOKEN",
+        "JUPYTER_TOKEN_FILE",
+        "JUPYTERHUB_API_TOKEN",
+        "JPY_API_TOKEN",
+        "JUPYTER_GATEWAY_AUTH_TOKEN",
+    }
 )
 
 

@@ -110,8 +110,12 @@ class KernelPool:
             return
         if not kernel.alive or kernel.closing:
             self._discard(kernel)
-        else:
+        elif kernel.settling:
             self._spawn(self._settle_and_put(kernel))
+        else:
+            # Back at once: a kernel in none of free, busy or starting would look missing to
+            # the next acquire(), which would start a surplus kernel to make up for it.
+            self._put(kernel)
 
     async def take(self) -> Kernel:
         """A kernel for a session's own use; the pool starts another to stay warm."""

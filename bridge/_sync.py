@@ -151,6 +151,7 @@ class Bridge(_BlockingCalls):
             gateway_kernel_name=gateway_kernel_name,
         )
         self._portal: Portal | None = None
+        self._closing = False
         self._lock = threading.Lock()
 
     @property
@@ -165,7 +166,7 @@ class Bridge(_BlockingCalls):
     def _get_portal(self) -> Portal:
         with self._lock:
             if self._portal is None:
-                if self._async._closed:
+                if self._async._closed or self._closing:
                     raise BridgeClosed("the bridge is closed")
                 self._portal = Portal()
             return self._portal
@@ -198,6 +199,9 @@ class Bridge(_BlockingCalls):
     def close(self) -> None:
         """Shut every kernel down and stop the loop thread; idempotent."""
         with self._lock:
+            # Closing from now on: a call racing in from another thread must not build a
+            # second loop thread for a bridge that is going away.
+            self._closing = True
             portal, self._portal = self._portal, None
         if portal is None:
             self._async._closed = True

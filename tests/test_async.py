@@ -138,3 +138,72 @@ async def test_pool_size_zero_serves_sessions_and_refuses_one_off_calls() -> Non
             await b.execute("1")
         async with b.session() as s:
             assert (await s.evaluate("40 + 2")).value == 42
+
+
+@pytest.mark.asyncio
+async def test_back_to_back_calls_do_not_grow_the_pool() -> None:
+    async with bridge.AsyncBridge(pool_size=1) as b:
+        pids = {(await b.evaluate("__import__('os').getpid()")).value for _ in range(10)}
+        await asyncio.sleep(0.5)  # a surplus start, if any, would be under way by now
+        assert len(pids) == 1
+        assert len(b.factory.kernels) == 1 and len(b.pool.kernels) == 1
+
+
+@pytest.mark.asyncio
+async def test_closing_while_starting_leaves_nothing_running() -> None:
+    b = bridge.AsyncBridge(pool_size=1)
+    starting = asyncio.ensure_future(b.start())
+    await asyncio.sleep(0.05)
+    await b.aclose()
+    with pytest.raises(bridge.BridgeClosed):
+        await starting
+    with pytest.raises(bridge.BridgeClosed):
+        await b.evaluate("1")
+
+
+@pytest.mark.asyncio
+async def test_a_timeout_racing_the_await_fallback_is_an_execution_timeout() -> None:
+    async with bridge.AsyncBridge(pool_size=1) as b:
+        for _ in range(5):
+            try:
+                r = await b.execute("import asyncio\nawait asyncio.sleep(0)\n1", timeout=0.002)
+            except bridge.ExecutionTimeout as exc:
+                assert not exc.restarted or "killed" in str(exc)
+            else:
+                assert r.success and r.value == 1
+        assert (await b.evaluate("2")).value == 2
+
+
+@pytest.mark.asyncio
+async def test_a_session_call_after_a_cancelled_one_is_not_interrupted() -> None:
+    async with bridge.AsyncBridge(pool_size=0) as b, b.session() as s:
+        await s.execute("x = 1")
+        task = asyncio.ensure_future(s.execute("import time\ntime.sleep(60)"))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        r = await s.execute("import time\ntime.sleep(0.2)\nx + 1", timeout=10)
+        assert r.success and r.value == 2
+
+
+@pytest.mark.asyncio
+async def test_waiting_for_a_free_kernel_is_bounded_by_the_timeout() -> None:
+    async with bridge.AsyncBridge(pool_size=1) as b:
+        busy = asyncio.ensure_future(b.execute("import time\ntime.sleep(3)", timeout=10))
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        with pytest.raises(bridge.ExecutionTimeout, match="no kernel was free"):
+            await b.execute("1", timeout=0.5)
+        assert time.monotonic() - started < 2
+        assert (await busy).success
+
+
+@pytest.mark.asyncio
+async def test_host_secrets_stay_out_of_the_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JUPYTER_TOKEN", "host-secret")
+    monkeypatch.setenv("JUPYTER_GATEWAY_AUTH_TOKEN", "gateway-secret")
+    async with bridge.AsyncBridge(pool_size=1, gateway_url="") as b:
+        names = "('JUPYTER_TOKEN', 'JUPYTER_GATEWAY_AUTH_TOKEN')"
+        r = await b.evaluate(f"[k for k in {names} if k in __import__('os').environ]")
+        assert r.value == []
