@@ -107,14 +107,24 @@ def subprocess_per_call(calls: int, python: str) -> list[float]:
     return out
 
 
-async def throughput(pool_size: int, n: int = 200) -> float:
-    async with bridge.AsyncBridge(pool_size=pool_size) as b:
-        await asyncio.gather(*(b.execute("return 1+1") for _ in range(20)))
-        t = time.perf_counter()
-        results = await asyncio.gather(*(b.execute("return 1+1") for _ in range(n)))
-        elapsed = time.perf_counter() - t
-        assert all(r.value == 2 for r in results)
-        return n / elapsed
+async def burst(b: bridge.AsyncBridge, n: int = 200) -> float:
+    t = time.perf_counter()
+    results = await asyncio.gather(*(b.execute("return 1+1") for _ in range(n)))
+    elapsed = time.perf_counter() - t
+    assert all(r.value == 2 for r in results)
+    return n / elapsed
+
+
+async def throughput(rounds: int = 3) -> tuple[float, float]:
+    """Calls/s of 200 concurrent executes, pool 1 and pool 2: best of interleaved rounds."""
+    async with bridge.AsyncBridge(pool_size=1) as one, bridge.AsyncBridge(pool_size=2) as two:
+        for b in (one, two):
+            await burst(b, 20)
+        best = [0.0, 0.0]
+        for _ in range(rounds):
+            best[0] = max(best[0], await burst(one))
+            best[1] = max(best[1], await burst(two))
+        return best[0], best[1]
 
 
 def main() -> None:
@@ -131,8 +141,7 @@ def main() -> None:
     python3 = shutil.which("python3") or sys.executable
     d = subprocess_per_call(max(30, n // 6), python3)
     d_direct = subprocess_per_call(max(30, n // 6), sys.executable)
-    one = asyncio.run(throughput(1))
-    two = asyncio.run(throughput(2))
+    one, two = asyncio.run(throughput())
 
     rows = [
         ("(a) raw jupyter_client execute_interactive", a),
@@ -157,7 +166,7 @@ def main() -> None:
         f"{statistics.median(d_direct) / b50:.2f})"
     )
     print(
-        f"throughput, 200 concurrent: pool 1 {one:.0f}/s, pool 2 {two:.0f}/s, "
+        f"throughput, 200 concurrent (best of 3): pool 1 {one:.0f}/s, pool 2 {two:.0f}/s, "
         f"2-vs-1 = {two / one:.2f}   (target >= 1.5)"
     )
     print("memory (RSS MB): " + ", ".join(f"{k} {v:.0f}" for k, v in memory.items()))
