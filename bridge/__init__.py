@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._exceptions import (
     BackendError,
+    BackendLost,
     BackendStartError,
     BridgeClosed,
     BridgeError,
@@ -46,6 +47,7 @@ __all__ = [
     "AsyncSession",
     "Backend",
     "BackendError",
+    "BackendLost",
     "BackendStartError",
     "Bridge",
     "BridgeClosed",

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._exceptions import (
     BackendError,
+    BackendLost,
     BackendStartError,
     BridgeClosed,
     BridgeError,
@@ -82,8 +83,9 @@ class AsyncBackend:
     {'echo': 'hi', 'timestamp': ...}
 
     Events: what the script sends with ``send_event(type, data)``, plus ``stdout`` and
-    ``stderr`` (what its methods print, line by line), ``exit`` (its kernel died: ``code``,
-    ``signal``, ``reason``, ``restarting``) and ``restart`` (``ok``, ``kernel_id`` or ``error``).
+    ``stderr`` (what its methods print, line by line), ``exit`` (its kernel died, or closed
+    the backend's connection: ``code``, ``signal``, ``reason``, ``restarting``) and ``restart``
+    (``ok``, ``kernel_id`` or ``error``).
     """
 
     def __init__(
@@ -322,6 +324,8 @@ class AsyncBackend:
                 hello.set_exception(
                     BackendStartError(f"{self.name}: the kernel closed the backend connection")
                 )
+            else:
+                self._on_closed(kernel)
             return
         data = msg["content"].get("data") or {}
         buffers = msg.get("buffers") or []
@@ -329,7 +333,10 @@ class AsyncBackend:
             self._on_events(data["events"], buffers)
         elif "id" in data:
             self._on_reply(data, buffers)
-        elif not hello.done():
+        elif hello.done():
+            if "hello" in data:  # run() again in the kernel: a new backend took the connection
+                self.info = data["hello"] or {}
+        else:
             if "hello" in data:
                 hello.set_result(data["hello"] or {})
             else:
@@ -559,6 +566,17 @@ class AsyncBackend:
         )
         if self.restart_on_exit and self._restarting is None:
             self._restarting = asyncio.ensure_future(self._relaunch(str(status), automatic=True))
+
+    def _on_closed(self, kernel: Kernel) -> None:
+        """The kernel closed the comm (code run there did): no calls can be served, though the
+        kernel lives on. Not restarted automatically: that was done in the kernel on purpose."""
+        if kernel is not self._kernel or self.terminated or self._lost is not None:
+            return
+        reason = "the kernel closed the backend's connection"
+        self._lost = BackendLost(f"{self.name}: {reason}; restart() starts it anew")
+        self._fail_pending(lambda method: BackendLost(f"{self.name}: {reason} during {method}()"))
+        status = {"code": None, "signal": None, "reason": reason, "restarting": False}
+        self._dispatch("exit", status)
 
     async def _relaunch(self, reason: str, *, automatic: bool) -> None:
         """Stop the current kernel, start a fresh one with the script; say how in an event."""

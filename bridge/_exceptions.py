@@ -149,6 +149,11 @@ class BackendStartError(BridgeError):
         self.traceback = traceback
 
 
+class BackendLost(BridgeError):
+    """The backend's connection was closed in its kernel (by code run there, say from an
+    attached JupyterLab) while the kernel lives on; ``restart()`` starts the script anew."""
+
+
 class CallTimeout(BridgeError, TimeoutError):
     """A backend call ran past its timeout; the method was interrupted in the kernel."""
 

@@ -285,14 +285,20 @@ class _Channels:
         self.v1 = True
 
     @property
-    def url(self) -> str:
+    def endpoint(self) -> str:
+        """The websocket's URL without the query (what error messages name)."""
         url = self.gateway.kernel_url(self.kernel_id, "/channels")
+        return f"ws{url[len('http') :]}"
+
+    @property
+    def url(self) -> str:
         # session_id: the gateway files its replay buffer under our session, as for JupyterLab's
-        return f"ws{url[len('http') :]}?session_id={quote(self.session.session)}"
+        return f"{self.endpoint}?session_id={quote(self.session.session)}"
 
     async def connect(self, name: str, timeout: float) -> None:
         from tornado.httpclient import HTTPClientError, HTTPRequest
-        from tornado.websocket import websocket_connect
+        from tornado.iostream import StreamClosedError
+        from tornado.websocket import WebSocketError, websocket_connect
 
         request = HTTPRequest(
             self.url,
@@ -315,8 +321,19 @@ class _Channels:
                     f"{what}: the websocket did not open: {exc.message}"
                 ) from None
             raise self.gateway.refused(what, exc.code, None, KernelStartError) from None
+        except WebSocketError:
+            # A 1xx-3xx answer that is not the upgrade: a proxy (or server) in front of the
+            # gateway that does not pass websockets on.
+            raise KernelStartError(
+                f"{what}: {self.endpoint} answered with plain HTTP, not a websocket "
+                "(is a proxy in front of the gateway not passing websockets on?)"
+            ) from None
+        except StreamClosedError:
+            raise KernelStartError(
+                f"{what}: {self.endpoint} closed the connection before the websocket opened"
+            ) from None
         except OSError as exc:
-            raise KernelStartError(f"{what}: {exc.strerror or exc}") from None
+            raise KernelStartError(f"{what}: {self.endpoint}: {exc.strerror or exc}") from None
         self.v1 = self.ws.selected_subprotocol == WS_PROTOCOL
         self.ws.protocol.set_nodelay(True)  # our requests go out at once
         self._quickack()

@@ -8,8 +8,10 @@ start-up failures, and the reaper that ends kernels whose host died.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -24,7 +26,7 @@ from jupyter_core.utils import ensure_dir_exists
 from ._exceptions import InvalidRequest, KernelStartError, translated
 from ._kernel import Kernel
 from ._python import check_paths, diagnose, kernel_side_dir, resolve_python
-from ._reaper import Reaper
+from ._reaper import Reaper, kill_group
 
 log = logging.getLogger("bridge.kernel")
 
@@ -120,6 +122,7 @@ class KernelFactory:
         self.reaper = Reaper()
         self.remote = False
         self.kernels: set[Kernel] = set()
+        self._cleanups: set[asyncio.Future[None]] = set()  # the kernels of cancelled starts
 
     def kernel_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in HOST_SECRETS}
@@ -141,16 +144,28 @@ class KernelFactory:
         fd, log_path = tempfile.mkstemp(prefix="kernel-bridge-", suffix=".log")
         try:
             with translated(f"starting a kernel with {self.python}", KernelStartError):
-                kernel_id = await self.multi_manager.start_kernel(
-                    kernel_name=KERNEL_NAME,
-                    env=self.kernel_env(env),
-                    cwd=cwd or os.getcwd(),
-                    stdout=fd,
-                    stderr=fd,
+                # A task of its own: a caller cancelled meanwhile (an HTTP client that went
+                # away, a wait_for that gave up) would cancel jupyter_client's start half-way,
+                # leaving a process and connection file that no one knows of.
+                launch = asyncio.ensure_future(
+                    self.multi_manager.start_kernel(
+                        kernel_name=KERNEL_NAME,
+                        env=self.kernel_env(env),
+                        cwd=cwd or os.getcwd(),
+                        stdout=fd,
+                        stderr=fd,
+                    )
                 )
-        except BaseException:
+                kernel_id = await asyncio.shield(launch)
+        except BaseException as exc:
             os.close(fd)
             os.unlink(log_path)
+            if isinstance(exc, asyncio.CancelledError):
+                cleanup = asyncio.ensure_future(self._abandon(launch))
+                self._cleanups.add(cleanup)
+                cleanup.add_done_callback(self._cleanups.discard)
+                with contextlib.suppress(asyncio.CancelledError):  # cancelled again: it goes on
+                    await asyncio.shield(cleanup)
             raise
         os.close(fd)  # the kernel holds its own copy
         manager = self.multi_manager.get_kernel(kernel_id)
@@ -189,6 +204,28 @@ class KernelFactory:
         log.debug("started %s (pid %s)", kernel.name, kernel.pid)
         return kernel
 
+    async def _abandon(self, launch: asyncio.Future[str]) -> None:
+        """start() was cancelled: let jupyter_client's start finish, then shut that kernel
+        down with its process group (its connection file goes with it)."""
+        try:
+            async with asyncio.timeout(self.startup_timeout):
+                kernel_id = await asyncio.shield(launch)
+            manager = self.multi_manager.get_kernel(kernel_id)
+        except TimeoutError:
+            launch.cancel()
+            log.warning("a cancelled kernel start did not end within %g s", self.startup_timeout)
+            return
+        except Exception:
+            return  # it failed: jupyter_client cleaned up what it had started
+        pgid = getattr(manager.provisioner, "pgid", None)
+        try:
+            with contextlib.suppress(Exception):
+                await self.multi_manager.shutdown_kernel(kernel_id, now=True)
+        finally:
+            if pgid is not None:
+                kill_group(pgid, signal.SIGKILL)  # children the kernel started, if any are left
+        log.debug("stopped kernel %s, whose start was cancelled", kernel_id[:8])
+
     async def stop(self, kernel: Kernel, *, now: bool = False) -> None:
         """Shut *kernel* down with its process group and connection file."""
         self.kernels.discard(kernel)
@@ -198,6 +235,7 @@ class KernelFactory:
 
     async def close(self) -> None:
         """Stop every kernel this factory started, then the reaper."""
+        await asyncio.gather(*self._cleanups, return_exceptions=True)
         await asyncio.gather(*(self.stop(k) for k in list(self.kernels)), return_exceptions=True)
         self.reaper.close()
         self.context.destroy(linger=0)

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import tagged_processes
+from jupyter_core.paths import jupyter_runtime_dir
 
 import bridge
+
+ECHO = Path(__file__).resolve().parent.parent / "kernels" / "examples" / "echo_backend.py"
 
 
 @pytest.mark.asyncio
@@ -207,3 +212,35 @@ async def test_host_secrets_stay_out_of_the_kernels(monkeypatch: pytest.MonkeyPa
         names = "('JUPYTER_TOKEN', 'JUPYTER_GATEWAY_AUTH_TOKEN')"
         r = await b.evaluate(f"[k for k in {names} if k in __import__('os').environ]")
         assert r.value == []
+
+
+def _kernel_processes() -> set[int]:
+    return {pid for pid, cmd in tagged_processes() if "bridge_runtime.launch" in cmd}
+
+
+def _connection_files() -> set[Path]:
+    return set(Path(jupyter_runtime_dir()).glob("kernel-*.json"))
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("delay", [0.01, 0.03, 0.06, 0.1, 0.2, 0.5])
+async def test_a_start_cancelled_midway_leaves_no_kernel(delay: float) -> None:
+    """A spawn given up on (an HTTP client gone, a wait_for past its time) at any moment of
+    its kernel's start: the kernel does not outlive the cancel, nor its connection file."""
+    kernels, files = _kernel_processes(), _connection_files()
+    async with bridge.AsyncBridge(pool_size=0) as b:
+        task = asyncio.ensure_future(b.spawn(ECHO))
+        await asyncio.sleep(delay)
+        if delay > 0.1 and task.done():  # it won the race: a backend to terminate
+            await (await task).terminate()
+        else:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        deadline = time.monotonic() + 5  # SIGKILLed processes take a moment to be reaped
+        while _kernel_processes() - kernels and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert _kernel_processes() - kernels == set()
+        assert _connection_files() - files == set()
+        async with b.session() as s:  # the bridge goes on working
+            assert (await s.evaluate("6 * 7")).value == 42

@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from jupyter_client.asynchronous import AsyncKernelClient
 
 import bridge
 
+ROOT = Path(__file__).resolve().parent.parent
+ECHO = ROOT / "kernels" / "examples" / "echo_backend.py"
 TOOLBOX = Path(__file__).resolve().parent / "backends" / "toolbox.py"
 
 pytestmark = pytest.mark.asyncio
@@ -201,3 +204,78 @@ async def test_python_paths_and_script_folder_are_importable(
     async with await abridge.spawn(app / "uses_paths.py", python_paths=[lib]) as backend:
         assert await backend.call("scale", {"x": 6}) == 43
         assert await backend.call("where") == str(app / "uses_paths.py")
+
+
+async def run_attached(backend: bridge.AsyncBackend, code: str) -> None:
+    """Run *code* in the backend's kernel as a person attached with JupyterLab would."""
+    client = AsyncKernelClient()
+    client.load_connection_file(backend.connection_file)
+    client.start_channels()
+    try:
+        await client.wait_for_ready(timeout=10)
+        reply = await client.execute_interactive(code, timeout=10, output_hook=lambda msg: None)
+    finally:
+        client.stop_channels()
+    assert reply["content"]["status"] == "ok", reply["content"]
+
+
+async def test_running_the_script_again_hands_the_host_to_the_new_backend(
+    abridge: bridge.AsyncBridge,
+) -> None:
+    async with await abridge.spawn(ECHO, timeout=10) as backend:
+        events: list[Any] = []
+        backend.on("reborn", events.append)
+        await backend.call("increment")
+        assert await backend.call("increment") == {"count": 2}
+        await run_attached(
+            backend,
+            "backend = EchoBackend()\n"
+            "backend.counter = 100\n"
+            "backend.send_event('reborn', 'before run')\n"
+            "backend.run()\n"
+            "backend.send_event('reborn', 'after run')",
+        )
+        assert await backend.call("increment") == {"count": 101}  # the new instance
+        assert (await backend.call("echo", {"data": "hi"}))["echo"] == "hi"
+        await wait_for(lambda: len(events) == 2)
+        assert events == ["before run", "after run"]
+        assert backend.alive and backend.info["class"] == "EchoBackend"
+
+
+async def test_a_call_pending_when_the_script_runs_again_fails_at_once(
+    abridge: bridge.AsyncBridge,
+) -> None:
+    async with await abridge.spawn(TOOLBOX, timeout=30) as backend:
+        pending = asyncio.ensure_future(backend.call("slow", {"seconds": 20}))
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        await run_attached(backend, "backend = Toolbox()\nbackend.run()")
+        with pytest.raises(bridge.BackendError, match=r"run\(\) replaced the backend"):
+            await pending
+        assert time.monotonic() - started < 5
+        assert await backend.call("add", {"a": 2, "b": 3}) == 5
+
+
+async def test_connection_closed_in_the_kernel_is_a_lost_backend(
+    abridge: bridge.AsyncBridge,
+) -> None:
+    async with await abridge.spawn(TOOLBOX, timeout=30) as backend:
+        exits: list[dict[str, Any]] = []
+        backend.on("exit", exits.append)
+        pending = asyncio.ensure_future(backend.call("slow", {"seconds": 20}))
+        await asyncio.sleep(0.3)
+        await run_attached(
+            backend,
+            "import comm\n"
+            "for c in list(comm.get_comm_manager().comms.values()):\n"
+            "    if c.target_name == 'kernel-bridge.backend':\n"
+            "        c.close()",
+        )
+        with pytest.raises(bridge.BackendLost, match="closed the backend's connection"):
+            await asyncio.wait_for(pending, 5)
+        assert not backend.alive and backend.kernel.alive
+        assert exits and exits[0]["restarting"] is False and exits[0]["code"] is None
+        with pytest.raises(bridge.BackendLost):
+            await backend.call("add", {"a": 1})
+        await backend.restart()  # a fresh kernel, the script run again
+        assert backend.alive and await backend.call("add", {"a": 1}) == 1

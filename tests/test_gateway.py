@@ -16,7 +16,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+import tornado.web
 from gateways import GATEWAY_KINDS, GatewayProcess, alive, bridge_options, free_port
 
 import bridge
@@ -181,6 +184,51 @@ async def test_unreachable_gateway() -> None:
     await b.aclose()
     assert url in str(caught.value)
     assert time.monotonic() - started < 10
+
+
+async def test_plain_http_instead_of_the_websocket() -> None:
+    """A gateway (or a proxy in front of it) that answers the websocket upgrade with 200."""
+    kernels: set[str] = set()
+
+    class Kernels(tornado.web.RequestHandler):
+        def post(self) -> None:
+            kernel_id = str(uuid.uuid4())
+            kernels.add(kernel_id)
+            self.set_status(201)
+            self.finish({"id": kernel_id, "name": "python3"})
+
+    class OneKernel(tornado.web.RequestHandler):
+        def delete(self, kernel_id: str) -> None:
+            kernels.discard(kernel_id)
+            self.set_status(204)
+
+    class Channels(tornado.web.RequestHandler):
+        def get(self, kernel_id: str) -> None:
+            self.finish("not a websocket")
+
+    app = tornado.web.Application(
+        [
+            (r"/api/kernels", Kernels),
+            (r"/api/kernels/([^/]+)", OneKernel),
+            (r"/api/kernels/([^/]+)/channels", Channels),
+        ]
+    )
+    port = free_port()
+    server = app.listen(port, address="127.0.0.1")
+    url = f"http://127.0.0.1:{port}"
+    threads = set(threading.enumerate())
+    try:
+        b = bridge.AsyncBridge(pool_size=1, gateway_url=url, startup_timeout=10)
+        with pytest.raises(bridge.KernelStartError, match="not a websocket") as caught:
+            await b.start()
+        await b.aclose()
+        assert f"ws://127.0.0.1:{port}/api/kernels/" in str(caught.value)
+        assert kernels == set()  # the kernel it made was deleted
+        # asyncio's default executor (tornado resolves names there) keeps idle workers
+        left = {t for t in threading.enumerate() if not t.name.startswith("asyncio_")}
+        assert left <= threads
+    finally:
+        server.stop()
 
 
 async def test_settings_from_the_environment(

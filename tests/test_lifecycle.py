@@ -196,6 +196,7 @@ def test_exception_tree() -> None:
         bridge.KernelDied,
         bridge.ExecutionTimeout,
         bridge.ExecutionError,
+        bridge.BackendLost,
     ):
         assert issubclass(cls, bridge.BridgeError)
     assert issubclass(bridge.ExecutionTimeout, TimeoutError)

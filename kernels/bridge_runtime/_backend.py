@@ -17,7 +17,8 @@ a comm to target ``kernel-bridge.backend``; on it travel (``data`` of each comm 
 
     host -> kernel  {"id": 7, "method": "increment", "params": {...}}    a call
                     {"cancel": 7}                                      its timeout passed
-    kernel -> host  {"hello": {"class": ..., "name": ..., "pid": ...}}  answer to comm_open
+    kernel -> host  {"hello": {"class": ..., "name": ..., "pid": ...}}  answer to comm_open,
+                    and again when run() is called anew: the new backend takes the comm
                     {"id": 7, "result": ...}  or  {"id": 7, "error": {"ename", "evalue",
                     "traceback"}}
                     {"events": [{"event": type, "data": ..., "nbuf": n}, ...]}
@@ -617,13 +618,17 @@ class _Core:
             }
         }
 
-    def detach(self) -> None:
-        self.outbox.detach()
-        self.backend._running = False
+    def detach(self, reason: str | None = None) -> None:
+        """Stop serving: the host left, or (with *reason*) a new backend took the connection;
+        its pending calls then fail with *reason* rather than waiting for their timeout."""
         with self.calls_lock:
             pending = list(self.calls)
         for rid in pending:
-            self.cancel(rid)
+            self.cancel(rid)  # first: a cancelled call sends no reply of its own
+            if reason is not None:
+                self.outbox.reply({"id": rid, "error": _wire.error_info(RuntimeError(reason))})
+        self.outbox.detach()
+        self.backend._running = False
         self.workers.stop()
 
 
@@ -692,7 +697,13 @@ class PythonBridge:
         core.capture_output(everything=False)
         previous, _REGISTRY.backend = _REGISTRY.backend, self
         if previous is not None and previous is not self:
-            previous._bridge_core().detach()
+            # Run again (a person re-running the script in an attached kernel): the host's
+            # connection passes to the new backend, which the host serves from now on.
+            previous._bridge_core().detach(
+                f"{type(self).__name__}.run() replaced the backend during this call"
+            )
+            if _REGISTRY.send is not None:
+                core.outbox.attach(_REGISTRY.send, core.hello())
         install()
 
 
@@ -700,7 +711,8 @@ class PythonBridge:
 
 
 class _Registry:
-    backend: PythonBridge | None = None
+    backend: PythonBridge | None = None  # the one run() last, which the host's calls reach
+    send: Callable[[dict[str, Any], list[Any]], None] | None = None  # to the host's comm
 
 
 _REGISTRY = _Registry()
@@ -725,16 +737,28 @@ def _on_comm_open(comm: Any, msg: Any) -> None:
         comm.send({"error": _wire.error_info(error)})
         comm.close()
         return
-    core = backend._bridge_core()
+
+    def current() -> _Core | None:  # whichever backend run() last: calls go to it
+        return _REGISTRY.backend._bridge_core() if _REGISTRY.backend is not None else None
 
     def on_msg(msg: Any) -> None:
-        core.handle(msg["content"].get("data"), msg.get("buffers") or [])
+        core = current()
+        if core is not None:
+            core.handle(msg["content"].get("data"), msg.get("buffers") or [])
 
     def send(data: dict[str, Any], buffers: list[Any]) -> None:
         comm.send(data, buffers=buffers or None)
 
+    def on_close(msg: Any) -> None:
+        core = current()
+        if _REGISTRY.send is send and core is not None:  # not an older comm, long replaced
+            _REGISTRY.send = None
+            core.detach()
+
     comm.on_msg(on_msg)
-    comm.on_close(lambda msg: core.detach())
+    comm.on_close(on_close)
+    _REGISTRY.send = send
+    core = backend._bridge_core()
     core.outbox.attach(send, core.hello())
 
 
