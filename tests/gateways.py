@@ -29,6 +29,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from procs import alive, children
 
 ROOT = Path(__file__).resolve().parent.parent
 KG_EXE = Path(sys.executable).parent / "jupyter-kernelgateway"
@@ -55,27 +56,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def children(pid: int) -> set[int]:
-    """Direct children of *pid* (the gateway's kernels)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            stat = (entry / "stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.add(int(entry.name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 class GatewayProcess:

@@ -23,30 +23,6 @@ from tornado.websocket import websocket_connect
 KERNEL_BRIDGE = str(Path(sys.executable).with_name("kernel-bridge"))
 
 
-def children(pid: int) -> set[int]:
-    """Processes whose parent is *pid* (the kernels of a service)."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid:
-            found.add(int(entry))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 class ServiceProcess:
     """`kernel-bridge serve --port 0 ...`; ``url`` and ``token`` once ``start()`` returns."""
 

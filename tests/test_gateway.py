@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import tornado.web
-from gateways import GATEWAY_KINDS, GatewayProcess, alive, bridge_options, free_port
+from gateways import GATEWAY_KINDS, GatewayProcess, bridge_options, free_port
+from procs import alive
 
 import bridge
 

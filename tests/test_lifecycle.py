@@ -12,26 +12,19 @@ import time
 from pathlib import Path
 
 import pytest
+from procs import alive
 
 import bridge
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _wait_gone(pids: list[int], seconds: float) -> list[int]:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        left = [p for p in pids if _alive(p)]
+        left = [p for p in pids if alive(p)]
         if not left:
             return []
         time.sleep(0.1)
-    return [p for p in pids if _alive(p)]
+    return [p for p in pids if alive(p)]
 
 
 def test_close_ends_kernels_their_children_and_connection_files() -> None:
@@ -90,7 +83,7 @@ def test_kernels_and_children_die_with_a_sigkilled_host() -> None:
         assert host.stdout is not None
         report = json.loads(host.stdout.readline())
         pids = [report["kernel"], report["child"], report["busy"]]
-        assert all(_alive(p) for p in pids)
+        assert all(alive(p) for p in pids)
         host.kill()  # SIGKILL: no cleanup of any kind in the host
         host.wait()
         assert _wait_gone(pids, 10) == [], "kernel processes outlived their host"

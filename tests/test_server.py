@@ -13,7 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_process import ServiceProcess, alive, children
+from procs import alive, children
+from service_process import ServiceProcess
 
 from bridge._server.handlers import routes
 from bridge._server.openapi import document
