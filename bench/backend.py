@@ -29,7 +29,7 @@ import numpy as np
 from jupyter_client.manager import AsyncKernelManager
 
 import bridge
-from bridge._manager import KERNEL_NAME, BridgeSpecManager, bridge_kernel_spec
+from bridge.transports.local.factory import KERNEL_NAME, BridgeSpecManager, bridge_kernel_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "kernels" / "examples"

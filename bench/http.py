@@ -40,7 +40,7 @@ import httpx
 from traitlets.config import Config
 
 import bridge
-from bridge._server import BridgeApp
+from bridge.server import BridgeApp
 
 
 def pct(samples: list[float], q: float) -> float:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._exceptions import (
+from bridge._version import __version__
+from bridge.core.errors import (
     BackendError,
     BackendLost,
     BackendStartError,
@@ -29,16 +30,46 @@ from ._exceptions import (
     KernelStartError,
     NotebookFailed,
 )
-from ._python import has_python, python_version
-from ._result import ErrorInfo, ExecutionResult
-from ._version import __version__
+from bridge.core.python import has_python, python_version
+from bridge.core.results import ErrorInfo, ExecutionResult
+
+
+def _publish(value: Any) -> None:
+    """Show a public name as ``bridge.X`` (in reprs, tracebacks and docs), as httpx does."""
+    if getattr(value, "__module__", "").startswith("bridge."):
+        value.__module__ = "bridge"
+
+
+for _name in (
+    "BackendError",
+    "BackendLost",
+    "BackendStartError",
+    "BridgeClosed",
+    "BridgeError",
+    "CallTimeout",
+    "ErrorInfo",
+    "ExecutionError",
+    "ExecutionResult",
+    "ExecutionTimeout",
+    "ExitStatus",
+    "InvalidNotebook",
+    "InvalidRequest",
+    "KernelDied",
+    "KernelStartError",
+    "NotebookFailed",
+    "has_python",
+    "python_version",
+):
+    _publish(globals()[_name])
 
 if TYPE_CHECKING:
-    from ._backend import AsyncBackend
-    from ._bridge import AsyncBridge, AsyncSession
-    from ._nbhandle import AsyncNotebook, Notebook
-    from ._notebook import NotebookOptions, NotebookResult, run_notebook
-    from ._sync import Backend, Bridge, Session
+    from bridge.api.bridge import AsyncBridge, AsyncSession
+    from bridge.api.sync import Backend, Bridge, Session
+    from bridge.backends.backend import AsyncBackend
+    from bridge.core.pool import PoolStatus
+    from bridge.notebooks.handle import AsyncNotebook, Notebook
+    from bridge.notebooks.options import NotebookOptions
+    from bridge.notebooks.runner import NotebookResult, run_notebook
 
 __all__ = [
     "AsyncBackend",
@@ -66,6 +97,7 @@ __all__ = [
     "NotebookFailed",
     "NotebookOptions",
     "NotebookResult",
+    "PoolStatus",
     "Session",
     "__version__",
     "has_python",
@@ -74,17 +106,18 @@ __all__ = [
 ]
 
 _LAZY = {
-    "AsyncBackend": "._backend",
-    "AsyncBridge": "._bridge",
-    "AsyncNotebook": "._nbhandle",
-    "AsyncSession": "._bridge",
-    "Backend": "._sync",
-    "Bridge": "._sync",
-    "Notebook": "._nbhandle",
-    "NotebookOptions": "._notebook",
-    "NotebookResult": "._notebook",
-    "Session": "._sync",
-    "run_notebook": "._notebook",
+    "AsyncBackend": "bridge.backends.backend",
+    "AsyncBridge": "bridge.api.bridge",
+    "AsyncNotebook": "bridge.notebooks.handle",
+    "AsyncSession": "bridge.api.bridge",
+    "Backend": "bridge.api.sync",
+    "Bridge": "bridge.api.sync",
+    "Notebook": "bridge.notebooks.handle",
+    "NotebookOptions": "bridge.notebooks.options",
+    "NotebookResult": "bridge.notebooks.runner",
+    "PoolStatus": "bridge.core.pool",
+    "Session": "bridge.api.sync",
+    "run_notebook": "bridge.notebooks.runner",
 }
 
 
@@ -94,7 +127,8 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'bridge' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(module, __name__), name)
+    value = getattr(importlib.import_module(module), name)
+    _publish(value)
     globals()[name] = value
     return value
 
@@ -102,9 +136,9 @@ def __getattr__(name: str) -> Any:
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:
     """Jupyter Server finds the HTTP service here: ``jupyter lab``
     ``--ServerApp.jpserver_extensions=bridge=True`` loads it into JupyterLab's server."""
-    from ._server import BridgeApp
+    from bridge.server import BridgeApp
 
-    return [{"module": "bridge._server", "app": BridgeApp}]
+    return [{"module": "bridge.server", "app": BridgeApp}]
 
 
 def __dir__() -> list[str]:

@@ -53,9 +53,8 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _wire
+from .protocol import BACKEND_COMM, METHODS
 
-COMM_TARGET = "kernel-bridge.backend"
-METHODS = "__methods__"  # the built-in call behind the host's backend.methods()
 PENDING_EVENTS = 10_000  # events kept while no host is connected (oldest dropped first)
 INTERRUPT_GRACE = 1.0  # seconds a timed-out call on a thread gets before its worker is replaced
 LINE_LIMIT = 8192  # output without a newline is sent once this long
@@ -767,8 +766,8 @@ def install(shell: Any = None) -> None:
     import comm
 
     manager = comm.get_comm_manager()
-    if manager.targets.get(COMM_TARGET) is not _on_comm_open:
-        manager.register_target(COMM_TARGET, _on_comm_open)
+    if manager.targets.get(BACKEND_COMM) is not _on_comm_open:
+        manager.register_target(BACKEND_COMM, _on_comm_open)
 
 
 # -- outside a kernel: newline JSON on stdin/stdout -------------------------------------------

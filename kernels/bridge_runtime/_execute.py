@@ -30,8 +30,8 @@ import sys
 import uuid
 from typing import Any
 
-META_KEY = "kernel_bridge"
-COMM_TARGET = "kernel-bridge"
+from .protocol import ATTESTATION, EXECUTE, EXECUTE_COMM, META_KEY, PING, PONG, REPLY, VARIABLES
+
 _REPR_LIMIT = 10_000
 
 
@@ -278,7 +278,7 @@ def attest(
     ok, record = json_value(record)
     if not ok:
         raise TypeError("attest(): subjects, predicates, contexts and actors must be JSON values")
-    send_record("attestation", {"record": record})
+    send_record(ATTESTATION, {"record": record})
     return record
 
 
@@ -375,7 +375,7 @@ class Hooks:
             return
         try:
             if meta.get("capture_variables"):
-                send_record("variables", {"variables": _captured_variables(self.shell.user_ns)})
+                send_record(VARIABLES, {"variables": _captured_variables(self.shell.user_ns)})
         finally:
             if meta.get("isolate"):
                 self.reset_namespace()  # free what the call made now, not at the next call
@@ -478,7 +478,7 @@ def _on_comm_open(comm: Any, msg: Any) -> None:
 def _on_comm_msg(msg: dict[str, Any]) -> None:
     data = msg["content"].get("data") or {}
     kind = data.get("kind")
-    if kind == "execute" and _HOOKS is not None:
+    if kind == EXECUTE and _HOOKS is not None:
         try:
             reply = _HOOKS.run(str(data.get("code", "")), data.get("meta") or {})
         except BaseException as exc:  # every call gets a reply: the host must never wait in vain
@@ -490,9 +490,9 @@ def _on_comm_msg(msg: dict[str, Any]) -> None:
                 "evalue": str(exc),
                 "traceback": traceback.format_exc().splitlines(),
             }
-        send_record("reply", reply)
-    elif kind == "ping":
-        send_record("pong", {"python": sys.version.split()[0], "pid": os.getpid()})
+        send_record(REPLY, reply)
+    elif kind == PING:
+        send_record(PONG, {"python": sys.version.split()[0], "pid": os.getpid()})
 
 
 def _flush_then(exit_: Any) -> Any:
@@ -528,4 +528,4 @@ def install(shell: Any) -> None:
     _HOOKS.install()
     import comm
 
-    comm.get_comm_manager().register_target(COMM_TARGET, _on_comm_open)
+    comm.get_comm_manager().register_target(EXECUTE_COMM, _on_comm_open)

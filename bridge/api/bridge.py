@@ -1,0 +1,475 @@
+"""AsyncBridge and AsyncSession: the one path every request takes to a kernel."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from bridge.backends.backend import AsyncBackend
+from bridge.core.errors import BridgeClosed, ExecutionTimeout, InvalidRequest, KernelDied
+from bridge.core.kernel import Kernel
+from bridge.core.pool import Factory, KernelPool, PoolStatus
+from bridge.core.results import DEFAULT_MAX_OUTPUT, ExecutionResult
+from bridge.core.validate import (
+    check_code,
+    check_count,
+    check_inputs,
+    check_timeout,
+    read_script,
+)
+from bridge.transports.gateway.factory import GatewayFactory
+from bridge.transports.gateway.settings import check_gateway_manager, gateway_settings
+from bridge.transports.local.factory import KernelFactory
+
+AttestCallback = Callable[[dict[str, Any]], Any]
+
+
+def _request(
+    code: object,
+    *,
+    mode: str,
+    isolate: bool,
+    inputs: Mapping[str, Any] | None = None,
+    capture_variables: bool = False,
+    file: str | None = None,
+) -> tuple[str, dict[str, Any]]:
+    text = check_code(code, "expr" if mode == "eval" else "code")
+    meta: dict[str, Any] = {"mode": mode, "isolate": isolate}
+    checked = check_inputs(inputs)
+    if checked:
+        meta["inputs"] = checked
+    if capture_variables:
+        meta["capture_variables"] = True
+    if file is not None:
+        meta["file"] = file
+    return text, meta
+
+
+def _gateway_options(
+    options: dict[str, Any], url: str, token: str, kernel_name: str | None
+) -> dict[str, Any]:
+    """The GatewayFactory's arguments, refusing the options that only mean something locally."""
+    if options["python"] is not None:
+        raise InvalidRequest(
+            "python= picks a local interpreter; on a gateway the kernel spec decides "
+            "(gateway_kernel_name=)"
+        )
+    kernel_manager = options["kernel_manager"]
+    if kernel_manager is not None:
+        check_gateway_manager(kernel_manager, url)
+    return {
+        "url": url,
+        "token": token,
+        "kernel_name": kernel_name,
+        "kernel_manager": kernel_manager,
+        "env": options["env"],
+        "python_paths": options["python_paths"],
+        "startup_timeout": options["startup_timeout"],
+    }
+
+
+class _AsyncCalls:
+    """execute, evaluate and execute_file, shared by AsyncBridge and AsyncSession.
+
+    They differ only in where a prepared request runs: any free pool kernel in a fresh
+    namespace (the bridge), or the session's own kernel and namespace.
+    """
+
+    _isolate: bool
+
+    async def _submit(
+        self, code: str, meta: dict[str, Any] | None, timeout: float | None, capture: bool
+    ) -> ExecutionResult:
+        raise NotImplementedError
+
+    async def execute(
+        self,
+        code: str,
+        *,
+        timeout: float | None = None,
+        capture_variables: bool = False,
+        inputs: Mapping[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """Run *code*; a top-level ``return X`` gives the value X.
+
+        >>> r = await b.execute("import math\\nreturn {'pi': math.pi}")   # doctest: +SKIP
+        >>> r.value                                                       # doctest: +SKIP
+        {'pi': 3.141592653589793}
+        """
+        text, meta = _request(
+            code,
+            mode="exec",
+            isolate=self._isolate,
+            inputs=inputs,
+            capture_variables=capture_variables,
+        )
+        return await self._submit(text, meta, timeout, capture_variables)
+
+    async def evaluate(self, expr: str, *, timeout: float | None = None) -> ExecutionResult:
+        """The value of one expression: ``(await b.evaluate("1 + 2 * 3")).value == 7``."""
+        text, meta = _request(expr, mode="eval", isolate=self._isolate)
+        return await self._submit(text, meta, timeout, False)
+
+    async def execute_file(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+        capture_variables: bool = False,
+        inputs: Mapping[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """Run the script at *path* (read by the host) as ``__main__`` with ``__file__`` set."""
+        source, resolved = read_script(path)
+        text, meta = _request(
+            source,
+            mode="exec",
+            isolate=self._isolate,
+            inputs=inputs,
+            capture_variables=capture_variables,
+            file=resolved,
+        )
+        return await self._submit(text, meta, timeout, capture_variables)
+
+
+class AsyncBridge(_AsyncCalls):
+    """A pool of warm IPython kernels that run Python for the host.
+
+    >>> async with bridge.AsyncBridge(pool_size=2) as b:      # doctest: +SKIP
+    ...     (await b.evaluate("1 + 2 * 3")).value
+    7
+
+    One-off calls (``execute``, ``evaluate``, ``execute_file``) run on any free kernel in a
+    fresh namespace; ``session()`` keeps one kernel and its state for the caller.
+
+    With ``gateway_url`` (or ``JUPYTER_GATEWAY_URL`` in the environment, with
+    ``JUPYTER_GATEWAY_AUTH_TOKEN``) the kernels run on a Jupyter Kernel Gateway or Enterprise
+    Gateway instead, started from its ``gateway_kernel_name`` spec (the gateway's default if
+    None); ``gateway_url=""`` forces local kernels. ``env`` then goes in the kernel start
+    request (gateways pass on ``KERNEL_*`` names and those their operator allows) and
+    ``python_paths`` name directories on the gateway's host. ``kernel_manager`` may then only be
+    Jupyter Server's ``GatewayMappingKernelManager`` for the same gateway: the bridge registers
+    its kernels there, so the server lists them and JupyterLab opens them.
+    """
+
+    def __init__(
+        self,
+        *,
+        pool_size: int = 2,
+        python: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        python_paths: Sequence[str | os.PathLike[str]] = (),
+        timeout: float = 30.0,
+        max_output: int = DEFAULT_MAX_OUTPUT,
+        on_attest: AttestCallback | None = None,
+        startup_timeout: float = 60.0,
+        kernel_manager: Any = None,
+        gateway_url: str | None = None,
+        gateway_token: str | None = None,
+        gateway_kernel_name: str | None = None,
+    ) -> None:
+        check_count(pool_size, "pool_size")
+        self.max_output = check_count(max_output, "max_output")
+        self.timeout = check_timeout(timeout, 30.0)
+        self.on_attest = on_attest
+        self._options: dict[str, Any] = {
+            "python": python,
+            "env": env,
+            "python_paths": python_paths,
+            "startup_timeout": check_timeout(startup_timeout, 60.0),
+            "kernel_manager": kernel_manager,
+        }
+        self.gateway_url, gateway_token = gateway_settings(gateway_url, gateway_token)
+        if self.gateway_url:
+            self._options = _gateway_options(
+                self._options, self.gateway_url, gateway_token, gateway_kernel_name
+            )
+        self._pool_size = pool_size
+        self._factory: Factory | None = None
+        self._pool: KernelPool | None = None
+        self._closed = False
+        self._start_lock = asyncio.Lock()
+        self._backends: set[AsyncBackend] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncBridge:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Start the pool's kernels (``async with`` does this); idempotent."""
+        async with self._start_lock:
+            if self._closed:
+                raise BridgeClosed("the bridge is closed")
+            if self._pool is not None:
+                return
+            factory: Factory
+            if self.gateway_url:
+                factory = GatewayFactory(**self._options)
+            else:
+                factory = KernelFactory(**self._options)
+            pool = KernelPool(factory, self._pool_size)
+            try:
+                await pool.start()
+            except BaseException:
+                await pool.close()
+                raise
+            if self._closed:  # aclose() came while the kernels were starting
+                await pool.close()
+                raise BridgeClosed("the bridge was closed while it was starting")
+            self._factory, self._pool = factory, pool
+
+    async def aclose(self) -> None:
+        """Shut every kernel down with its process group and connection file; idempotent."""
+        self._closed = True
+        # Backends first: their kernels are the factory's, which the pool closes with it.
+        await asyncio.gather(*(b.terminate() for b in list(self._backends)), return_exceptions=True)
+        pool, self._pool = self._pool, None
+        self._factory = None  # closed with the pool: nothing may use it from now on
+        if pool is not None:
+            await pool.close()
+
+    @property
+    def factory(self) -> Factory:
+        if self._factory is None:
+            raise BridgeClosed(
+                "the bridge is closed" if self._closed else "the bridge is not started"
+            )
+        return self._factory
+
+    @property
+    def pool(self) -> KernelPool:
+        if self._pool is None:
+            raise BridgeClosed(
+                "the bridge is closed" if self._closed else "the bridge is not started"
+            )
+        return self._pool
+
+    @property
+    def python(self) -> str:
+        """The interpreter that runs the kernels."""
+        return self.factory.python
+
+    def status(self) -> PoolStatus:
+        """The pool's kernels now: ``b.status().ready`` live ones, ``busy``, ``starting``..."""
+        return self.pool.status()
+
+    @property
+    def kernel_info(self) -> dict[str, Any]:
+        """A pool kernel's ``kernel_info_reply`` content (``language_info``, versions); {} if
+        no kernel is live."""
+        for kernel in self.pool.kernels:
+            if kernel.alive:
+                return dict(kernel.kernel_info)
+        return {}
+
+    # -- one-off calls ---------------------------------------------------------------------------
+
+    _isolate = True  # one-off calls: a fresh namespace each
+
+    async def _submit(
+        self, code: str, meta: dict[str, Any] | None, timeout: float | None, capture: bool
+    ) -> ExecutionResult:
+        seconds = check_timeout(timeout, self.timeout)
+        pool = self.pool
+        try:
+            # Waiting for a free kernel is bounded too (all busy, or the only one being
+            # replaced); the code then gets its full timeout to run.
+            async with asyncio.timeout(seconds):
+                kernel = await pool.acquire()
+        except TimeoutError:
+            raise ExecutionTimeout(
+                f"no kernel was free within the timeout of {seconds:g} s (all busy or starting); "
+                "the code did not run",
+                timeout=seconds,
+                restarted=False,
+                result=ExecutionResult(success=False, code=code),
+            ) from None
+        try:
+            return await self.run_on(kernel, code, meta, seconds, capture)
+        finally:
+            pool.release(kernel)
+
+    async def run_on(
+        self,
+        kernel: Kernel,
+        code: str,
+        meta: dict[str, Any] | None,
+        timeout: float,
+        capture: bool,
+    ) -> ExecutionResult:
+        """Run one prepared request on *kernel* with this bridge's output cap and callbacks.
+
+        ``meta=None`` runs *code* as a notebook cell (``Kernel.execute(as_cell=True)``).
+        """
+        return await kernel.execute(
+            code,
+            timeout=timeout,
+            meta=meta,
+            max_output=self.max_output,
+            on_attest=self.on_attest,
+            capture_variables=capture,
+            as_cell=meta is None,
+        )
+
+    # -- backends --------------------------------------------------------------------------------
+
+    async def spawn(
+        self,
+        script: str | os.PathLike[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        python_paths: Sequence[str | os.PathLike[str]] = (),
+        timeout: float | None = None,
+        restart: bool = False,
+    ) -> AsyncBackend:
+        """Run a backend script in a kernel of its own and return it, ready for calls.
+
+        >>> backend = await b.spawn("kernels/examples/echo_backend.py")    # doctest: +SKIP
+        >>> await backend.call("greet", {"name": "Alice"})                  # doctest: +SKIP
+        {'message': 'Hello, Alice!', ...}
+
+        *timeout* is the default for its calls and the limit for running the script;
+        *restart* brings a dead kernel back with the script run again. Raises
+        ``BackendStartError`` if the script raises or never calls ``run()``.
+        """
+        if self._closed:
+            raise BridgeClosed("the bridge is closed")
+        seconds = check_timeout(timeout, self.timeout)
+        backend = AsyncBackend(
+            self.factory,
+            script,
+            env=env,
+            python_paths=python_paths,
+            timeout=seconds,
+            restart=restart,
+            max_output=self.max_output,
+        )
+        self._backends.add(backend)
+        backend.on_terminate(lambda: self._backends.discard(backend))
+        try:
+            await backend.start()
+        except BaseException:
+            self._backends.discard(backend)
+            raise
+        return backend
+
+    # -- sessions --------------------------------------------------------------------------------
+
+    def session(self) -> AsyncSession:
+        """One kernel kept for the caller, state and all, until the session closes.
+
+        >>> async with b.session() as s:                        # doctest: +SKIP
+        ...     await s.execute("x = 41")
+        ...     (await s.evaluate("x + 1")).value
+        42
+        """
+        return AsyncSession(self)
+
+
+class AsyncSession(_AsyncCalls):
+    """A kernel of the caller's own: state carries from call to call.
+
+    If the kernel dies, or a timeout needs it restarted, its state is gone: every later call
+    raises ``KernelDied`` until ``restart()``, so state is never lost without a word.
+    """
+
+    def __init__(self, bridge: AsyncBridge) -> None:
+        self._bridge = bridge
+        self._kernel: Kernel | None = None
+        self._lost: str | None = None
+        self._closed = False
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> AsyncSession:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        if self._closed:
+            raise BridgeClosed("the session is closed")
+        if self._kernel is None:
+            self._kernel = await self._bridge.pool.take()
+            self._lost = None
+
+    @property
+    def kernel(self) -> Kernel:
+        if self._closed:
+            raise BridgeClosed("the session is closed")
+        if self._kernel is None:
+            raise BridgeClosed("the session is not started: use `async with b.session() as s`")
+        return self._kernel
+
+    @property
+    def kernel_id(self) -> str:
+        return self.kernel.kernel_id
+
+    @property
+    def connection_file(self) -> str:
+        """For ``jupyter console --existing FILE``: look at the session's state by hand."""
+        return self.kernel.connection_file
+
+    @property
+    def kernel_info(self) -> dict[str, Any]:
+        """The session kernel's ``kernel_info_reply`` content (``language_info``, versions)."""
+        return dict(self.kernel.kernel_info)
+
+    async def restart(self) -> None:
+        """Replace the kernel with a fresh one from the pool: an empty namespace, alive again."""
+        old, self._kernel = self._kernel, None
+        if old is not None:
+            await self._bridge.pool.retire(old)
+        await self.start()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        kernel, self._kernel = self._kernel, None
+        if kernel is not None and self._bridge._pool is not None:
+            await self._bridge.pool.retire(kernel)
+
+    async def run_cell(self, source: str, *, timeout: float | None = None) -> ExecutionResult:
+        """Run a notebook cell as a notebook front end does: plain IPython, no bridge options.
+
+        The value is not turned into JSON and the cell counts in the execution count, so
+        ``result.outputs`` is what Jupyter would store in the notebook.
+        """
+        return await self._submit(check_code(source, "source"), None, timeout, False)
+
+    _isolate = False  # the session's own namespace, kept from call to call
+
+    async def _submit(
+        self, code: str, meta: dict[str, Any] | None, timeout: float | None, capture: bool
+    ) -> ExecutionResult:
+        seconds = check_timeout(timeout, self._bridge.timeout)
+        async with self._lock:  # one call at a time: a timeout interrupts only its own call
+            kernel = self.kernel
+            await kernel.settle()  # a cancelled call before this one may still be stopping
+            if self._lost is not None or not kernel.alive:
+                raise KernelDied(
+                    f"the session's kernel is gone ({self._lost or kernel.exit_status}); "
+                    "its state is lost: call restart()",
+                    status=kernel.exit_status,
+                )
+            try:
+                return await self._bridge.run_on(kernel, code, meta, seconds, capture)
+            except ExecutionTimeout as exc:
+                if exc.restarted:
+                    self._lost = "killed after a timeout"
+                raise
+            except KernelDied as exc:
+                self._lost = str(exc.status)
+                raise

@@ -1,0 +1,243 @@
+"""A pool of warm kernels for one-off calls; replacements start in the background."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import logging
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from bridge.core.errors import BridgeClosed, ExitStatus, InvalidRequest, KernelStartError
+from bridge.core.kernel import Kernel
+
+log = logging.getLogger("bridge.pool")
+
+
+class Factory(Protocol):
+    """What the pool needs of a kernel factory: _manager.KernelFactory, _gateway.GatewayFactory."""
+
+    python: str
+    kernels: set[Kernel]
+    remote: bool  # kernels on another host: host paths and files mean nothing to them
+
+    @property
+    def python_paths(self) -> Sequence[str]: ...
+
+    def kernel_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]: ...
+
+    async def start(
+        self, *, env: Mapping[str, str] | None = None, cwd: str | None = None
+    ) -> Kernel: ...
+
+    async def stop(self, kernel: Kernel, *, now: bool = False) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    """How a bridge's kernels are doing: ``b.status().idle``.
+
+    ``size`` warm kernels are wanted; ``idle`` wait for a call, ``busy`` run one, ``starting``
+    are on their way (replacements included), ``sessions`` are kernels taken by sessions.
+    """
+
+    size: int
+    idle: int
+    busy: int
+    starting: int
+    sessions: int
+
+    @property
+    def ready(self) -> int:
+        """Live pool kernels, idle or busy."""
+        return self.idle + self.busy
+
+
+class KernelPool:
+    """Keeps *size* kernels started and ready, hands them out one call at a time.
+
+    A kernel that died, was killed after a timeout, or was taken for a session is replaced by
+    a kernel started in the background, so kernel start-up is never on the path of a call while
+    a warm kernel is free.
+    """
+
+    def __init__(self, factory: Factory, size: int) -> None:
+        self.factory = factory
+        self.size = size
+        self._free: collections.deque[Kernel] = collections.deque()
+        self._busy: set[Kernel] = set()
+        self._taken: set[Kernel] = set()  # given to sessions; not ours to reuse
+        self._waiters: collections.deque[asyncio.Future[Kernel]] = collections.deque()
+        self._starting = 0
+        self._start_error: BaseException | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    @property
+    def kernels(self) -> list[Kernel]:
+        """Every kernel of the pool, free or busy (not those taken by sessions)."""
+        return [*self._free, *self._busy]
+
+    def status(self) -> PoolStatus:
+        return PoolStatus(
+            size=self.size,
+            idle=sum(1 for k in self._free if k.alive),
+            busy=sum(1 for k in self._busy if k.alive),
+            starting=self._starting,
+            sessions=sum(1 for k in self._taken if k.alive),
+        )
+
+    async def start(self) -> None:
+        """Start all kernels at once; if any fails, stop the others and raise its error."""
+        results = await asyncio.gather(
+            *(self.factory.start() for _ in range(self.size)), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        kernels = [r for r in results if isinstance(r, Kernel)]
+        if errors:
+            await asyncio.gather(*(self.factory.stop(k, now=True) for k in kernels))
+            raise errors[0]
+        for kernel in kernels:
+            self._put(kernel)
+
+    async def acquire(self) -> Kernel:
+        """A free, live kernel, waiting for one if all are busy."""
+        if self.size == 0:
+            raise InvalidRequest("one-off calls need a pool: this bridge has pool_size=0")
+        while True:
+            if self._closed:
+                raise BridgeClosed("the bridge is closed")
+            while self._free:
+                kernel = self._free.popleft()
+                if kernel.alive:
+                    self._busy.add(kernel)
+                    return kernel
+                self._discard(kernel)
+            if len(self._busy) + self._starting < self.size:
+                self._replace()  # after a failed start, try again now that someone needs one
+            future: asyncio.Future[Kernel] = asyncio.get_running_loop().create_future()
+            self._waiters.append(future)
+            try:
+                kernel = await future
+            except asyncio.CancelledError:
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    self._put(future.result())  # handed over just as we gave up: pass it on
+                raise
+            if kernel.alive:
+                self._busy.add(kernel)
+                return kernel
+            self._discard(kernel)
+
+    def release(self, kernel: Kernel) -> None:
+        """Give *kernel* back after a call; a dead or killed one is replaced instead."""
+        self._busy.discard(kernel)
+        if self._closed:
+            return
+        if not kernel.alive or kernel.closing:
+            self._discard(kernel)
+        elif kernel.settling:
+            self._spawn(self._settle_and_put(kernel))
+        else:
+            # Back at once: a kernel in none of free, busy or starting would look missing to
+            # the next acquire(), which would start a surplus kernel to make up for it.
+            self._put(kernel)
+
+    async def take(self) -> Kernel:
+        """A kernel for a session's own use; the pool starts another to stay warm."""
+        if self.size == 0:  # no warm kernels to take from: start one for the session
+            if self._closed:
+                raise BridgeClosed("the bridge is closed")
+            kernel = await self.factory.start()
+            self._taken.add(kernel)
+            return kernel
+        kernel = await self.acquire()
+        self._busy.discard(kernel)
+        self._taken.add(kernel)
+        self._replace()
+        return kernel
+
+    async def retire(self, kernel: Kernel) -> None:
+        """Shut down a kernel given out by take()."""
+        self._taken.discard(kernel)
+        await self.factory.stop(kernel)
+
+    async def _settle_and_put(self, kernel: Kernel) -> None:
+        await kernel.settle()  # a cancelled call may still be winding down
+        if kernel.alive and not kernel.closing and not self._closed:
+            self._put(kernel)
+        else:
+            self._discard(kernel)
+
+    def _put(self, kernel: Kernel) -> None:
+        if not getattr(kernel, "_pool_watch", False):
+            kernel._pool_watch = True  # type: ignore[attr-defined]
+            kernel.on_exit(functools.partial(self._on_exit, kernel))
+        while self._waiters:
+            future = self._waiters.popleft()
+            if not future.done():
+                future.set_result(kernel)
+                return
+        self._free.append(kernel)
+
+    def _on_exit(self, kernel: Kernel, status: ExitStatus) -> None:
+        if kernel in self._free:  # died while idle: replace it before anyone asks
+            self._free.remove(kernel)
+            self._discard(kernel)
+
+    def _discard(self, kernel: Kernel) -> None:
+        self._spawn(self.factory.stop(kernel, now=True))
+        self._replace()
+
+    def _replace(self) -> None:
+        if self._closed:
+            return
+        self._starting += 1
+        self._spawn(self._start_one())
+
+    async def _start_one(self) -> None:
+        try:
+            kernel = await self.factory.start()
+        except Exception as exc:
+            self._start_error = exc
+            log.error("could not start a replacement kernel: %s", exc)
+            if not self._free and not self._busy and self._starting == 1:
+                error = KernelStartError(f"no kernel available: {exc}")
+                while self._waiters:
+                    future = self._waiters.popleft()
+                    if not future.done():
+                        future.set_exception(error)
+            return
+        finally:
+            self._starting -= 1
+        if self._closed:
+            await self.factory.stop(kernel, now=True)
+        else:
+            self._start_error = None
+            self._put(kernel)
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Stop every kernel, the busy ones and the sessions' too; fail the waiters."""
+        self._closed = True
+        while self._waiters:
+            future = self._waiters.popleft()
+            if not future.done():
+                future.set_exception(BridgeClosed("the bridge was closed"))
+        kernels = [*self._free, *self._busy, *self._taken]
+        self._free.clear()
+        self._busy.clear()
+        self._taken.clear()
+        await asyncio.gather(
+            *(self.factory.stop(k) for k in kernels), *self._tasks, return_exceptions=True
+        )
+        with contextlib.suppress(Exception):
+            await self.factory.close()

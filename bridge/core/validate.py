@@ -1,0 +1,103 @@
+"""Every check of a caller's arguments, in one place: each raises InvalidRequest naming what
+is wrong. The API, the backends and the transports call these; nothing else checks arguments."""
+
+from __future__ import annotations
+
+import json
+import keyword
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from bridge.core.errors import InvalidRequest
+
+
+def check_callable(value: object, what: str) -> None:
+    if not callable(value):
+        raise InvalidRequest(f"{what} must be callable, got {value!r}")
+
+
+def check_count(value: object, name: str) -> int:
+    """A whole number >= 0 (``pool_size``, ``max_output``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidRequest(f"{name} must be a whole number >= 0, got {value!r}")
+    return value
+
+
+def check_timeout(timeout: float | None, default: float) -> float:
+    if timeout is None:
+        return default
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise InvalidRequest(f"timeout must be a number of seconds, got {timeout!r}")
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise InvalidRequest(f"timeout must be positive and finite, got {timeout!r}")
+    return float(timeout)
+
+
+def check_code(code: object, what: str = "code") -> str:
+    if not isinstance(code, str):
+        raise InvalidRequest(f"{what} must be a str, got {type(code).__name__}")
+    return code
+
+
+def check_inputs(inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+    if inputs is None:
+        return {}
+    if not isinstance(inputs, Mapping):
+        raise InvalidRequest(f"inputs must be a mapping of names to JSON values, got {inputs!r}")
+    for name in inputs:
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+            raise InvalidRequest(f"inputs: {name!r} is not a valid Python name")
+    try:
+        json.dumps(inputs, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"inputs must be JSON values: {exc}") from None
+    return dict(inputs)
+
+
+def check_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    if env is None:
+        return {}
+    if not isinstance(env, Mapping):
+        raise InvalidRequest(f"env must be a mapping of str to str, got {type(env).__name__}")
+    for key, value in env.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise InvalidRequest(f"env must map str to str, got {key!r}: {value!r}")
+    return dict(env)
+
+
+def check_paths(paths: object, *, absolute: bool = True) -> tuple[str, ...]:
+    """*python_paths* checked (absolute unless they name folders on another host).
+
+    InvalidRequest for anything but a list or tuple of paths.
+    """
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise InvalidRequest("python_paths must be a sequence of paths, not one path")
+    if not isinstance(paths, (list, tuple)):
+        raise InvalidRequest(f"python_paths must be a list of paths, got {type(paths).__name__}")
+    out = []
+    for path in paths:
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidRequest(f"python_paths entries must be paths, got {path!r}")
+        text = os.fspath(path)
+        out.append(os.path.abspath(text) if absolute else text)
+    return tuple(out)
+
+
+def read_script(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """(source, absolute path) of a script the host can read; InvalidRequest otherwise."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidRequest(f"path must be a path, got {path!r}")
+    resolved = Path(path).resolve()
+    try:
+        return resolved.read_text(encoding="utf-8"), str(resolved)
+    except FileNotFoundError:
+        raise InvalidRequest(f"no such file: {os.fspath(path)}") from None
+    except IsADirectoryError:
+        raise InvalidRequest(f"{os.fspath(path)} is a directory, not a script") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"{os.fspath(path)} is not UTF-8 text: {exc}") from None
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read {os.fspath(path)}: {exc.strerror}") from None

@@ -1,0 +1,145 @@
+"""The service as a Jupyter Server extension: config, start-up and shutdown.
+
+Jupyter Server owns the HTTP server, the token, the config files and the log; this extension
+adds the routes and runs an AsyncBridge on the server's own MappingKernelManager, so the
+bridge's kernels are the server's kernels (``/api/kernels``, JupyterLab).
+
+Gateway mode follows the server's own gateway settings (``GatewayClient.url`` and
+``auth_token``, which Jupyter Server also reads from ``JUPYTER_GATEWAY_URL`` and
+``JUPYTER_GATEWAY_AUTH_TOKEN``): the server's kernel manager is then its
+GatewayMappingKernelManager, the bridge runs its kernels on that gateway through its own
+client and registers them there, so ``/api/kernels`` and JupyterLab still see them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+from typing import Any
+
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Bool, Float, Int, List, TraitError, Unicode, default, validate
+
+from bridge._version import __version__
+
+from .handlers import routes
+from .service import Service
+
+
+class BridgeApp(ExtensionApp):  # type: ignore[misc]
+    """kernel-bridge's HTTP service (config section ``BridgeApp``)."""
+
+    name = "kernel_bridge"
+    description = "Run Python in managed IPython kernels over HTTP."
+    load_other_extensions = True
+
+    pool_size = Int(2, config=True, help="Warm kernels for one-off calls.")
+    python = Unicode(
+        None, allow_none=True, config=True, help="Interpreter of the kernels (needs ipykernel)."
+    )
+    python_paths = List(Unicode(), config=True, help="Folders put on the kernels' sys.path.")
+    root = Unicode(config=True, help="The folder /execute-file may read scripts from.")
+    timeout = Float(30.0, config=True, help="Default timeout of a call, in seconds.")
+    queue_timeout = Float(
+        60.0, config=True, help="Seconds a request may wait for a free kernel before 503 busy."
+    )
+    max_backends = Int(16, config=True, help="Live backends at most; more get 429 busy.")
+    max_body_size = Int(10 * 1024 * 1024, config=True, help="Largest request body, in bytes.")
+    gateway_kernel_name = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="With a gateway (GatewayClient.url): its kernel spec (default: the gateway's).",
+    )
+    announce = Bool(False, config=True, help="Print the URL, the token and a curl line once ready.")
+
+    @validate("pool_size", "max_backends", "max_body_size")
+    def _at_least_one(self, proposal: Any) -> int:
+        value: int = proposal["value"]
+        if value < 1:
+            raise TraitError(f"BridgeApp.{proposal['trait'].name} must be at least 1, got {value}")
+        return value
+
+    @default("open_browser")
+    def _default_open_browser(self) -> bool:
+        return False  # the service answers JSON: a browser on it would show nothing useful
+
+    @default("root")
+    def _default_root(self) -> str:
+        return os.getcwd()
+
+    def initialize_settings(self) -> None:
+        serverapp = self.serverapp
+        assert serverapp is not None  # linked by Jupyter Server before settings
+        bridge_log = logging.getLogger("bridge")
+        if not bridge_log.handlers:
+            # The library logs to `bridge.*` without handlers; the service logs there too,
+            # through the server's own handlers and level.
+            for handler in serverapp.log.handlers:
+                bridge_log.addHandler(handler)
+            bridge_log.setLevel(serverapp.log.level)
+            bridge_log.propagate = False
+        self.start_error: BaseException | None = None
+        gateway = serverapp.gateway_config  # Jupyter Server's GatewayClient
+        self.service = Service(
+            kernel_manager=serverapp.kernel_manager,
+            gateway_url=(gateway.url or "") if gateway.gateway_enabled else "",
+            gateway_token=gateway.auth_token or "",
+            gateway_kernel_name=self.gateway_kernel_name,
+            root=self.root,
+            pool_size=self.pool_size,
+            python=self.python,
+            python_paths=self.python_paths,
+            timeout=self.timeout,
+            queue_timeout=self.queue_timeout,
+            max_backends=self.max_backends,
+            max_body_size=self.max_body_size,
+        )
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend(routes(self.service))
+
+    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        """Warm the pool once the server's loop runs; a failure stops the server."""
+        try:
+            await self.service.start()
+        except Exception as exc:
+            self.start_error = exc
+            self.log.critical("kernel-bridge could not start its kernels: %s", exc)
+            serverapp.stop()
+            return
+        self.log.info(
+            "kernel-bridge %s: %d kernels ready (%s)",
+            __version__,
+            self.pool_size,
+            self.service.bridge.python,
+        )
+        if self.announce:
+            print(self.banner(serverapp), flush=True)
+
+    def banner(self, serverapp: Any) -> str:
+        url = f"http://{_url_host(serverapp.ip)}:{serverapp.port}{serverapp.base_url}"
+        token = serverapp.identity_provider.token
+        body = '{"content": "print(6 * 7)"}'
+        curl = (
+            f"curl -s -H {shlex.quote('Authorization: token ' + token)} "
+            f"-d {shlex.quote(body)} {url}execute"
+        )
+        return "\n".join(
+            [
+                f"kernel-bridge {__version__} serving at {url}",
+                f"token: {token}",
+                f"try: {curl}",
+                "Ctrl-C shuts the service and every kernel down.",
+            ]
+        )
+
+    async def stop_extension(self) -> None:
+        await self.service.close()
+
+
+def _url_host(ip: str) -> str:
+    if not ip or ip in ("0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{ip}]" if ":" in ip else ip

@@ -1,0 +1,222 @@
+"""/openapi.json: the OpenAPI 3 document of every route, built from the schemas the routes check."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bridge._version import __version__
+
+from . import schema
+
+_FAILURES = {
+    400: "Bad request: malformed JSON, a wrong type, a missing or unknown field.",
+    401: "No token, or a wrong one.",
+    403: "Refused: a path outside the service's root, or a disallowed host or origin.",
+    404: "No such backend, or no such file.",
+    405: "The route does not take this method.",
+    413: "The request body is larger than the service's limit.",
+    429: "Too many live backends.",
+    503: "The kernel died during the call, or no kernel is free (kernel_died, busy).",
+    504: "The code ran past its timeout and was interrupted (timeout).",
+}
+
+
+def _json(shape: schema.Schema) -> dict[str, Any]:
+    return {"application/json": {"schema": shape}}
+
+
+def _operation(
+    summary: str,
+    *,
+    ok: tuple[int, str, schema.Schema] | None = None,
+    body: schema.Schema | None = None,
+    failures: tuple[int, ...] = (),
+    parameters: list[dict[str, Any]] | None = None,
+    stream: bool = False,
+) -> dict[str, Any]:
+    status, text, shape = ok or (200, "", {})
+    responses: dict[str, Any] = {}
+    if stream:
+        responses["200"] = {
+            "description": text,
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+    else:
+        responses[str(status)] = {"description": text, "content": _json(shape)}
+    for code in sorted({401, 405, *failures}):
+        responses[str(code)] = {
+            "description": _FAILURES[code],
+            "content": _json({"$ref": "#/components/schemas/Error"}),
+        }
+    op: dict[str, Any] = {"summary": summary, "responses": responses}
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": _json(body)}
+    if parameters:
+        op["parameters"] = parameters
+    return op
+
+
+_BACKEND_ID = {
+    "name": "backend_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "The id POST /backends gave.",
+}
+
+_RUN = (400, 413, 503, 504)
+
+
+def document(host: str = "127.0.0.1") -> dict[str, Any]:
+    """The OpenAPI 3.0 document of the service."""
+    paths: dict[str, dict[str, Any]] = {
+        "/execute": {
+            "post": _operation(
+                "Run code in a fresh namespace on a pool kernel",
+                ok=(
+                    200,
+                    "The code ran (success tells whether it raised).",
+                    schema.EXECUTION_RESULT,
+                ),
+                body=schema.EXECUTE_REQUEST,
+                failures=_RUN,
+            )
+        },
+        "/evaluate": {
+            "post": _operation(
+                "The value of one expression",
+                ok=(200, "The expression ran.", schema.EXECUTION_RESULT),
+                body=schema.EVALUATE_REQUEST,
+                failures=_RUN,
+            )
+        },
+        "/execute-file": {
+            "post": _operation(
+                "Run a script inside the service's root folder",
+                ok=(200, "The script ran.", schema.EXECUTION_RESULT),
+                body=schema.EXECUTE_FILE_REQUEST,
+                failures=(*_RUN, 403, 404),
+            )
+        },
+        "/version": {
+            "get": _operation(
+                "Versions of the kernels' Python and of kernel-bridge",
+                ok=(200, "Versions.", schema.VERSION),
+                failures=(503,),
+            )
+        },
+        "/modules": {
+            "get": _operation(
+                "Which modules the kernels can import",
+                ok=(200, "Module name to importable.", schema.MODULES),
+                failures=(400, 503, 504),
+                parameters=[
+                    {
+                        "name": "names",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "Module names separated by commas "
+                        "(default: numpy,pandas,requests,json,os,sys).",
+                    }
+                ],
+            )
+        },
+        "/health": {
+            "get": _operation(
+                "Whether the service is up, with its pool and backends",
+                ok=(200, "Up.", schema.HEALTH),
+                failures=(503,),
+            )
+        },
+        "/backends": {
+            "get": _operation(
+                "The service's backends",
+                ok=(200, "Every backend, alive or not.", schema.BACKEND_LIST),
+            ),
+            "post": _operation(
+                "Start a backend: a script of methods in a kernel of its own",
+                ok=(201, "Started; its kernel is listed by /api/kernels.", schema.BACKEND),
+                body=schema.BACKEND_REQUEST,
+                failures=(400, 413, 429, 503, 504),
+            ),
+        },
+        "/backends/{backend_id}": {
+            "get": _operation(
+                "One backend",
+                ok=(200, "The backend.", schema.BACKEND),
+                failures=(404,),
+                parameters=[_BACKEND_ID],
+            ),
+            "delete": _operation(
+                "Stop a backend and its kernel",
+                ok=(200, "Stopped.", schema.BACKEND_DELETED),
+                failures=(404,),
+                parameters=[_BACKEND_ID],
+            ),
+        },
+        "/backends/{backend_id}/call": {
+            "post": _operation(
+                "Call a method of the backend",
+                ok=(200, "The method ran (success tells whether it raised).", schema.CALL_RESULT),
+                body=schema.CALL_REQUEST,
+                failures=(400, 404, 413, 503, 504),
+                parameters=[_BACKEND_ID],
+            )
+        },
+        "/backends/{backend_id}/events": {
+            "get": _operation(
+                "The backend's events as Server-Sent Events",
+                ok=(
+                    200,
+                    "One 'data: {\"type\": ..., \"data\": ...}' per event, 'id:' its number; "
+                    "events no stream has read yet come first (or those after Last-Event-ID).",
+                    {},
+                ),
+                failures=(400, 404),
+                parameters=[
+                    _BACKEND_ID,
+                    {
+                        "name": "last_event_id",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                        "description": "Resume after this event (as the Last-Event-ID header).",
+                    },
+                ],
+                stream=True,
+            )
+        },
+        "/openapi.json": {
+            "get": _operation(
+                "This document", ok=(200, "The OpenAPI document.", {"type": "object"})
+            )
+        },
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "kernel-bridge",
+            "version": __version__,
+            "description": "Run Python in managed IPython kernels. Every route needs the "
+            "server's token: 'Authorization: token <token>' (or 'Bearer <token>'), or "
+            "?token=<token>. Failures share one shape: {success: false, error, error_type, "
+            "status}.",
+        },
+        "servers": [{"url": f"http://{host}"}],
+        "security": [{"token": []}, {"bearer": []}, {"query": []}],
+        "components": {
+            "securitySchemes": {
+                "token": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "'token <token>'",
+                },
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "query": {"type": "apiKey", "in": "query", "name": "token"},
+            },
+            "schemas": {"Error": schema.ERROR},
+        },
+        "paths": paths,
+    }

@@ -1,0 +1,41 @@
+"""The wire contract between the host and the kernel: every name both sides must agree on.
+
+Defined here, on the kernel side (which needs nothing but ipykernel), and loaded by the host
+from this very file (``bridge.core.wire``), so the two ends cannot drift apart.
+
+Calls and records (comm ``EXECUTE_COMM``, opened by the host once per kernel)::
+
+    host -> kernel  {"kind": "execute", "code": str, "meta": {...}}   a call
+                    {"kind": "ping"}                                  the ready handshake
+    kernel -> host  {"kind": "pong", "python": "3.x.y", "pid": n}     its answer
+    kernel -> host  {"kind": "reply", "status": "ok"} or {"kind": "reply", "fallback": True}
+                    {"kind": "attestation", "record": {...}}          attest() inside a call
+                    {"kind": "variables", "variables": {...}}         capture_variables
+
+A plain ``execute_request`` carries the same ``meta`` under ``metadata[META_KEY]``.
+
+Backends (comm ``BACKEND_COMM``, one per backend)::
+
+    host -> kernel  {"id": 7, "method": "increment", "params": {...}}    a call
+                    {"cancel": 7}                                      its timeout passed
+    kernel -> host  {"hello": {"class", "name", "pid", "concurrent"}}  answer to comm_open
+                    {"id": 7, "result": ...} or {"id": 7, "error": {"ename", "evalue", ...}}
+                    {"events": [{"event": type, "data": ..., "nbuf": n}, ...]}
+
+Values travel as JSON with binary buffers for arrays and bytes (``_wire.py``).
+"""
+
+from __future__ import annotations
+
+EXECUTE_COMM = "kernel-bridge"  # comm target of calls and their per-call records
+BACKEND_COMM = "kernel-bridge.backend"  # comm target of a backend's calls and events
+META_KEY = "kernel_bridge"  # execute_request metadata key holding a call's options
+METHODS = "__methods__"  # the built-in backend call behind the host's backend.methods()
+
+# The "kind" of a message on EXECUTE_COMM.
+EXECUTE = "execute"
+PING = "ping"
+PONG = "pong"
+REPLY = "reply"
+ATTESTATION = "attestation"
+VARIABLES = "variables"

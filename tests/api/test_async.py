@@ -1,0 +1,247 @@
+"""AsyncBridge under concurrency: calls spread over the pool, outputs stay with their call."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import tagged_processes
+from jupyter_core.paths import jupyter_runtime_dir
+from paths import EXAMPLES
+
+import bridge
+
+ECHO = EXAMPLES / "echo_backend.py"
+
+
+@pytest.mark.asyncio
+async def test_concurrent_calls_spread_and_keep_their_own_output(
+    abridge: bridge.AsyncBridge,
+) -> None:
+    code = (
+        "import os, time\n"
+        "for i in range(3):\n"
+        "    print(token, i, flush=True)\n"
+        "    time.sleep(0.01)\n"
+        "return os.getpid()"
+    )
+    tokens = [f"token-{n:03d}" for n in range(24)]
+    results = await asyncio.gather(*(abridge.execute(code, inputs={"token": t}) for t in tokens))
+    for token, r in zip(tokens, results, strict=True):
+        assert r.success, r.error
+        assert r.stdout == "".join(f"{token} {i}\n" for i in range(3))
+    assert len({r.value for r in results}) == 2  # both kernels of the pool did work
+
+
+@pytest.mark.asyncio
+async def test_sessions_run_beside_one_off_calls(abridge: bridge.AsyncBridge) -> None:
+    async with abridge.session() as s:
+        await s.execute("counter = 0")
+        await asyncio.gather(*(s.execute("counter += 1") for _ in range(10)))
+        one_offs = await asyncio.gather(*(abridge.evaluate(f"{n} * 2") for n in range(5)))
+        assert (await s.evaluate("counter")).value == 10
+    assert [r.value for r in one_offs] == [0, 2, 4, 6, 8]
+
+
+@pytest.mark.asyncio
+async def test_on_attest_sees_each_record_as_it_is_made() -> None:
+    seen: list[tuple[float, dict[str, Any]]] = []
+    later: list[str] = []
+
+    async def async_hook(record: dict[str, Any]) -> None:
+        later.append(record["subjects"][0])
+
+    def hook(record: dict[str, Any]) -> None:
+        seen.append((time.monotonic(), record))
+
+    async with bridge.AsyncBridge(pool_size=1, on_attest=hook) as b:
+        started = time.monotonic()
+        r = await b.execute(
+            "import time\nattest('early', 'made')\ntime.sleep(1)\nattest('late', 'made')"
+        )
+        ended = time.monotonic()
+        assert [rec for _, rec in seen] == r.attestations
+        assert seen[0][0] - started < ended - started - 0.5  # delivered during the call
+        b.on_attest = async_hook
+        await b.execute("attest('from-async-hook', 'made')")
+        await asyncio.sleep(0.1)
+        assert later == ["from-async-hook"]
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_call_leaves_a_usable_kernel() -> None:
+    async with bridge.AsyncBridge(pool_size=1) as b:
+        pid = (await b.evaluate("__import__('os').getpid()")).value
+        task = asyncio.ensure_future(b.execute("import time\ntime.sleep(60)"))
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        r = await b.execute("import os\nreturn os.getpid()", timeout=10)
+        assert r.value == pid  # interrupted and reused, not replaced
+
+
+@pytest.mark.asyncio
+async def test_calls_after_close_fail_clearly() -> None:
+    b = bridge.AsyncBridge(pool_size=1)
+    with pytest.raises(bridge.BridgeClosed, match="not started"):
+        await b.execute("1")
+    async with b:
+        pass
+    with pytest.raises(bridge.BridgeClosed, match="closed"):
+        await b.execute("1")
+    with pytest.raises(bridge.BridgeClosed):
+        await b.start()
+    with pytest.raises(bridge.BridgeClosed):
+        b.python  # noqa: B018
+    with pytest.raises(bridge.BridgeClosed):
+        async with b.session():
+            pass
+
+
+@pytest.mark.asyncio
+async def test_closing_during_calls_fails_them_without_hanging() -> None:
+    b = bridge.AsyncBridge(pool_size=1)
+    await b.start()
+    running = asyncio.ensure_future(b.execute("import time\ntime.sleep(60)"))
+    waiting = asyncio.ensure_future(b.execute("1"))
+    await asyncio.sleep(0.3)
+    await asyncio.wait_for(b.aclose(), 15)
+    for task in (running, waiting):
+        with pytest.raises((bridge.KernelDied, bridge.BridgeClosed)):
+            await asyncio.wait_for(task, 5)
+
+
+@pytest.mark.asyncio
+async def test_other_clients_of_a_kernel_do_not_disturb_the_bridge(
+    abridge: bridge.AsyncBridge,
+) -> None:
+    async with abridge.session() as s:
+        kc = s.kernel.manager.client()  # shares the manager's Session, as km.client() does
+        kc.start_channels()
+        try:
+            await kc.wait_for_ready(timeout=30)
+            reply = await kc.execute_interactive("y = 5", output_hook=lambda m: None, timeout=30)
+            assert reply["content"]["status"] == "ok"
+            mine, theirs = await asyncio.gather(
+                s.evaluate("y * 2", timeout=10),
+                kc.execute_interactive("z = y + 1", output_hook=lambda m: None, timeout=30),
+            )
+            assert mine.value == 10 and theirs["content"]["status"] == "ok"
+            assert (await s.evaluate("z", timeout=10)).value == 6
+        finally:
+            kc.stop_channels()
+
+
+@pytest.mark.asyncio
+async def test_pool_size_zero_serves_sessions_and_refuses_one_off_calls() -> None:
+    async with bridge.AsyncBridge(pool_size=0) as b:
+        assert b.pool.kernels == []
+        with pytest.raises(bridge.InvalidRequest, match="pool_size=0"):
+            await b.execute("1")
+        async with b.session() as s:
+            assert (await s.evaluate("40 + 2")).value == 42
+
+
+@pytest.mark.asyncio
+async def test_back_to_back_calls_do_not_grow_the_pool() -> None:
+    async with bridge.AsyncBridge(pool_size=1) as b:
+        pids = {(await b.evaluate("__import__('os').getpid()")).value for _ in range(10)}
+        await asyncio.sleep(0.5)  # a surplus start, if any, would be under way by now
+        assert len(pids) == 1
+        assert len(b.factory.kernels) == 1 and len(b.pool.kernels) == 1
+
+
+@pytest.mark.asyncio
+async def test_closing_while_starting_leaves_nothing_running() -> None:
+    b = bridge.AsyncBridge(pool_size=1)
+    starting = asyncio.ensure_future(b.start())
+    await asyncio.sleep(0.05)
+    await b.aclose()
+    with pytest.raises(bridge.BridgeClosed):
+        await starting
+    with pytest.raises(bridge.BridgeClosed):
+        await b.evaluate("1")
+
+
+@pytest.mark.asyncio
+async def test_a_timeout_racing_the_await_fallback_is_an_execution_timeout() -> None:
+    async with bridge.AsyncBridge(pool_size=1) as b:
+        for _ in range(5):
+            try:
+                r = await b.execute("import asyncio\nawait asyncio.sleep(0)\n1", timeout=0.002)
+            except bridge.ExecutionTimeout as exc:
+                assert not exc.restarted or "killed" in str(exc)
+            else:
+                assert r.success and r.value == 1
+        assert (await b.evaluate("2")).value == 2
+
+
+@pytest.mark.asyncio
+async def test_a_session_call_after_a_cancelled_one_is_not_interrupted() -> None:
+    async with bridge.AsyncBridge(pool_size=0) as b, b.session() as s:
+        await s.execute("x = 1")
+        task = asyncio.ensure_future(s.execute("import time\ntime.sleep(60)"))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        r = await s.execute("import time\ntime.sleep(0.2)\nx + 1", timeout=10)
+        assert r.success and r.value == 2
+
+
+@pytest.mark.asyncio
+async def test_waiting_for_a_free_kernel_is_bounded_by_the_timeout() -> None:
+    async with bridge.AsyncBridge(pool_size=1) as b:
+        busy = asyncio.ensure_future(b.execute("import time\ntime.sleep(3)", timeout=10))
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        with pytest.raises(bridge.ExecutionTimeout, match="no kernel was free"):
+            await b.execute("1", timeout=0.5)
+        assert time.monotonic() - started < 2
+        assert (await busy).success
+
+
+@pytest.mark.asyncio
+async def test_host_secrets_stay_out_of_the_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JUPYTER_TOKEN", "host-secret")
+    monkeypatch.setenv("JUPYTER_GATEWAY_AUTH_TOKEN", "gateway-secret")
+    async with bridge.AsyncBridge(pool_size=1, gateway_url="") as b:
+        names = "('JUPYTER_TOKEN', 'JUPYTER_GATEWAY_AUTH_TOKEN')"
+        r = await b.evaluate(f"[k for k in {names} if k in __import__('os').environ]")
+        assert r.value == []
+
+
+def _kernel_processes() -> set[int]:
+    return {pid for pid, cmd in tagged_processes() if "bridge_runtime.launch" in cmd}
+
+
+def _connection_files() -> set[Path]:
+    return set(Path(jupyter_runtime_dir()).glob("kernel-*.json"))
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("delay", [0.01, 0.03, 0.06, 0.1, 0.2, 0.5])
+async def test_a_start_cancelled_midway_leaves_no_kernel(delay: float) -> None:
+    """A spawn given up on (an HTTP client gone, a wait_for past its time) at any moment of
+    its kernel's start: the kernel does not outlive the cancel, nor its connection file."""
+    kernels, files = _kernel_processes(), _connection_files()
+    async with bridge.AsyncBridge(pool_size=0) as b:
+        task = asyncio.ensure_future(b.spawn(ECHO))
+        await asyncio.sleep(delay)
+        if delay > 0.1 and task.done():  # it won the race: a backend to terminate
+            await (await task).terminate()
+        else:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        deadline = time.monotonic() + 5  # SIGKILLed processes take a moment to be reaped
+        while _kernel_processes() - kernels and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert _kernel_processes() - kernels == set()
+        assert _connection_files() - files == set()
+        async with b.session() as s:  # the bridge goes on working
+            assert (await s.evaluate("6 * 7")).value == 42

@@ -1,0 +1,176 @@
+"""``pytest --nb``: the plugin as users load it (by its entry point), in a pytest of its own."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import nbformat
+from nbfiles import read_nb, stored, stream, write_nb
+
+
+def run_pytest(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """pytest in *cwd* (no ini file there: this repository's settings do not apply)."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+
+
+def junit(path: Path) -> dict[str, tuple[str, str, str]]:
+    """{test name: (outcome, message, text)} from a JUnit XML report."""
+    out = {}
+    for case in ET.parse(path).getroot().iter("testcase"):
+        problem = case.find("failure")
+        if problem is None:
+            out[case.get("name", "")] = ("passed", "", "")
+        else:
+            out[case.get("name", "")] = ("failed", problem.get("message", ""), problem.text or "")
+    return out
+
+
+MEET = (
+    "import pathlib, time\n"
+    "pathlib.Path('{me}.flag').touch()\n"
+    "deadline = time.monotonic() + 20\n"
+    "while not pathlib.Path('{other}.flag').exists():\n"
+    "    assert time.monotonic() < deadline, 'the other notebook never ran alongside'\n"
+    "    time.sleep(0.05)\n"
+    "print('met')"
+)
+
+
+def test_each_notebook_is_one_item_with_its_own_report_and_workers_run_at_once(
+    tmp_path: Path,
+) -> None:
+    # a_meet and b_meet wait for each other: they pass only if two notebooks run at once.
+    write_nb(tmp_path / "a_meet.ipynb", MEET.format(me="a", other="b"))
+    write_nb(tmp_path / "b_meet.ipynb", MEET.format(me="b", other="a"))
+    write_nb(tmp_path / "c_pass.ipynb", "print('ok')", ("1 / 0", ["raises-exception"]))
+    write_nb(
+        tmp_path / "sub" / "d_fail.ipynb",
+        "print('before')",
+        "items = []\nitems[3]",
+        "print('never')",
+    )
+    write_nb(tmp_path / "e_kill.ipynb", "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+    # nbmake's per-notebook metadata sets this notebook's cell timeout to 1 s.
+    write_nb(tmp_path / "f_slow.ipynb", "import time\ntime.sleep(60)", execution={"timeout": 1})
+    write_nb(tmp_path / "g_julia.ipynb", "1", kernelspec={"name": "julia-1.9"})
+    write_nb(tmp_path / "h_skip.ipynb", ("raise SystemExit('skipped')", ["skip-execution"]))
+    write_nb(tmp_path / ".ipynb_checkpoints" / "c_pass-checkpoint.ipynb", "1 / 0")
+    (tmp_path / "test_plain.py").write_text("def test_plain():\n    assert True\n")
+
+    done = run_pytest(tmp_path, "--nb", "--nb-workers", "2", "--junit-xml", "report.xml")
+    assert done.returncode == 1, done.stdout + done.stderr
+    results = junit(tmp_path / "report.xml")
+    assert {name: outcome for name, (outcome, _, _) in results.items()} == {
+        "a_meet.ipynb": "passed",
+        "b_meet.ipynb": "passed",
+        "c_pass.ipynb": "passed",
+        "d_fail.ipynb": "failed",
+        "e_kill.ipynb": "failed",
+        "f_slow.ipynb": "failed",
+        "g_julia.ipynb": "failed",
+        "h_skip.ipynb": "passed",
+        "test_plain": "passed",
+    }
+    _, message, text = results["d_fail.ipynb"]
+    assert message == "cells[1] raised IndexError: list index out of range"
+    assert "sub/d_fail.ipynb failed: cells[1] raised IndexError" in text
+    assert "   1  items = []\n-> 2  items[3]" in text and "\x1b[" not in text
+    assert results["e_kill.ipynb"][1] == (
+        "the kernel died while running cells[0] (killed by signal SIGKILL)"
+    )
+    assert results["f_slow.ipynb"][1] == (
+        "cells[0] ran past the cell timeout of 1 s and was interrupted"
+    )
+    assert "'julia-1.9', which is not installed" in results["g_julia.ipynb"][1]
+    out = done.stdout
+    assert "FAILED sub/d_fail.ipynb::d_fail.ipynb - cells[1] raised IndexError" in out
+    assert "4 failed, 5 passed" in out
+
+
+def test_compare_write_and_params(tmp_path: Path) -> None:
+    write_nb(
+        tmp_path / "same.ipynb",
+        stored(
+            "print('run-id-', id(0), object())",
+            stream("run-id- 77 <object object at 0x55d0c0ffee00>\n"),
+        ),
+    )
+    write_nb(tmp_path / "differs.ipynb", stored("print('goodbye')", stream("hello\n")))
+    write_nb(
+        tmp_path / "params.ipynb",
+        ("n = 5\nlabel = 'default'", ["parameters"]),
+        stored(("print(label, n * 2)", ["ignore-output"]), stream("stored\n")),
+    )
+    done = run_pytest(
+        tmp_path,
+        "--nb",
+        "--nb-compare",
+        "--nb-sanitize",
+        r"run-id- \d+",
+        "--nb-write",
+        "out",
+        "--nb-param",
+        "n=21",
+        "--nb-param",
+        "label=given",
+        "-v",
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    out = done.stdout
+    assert "same.ipynb::same.ipynb PASSED" in out and "params.ipynb::params.ipynb PASSED" in out
+    assert "differs.ipynb failed: cells[0]: outputs differ from the stored ones" in out
+    assert "--- stored\n+++ fresh\n@@ -1,2 +1,2 @@\n [stdout]\n-hello\n+goodbye" in out
+    written = read_nb(tmp_path / "out" / "params.ipynb")
+    nbformat.validate(written)
+    assert written.cells[1].source == "# Parameters\nn = 21\nlabel = 'given'\n"
+    assert written.cells[2].outputs[0]["text"] == "given 42\n"
+    assert read_nb(tmp_path / "out" / "differs.ipynb").cells[0].outputs[0]["text"] == "goodbye\n"
+
+
+def test_without_nb_nothing_heavy_loads_and_bad_options_or_interpreters_are_clear(
+    tmp_path: Path,
+) -> None:
+    write_nb(tmp_path / "broken.ipynb", "1 / 0")
+    (tmp_path / "test_light.py").write_text(
+        "import sys\n"
+        "def test_light():\n"
+        "    assert 'bridge.notebooks.pytest_plugin' in sys.modules  # loaded by its entry point\n"
+        "    heavy = [m for m in sys.modules if m == 'bridge.api.bridge' or m.split('.')[0] in\n"
+        "             ('nbformat', 'jupyter_client', 'zmq')]\n"
+        "    assert heavy == []\n"
+    )
+    # nbmake, also installed, imports nbformat when it loads: leave it out here.
+    done = run_pytest(tmp_path, "-p", "no:nbmake")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout
+    # --nb with its options read, but no notebook among the paths: still nothing heavy.
+    done = run_pytest(tmp_path, "-p", "no:nbmake", "--nb", "--nb-param", "n=1", "test_light.py")
+    assert done.returncode == 0, done.stdout + done.stderr
+    done = run_pytest(tmp_path, "--nb", "--nb-python", "/no/such/python", "-rA")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "FAILED broken.ipynb::broken.ipynb - KernelStartError: no Python interpreter" in (
+        done.stdout
+    )
+    done = run_pytest(tmp_path, "--nb", "--nb-workers", "0")
+    assert done.returncode == 4  # a usage error, before any kernel starts
+    assert "--nb-workers must be at least 1" in done.stderr
+
+
+def test_a_pytest_timeout_stops_the_notebook_and_the_run_goes_on(tmp_path: Path) -> None:
+    write_nb(tmp_path / "a_hang.ipynb", "import time\ntime.sleep(60)")
+    write_nb(tmp_path / "b_fine.ipynb", "print('fine')")
+    done = run_pytest(tmp_path, "--nb", "--timeout", "3", "-rA")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Timeout" in done.stdout
+    assert "FAILED a_hang.ipynb::a_hang.ipynb" in done.stdout
+    assert "PASSED b_fine.ipynb::b_fine.ipynb" in done.stdout

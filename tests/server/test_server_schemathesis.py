@@ -1,0 +1,92 @@
+"""Property-based tests of the service from its own /openapi.json: no input gets a 5xx.
+
+Bounded: a few dozen generated requests per route (valid and invalid ones), no deadline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from service_process import ServiceProcess
+
+from bridge.server.openapi import document
+
+# The shortest timeout a generated request keeps: below it a legitimate 504 would be a
+# matter of machine load, not of the input (tests/test_server.py covers timeouts).
+MIN_TIMEOUT = 10.0
+EXAMPLES = 25  # per route and mode
+# Each valid POST /backends starts a kernel (half a second of CPU): fewer of those.
+EXAMPLES_OF = {"POST /backends": 6}
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    root = tmp_path_factory.mktemp("root")
+    (root / "script.py").write_text("print('a script')\n")
+    with ServiceProcess("--root", str(root)) as svc:
+        yield svc
+
+
+SCHEMA = schemathesis.openapi.from_dict(document())
+OPERATIONS = [result.ok() for result in SCHEMA.get_all_operations()]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+
+
+def test_the_served_document_is_the_one_tested(service: ServiceProcess) -> None:
+    with service.client() as c:
+        served = c.get("/openapi.json").json()
+    assert served["paths"] == document()["paths"]
+    assert served["components"] == document()["components"]
+
+
+def _prepare(case: Any) -> None:
+    """Authorized requests only (test_server.py covers auth), with timeouts worth keeping."""
+    if case.query:
+        case.query.pop("token", None)
+    if case.headers:
+        case.headers.pop("Authorization", None)
+    body = case.body
+    if isinstance(body, dict):
+        t = body.get("timeout_secs")
+        if isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < MIN_TIMEOUT:
+            body["timeout_secs"] = MIN_TIMEOUT
+
+
+@pytest.mark.parametrize("operation", OPERATIONS, ids=[op.label for op in OPERATIONS])
+@pytest.mark.parametrize("mode", list(GenerationMode), ids=lambda m: m.value)
+def test_no_input_gets_a_server_error(
+    service: ServiceProcess, operation: Any, mode: GenerationMode
+) -> None:
+    auth = {"Authorization": f"token {service.token}"}
+    checks = [*CHECKS, negative_data_rejection] if mode is GenerationMode.NEGATIVE else CHECKS
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(
+        max_examples=EXAMPLES_OF.get(operation.label, EXAMPLES),
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,
+        database=None,
+    )
+    def run(case: Any) -> None:
+        _prepare(case)
+        case.call_and_validate(base_url=service.url, headers=auth, timeout=60, checks=checks)
+
+    run()
