@@ -489,6 +489,6 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def test_http_service_untouched_by_the_plugin(service: ServiceProcess) -> None:
+def test_over_http_the_qntx_paths_still_need_the_token(service: ServiceProcess) -> None:
     with httpx.Client(base_url=service.url, timeout=30) as anonymous:
         assert anonymous.get("/uv/check?module=json").status_code == 401  # still token-gated
