@@ -1,4 +1,4 @@
-"""The HTTP routes: parse and check a request, call the Service, write JSON.
+"""The HTTP routes: the operations of dispatch.ROUTES, over Jupyter Server's HTTP.
 
 Handlers are Jupyter Server ``APIHandler``s, so the server's token auth (``Authorization:
 token T`` or ``Bearer T``, ``?token=T``), host and origin checks and request log apply to
@@ -8,8 +8,8 @@ every route. Every failure, the server's own included, is written in the one err
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import re
 from collections.abc import Awaitable
 from http.client import responses
 from typing import Any
@@ -18,18 +18,13 @@ from jupyter_server.base.handlers import APIHandler
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from . import schema
-from .errors import ApiError, bad_request, to_api_error
-from .service import DEFAULT_MODULES, Service
+from . import dispatch
+from .errors import ApiError, bad_request
+from .service import Service
 
 log = logging.getLogger("bridge.server")
 
 _TORNADO_TYPES = {400: "bad_request", 404: "not_found", 405: "bad_request", 413: "too_large"}
-
-
-def _internal() -> ApiError:
-    # Only a bug gets here: the log has the traceback, the client never sees it.
-    return ApiError(500, "internal", "internal error; the server's log has the details")
 
 
 class BaseHandler(APIHandler):  # type: ignore[misc]
@@ -51,16 +46,18 @@ class BaseHandler(APIHandler):  # type: ignore[misc]
     # -- answers -------------------------------------------------------------------------------
 
     def send(self, body: dict[str, Any], status: int = 200) -> None:
-        self.set_status(status)
-        self.finish(json.dumps(body, default=str))
+        self.send_answer(dispatch.Answer(status, body))
+
+    def send_answer(self, answer: dispatch.Answer) -> None:
+        if answer.status >= 400:
+            self.clear()
+        self.set_status(answer.status)
+        for name, value in answer.headers.items():
+            self.set_header(name, value)
+        self.finish(answer.encode())
 
     def send_failure(self, error: ApiError) -> None:
-        self.clear()
-        if error.status == 405:
-            self.set_header("Allow", ", ".join(self.methods()))
-        if error.status == 401:
-            self.set_header("WWW-Authenticate", 'Token realm="kernel-bridge"')
-        self.send(error.body(), error.status)
+        self.send_answer(dispatch.failure(error, ", ".join(self.methods())))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Failures raised outside our code (auth, a wrong method, a bad URL) in our shape."""
@@ -90,7 +87,7 @@ class BaseHandler(APIHandler):  # type: ignore[misc]
             )
             error = ApiError(status_code, kind, message)
         else:
-            error = _internal()
+            error = dispatch.internal()
         self.send_failure(error)
 
     @classmethod
@@ -104,21 +101,14 @@ class BaseHandler(APIHandler):  # type: ignore[misc]
 
     async def answer(self, work: Awaitable[dict[str, Any]], status: int = 200) -> None:
         """Await *work* and write its result or its failure; a gone client cancels it."""
-        self._work = asyncio.ensure_future(work)
+        self._work = asyncio.ensure_future(dispatch.outcome(work, status))
         try:
-            body = await self._work
+            answer = await self._work
         except asyncio.CancelledError:
             if self._gone:
                 return  # the client went away; on_connection_close cancelled the work
             raise
-        except Exception as exc:
-            error = to_api_error(exc)
-            if error is None:
-                log.exception("%s %s failed", self.request.method, self.request.path)
-                error = _internal()
-            self.send_failure(error)
-            return
-        self.send(body, status)
+        self.send_answer(answer)
 
     def on_connection_close(self) -> None:
         self._gone = True
@@ -139,13 +129,7 @@ class BaseHandler(APIHandler):  # type: ignore[misc]
 
 @web.stream_request_body
 class BodyHandler(BaseHandler):
-    """A POST route with a JSON body, read as it streams in and refused past the size limit.
-
-    Subclasses give the body's ``shape`` and ``run(request, *path_args)``.
-    """
-
-    shape: schema.Schema = {}
-    created = 200  # the status of a success
+    """A route whose JSON body is read as it streams in and dropped past the size limit."""
 
     async def prepare(self) -> None:  # type: ignore[override]
         self._chunks: list[bytes] = []
@@ -180,100 +164,6 @@ class BodyHandler(BaseHandler):
         """Raise the refusal prepare() held back until the body was in."""
         if self._refused is not None:
             raise self._refused
-
-    @web.authenticated
-    async def post(self, *args: str) -> None:
-        self.check_refused()
-        await self.answer(self._post(*args), self.created)
-
-    async def _post(self, *args: str) -> dict[str, Any]:
-        return await self.run(self.body(), *args)
-
-    def body(self) -> dict[str, Any]:
-        """The request's JSON object, checked against the route's shape."""
-        if self._too_large:
-            raise ApiError(
-                413,
-                "too_large",
-                f"the request body is larger than {self.service.max_body_size} bytes",
-            )
-        value = schema.parse_json(b"".join(self._chunks))
-        if not isinstance(value, dict):
-            raise bad_request("the body must be a JSON object")
-        schema.validate(value, self.shape)
-        return value
-
-    async def run(self, req: dict[str, Any], *args: str) -> dict[str, Any]:
-        raise NotImplementedError
-
-
-class ExecuteHandler(BodyHandler):
-    shape = schema.EXECUTE_REQUEST
-
-    async def run(self, req: dict[str, Any], *args: str) -> dict[str, Any]:
-        code = req["content"] if "content" in req else req["code"]
-        return await self.service.execute(
-            code,
-            timeout=req.get("timeout_secs"),
-            capture_variables=req.get("capture_variables", False),
-            inputs=req.get("inputs"),
-        )
-
-
-class EvaluateHandler(BodyHandler):
-    shape = schema.EVALUATE_REQUEST
-
-    async def run(self, req: dict[str, Any], *args: str) -> dict[str, Any]:
-        return await self.service.evaluate(req["expr"], timeout=req.get("timeout_secs"))
-
-
-class ExecuteFileHandler(BodyHandler):
-    shape = schema.EXECUTE_FILE_REQUEST
-
-    async def run(self, req: dict[str, Any], *args: str) -> dict[str, Any]:
-        return await self.service.execute_file(
-            req["path"],
-            timeout=req.get("timeout_secs"),
-            capture_variables=req.get("capture_variables", False),
-        )
-
-
-class BackendsHandler(BodyHandler):
-    shape = schema.BACKEND_REQUEST
-    created = 201
-
-    @web.authenticated
-    async def get(self) -> None:
-        self.check_refused()
-        await self.answer(self.service.list_backends())
-
-    async def run(self, req: dict[str, Any], *args: str) -> dict[str, Any]:
-        return await self.service.create_backend(
-            req["script"],
-            env=req.get("env"),
-            timeout=req.get("timeout_secs"),
-            restart=req.get("restart", False),
-        )
-
-
-class BackendHandler(BaseHandler):
-    @web.authenticated
-    async def get(self, backend_id: str) -> None:
-        await self.answer(self.service.backend_info(backend_id))
-
-    @web.authenticated
-    async def delete(self, backend_id: str) -> None:
-        await self.answer(self.service.delete_backend(backend_id))
-
-
-class CallHandler(BodyHandler):
-    shape = schema.CALL_REQUEST
-
-    async def run(self, req: dict[str, Any], *args: str) -> dict[str, Any]:
-        (backend_id,) = args
-        return await self.service.call(
-            backend_id, req["cmd"], req.get("params"), req.get("timeout_secs")
-        )
 
 
 class EventsHandler(BaseHandler):
@@ -325,55 +215,52 @@ class EventsHandler(BaseHandler):
             queue.put_nowait(None)
 
 
-class VersionHandler(BaseHandler):
-    @web.authenticated
-    async def get(self) -> None:
-        await self.answer(self.service.version())
+def _serve(method: str) -> Any:
+    @web.authenticated  # type: ignore[untyped-decorator,unused-ignore]
+    async def serve(self: RouteHandler, *args: str) -> None:
+        self.check_refused()
+        operation = self.route.methods[method]
+        try:
+            request = self.dispatch_request(args)
+        except ApiError as error:
+            self.send_failure(error)
+            return
+        await self.answer(operation.run(self.service, request), operation.status)
+
+    serve.__name__ = method.lower()
+    return serve
 
 
-class HealthHandler(BaseHandler):
-    @web.authenticated
-    async def get(self) -> None:
-        await self.answer(self.service.health())
+class RouteHandler(BodyHandler):
+    """A route of dispatch.ROUTES: the same operations QNTX's HandleHTTP answers."""
 
+    route: dispatch.Route
 
-class ModulesHandler(BaseHandler):
-    @web.authenticated
-    async def get(self) -> None:
-        await self.answer(self.do_modules())
+    @classmethod
+    def made_for(cls, route: dispatch.Route) -> type[RouteHandler]:
+        attrs: dict[str, Any] = {"route": route}
+        for method in route.methods:
+            attrs[method.lower()] = _serve(method)
+        name = "".join(part.capitalize() for part in re.findall(r"[a-z]+", route.pattern))
+        return type(f"{name or 'Root'}Handler", (cls,), attrs)
 
-    async def do_modules(self) -> dict[str, Any]:
-        text = self.query("names")
-        if text is None:
-            names = list(DEFAULT_MODULES)
-        else:
-            names = [name.strip() for name in text.split(",") if name.strip()]
-            if not names:
-                raise bad_request("names is empty: give module names separated by commas")
-        return await self.service.modules(names)
-
-
-class OpenAPIHandler(BaseHandler):
-    @web.authenticated
-    async def get(self) -> None:
-        from .openapi import document
-
-        self.send(document(self.request.host or "127.0.0.1"))
+    def dispatch_request(self, args: tuple[str, ...]) -> dispatch.Request:
+        query = {}
+        for name in self.request.query_arguments:
+            value = self.query(name)
+            if value is not None:
+                query[name] = value
+        size = self._size
+        if self._too_large:  # dropped: the Content-Length said so, or the bytes did
+            size = max(size, self.service.max_body_size + 1)
+        body = b"" if self._too_large else b"".join(self._chunks)
+        return dispatch.Request(args, query, body, size, self.request.host or "127.0.0.1")
 
 
 def routes(service: Service) -> list[tuple[str, type[BaseHandler], dict[str, Any]]]:
     """The service's routes, for ExtensionApp.handlers (the server adds its base_url)."""
     table: list[tuple[str, type[BaseHandler]]] = [
-        (r"/execute", ExecuteHandler),
-        (r"/evaluate", EvaluateHandler),
-        (r"/execute-file", ExecuteFileHandler),
-        (r"/version", VersionHandler),
-        (r"/modules", ModulesHandler),
-        (r"/health", HealthHandler),
-        (r"/openapi.json", OpenAPIHandler),
-        (r"/backends", BackendsHandler),
-        (r"/backends/([^/]+)", BackendHandler),
-        (r"/backends/([^/]+)/call", CallHandler),
-        (r"/backends/([^/]+)/events", EventsHandler),
+        (route.pattern, RouteHandler.made_for(route)) for route in dispatch.ROUTES
     ]
+    table.append((r"/backends/([^/]+)/events", EventsHandler))
     return [(pattern, handler, {"service": service}) for pattern, handler in table]

@@ -12,7 +12,7 @@ _FAILURES = {
     400: "Bad request: malformed JSON, a wrong type, a missing or unknown field.",
     401: "No token, or a wrong one.",
     403: "Refused: a path outside the service's root, or a disallowed host or origin.",
-    404: "No such backend, or no such file.",
+    404: "No such backend, no such file, or no such route.",
     405: "The route does not take this method.",
     413: "The request body is larger than the service's limit.",
     429: "Too many live backends.",
@@ -65,6 +65,37 @@ _BACKEND_ID = {
 }
 
 _RUN = (400, 413, 503, 504)
+
+
+def _install(summary: str) -> dict[str, Any]:
+    return _operation(
+        summary + ": uv when it is on PATH, pip otherwise",
+        ok=(
+            200,
+            "The installer ran (success tells whether it installed them).",
+            schema.PACKAGES_INSTALLED,
+        ),
+        body=schema.PACKAGES_INSTALL_REQUEST,
+        failures=_RUN,
+    )
+
+
+def _check() -> dict[str, Any]:
+    return _operation(
+        "Whether the kernels can import one module (QNTX's path): the module comes as "
+        '?module=NAME or as a JSON body {"module": NAME}',
+        ok=(200, "Importable or not.", schema.MODULE_CHECK),
+        failures=(400, 503, 504),
+        parameters=[
+            {
+                "name": "module",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "The module's name (or send it in the body).",
+            }
+        ],
+    )
 
 
 def document(host: str = "127.0.0.1") -> dict[str, Any]:
@@ -129,6 +160,11 @@ def document(host: str = "127.0.0.1") -> dict[str, Any]:
                 failures=(503,),
             )
         },
+        "/packages/install": {"post": _install("Install packages into the kernels' Python")},
+        "/uv/install": {"post": _install("The same as /packages/install (QNTX's path)")},
+        "/pip/install": {"post": _install("The same as /packages/install (QNTX's path)")},
+        "/uv/check": {"get": _check()},
+        "/pip/check": {"get": _check()},
         "/backends": {
             "get": _operation(
                 "The service's backends",

@@ -399,3 +399,61 @@ CALL_RESULT: Schema = {
     },
     "required": ["success", "result", "error", "duration_ms"],
 }
+
+PACKAGES_INSTALL_REQUEST: Schema = {
+    "type": "object",
+    "properties": {
+        "packages": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1, "maxLength": 200},
+            "maxItems": 50,
+            "description": "Requirements (`name`, `name[extra]>=1.2`): no URLs, paths or options.",
+        },
+        "package": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 200,
+            "description": "One requirement (the older form, as QNTX's plugin took it).",
+        },
+        "upgrade": {"type": "boolean", "default": False},
+        "timeout_secs": {**_TIMEOUT, "default": 300},
+    },
+    "additionalProperties": False,
+    "oneOf": [{"required": ["packages"]}, {"required": ["package"]}],
+    "x-oneOf-message": "give the packages in exactly one of the fields 'packages' (a list) "
+    "or 'package' (one requirement)",
+}
+
+PACKAGES_INSTALLED: Schema = {
+    "type": "object",
+    "properties": {
+        "success": {"type": "boolean"},
+        "installed": {"type": "array", "items": {"type": "string"}},
+        "installer": {"type": "string", "enum": ["uv", "pip"]},
+        "stdout": {"type": "string"},
+        "stderr": {"type": "string"},
+        "duration_ms": {"type": "number"},
+    },
+    "required": ["success", "installed", "installer", "stdout", "stderr", "duration_ms"],
+}
+
+MODULE_CHECK_REQUEST: Schema = {
+    "type": "object",
+    "properties": {"module": {"type": "string", "minLength": 1}},
+    "required": ["module"],
+    "additionalProperties": False,
+}
+
+MODULE_CHECK: Schema = {
+    "type": "object",
+    "properties": {"module": {"type": "string"}, "available": {"type": "boolean"}},
+    "required": ["module", "available"],
+}
+
+MODULES_REQUEST: Schema = {
+    "type": "object",
+    "properties": {
+        "modules": {"type": "array", "items": {"type": "string"}, "maxItems": 100},
+    },
+    "additionalProperties": False,
+}

@@ -14,12 +14,13 @@ import shutil
 import sys
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from bridge import AsyncBridge, BackendError, BridgeClosed, ExecutionResult, KernelStartError
 from bridge._version import __version__
 
+from . import packages
 from .backends import HostedBackend, to_json
 from .errors import ApiError, bad_request, not_found
 
@@ -101,6 +102,8 @@ class Service:
         pool_size: int = 2,
         python: str | None = None,
         python_paths: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        on_attest: Callable[[dict[str, Any]], Any] | None = None,
         timeout: float = 30.0,
         queue_timeout: float = 60.0,
         max_backends: int = 16,
@@ -119,6 +122,8 @@ class Service:
             pool_size=pool_size,
             python=python,
             python_paths=python_paths,
+            env=env,
+            on_attest=on_attest,
             timeout=timeout,
             kernel_manager=kernel_manager,
             gateway_url=gateway_url,
@@ -130,6 +135,8 @@ class Service:
         self._slots: asyncio.Semaphore | None = None
         self.backends: dict[str, HostedBackend] = {}
         self._starting_backends = 0
+        self._busy = 0  # one-off calls running on a pool kernel
+        self._installing: asyncio.Lock | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -190,9 +197,11 @@ class Service:
             raise ApiError(
                 503, "busy", f"no kernel became free within {self.queue_timeout:g} s"
             ) from None
+        self._busy += 1
         try:
             return await call()
         finally:
+            self._busy -= 1
             self._slots.release()
 
     async def execute(
@@ -238,6 +247,21 @@ class Service:
             raise ApiError(503, "busy", f"could not check the modules: {result.error}")
         return {"modules": {name: bool(result.value.get(name)) for name in names}}
 
+    # -- packages --------------------------------------------------------------------------------
+
+    async def install_packages(
+        self, names: Sequence[str], *, upgrade: bool = False, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Install *names* into the kernels' Python, one install at a time (packages.py)."""
+        names = packages.check_requirements(names)
+        await self.wait_ready()
+        if self._installing is None:
+            self._installing = asyncio.Lock()
+        async with self._installing:
+            return await packages.install(
+                self.bridge.python, names, upgrade=upgrade, timeout=timeout
+            )
+
     # -- information -----------------------------------------------------------------------------
 
     async def version(self) -> dict[str, Any]:
@@ -260,6 +284,21 @@ class Service:
             "pool_size": self.pool_size,
             "kernels": self.bridge.status().ready,
             "backends": len(self.backends),
+        }
+
+    def pool_status(self) -> dict[str, int]:
+        """The pool as it is now: live kernels, those running a call, those free for one."""
+        try:
+            kernels = sum(1 for k in self.bridge.pool.kernels if k.alive)
+        except BridgeClosed:
+            kernels = 0
+        busy = min(self._busy, kernels)
+        return {
+            "pool_size": self.pool_size,
+            "kernels": kernels,
+            "busy": busy,
+            "ready": kernels - busy,
+            "backends": sum(1 for h in self.backends.values() if h.backend.alive),
         }
 
     # -- backends --------------------------------------------------------------------------------

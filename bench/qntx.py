@@ -1,0 +1,173 @@
+"""Benchmark: QNTX's tunnel (gRPC HandleHTTP /execute) against the HTTP service's /execute.
+
+    .venv/bin/python bench/qntx.py [--calls 300]
+
+Both run as QNTX and a host would run them, as processes of their own with one warm kernel
+each: `qntx-python-plugin --port N` (Initialize'd, as QNTX's core does), and
+`kernel-bridge serve`. From this process, the same body {"content": "return 1+1"} goes
+(a) as POST /execute from a minimal keep-alive HTTP/1.1 client, about what a Go host spends,
+(b) as HandleHTTP(POST /execute) on one gRPC channel, as QNTX's core tunnels it;
+sequentially, alternating in blocks so drift hits both alike. Prints p50/p90 of each and the
+ratio of the p50s (target: at most 1.2).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Run as a script, this file's folder comes first on sys.path; keep it off, as bench/http.py does.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]
+
+import argparse
+import asyncio
+import json
+import re
+import secrets
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bridge.qntx.protocol import domain_pb, domain_rpc
+
+BIN = Path(sys.executable).parent
+BODY = json.dumps({"content": "return 1+1"}).encode()
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+async def interleaved(
+    a: Callable[[], Awaitable[object]], b: Callable[[], Awaitable[object]], n: int, block: int = 50
+) -> tuple[list[float], list[float]]:
+    out: tuple[list[float], list[float]] = ([], [])
+    for fn in (a, b):  # warm-up
+        for _ in range(block):
+            await fn()
+    while len(out[0]) < n:
+        for fn, samples in ((a, out[0]), (b, out[1])):
+            for _ in range(min(block, n - len(samples))):
+                t = time.perf_counter()
+                await fn()
+                samples.append(time.perf_counter() - t)
+    return out
+
+
+class RawClient:
+    """A minimal keep-alive HTTP/1.1 client: one connection, one request at a time."""
+
+    def __init__(self, port: int, token: str) -> None:
+        self.port = port
+        self.head = (
+            "POST {} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: token {token}\r\nContent-Type: application/json\r\n"
+            "Content-Length: {}\r\n\r\n"
+        )
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes) -> Any:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+            self.writer.get_extra_info("socket").setsockopt(
+                socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+            )
+        assert self.reader is not None
+        self.writer.write(self.head.format(path, len(body)).encode() + body)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        match = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+        assert match is not None and head.startswith(b"HTTP/1.1 200"), head
+        return json.loads(await self.reader.readexactly(int(match.group(1))))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def start_service(token: str) -> tuple[subprocess.Popen[bytes], int, Any]:
+    out = tempfile.NamedTemporaryFile(prefix="kb-bench-", suffix=".out")  # noqa: SIM115
+    cmd = [str(BIN / "kernel-bridge"), "serve", "--port", "0", "--pool-size", "1"]
+    proc = subprocess.Popen([*cmd, "--token", token], stdout=out, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        text = Path(out.name).read_text()
+        match = re.search(r"serving at http://[^:]+:(\d+)/", text)
+        if match and "Ctrl-C" in text:
+            return proc, int(match.group(1)), out
+        if proc.poll() is not None:
+            raise SystemExit(f"kernel-bridge serve exited:\n{text}")
+        time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("kernel-bridge serve did not start")
+
+
+def start_plugin() -> tuple[subprocess.Popen[bytes], int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [str(BIN / "qntx-python-plugin"), "--port", str(port), "--log-level", "warn"],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode()
+    if not line.startswith("QNTX_PLUGIN_PORT="):
+        proc.kill()
+        raise SystemExit(f"the plugin did not announce its port: {line!r}")
+    return proc, int(line.split("=", 1)[1])
+
+
+async def measure(http_port: int, token: str, plugin_port: int, calls: int) -> Any:
+    raw = RawClient(http_port, token)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{plugin_port}") as channel:
+        stub = domain_rpc.DomainPluginServiceStub(channel)
+        await stub.Initialize(domain_pb.InitializeRequest(config={"pool_size": "1"}), timeout=120)
+        request = domain_pb.HTTPRequest(method="POST", path="/execute", body=BODY)
+
+        async def over_http() -> None:
+            assert (await raw.post("/execute", BODY))["result"] == 2
+
+        async def over_grpc() -> None:
+            reply = await stub.HandleHTTP(request, timeout=30)
+            assert reply.status_code == 200 and json.loads(reply.body)["result"] == 2
+
+        try:
+            return await interleaved(over_http, over_grpc, calls)
+        finally:
+            raw.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=300, help="sequential calls per transport")
+    args = parser.parse_args()
+    token = secrets.token_hex(16)
+    service, http_port, out = start_service(token)
+    plugin, plugin_port = start_plugin()
+    try:
+        http, tunnel = asyncio.run(measure(http_port, token, plugin_port, args.calls))
+    finally:
+        for proc in (plugin, service):
+            proc.terminate()
+            proc.wait(30)
+        out.close()
+    print(f"QNTX plugin vs HTTP service, POST /execute 'return 1+1', {args.calls} calls each")
+    print(f"  {'transport':<34} {'p50 ms':>8} {'p90 ms':>8}")
+    print(f"  {'HTTP /execute (raw keep-alive)':<34} {pct(http, 0.5):8.2f} {pct(http, 0.9):8.2f}")
+    print(f"  {'gRPC HandleHTTP /execute':<34} {pct(tunnel, 0.5):8.2f} {pct(tunnel, 0.9):8.2f}")
+    ratio = pct(tunnel, 0.5) / pct(http, 0.5)
+    print(f"  ratio of p50s (HandleHTTP / HTTP): {ratio:.2f}x (target <= 1.2x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,494 @@
+"""kernel-bridge as QNTX's Python plugin, driven as QNTX's core drives it.
+
+One plugin process serves the module: launched with --port, its port read from stdout,
+Metadata polled, Initialize'd with config, then every call QNTX makes, against a fake
+ATSStoreService (QNTX's side, a real gRPC server here) and, for HandleHTTP, against the HTTP
+service itself; the last test stops it with SIGTERM and checks nothing is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from plugin_process import PluginProcess, free_port
+from procs import alive, children
+from service_process import ServiceProcess
+
+import bridge
+from bridge.qntx.protocol import ats_pb, ats_rpc, domain_pb
+
+TOKEN = "qntx-auth-" + os.urandom(4).hex()
+WS = domain_pb.WebSocketMessage
+
+
+class FakeATSStore(ats_rpc.ATSStoreServiceServicer):  # type: ignore[misc]
+    """QNTX's ATSStoreService, as far as the plugin uses it: it keeps what it is sent."""
+
+    def __init__(self) -> None:
+        self.received: list[Any] = []
+
+    def CreateAttestation(self, request: Any, context: Any) -> Any:
+        self.received.append(request)
+        return ats_pb.CreateAttestationResponse(success=request.auth_token == TOKEN)
+
+    def wait_for(self, count: int, timeout: float = 10) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.received
+
+
+@pytest.fixture(scope="module")
+def ats() -> Iterator[tuple[FakeATSStore, str]]:
+    store = FakeATSStore()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    ats_rpc.add_ATSStoreServiceServicer_to_server(store, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield store, f"127.0.0.1:{port}"
+    server.stop(0)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("qntx")
+    paths = base / "lib"
+    paths.mkdir()
+    (paths / "qntx_probe.py").write_text("VALUE = 42\n")
+    root = base / "root"
+    root.mkdir()
+    (root / "hello.py").write_text("print('hello')\nreturn 6 * 7\n")
+    return {"paths": paths, "root": root}
+
+
+def config(files: dict[str, Path], **extra: str) -> dict[str, str]:
+    return {
+        "python_paths": f"{files['paths']}:/nonexistent-second",
+        "default_modules": "qntx_probe",
+        "root": str(files["root"]),
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def plugin(ats: tuple[FakeATSStore, str], files: dict[str, Path]) -> Iterator[PluginProcess]:
+    p = PluginProcess().start()
+    try:
+        reply = p.domain.Initialize(
+            domain_pb.InitializeRequest(
+                ats_store_endpoint=ats[1], auth_token=TOKEN, config=config(files)
+            ),
+            timeout=120,
+        )
+        p.initialized = reply  # type: ignore[attr-defined]
+        yield p
+    finally:
+        p.close()
+
+
+@pytest.fixture(scope="module")
+def service(files: dict[str, Path]) -> Iterator[ServiceProcess]:
+    """The HTTP service, whose answers HandleHTTP must give."""
+    with ServiceProcess("--root", str(files["root"]), pool_size=1) as svc:
+        yield svc
+
+
+# -- launch ----------------------------------------------------------------------------------------
+
+
+def test_announces_its_port_and_name(plugin: PluginProcess) -> None:
+    assert plugin.port == plugin.requested
+    assert plugin.announced_after < 2.0
+    meta = plugin.domain.Metadata(domain_pb.Empty(), timeout=5)
+    assert (meta.name, meta.version) == ("python", bridge.__version__)
+    assert "QNTX_PLUGIN_PORT" not in plugin.log()  # stdout has the port, stderr the log
+
+
+def test_a_taken_port_makes_it_try_the_next() -> None:
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        p = PluginProcess(port)
+        try:
+            p.start()
+            assert p.port > port
+            assert f"port {port} is taken" in p.log()
+        finally:
+            p.close()
+
+
+def test_serves_reflection(plugin: PluginProcess) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(plugin.channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    reply = next(iter(stub.ServerReflectionInfo(iter([request]), timeout=10)))
+    names = {s.name for s in reply.list_services_response.service}
+    assert {"protocol.DomainPluginService", "protocol.PythonService"} <= names
+    symbol = reflection_pb2.ServerReflectionRequest(
+        file_containing_symbol="protocol.DomainPluginService"
+    )
+    reply = next(iter(stub.ServerReflectionInfo(iter([symbol]), timeout=10)))
+    assert reply.file_descriptor_response.file_descriptor_proto
+
+
+# -- Initialize -----------------------------------------------------------------------------------
+
+
+def test_initialize_declares_the_python_handler(plugin: PluginProcess) -> None:
+    reply = plugin.initialized  # type: ignore[attr-defined]
+    assert list(reply.handler_names) == ["python.script"]
+    assert reply.python_provider is True
+
+
+def test_python_paths_come_first_and_default_modules_are_imported(
+    plugin: PluginProcess, files: dict[str, Path]
+) -> None:
+    code = "import sys\nreturn [sys.path[:2], 'qntx_probe' in sys.modules]"
+    r = plugin.http("POST", "/execute", json.dumps({"content": code}).encode())
+    assert r.status_code == 200, r.body
+    paths, imported = json.loads(r.body)["result"]
+    assert paths == [str(files["paths"]), "/nonexistent-second"]
+    assert imported is True  # imported as the kernel started: the code never imported it
+
+
+def test_bad_config_is_invalid_argument(plugin: PluginProcess) -> None:
+    for bad in ({"pool_size": "none"}, {"default_modules": "os;rm"}, {"root": "/no/such/dir"}):
+        with pytest.raises(grpc.RpcError) as caught:
+            plugin.domain.Initialize(domain_pb.InitializeRequest(config=bad), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # A refused Initialize leaves the running kernels as they were.
+    r = plugin.http("POST", "/evaluate", b'{"expr": "1 + 1"}')
+    assert json.loads(r.body)["result"] == 2
+
+
+def test_config_schema_names_the_settings(plugin: PluginProcess) -> None:
+    fields = plugin.domain.ConfigSchema(domain_pb.Empty(), timeout=5).fields
+    assert {"python_paths", "default_modules", "pool_size", "timeout", "root"} <= set(fields)
+
+
+# -- HandleHTTP: the HTTP service's answers --------------------------------------------------------
+
+_VARYING = ("duration_ms",)
+
+
+def _same(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k not in _VARYING}
+
+
+CASES: list[tuple[str, str, Any]] = [
+    ("POST", "/execute", {"content": "print('hi')\nreturn {'n': 6 * 7}"}),
+    ("POST", "/execute", {"code": "import sys; print('e', file=sys.stderr); 1/0"}),
+    ("POST", "/execute", {"content": "return 1", "inputs": {"x": 1}, "capture_variables": True}),
+    ("POST", "/execute", {"content": "while True: pass", "timeout_secs": 0.5}),
+    ("POST", "/execute", {"content": "1", "code": "2"}),
+    ("POST", "/execute", b"{not json"),
+    ("POST", "/execute", b""),
+    ("POST", "/evaluate", {"expr": "1 + 2 * 3"}),
+    ("POST", "/evaluate", {"expr": 3}),
+    ("POST", "/execute-file", {"path": "hello.py"}),
+    ("POST", "/execute-file", {"path": "../outside.py"}),
+    ("POST", "/execute-file", {"path": "missing.py"}),
+    ("GET", "/version", None),
+    ("GET", "/modules", None),
+    ("GET", "/modules?names=json,surely_not_a_module_x,os.path", None),
+    ("GET", "/modules?names=os;rm", None),
+    ("GET", "/modules", {"modules": ["json", "nope_not_here"]}),
+    ("GET", "/uv/check", {"module": "json"}),
+    ("GET", "/pip/check?module=surely_not_a_module_x", None),
+    ("GET", "/uv/check", None),
+    ("POST", "/uv/install", {"package": "--index-url=http://evil.example"}),
+    ("POST", "/pip/install", {"packages": ["x @ https://evil.example/x.whl"]}),
+    ("POST", "/packages/install", {"packages": []}),
+    ("GET", "/execute", None),
+    ("GET", "/backends/0123/events", None),
+    ("DELETE", "/backends/0123", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), CASES)
+def test_handle_http_answers_as_the_http_service(
+    plugin: PluginProcess, service: ServiceProcess, method: str, path: str, body: Any
+) -> None:
+    raw = body if isinstance(body, bytes) else b"" if body is None else json.dumps(body).encode()
+    tunnelled = plugin.http(method, path, raw)
+    with service.client() as c:
+        direct = c.request(method, path, content=raw)
+    headers = {h.name: list(h.values) for h in tunnelled.headers}
+    assert headers["Content-Type"] == ["application/json"]
+    if path.endswith("/events"):  # a stream: HTTP only, not tunnelled
+        assert tunnelled.status_code == 404
+        assert json.loads(tunnelled.body)["error_type"] == "not_found"
+        return
+    assert tunnelled.status_code == direct.status_code, (tunnelled.body, direct.text)
+    assert _same(json.loads(tunnelled.body)) == _same(direct.json())
+    if direct.status_code == 405:
+        assert headers["Allow"] == [direct.headers["Allow"]]
+
+
+def test_the_installer_answers_as_over_http(plugin: PluginProcess, service: ServiceProcess) -> None:
+    # An installed package: the installer runs for real and changes nothing.
+    raw = json.dumps({"package": "packaging"}).encode()
+    tunnelled = plugin.http("POST", "/uv/install", raw, timeout=300)
+    with service.client(timeout=300) as c:
+        direct = c.post("/packages/install", content=raw)
+    a, b = json.loads(tunnelled.body), direct.json()
+    assert tunnelled.status_code == direct.status_code == 200, (a, b)
+    assert a["success"] is b["success"] is True, (a["stderr"], b["stderr"])
+    assert a["installed"] == b["installed"] == ["packaging"]
+    assert a["installer"] == b["installer"]
+
+
+def test_unknown_paths_are_404_json(plugin: PluginProcess) -> None:
+    for path in ("/nope", "/api/python/execute", "/", ""):
+        r = plugin.http("POST", path, b"{}")
+        assert r.status_code == 404
+        assert json.loads(r.body)["error_type"] == "not_found"
+
+
+def test_backends_work_through_the_tunnel(plugin: PluginProcess) -> None:
+    script = (
+        "from bridge_runtime import PythonBridge\n\n"
+        "class Calc(PythonBridge):\n    def add(self, a, b):\n        return a + b\n\n"
+        "if __name__ == '__main__':\n    Calc().run()\n"
+    )
+    made = plugin.http("POST", "/backends", json.dumps({"script": script}).encode())
+    assert made.status_code == 201, made.body
+    backend = json.loads(made.body)["id"]
+    call = {"cmd": "add", "params": {"a": 2, "b": 3}}
+    r = plugin.http("POST", f"/backends/{backend}/call", json.dumps(call).encode())
+    assert json.loads(r.body)["result"] == 5
+    assert plugin.http("DELETE", f"/backends/{backend}").status_code == 200
+
+
+def test_messages_past_4_mb_pass(plugin: PluginProcess) -> None:
+    blob = "x" * (6 * 1024 * 1024)  # gRPC's default limit is 4 MB
+    body = json.dumps({"content": "return len(blob)", "inputs": {"blob": blob}}).encode()
+    r = plugin.http("POST", "/execute", body)
+    assert r.status_code == 200, r.body[:300]
+    assert json.loads(r.body)["result"] == len(blob)
+
+
+# -- ExecuteJob, PythonService, attest() -----------------------------------------------------------
+
+
+def _job(plugin: PluginProcess, payload: Any, timeout: int | None = None, handler: str = "") -> Any:
+    request = domain_pb.ExecuteJobRequest(
+        job_id="job-1",
+        handler_name=handler or "python.script",
+        payload=json.dumps(payload).encode(),
+        timeout_secs=timeout,
+    )
+    return plugin.domain.ExecuteJob(request, timeout=60)
+
+
+def test_execute_job_runs_a_script(plugin: PluginProcess) -> None:
+    code = "import sys\nprint('one')\nprint('two')\nprint('oops', file=sys.stderr)\nreturn 7"
+    reply = _job(plugin, {"content": code})
+    assert reply.success is True and reply.error == ""
+    answer = json.loads(reply.result)
+    assert (answer["result"], answer["stdout"]) == (7, "one\ntwo\n")
+    lines = [(e.level, e.message, e.stage) for e in reply.log_entries]
+    assert lines == [
+        ("info", "one", "stdout"),
+        ("info", "two", "stdout"),
+        ("warn", "oops", "stderr"),
+    ]
+    assert reply.plugin_version == bridge.__version__
+    assert _job(plugin, {"code": "return 'old field'"}).success is True
+
+
+def test_execute_job_failures(plugin: PluginProcess) -> None:
+    failed = _job(plugin, {"content": "raise ValueError('bad input')"})
+    assert failed.success is False and "ValueError: bad input" in failed.error
+    started = time.monotonic()
+    timed_out = _job(plugin, {"content": "import time\nwhile True: time.sleep(0.05)"}, timeout=1)
+    assert time.monotonic() - started < 5
+    assert timed_out.success is False and "1" in timed_out.error
+    assert json.loads(timed_out.result)["error_type"] == "timeout"
+    for payload, handler, code in (
+        ({"content": "1"}, "python.other", grpc.StatusCode.NOT_FOUND),
+        ({"nothing": 1}, "", grpc.StatusCode.INVALID_ARGUMENT),
+        (["content"], "", grpc.StatusCode.INVALID_ARGUMENT),
+    ):
+        with pytest.raises(grpc.RpcError) as caught:
+            _job(plugin, payload, handler=handler)
+        assert caught.value.code() == code
+
+
+def test_python_service_sees_the_upstream_attestation_and_attest_reaches_qntx(
+    plugin: PluginProcess, ats: tuple[FakeATSStore, str]
+) -> None:
+    store, _ = ats
+    before = len(store.received)
+    upstream = {"id": "up-1", "subjects": ["doc:7"], "predicates": ["uploaded"]}
+    code = (
+        "print('from', upstream['subjects'][0])\n"
+        "rec = attest(['doc:7'], ['reviewed'], ['qntx-test'], attributes={'score': 3})\n"
+        "return {'upstream': upstream['id'], 'attested': rec['id']}"
+    )
+    reply = plugin.execute(code, json.dumps(upstream).encode())
+    assert reply.success is True, reply.error
+    assert reply.output == "from doc:7\n"
+    value = json.loads(reply.result)
+    assert value["upstream"] == "up-1"
+    received = store.wait_for(before + 1)[before:]
+    assert len(received) == 1
+    sent = received[0]
+    assert sent.auth_token == TOKEN
+    a = sent.attestation
+    assert (a.id, list(a.subjects), list(a.predicates)) == (
+        value["attested"],
+        ["doc:7"],
+        ["reviewed"],
+    )
+    assert list(a.contexts) == ["qntx-test"] and json.loads(a.attributes) == {"score": 3}
+    assert a.source == "python" and abs(a.timestamp - time.time()) < 60
+    # No upstream: `upstream` is None; code that fails says why.
+    assert json.loads(plugin.execute("return upstream").result) is None
+    failed = plugin.execute("1/0")
+    assert failed.success is False and "ZeroDivisionError" in failed.error
+    with pytest.raises(grpc.RpcError) as caught:
+        plugin.execute("return 1", b"{not json")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_attestations_of_every_transport_reach_qntx(
+    plugin: PluginProcess, ats: tuple[FakeATSStore, str]
+) -> None:
+    store, _ = ats
+    before = len(store.received)
+    code = "attest('s', 'p', 'c')\nreturn 1"
+    plugin.http("POST", "/execute", json.dumps({"content": code}).encode())
+    _job(plugin, {"content": code})
+    assert len(store.wait_for(before + 2)) == before + 2
+
+
+# -- websocket, keepalive, health ------------------------------------------------------------------
+
+
+def test_websocket_answers_ping_with_pong_and_ends_on_close(plugin: PluginProcess) -> None:
+    sent = [
+        WS(type=WS.CONNECT),
+        WS(type=WS.PING, timestamp=123456789),
+        WS(type=WS.PING, timestamp=987654321),
+        WS(type=WS.CLOSE),
+    ]
+    replies = list(plugin.domain.HandleWebSocket(iter(sent), timeout=10))
+    assert [(r.type, r.timestamp) for r in replies] == [
+        (WS.PONG, 123456789),
+        (WS.PONG, 987654321),
+    ]
+
+
+def test_keepalive_pings_with_no_call_in_flight_are_accepted(plugin: PluginProcess) -> None:
+    # As the core dials: pings with no call in flight (every second here, 30 s in QNTX). A
+    # server that refused them would answer GOAWAY (too_many_pings) and the channel would drop.
+    options = [
+        ("grpc.keepalive_time_ms", 1000),
+        ("grpc.keepalive_timeout_ms", 1000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    states: list[grpc.ChannelConnectivity] = []
+    with grpc.insecure_channel(f"127.0.0.1:{plugin.port}", options=options) as channel:
+        from bridge.qntx.protocol import domain_rpc
+
+        stub = domain_rpc.DomainPluginServiceStub(channel)
+        stub.Metadata(domain_pb.Empty(), timeout=5)
+        channel.subscribe(states.append)
+        time.sleep(5)
+        assert stub.Metadata(domain_pb.Empty(), timeout=5).name == "python"
+        channel.unsubscribe(states.append)
+    assert states and set(states) == {grpc.ChannelConnectivity.READY}, states
+
+
+def test_health_reports_the_pool(plugin: PluginProcess) -> None:
+    health = plugin.domain.Health(domain_pb.Empty(), timeout=5)
+    assert health.healthy is True
+    details = dict(health.details)
+    assert details["kernels_ready"] == details["pool_size"] == "2"
+    assert details["kernels_busy"] == "0"
+    assert details["attestations_failed"] == "0"
+    slow = threading.Thread(
+        target=plugin.http,
+        args=("POST", "/execute", b'{"content": "import time; time.sleep(2)"}'),
+    )
+    slow.start()
+    time.sleep(1)
+    busy = dict(plugin.domain.Health(domain_pb.Empty(), timeout=5).details)
+    slow.join()
+    assert (busy["kernels_busy"], busy["kernels_ready"]) == ("1", "1")
+
+
+# -- a second Initialize, Shutdown, SIGTERM --------------------------------------------------------
+
+
+def test_an_unreachable_ats_store_is_logged_and_changes_no_result(
+    plugin: PluginProcess, files: dict[str, Path], ats: tuple[FakeATSStore, str]
+) -> None:
+    kernels = children(plugin.pid)
+    dead = f"127.0.0.1:{free_port()}"
+    plugin.domain.Initialize(
+        domain_pb.InitializeRequest(
+            ats_store_endpoint=dead, auth_token=TOKEN, config=config(files, pool_size="1")
+        ),
+        timeout=120,
+    )
+    assert not [pid for pid in kernels - children(plugin.pid) if alive(pid)]  # old ones gone
+    r = plugin.http("POST", "/execute", b"{\"content\": \"attest('s', 'p')\\nreturn 5\"}")
+    body = json.loads(r.body)
+    assert (r.status_code, body["success"], body["result"]) == (200, True, 5)
+    assert len(body["attestations"]) == 1
+    record = body["attestations"][0]["id"]
+    assert f"attestation {record} was not stored in QNTX ({dead})" in plugin.log()
+    details = dict(plugin.domain.Health(domain_pb.Empty(), timeout=5).details)
+    assert (details["pool_size"], details["attestations_failed"]) == ("1", "1")
+
+
+def test_shutdown_stops_the_kernels(plugin: PluginProcess) -> None:
+    before = children(plugin.pid)
+    plugin.domain.Shutdown(domain_pb.Empty(), timeout=30)
+    assert plugin.domain.Health(domain_pb.Empty(), timeout=5).healthy is False
+    time.sleep(0.5)
+    assert len(children(plugin.pid)) < len(before)
+    # The next call brings kernels back, with the same settings.
+    r = plugin.http("POST", "/evaluate", b'{"expr": "2 + 2"}')
+    assert json.loads(r.body)["result"] == 4
+
+
+def test_sigterm_leaves_no_process(plugin: PluginProcess) -> None:
+    plugin.http("POST", "/evaluate", b'{"expr": "1"}')
+    group = children(plugin.pid)
+    kernels = {pid for pid in group if "bridge_runtime" in _cmdline(pid)}
+    assert kernels, group
+    took = plugin.terminate()
+    assert took < 3.0
+    deadline = time.monotonic() + 1
+    while [pid for pid in group if alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in group if alive(pid)]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_over_http_the_qntx_paths_still_need_the_token(service: ServiceProcess) -> None:
+    with httpx.Client(base_url=service.url, timeout=30) as anonymous:
+        assert anonymous.get("/uv/check?module=json").status_code == 401  # still token-gated
