@@ -29,6 +29,7 @@ from bridge.core.errors import (
     KernelDied,
     KernelStartError,
     NotebookFailed,
+    ScriptRefused,
 )
 from bridge.core.python import has_python, python_version
 from bridge.core.results import ErrorInfo, ExecutionResult
@@ -57,6 +58,7 @@ for _name in (
     "KernelDied",
     "KernelStartError",
     "NotebookFailed",
+    "ScriptRefused",
     "has_python",
     "python_version",
 ):
@@ -98,6 +100,7 @@ __all__ = [
     "NotebookOptions",
     "NotebookResult",
     "PoolStatus",
+    "ScriptRefused",
     "Session",
     "__version__",
     "has_python",

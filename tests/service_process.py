@@ -38,6 +38,8 @@ class ServiceProcess:
         self.args: Sequence[str] = args
         self.pool_size = pool_size
         self.env = {**os.environ, **(env or {})}
+        if self.token:  # as Jupyter reads it: not on the command line, where `ps` shows it
+            self.env["JUPYTER_TOKEN"] = self.token
         self.cwd = cwd
         self.url = ""
         self.banner = ""
@@ -47,8 +49,6 @@ class ServiceProcess:
 
     def command(self) -> list[str]:
         cmd = [KERNEL_BRIDGE, "serve", "--port", "0", "--pool-size", str(self.pool_size)]
-        if self.token:
-            cmd += ["--token", self.token]
         return [*cmd, *self.args]
 
     def start(self, timeout: float = 90) -> ServiceProcess:

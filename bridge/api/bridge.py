@@ -10,6 +10,7 @@ from typing import Any
 
 from bridge.backends.backend import AsyncBackend
 from bridge.core.errors import BridgeClosed, ExecutionTimeout, InvalidRequest, KernelDied
+from bridge.core.files import DEFAULT_MAX_SCRIPT, read_script
 from bridge.core.kernel import Kernel
 from bridge.core.pool import Factory, KernelPool, PoolStatus
 from bridge.core.results import DEFAULT_MAX_OUTPUT, ExecutionResult
@@ -18,7 +19,6 @@ from bridge.core.validate import (
     check_count,
     check_inputs,
     check_timeout,
-    read_script,
 )
 from bridge.transports.gateway.factory import GatewayFactory
 from bridge.transports.gateway.settings import check_gateway_manager, gateway_settings
@@ -120,9 +120,19 @@ class _AsyncCalls:
         timeout: float | None = None,
         capture_variables: bool = False,
         inputs: Mapping[str, Any] | None = None,
+        root: str | os.PathLike[str] | None = None,
+        max_size: int = DEFAULT_MAX_SCRIPT,
     ) -> ExecutionResult:
-        """Run the script at *path* (read by the host) as ``__main__`` with ``__file__`` set."""
-        source, resolved = read_script(path)
+        """Run the script at *path* (read by the host) as ``__main__`` with ``__file__`` set.
+
+        The file is opened once and checked as opened: a regular file of at most *max_size*
+        bytes, inside *root* if one is given (``bridge.ScriptRefused`` otherwise); it is read
+        in a thread, so a slow disk never stalls the event loop.
+
+        >>> await b.execute_file("jobs/report.py", root="jobs")   # doctest: +SKIP
+        """
+        check_count(max_size, "max_size")
+        source, resolved = await asyncio.to_thread(read_script, path, root=root, max_size=max_size)
         text, meta = _request(
             source,
             mode="exec",

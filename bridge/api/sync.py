@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from bridge.api.bridge import AsyncBridge, AsyncSession, AttestCallback
 from bridge.backends.backend import AsyncBackend, Handler
 from bridge.core.errors import BridgeClosed, BridgeError
+from bridge.core.files import DEFAULT_MAX_SCRIPT
 from bridge.core.results import DEFAULT_MAX_OUTPUT, ExecutionResult
 from bridge.core.validate import check_callable
 
@@ -112,14 +113,19 @@ class _BlockingCalls:
         timeout: float | None = None,
         capture_variables: bool = False,
         inputs: Mapping[str, Any] | None = None,
+        root: str | os.PathLike[str] | None = None,
+        max_size: int = DEFAULT_MAX_SCRIPT,
     ) -> ExecutionResult:
-        """Run the script at *path* (read by the host) as ``__main__`` with ``__file__`` set."""
+        """Run the script at *path* (read by the host) as ``__main__`` with ``__file__`` set;
+        only a regular file of at most *max_size* bytes, inside *root* if given."""
         return self._call(
             self._async.execute_file,
             path,
             timeout=timeout,
             capture_variables=capture_variables,
             inputs=inputs,
+            root=root,
+            max_size=max_size,
         )
 
 

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -115,7 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=str.lower,
         choices=["debug", "info", "warning", "error", "critical"],
     )
-    p.add_argument("--token", help="the token clients send (default: a generated one)")
+    p.add_argument(
+        "--token",
+        help="the token clients send (default: $JUPYTER_TOKEN_FILE's, else a generated one); "
+        "on a command line every user sees it: prefer JUPYTER_TOKEN_FILE",
+    )
     p.add_argument("--pool-size", type=int, default=2, help="warm kernels (default 2)")
     p.add_argument("--python", help="interpreter that runs the kernels (needs ipykernel)")
     p.add_argument(
@@ -141,33 +146,19 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _token(given: str | None) -> str | None:
-    """The token: --token, else Jupyter's own JUPYTER_TOKEN or JUPYTER_TOKEN_FILE, else None."""
-    if given is not None:
-        return given
-    if "JUPYTER_TOKEN" in os.environ:
-        return os.environ["JUPYTER_TOKEN"]
-    path = os.environ.get("JUPYTER_TOKEN_FILE")
-    if path:
-        try:
-            with open(path) as f:
-                return f.read().strip()
-        except OSError as exc:
-            raise SystemExit(
-                f"kernel-bridge: error: JUPYTER_TOKEN_FILE {path}: {exc.strerror}"
-            ) from None
-    return None
-
-
 def _serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
     """Run Jupyter Server with the kernel-bridge extension until Ctrl-C or SIGTERM."""
-    token = _token(args.token)
-    if token is not None and not token.strip():
+    from .token import find_token, keep_in_file
+
+    found = find_token(args.token)
+    token = found.value
+    if not token.strip():
         raise SystemExit("kernel-bridge: error: the token must not be empty")
-    if not _is_loopback(args.host) and not token:
+    if not _is_loopback(args.host) and found.generated:
         raise SystemExit(
             f"kernel-bridge: error: --host {args.host} is reachable from other machines: "
-            "give it a --token (this service runs any code it is sent)"
+            "give it a token of your own in a private file named by JUPYTER_TOKEN_FILE "
+            "(this service runs any code it is sent)"
         )
     if args.root is not None and not os.path.isdir(args.root):
         raise SystemExit(f"kernel-bridge: error: --root {args.root} is not a folder")
@@ -192,12 +183,18 @@ def _serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
     server.port_retries = 0  # the port asked for, or a clear error
     server.open_browser = False
     server.allow_unauthenticated_access = False  # every route of the server needs the token
-    server.log_level = args.log_level.upper()
+    server.log_level = getattr(logging, args.log_level.upper())  # traitlets knows WARN, not WARNING
     server.root_dir = os.path.abspath(args.root or os.getcwd())
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         server.allow_root = True  # containers and CI run as root; the token still guards
-    if token:
-        config.IdentityProvider.token = token
+    config.IdentityProvider.token = token
+    # Cookies are for Jupyter Server's own pages (JupyterLab), never for the bridge's routes:
+    # not sent along from other sites, and signed with a secret of this run only, so they die
+    # with the token unless a cookie secret is configured (ServerApp.cookie_secret[_file]).
+    config.IdentityProvider.cookie_options = {"samesite": "Strict"}
+    server.tornado_settings = {"xsrf_cookie_kwargs": {"samesite": "Strict"}}
+    if not any("cookie_secret" in arg for arg in extra):
+        server.cookie_secret = secrets.token_bytes(32)
     app = config.BridgeApp
     app.pool_size = args.pool_size
     if args.python:
@@ -222,9 +219,14 @@ def _serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
         print(f"kernel-bridge: error: {exc}", file=sys.stderr)
         return EXIT_BRIDGE
     extension = serverapp.extension_manager.extension_points[BridgeApp.name].app
-    # Ctrl-C stops at once (no "shut down? y/n" prompt) and shuts every kernel down.
-    signal.signal(signal.SIGINT, serverapp._signal_stop)
-    serverapp.start()
+    keep_in_file(found)
+    extension.token_file = found.path
+    try:
+        # Ctrl-C stops at once (no "shut down? y/n" prompt) and shuts every kernel down.
+        signal.signal(signal.SIGINT, serverapp._signal_stop)
+        serverapp.start()
+    finally:
+        found.remove()
     return EXIT_BRIDGE if getattr(extension, "start_error", None) else EXIT_OK
 
 

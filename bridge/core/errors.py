@@ -25,6 +25,15 @@ class InvalidRequest(BridgeError, ValueError):
     """The caller's arguments are wrong: bad inputs, a missing file, a non-JSON value."""
 
 
+class ScriptRefused(InvalidRequest):
+    """execute_file cannot run this path; ``reason`` says why, one of ``not_found``,
+    ``forbidden`` (outside the allowed root), ``too_large`` and ``bad_request``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class BridgeClosed(BridgeError):
     """The bridge, session or backend was closed before or during the call."""
 

@@ -87,17 +87,24 @@ def _size(data: Any) -> int:
     if isinstance(data, str):
         return len(data)
     if isinstance(data, dict):
-        return sum(_size(v) for v in data.values())
+        return sum(len(str(k)) + _size(v) for k, v in data.items())
     return len(json.dumps(data, default=str))
+
+
+def _output_size(content: dict[str, Any]) -> int:
+    """What a display or result costs against the cap: its data and its metadata."""
+    return _size(content.get("data") or {}) + _size(content.get("metadata") or {})
 
 
 class OutputCollector:
     """Builds nbformat v4 outputs from the IOPub messages of one request, in arrival order.
 
     Consecutive stream messages of one name merge into one output (as notebook front ends show
-    them); ``clear_output`` and ``update_display_data`` behave as in nbclient. Stream and display
-    output past *max_output* characters is dropped after a marker; the value and the error are
-    always kept.
+    them); ``clear_output`` and ``update_display_data`` behave as in nbclient. Everything a call
+    sends back counts against *max_output* characters: streams, display data and metadata,
+    display updates, results shown by the displayhook, attestations, captured variables. Past
+    it, output is dropped after a marker and ``truncated`` is set; the value (the last result)
+    and the error are always kept.
     """
 
     def __init__(self, *, max_output: int = DEFAULT_MAX_OUTPUT) -> None:
@@ -109,6 +116,7 @@ class OutputCollector:
         self._streams: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self._display_ids: dict[str, list[dict[str, Any]]] = {}
         self._clear_pending = False
+        self._value_output: dict[str, Any] | None = None  # the last result's output
         self.value_data: dict[str, Any] | None = None
         self.variables: dict[str, Any] | None = None
         self.attestations: list[dict[str, Any]] = []
@@ -140,6 +148,7 @@ class OutputCollector:
             self._clear()
 
     def _clear(self) -> None:
+        self._value_output = None
         self.outputs.clear()
         self._chunks.clear()
         self._display_ids.clear()
@@ -165,18 +174,22 @@ class OutputCollector:
         if taken < len(text):
             self._cut(name)
 
+    def _fits(self, size: int) -> bool:
+        """Admit *size* characters whole, or cut (once) and say no."""
+        if self.truncated:
+            return False
+        if self._admit(size) < size:
+            self._cut("stderr")
+            return False
+        return True
+
     def _on_display_data(self, content: dict[str, Any]) -> None:
         self._flush_clear()
-        data = content.get("data") or {}
-        if self.truncated:
-            return
-        size = _size(data)
-        if self._admit(size) < size:  # a display is kept whole or not at all
-            self._cut("stderr")
+        if not self._fits(_output_size(content)):  # a display is kept whole or not at all
             return
         output = {
             "output_type": "display_data",
-            "data": data,
+            "data": content.get("data") or {},
             "metadata": content.get("metadata") or {},
         }
         self.outputs.append(output)
@@ -186,23 +199,35 @@ class OutputCollector:
 
     def _on_update_display_data(self, content: dict[str, Any]) -> None:
         display_id = (content.get("transient") or {}).get("display_id")
+        new = _output_size(content)
         for output in self._display_ids.get(display_id or "", []):
+            grows = new - _output_size(output)
+            if grows > 0 and not self._fits(grows):
+                return  # the display keeps what it showed before
+            if grows < 0:
+                self.size += grows
             output["data"] = content.get("data") or {}
             output["metadata"] = content.get("metadata") or {}
 
     def _on_execute_result(self, content: dict[str, Any]) -> None:
+        """The last result is the value: kept whatever the limit. One shown before it (a
+        displayhook call) is ordinary output from then on, and counts."""
         self._flush_clear()
+        previous = self._value_output
+        if previous is not None and not self._fits(_output_size(previous)):
+            for i in range(len(self.outputs) - 1, -1, -1):
+                if self.outputs[i] is previous:
+                    del self.outputs[i]
+                    break
         data = content.get("data") or {}
-        self.size += _size(data)
         self.value_data = data
-        self.outputs.append(
-            {
-                "output_type": "execute_result",
-                "data": data,
-                "metadata": content.get("metadata") or {},
-                "execution_count": content.get("execution_count"),
-            }
-        )
+        self._value_output = {
+            "output_type": "execute_result",
+            "data": data,
+            "metadata": content.get("metadata") or {},
+            "execution_count": content.get("execution_count"),
+        }
+        self.outputs.append(self._value_output)
 
     def _on_error(self, content: dict[str, Any]) -> None:
         self._flush_clear()
@@ -225,10 +250,13 @@ class OutputCollector:
         """File a record the kernel-side runtime sent on the bridge comm; return an attestation."""
         kind = data.get("kind")
         if kind == wire.ATTESTATION and isinstance(data.get("record"), dict):
-            self.attestations.append(data["record"])
+            # The host's on_attest hook sees every record; the result keeps those that fit.
+            if self._fits(_size(data["record"])):
+                self.attestations.append(data["record"])
             return dict(data["record"])
         if kind == wire.VARIABLES and isinstance(data.get("variables"), dict):
-            self.variables = data["variables"]
+            variables = data["variables"]
+            self.variables = variables if self._fits(_size(variables)) else {}
         return None
 
     # -- result --------------------------------------------------------------------------------

@@ -8,10 +8,10 @@ import keyword
 import math
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from bridge.core.errors import InvalidRequest
+from bridge.core.files import read_script as _read_script
 
 
 def check_callable(value: object, what: str) -> None:
@@ -65,6 +65,20 @@ def check_env(env: Mapping[str, str] | None) -> dict[str, str]:
     for key, value in env.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise InvalidRequest(f"env must map str to str, got {key!r}: {value!r}")
+        # What a process environment cannot hold: caught here, not as a failed kernel start.
+        if not key or "=" in key or "\x00" in key:
+            raise InvalidRequest(
+                f"env: {key!r} is not a variable name (it must be non-empty, without '=' or NUL)"
+            )
+        if "\x00" in value:
+            raise InvalidRequest(f"env: the value of {key!r} holds a NUL character")
+        try:
+            os.fsencode(key)
+            os.fsencode(value)
+        except UnicodeEncodeError:
+            raise InvalidRequest(
+                f"env: {key!r} is not text an environment can hold (a lone surrogate?)"
+            ) from None
     return dict(env)
 
 
@@ -87,17 +101,8 @@ def check_paths(paths: object, *, absolute: bool = True) -> tuple[str, ...]:
 
 
 def read_script(path: str | os.PathLike[str]) -> tuple[str, str]:
-    """(source, absolute path) of a script the host can read; InvalidRequest otherwise."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise InvalidRequest(f"path must be a path, got {path!r}")
-    resolved = Path(path).resolve()
-    try:
-        return resolved.read_text(encoding="utf-8"), str(resolved)
-    except FileNotFoundError:
-        raise InvalidRequest(f"no such file: {os.fspath(path)}") from None
-    except IsADirectoryError:
-        raise InvalidRequest(f"{os.fspath(path)} is a directory, not a script") from None
-    except UnicodeDecodeError as exc:
-        raise InvalidRequest(f"{os.fspath(path)} is not UTF-8 text: {exc}") from None
-    except OSError as exc:
-        raise InvalidRequest(f"cannot read {os.fspath(path)}: {exc.strerror}") from None
+    """(source, absolute path) of a script the host can read; InvalidRequest otherwise.
+
+    Opened once without blocking and checked as opened (files.py): a FIFO or a device is
+    refused, not waited on; blocking file I/O, so async code runs it in a thread."""
+    return _read_script(path)

@@ -52,7 +52,12 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
         config=True,
         help="With a gateway (GatewayClient.url): its kernel spec (default: the gateway's).",
     )
-    announce = Bool(False, config=True, help="Print the URL, the token and a curl line once ready.")
+    announce = Bool(
+        False, config=True, help="Print the URL, where the token is and a curl line once ready."
+    )
+    token_file = Unicode(
+        "", config=True, help="The private file holding the token, for the banner's curl line."
+    )
 
     @validate("pool_size", "max_backends", "max_body_size")
     def _at_least_one(self, proposal: Any) -> int:
@@ -119,17 +124,21 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
             print(self.banner(serverapp), flush=True)
 
     def banner(self, serverapp: Any) -> str:
+        """Where the service is, where its token is (never the token) and a curl line that
+        reads the token from there, as ``make run`` does."""
         url = f"http://{_url_host(serverapp.ip)}:{serverapp.port}{serverapp.base_url}"
-        token = serverapp.identity_provider.token
         body = '{"content": "print(6 * 7)"}'
-        curl = (
-            f"curl -s -H {shlex.quote('Authorization: token ' + token)} "
-            f"-d {shlex.quote(body)} {url}execute"
-        )
+        if self.token_file:
+            where = f"token: in {self.token_file} (readable by you only)"
+            token = f"$(cat {shlex.quote(self.token_file)})"
+        else:
+            where = "token: the server's (IdentityProvider.token, JUPYTER_TOKEN)"
+            token = "$JUPYTER_TOKEN"
+        curl = f'curl -s -H "Authorization: token {token}" -d {shlex.quote(body)} {url}execute'
         return "\n".join(
             [
                 f"kernel-bridge {__version__} serving at {url}",
-                f"token: {token}",
+                where,
                 f"try: {curl}",
                 "Ctrl-C shuts the service and every kernel down.",
             ]

@@ -1,9 +1,16 @@
 """Backends the service runs for its hosts: the script's file, the methods, the event log.
 
-Each backend's events go into a log of the last EVENT_LOG events, numbered; an event stream
-(``GET /backends/{id}/events``) reads from it. A stream replays what no stream has read yet,
-as the host API replays events to their first handler, or, when an EventSource reconnects
-with ``Last-Event-ID``, everything after that id that is still kept.
+Each backend's events go into a log of the last EVENT_LOG events (and EVENT_LOG_BYTES at
+most), numbered; an event stream (``GET /backends/{id}/events``) is a cursor into that log and
+holds no copy of its own, so a client that stops reading costs the service nothing. A stream
+replays what no stream has read yet, as the host API replays events to their first handler,
+or, when an EventSource reconnects with ``Last-Event-ID``, everything after that id that is
+still kept. A stream that falls so far behind that the log dropped events it had not sent
+has *overflowed*: it says so and ends, and the client resumes from the kept history.
+
+A backend whose kernel died for good (no ``restart``, or its restarts failed) is cleaned up at
+once: its kernel shut down, its files removed, its slot freed; it stays listed as dead until
+it is deleted.
 """
 
 from __future__ import annotations
@@ -11,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import json
+import logging
 import shutil
 import tempfile
 import uuid
@@ -20,8 +29,19 @@ from typing import Any
 
 from bridge import AsyncBackend
 
+log = logging.getLogger("bridge.server")
+
 EVENT_LOG = 1000  # events kept per backend for streams that open later
-END = None  # what a stream's queue receives when the backend is gone
+EVENT_LOG_BYTES = 4 * 1024 * 1024  # and their JSON's size at most
+
+
+class EventStream:
+    """One reader of a backend's event log: where it is, and a wake-up when there is more."""
+
+    def __init__(self, cursor: int) -> None:
+        self.cursor = cursor  # the last event id sent
+        self.wake = asyncio.Event()
+        self.ended = False  # the backend is gone: nothing more will come
 
 
 def to_json(value: Any) -> Any:
@@ -40,10 +60,13 @@ class HostedBackend:
         self.backend = backend
         self.script_dir = script_dir
         self.methods = methods
-        self._log: collections.deque[tuple[int, str]] = collections.deque(maxlen=EVENT_LOG)
+        self.dead = False  # its kernel died for good and was cleaned up; listed until deleted
+        self._log: collections.deque[tuple[int, str]] = collections.deque()
+        self._log_bytes = 0
         self._seq = 0
         self._read_upto = 0  # the last event a stream has been given
-        self._streams: set[asyncio.Queue[tuple[int, str] | None]] = set()
+        self._streams: set[EventStream] = set()
+        self._reaping: asyncio.Future[None] | None = None
         self._unsubscribe = backend.on_any(self._on_event)
 
     @staticmethod
@@ -54,12 +77,24 @@ class HostedBackend:
         path.write_text(source, encoding="utf-8")
         return folder, str(path)
 
+    @property
+    def state(self) -> str:
+        """alive, restarting, lost (its kernel lives but closed the connection), or dead."""
+        if self.dead:
+            return "dead"
+        if self.backend.alive:
+            return "alive"
+        if self.backend.kernel.alive:
+            return "lost"
+        return "restarting" if self.backend.restart_on_exit else "dead"
+
     def info(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "kernel_id": self.backend.kernel_id,
             "methods": self.methods,
-            "alive": self.backend.alive,
+            "alive": self.backend.alive and not self.dead,
+            "state": self.state,
         }
 
     # -- events ----------------------------------------------------------------------------------
@@ -68,34 +103,86 @@ class HostedBackend:
         self._seq += 1
         item = (self._seq, json.dumps({"type": event, "data": to_json(data)}))
         self._log.append(item)
-        for queue in self._streams:
-            queue.put_nowait(item)
+        self._log_bytes += len(item[1])
+        while len(self._log) > EVENT_LOG or (
+            self._log_bytes > EVENT_LOG_BYTES and len(self._log) > 1
+        ):
+            self._log_bytes -= len(self._log.popleft()[1])
+        for stream in self._streams:
+            stream.wake.set()
         if self._streams:
             self._read_upto = self._seq
+        if event == "exit" and not data.get("restarting") and not self.backend.kernel.alive:
+            self._reap("its kernel died")
+        elif event == "restart" and not data.get("ok"):
+            self._reap("its restart failed")
 
-    def subscribe(self, last_event_id: int | None) -> asyncio.Queue[tuple[int, str] | None]:
-        """A queue of (id, JSON) events for one stream, starting with the replay."""
-        queue: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue()
-        after = self._read_upto if last_event_id is None else last_event_id
-        for item in self._log:
-            if item[0] > after:
-                queue.put_nowait(item)
+    def subscribe(self, last_event_id: int | None) -> EventStream:
+        """A cursor into the log for one stream; the replay starts after *last_event_id*."""
+        after = self._read_upto if last_event_id is None else min(last_event_id, self._seq)
+        oldest = self._log[0][0] if self._log else self._seq + 1
+        stream = EventStream(max(after, oldest - 1))  # what was dropped before is not missed
+        stream.ended = self.dead or self.backend.terminated
         self._read_upto = self._seq
-        self._streams.add(queue)
-        return queue
+        self._streams.add(stream)
+        return stream
 
-    def unsubscribe(self, queue: asyncio.Queue[tuple[int, str] | None]) -> None:
-        self._streams.discard(queue)
+    def unsubscribe(self, stream: EventStream) -> None:
+        self._streams.discard(stream)
+
+    def pending(self, stream: EventStream, limit: int) -> tuple[list[tuple[int, str]], bool]:
+        """(events after the stream's cursor, up to *limit* bytes; whether it overflowed).
+
+        A stream overflowed when the log dropped an event it had not sent."""
+        stream.wake.clear()
+        if not self._log or stream.cursor >= self._seq:
+            return [], False
+        oldest = self._log[0][0]
+        if stream.cursor + 1 < oldest:
+            return [], True
+        batch: list[tuple[int, str]] = []
+        size = 0
+        for item in itertools.islice(self._log, stream.cursor + 1 - oldest, None):
+            batch.append(item)
+            size += len(item[1])
+            if size >= limit:
+                stream.wake.set()  # more is waiting
+                break
+        return batch, False
+
+    def overflowed(self, stream: EventStream) -> bool:
+        """The log dropped an event *stream* had not sent."""
+        return bool(self._log) and stream.cursor + 1 < self._log[0][0]
 
     # -- end -------------------------------------------------------------------------------------
 
-    async def terminate(self) -> None:
+    def _reap(self, why: str) -> None:
+        """Clean a backend whose kernel is gone for good up now, not at DELETE."""
+        if self._reaping is None and not self.backend.terminated:
+            log.info("backend %s is dead (%s): cleaning it up", self.id, why)
+            self._reaping = asyncio.ensure_future(self._clean_up())
+
+    async def _clean_up(self) -> None:
+        try:
+            await self._close()
+        except Exception:
+            log.exception("backend %s: cleaning up failed", self.id)
+        self.dead = True
+
+    async def _close(self) -> None:
         self._unsubscribe()
         try:
             await self.backend.terminate()
         finally:
-            for queue in self._streams:
-                queue.put_nowait(END)
+            for stream in self._streams:
+                stream.ended = True
+                stream.wake.set()
             self._streams.clear()
             with contextlib.suppress(OSError):
                 shutil.rmtree(self.script_dir)
+
+    async def terminate(self) -> None:
+        if self._reaping is not None:
+            await asyncio.shield(self._reaping)
+            return
+        await self._close()

@@ -18,6 +18,7 @@ from bridge import (
     InvalidRequest,
     KernelDied,
     KernelStartError,
+    ScriptRefused,
 )
 
 from .schema import SchemaError
@@ -51,6 +52,14 @@ def not_found(message: str) -> ApiError:
     return ApiError(404, "not_found", message)
 
 
+_REFUSALS = {"not_found": 404, "forbidden": 403, "too_large": 413}
+
+
+def _refused(exc: ScriptRefused) -> ApiError:
+    status = _REFUSALS.get(exc.reason, 400)
+    return ApiError(status, exc.reason if status != 400 else "bad_request", str(exc))
+
+
 def _so_far(result: ExecutionResult | None) -> dict[str, Any]:
     if result is None:
         return {}
@@ -79,6 +88,8 @@ def to_api_error(exc: BaseException) -> ApiError | None:
         return ApiError(503, "busy", f"no kernel available: {exc}")
     if isinstance(exc, BridgeClosed):
         return ApiError(503, "busy", f"the service is shutting down: {exc}")
+    if isinstance(exc, ScriptRefused):
+        return _refused(exc)
     if isinstance(exc, InvalidRequest):
         return bad_request(str(exc))
     if isinstance(exc, BridgeError):

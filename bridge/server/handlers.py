@@ -1,8 +1,9 @@
 """The HTTP routes: the operations of dispatch.ROUTES, over Jupyter Server's HTTP.
 
-Handlers are Jupyter Server ``APIHandler``s, so the server's token auth (``Authorization:
-token T`` or ``Bearer T``, ``?token=T``), host and origin checks and request log apply to
-every route. Every failure, the server's own included, is written in the one error shape.
+Handlers are Jupyter Server ``APIHandler``s authenticated on a lean path (auth.py): the
+server's Host check and its identity provider's token logic (``Authorization: token T`` or
+``Bearer T``, ``?token=T``), never a cookie, and no cookie set. Every failure, the server's
+own included, is written in the one error shape.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from jupyter_server.base.handlers import APIHandler
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from . import dispatch
+from . import auth, dispatch
+from .backends import EventStream, HostedBackend
 from .errors import ApiError, bad_request
 from .service import Service
 
@@ -38,10 +40,12 @@ class BaseHandler(APIHandler):  # type: ignore[misc]
         self._gone = False
 
     async def prepare(self) -> None:  # type: ignore[override]
-        await super().prepare()
-        # Jupyter Server leaves a route open unless it says otherwise: ours never are.
-        if not self.current_user:
-            raise web.HTTPError(403)
+        # Not Jupyter Server's prepare(): token only, no cookie read or set (auth.py).
+        await auth.authenticate(self)
+
+    def _log(self) -> None:
+        if not auth.quiet_success(self):
+            super()._log()
 
     # -- answers -------------------------------------------------------------------------------
 
@@ -62,7 +66,7 @@ class BaseHandler(APIHandler):  # type: ignore[misc]
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Failures raised outside our code (auth, a wrong method, a bad URL) in our shape."""
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if status_code == 403 and not self.check_host():
+        if status_code == 403 and not auth.host_allowed(self):
             error = ApiError(
                 403,
                 "forbidden",
@@ -167,21 +171,29 @@ class BodyHandler(BaseHandler):
 
 
 class EventsHandler(BaseHandler):
-    """Server-Sent Events: one ``data: {"type", "data"}`` per event, ``id:`` its number."""
+    """Server-Sent Events: one ``data: {"type", "data"}`` per event, ``id:`` its number.
+
+    The stream is a cursor into the backend's event log (backends.py) and keeps no copy: a
+    client that reads too slowly gets ``event: overflow`` (with the last id it was sent) once
+    the log has dropped an event it had not read, and the stream ends; it reconnects with
+    ``Last-Event-ID`` and gets what the log still keeps.
+    """
 
     KEEPALIVE = 15.0  # seconds between comments that keep proxies from closing the stream
+    BATCH = 256 * 1024  # bytes of events written before waiting for the client to take them
+    OVERFLOW_GRACE = 1.0  # seconds a stalled client gets to take the overflow event
 
     @web.authenticated
     async def get(self, backend_id: str) -> None:
         try:
             hosted = self.service.backend(backend_id)
-            last = self.request.headers.get("Last-Event-ID") or self.query("last_event_id")
-            if last is not None and not last.isdigit():
-                raise bad_request("Last-Event-ID must be an event number")
+            last = event_id(
+                self.request.headers.get("Last-Event-ID") or self.query("last_event_id")
+            )
         except ApiError as error:
             self.send_failure(error)
             return
-        self._queue = hosted.subscribe(int(last) if last is not None else None)
+        self._stream = stream = hosted.subscribe(last)
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
@@ -189,30 +201,85 @@ class EventsHandler(BaseHandler):
             self.write(": kernel-bridge events\n\n")
             await self.flush()
             while not self._gone:
+                batch, overflowed = hosted.pending(stream, self.BATCH)
+                if batch:
+                    for seq, data in batch:
+                        self.write(f"id: {seq}\ndata: {data}\n\n")
+                    stream.cursor = batch[-1][0]
+                    overflowed = not await self._flush_while_kept(hosted, stream)
+                if overflowed:
+                    body = dispatch.encode({"last_event_id": stream.cursor}).decode()
+                    self.write(f"event: overflow\ndata: {body}\n\n")
+                    await self._flush_or_drop()
+                    break
+                if batch or self._gone:
+                    continue
+                if stream.ended:
+                    self.write("event: end\ndata: {}\n\n")
+                    break
                 try:
-                    item = await asyncio.wait_for(self._queue.get(), self.KEEPALIVE)
+                    async with asyncio.timeout(self.KEEPALIVE):
+                        await stream.wake.wait()
                 except TimeoutError:
                     self.write(": keep-alive\n\n")
                     await self.flush()
-                    continue
-                if item is None:
-                    self.write("event: end\ndata: {}\n\n")
-                    break
-                seq, data = item
-                self.write(f"id: {seq}\ndata: {data}\n\n")
-                await self.flush()
         except StreamClosedError:
             return
         finally:
-            hosted.unsubscribe(self._queue)
+            hosted.unsubscribe(stream)
         if not self._gone:
             self.finish(set_content_type="text/event-stream")
 
+    async def _flush_while_kept(self, hosted: HostedBackend, stream: EventStream) -> bool:
+        """Flush; True once the client took it all, False if the log dropped events it had
+        not read while it was taking it (the flush is then left pending)."""
+        flushed = asyncio.ensure_future(self.flush())
+        while not flushed.done():
+            stream.wake.clear()
+            woken = asyncio.ensure_future(stream.wake.wait())
+            await asyncio.wait((flushed, woken), return_when=asyncio.FIRST_COMPLETED)
+            woken.cancel()
+            if not flushed.done() and (self._gone or hosted.overflowed(stream)):
+                self._unflushed = flushed
+                flushed.add_done_callback(_retrieved)
+                return self._gone
+        flushed.result()  # a closed connection raises StreamClosedError here
+        stream.wake.set()  # look again: events may have come meanwhile
+        return True
+
+    async def _flush_or_drop(self) -> None:
+        """Send the last words; a client that does not take them in time is disconnected."""
+        flushes = [getattr(self, "_unflushed", None), asyncio.ensure_future(self.flush())]
+        try:
+            async with asyncio.timeout(self.OVERFLOW_GRACE):
+                for flushed in flushes:
+                    if flushed is not None:
+                        await flushed
+        except (TimeoutError, StreamClosedError):
+            self._gone = True
+            connection: Any = self.request.connection
+            connection.close()  # HTTP1Connection: what is unsent is dropped
+
     def on_connection_close(self) -> None:
         super().on_connection_close()
-        queue = getattr(self, "_queue", None)
-        if queue is not None:
-            queue.put_nowait(None)
+        stream = getattr(self, "_stream", None)
+        if stream is not None:
+            stream.ended = True
+            stream.wake.set()
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # a write to a closed connection: known, nothing to log
+
+
+def event_id(text: str | None) -> int | None:
+    """A Last-Event-ID as a number; 400 for anything but a short run of digits."""
+    if text is None:
+        return None
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
+        raise bad_request("Last-Event-ID must be an event number (at most 18 digits)")
+    return int(text)
 
 
 def _serve(method: str) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 MAX_DEPTH = 64  # nesting levels a request body may have; deeper is refused, never recursed into
@@ -128,6 +129,8 @@ def validate(value: Any, schema: Schema, where: str = "body") -> None:
             raise SchemaError(f"{where} must not be empty")
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             raise SchemaError(f"{where} is longer than {schema['maxLength']} characters")
+        if "pattern" in schema and re.search(schema["pattern"], value) is None:
+            raise SchemaError(f"{where} does not match {schema['pattern']!r}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         _check_number(value, schema, where)
     if isinstance(value, dict):
@@ -175,8 +178,11 @@ def _check_object(value: dict[str, Any], schema: Schema, where: str) -> None:
         if name not in value:
             raise SchemaError(f"{where}: missing field {name!r}")
     extra = schema.get("additionalProperties", True)
+    names = schema.get("propertyNames")
     for name, item in value.items():
         field = f"{name}" if where == "body" else f"{where}.{name}"
+        if names is not None:
+            validate(name, names, f"{where}: the name {name!r}")
         if name in properties:
             validate(item, properties[name], field)
         elif extra is False:
@@ -250,7 +256,8 @@ BACKEND_REQUEST: Schema = {
         },
         "env": {
             "type": "object",
-            "additionalProperties": {"type": "string"},
+            "propertyNames": {"type": "string", "minLength": 1, "pattern": "^[^=\u0000]+$"},
+            "additionalProperties": {"type": "string", "pattern": "^[^\u0000]*$"},
             "description": "Extra environment variables for the backend's kernel.",
         },
         "timeout_secs": {
@@ -372,8 +379,14 @@ BACKEND: Schema = {
         "kernel_id": {"type": "string", "description": "The kernel, as /api/kernels lists it."},
         "methods": {"type": "array", "items": {"type": "string"}},
         "alive": {"type": "boolean"},
+        "state": {
+            "type": "string",
+            "enum": ["alive", "restarting", "lost", "dead"],
+            "description": "lost: the kernel lives but closed the backend's connection; "
+            "dead: its kernel exited and was cleaned up (listed until deleted).",
+        },
     },
-    "required": ["id", "kernel_id", "methods", "alive"],
+    "required": ["id", "kernel_id", "methods", "alive", "state"],
 }
 
 BACKEND_LIST: Schema = {

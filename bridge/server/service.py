@@ -13,7 +13,6 @@ import os
 import shutil
 import sys
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -31,13 +30,33 @@ T = TypeVar("T")
 MAX_MODULES = 100
 DEFAULT_MODULES = ("numpy", "pandas", "requests", "json", "os", "sys")
 
-# Runs in a pool kernel: which of `names` (an input) the kernel can import, without importing.
+# Runs in a pool kernel: which of `names` (an input) the kernel can import, importing nothing
+# (a GET has no side effects): a top-level name by find_spec, which imports nothing for it; a
+# dotted one by finding each part in its parent package's folders, not by importing the
+# parent as find_spec("a.b") would. A module imported already is simply there.
 _MODULES_CODE = """\
+import importlib.machinery
 import importlib.util
+import sys
 
 def _findable(name):
+    if name in sys.modules:
+        return True
+    top, *rest = name.split(".")
     try:
-        return importlib.util.find_spec(name) is not None
+        spec = importlib.util.find_spec(top)
+        found = top
+        for part in rest:
+            if spec is None or spec.submodule_search_locations is None:
+                return False
+            found += "." + part
+            module = sys.modules.get(found)
+            if module is not None:
+                spec = module.__spec__
+                continue
+            places = list(spec.submodule_search_locations)
+            spec = importlib.machinery.PathFinder.find_spec(found, places)
+        return spec is not None
     except Exception:
         return False
 
@@ -52,43 +71,6 @@ def result_body(result: ExecutionResult) -> dict[str, Any]:
         del body["variables"]
     body["error_type"] = None if result.success else "python_error"
     return body
-
-
-def resolve_inside(root: str, path: str) -> str:
-    """The real path of *path* (relative to *root* or absolute) if it lies inside *root*.
-
-    The resolved path (symlinks followed) must equal the root or start with the root plus a
-    separator: a bare prefix check would let ``/srv/data-evil`` pass for ``/srv/data``.
-    Percent-encoded forms are decoded and checked too, so ``..%2f`` is refused like ``../``,
-    and so are forms with backslashes read as separators (``..\\``, as Windows would).
-    """
-    prefix = root if root.endswith(os.sep) else root + os.sep
-    forms = [path]
-    while len(forms) < 4:
-        decoded = urllib.parse.unquote(forms[-1])
-        if decoded == forms[-1]:
-            break
-        forms.append(decoded)
-    forms += [form.replace("\\", "/") for form in forms if "\\" in form]
-    resolved = ""
-    for form in forms:
-        if "\x00" in form:
-            raise bad_request("path must not contain a NUL character")
-        real = os.path.realpath(os.path.join(root, form))
-        if real != root and not real.startswith(prefix):
-            raise ApiError(403, "forbidden", f"path {path!r} is outside the service's root")
-        resolved = resolved or real
-    return resolved
-
-
-def script_in(root: str, path: str) -> str:
-    """The real path of the script *path* inside *root*: 403, 404 or 400 otherwise."""
-    resolved = resolve_inside(root, path)
-    if not os.path.exists(resolved):
-        raise not_found(f"no such file in the service's root: {path}")
-    if not os.path.isfile(resolved):
-        raise bad_request(f"{path} is not a file")
-    return resolved
 
 
 class Service:
@@ -226,10 +208,15 @@ class Service:
     async def execute_file(
         self, path: str, *, timeout: float | None, capture_variables: bool
     ) -> dict[str, Any]:
-        resolved = script_in(self.root, path)
+        # Opened, checked and read in one go, in a thread (bridge.execute_file): a file
+        # swapped for a FIFO or a symlink after any check of ours cannot stall or escape.
         result = await self._oneoff(
             lambda: self.bridge.execute_file(
-                resolved, timeout=timeout, capture_variables=capture_variables
+                path,
+                root=self.root,
+                max_size=self.max_body_size,
+                timeout=timeout,
+                capture_variables=capture_variables,
             )
         )
         return result_body(result)
@@ -303,6 +290,11 @@ class Service:
 
     # -- backends --------------------------------------------------------------------------------
 
+    def backend_count(self) -> int:
+        """Backends whose kernel may exist: starting, alive, restarting, or whose connection
+        closed while the kernel runs on. Only the dead (cleaned up) free their slot."""
+        return self._starting_backends + sum(1 for h in self.backends.values() if not h.dead)
+
     def backend(self, backend_id: str) -> HostedBackend:
         hosted = self.backends.get(backend_id)
         if hosted is None:
@@ -318,8 +310,7 @@ class Service:
         restart: bool,
     ) -> dict[str, Any]:
         await self.wait_ready()
-        live = sum(1 for h in self.backends.values() if h.backend.alive)
-        if live + self._starting_backends >= self.max_backends:
+        if self.backend_count() >= self.max_backends:
             raise ApiError(
                 429,
                 "busy",
@@ -355,6 +346,10 @@ class Service:
         self, backend_id: str, method: str, params: dict[str, Any] | None, timeout: float | None
     ) -> dict[str, Any]:
         hosted = self.backend(backend_id)
+        if hosted.dead:
+            raise ApiError(
+                503, "kernel_died", f"backend {backend_id} is dead (its kernel exited): delete it"
+            )
         if method not in hosted.methods:
             raise bad_request(
                 f"the backend has no method {method!r}; it has: {', '.join(hosted.methods)}"

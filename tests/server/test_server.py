@@ -67,7 +67,12 @@ def assert_failure(response: httpx.Response, status: int, error_type: str) -> di
 
 
 def test_banner_curl_line_works_from_a_shell(service: ServiceProcess) -> None:
-    assert f"token: {service.token}" in service.banner
+    # The banner says where the token is, never what it is; its curl line reads the file.
+    assert service.token not in service.log()
+    where = re.search(r"token: in (\S+)", service.banner)
+    assert where is not None, service.banner
+    assert Path(where.group(1)).read_text().strip() == service.token
+    assert Path(where.group(1)).stat().st_mode & 0o077 == 0
     line = re.search(r"try: (curl .*)", service.banner)
     assert line is not None
     done = subprocess.run(line.group(1), shell=True, capture_output=True, text=True, timeout=60)
@@ -79,9 +84,9 @@ def test_banner_curl_line_works_from_a_shell(service: ServiceProcess) -> None:
 
 def test_refuses_a_public_host_without_a_token() -> None:
     svc = ServiceProcess("--host", "0.0.0.0", token="")
-    done = subprocess.run(svc.command(), capture_output=True, text=True, timeout=60)
+    done = subprocess.run(svc.command(), capture_output=True, text=True, timeout=60, env=svc.env)
     assert done.returncode != 0
-    assert "--token" in done.stderr
+    assert "JUPYTER_TOKEN_FILE" in done.stderr
 
 
 def test_refuses_an_empty_token() -> None:
@@ -89,6 +94,8 @@ def test_refuses_an_empty_token() -> None:
     done = subprocess.run(svc.command(), capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert "must not be empty" in done.stderr
+    # And --token itself is a warning: `ps` shows it to every user.
+    assert "JUPYTER_TOKEN_FILE" in done.stderr and "ps" in done.stderr
 
 
 def test_refuses_a_missing_root() -> None:
@@ -416,8 +423,9 @@ def test_a_token_file_works_and_stays_out_of_kernels(tmp_path: Path) -> None:
     token = "from-a-file-" + os.urandom(8).hex()
     token_file = tmp_path / "token"
     token_file.write_text(token + "\n")
-    with ServiceProcess(token="", pool_size=1, env={"JUPYTER_TOKEN_FILE": str(token_file)}) as svc:
-        assert f"token: {token}" in svc.banner
+    env = {"JUPYTER_TOKEN_FILE": str(token_file)}
+    with ServiceProcess(token="", pool_size=1, env=env) as svc:
+        assert f"token: in {token_file} " in svc.banner and token not in svc.log()
         svc.token = token
         with svc.client() as c:
             r = c.post("/execute", json={"content": "import os\nreturn dict(os.environ)"})
