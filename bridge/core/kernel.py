@@ -50,8 +50,23 @@ class KernelOwner(Protocol):
     async def shutdown_kernel(self, kernel_id: str, now: bool = False) -> None: ...
 
 
-def kill_group(pgid: int, sig: int) -> None:
-    """Signal a kernel's process group (the kernel and whatever it started), if it is there."""
+def group_leader_started(pgid: int) -> int | None:
+    """The start time of the process whose pid is *pgid* (the kernel that leads the group),
+    from /proc; None where it is gone or there is no /proc."""
+    try:
+        with open(f"/proc/{pgid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def kill_group(pgid: int, sig: int, started: int | None = None) -> None:
+    """Signal a kernel's process group (the kernel and whatever it started), if it is there
+    and still ours: a leader with another start time than *started* means the id was reused."""
+    if started is not None:
+        now = group_leader_started(pgid)
+        if now is not None and now != started:
+            return
     try:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
@@ -124,12 +139,14 @@ class Kernel:
         kernel_id: str,
         context: Any,
         pgid: int | None,
+        group_started: int | None = None,
         log_path: str | None = None,
     ) -> None:
         self.manager = manager
         self.kernel_manager = kernel_manager
         self.kernel_id = kernel_id
-        self.pgid = pgid
+        self.pgid = pgid  # None once the kernel is dead and its group ended: never reused
+        self.group_started = group_started  # the leader's start time (see kill_group)
         self.log_path = log_path
         # A Session of our own: one shared with another client of this kernel (km.client()
         # hands out the manager's) means one ZeroMQ identity, so replies can go to the other
@@ -521,7 +538,7 @@ class Kernel:
         with contextlib.suppress(Exception):
             await self.manager.provisioner.kill()
         if self.pgid is not None:
-            kill_group(self.pgid, signal.SIGKILL)
+            kill_group(self.pgid, signal.SIGKILL, self.group_started)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
                 await asyncio.shield(self._exited)
@@ -553,12 +570,22 @@ class Kernel:
                 finally:
                     loop.remove_reader(fd)
                     os.close(fd)
+                # Not reaped yet: the group's id is still ours. End what the kernel left.
+                self._end_group()
                 self._died(ExitStatus.from_returncode(await asyncio.to_thread(process.wait)))
                 return
         while await self.manager.is_alive():  # no pidfd (or not a local process): poll
             await asyncio.sleep(0.5)
         code = None if process is None else process.poll()
+        self._end_group()
         self._died(ExitStatus.from_returncode(code))
+
+    def _end_group(self) -> None:
+        """The kernel exited: kill what is left of its group now and forget the id, which
+        may later name a group that is not ours."""
+        pgid, self.pgid = self.pgid, None
+        if pgid is not None:
+            kill_group(pgid, signal.SIGKILL, self.group_started)
 
     def _died(self, status: ExitStatus) -> None:
         if self.exit_status is not None:
@@ -603,10 +630,9 @@ class Kernel:
                         self.kernel_id, now=now or not self.alive
                     )
         finally:
-            if self.pgid is not None:
-                kill_group(
-                    self.pgid, signal.SIGKILL
-                )  # children the kernel started, if any are left
+            if self.pgid is not None:  # children the kernel started, if any are left
+                kill_group(self.pgid, signal.SIGKILL, self.group_started)
+                self.pgid = None
             for task in self._tasks:
                 task.cancel()
             for task in self._tasks:

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import tempfile
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,6 +30,8 @@ from bridge.core.python import diagnose, resolve_python
 from bridge.core.translate import jupyter_client_errors
 from bridge.core.validate import check_env, check_paths
 from bridge.core.wire import kernel_side_dir
+from bridge.transports.local import provisioner
+from bridge.transports.local.provisioner import PROVISIONER_NAME
 from bridge.transports.local.watchdog import Reaper
 
 log = logging.getLogger("bridge.kernel")
@@ -54,7 +57,7 @@ def bridge_kernel_spec(python: str) -> KernelSpec:
         display_name="Python 3 (kernel-bridge)",
         language="python",
         interrupt_mode="signal",
-        metadata={"debugger": False},
+        metadata={"debugger": False, "kernel_provisioner": {"provisioner_name": PROVISIONER_NAME}},
     )
 
 
@@ -134,6 +137,15 @@ class KernelFactory:
     ) -> Kernel:
         """Start a kernel and return it once it answers and its IOPub delivers."""
         fd, log_path = tempfile.mkstemp(prefix="kernel-bridge-", suffix=".log")
+        kernel_id = str(uuid.uuid4())
+        group: list[tuple[int, int | None]] = []  # (pgid, start time) once launched
+
+        def on_launch(pgid: int, started: int | None, files: list[str]) -> None:
+            # The moment the process exists: a host that dies from here on leaves nothing.
+            self.reaper.watch(pgid, started, [*files, log_path])
+            group.append((pgid, started))
+
+        provisioner.expect(kernel_id, on_launch)
         try:
             with jupyter_client_errors(f"starting a kernel with {self.python}", KernelStartError):
                 # A task of its own: a caller cancelled meanwhile (an HTTP client that went
@@ -142,23 +154,29 @@ class KernelFactory:
                 launch = asyncio.ensure_future(
                     self.kernel_manager.start_kernel(
                         kernel_name=KERNEL_NAME,
+                        kernel_id=kernel_id,
                         env=self.kernel_env(env),
                         cwd=cwd or os.getcwd(),
                         stdout=fd,
                         stderr=fd,
                     )
                 )
-                kernel_id = await asyncio.shield(launch)
+                await asyncio.shield(launch)
         except BaseException as exc:
             os.close(fd)
-            os.unlink(log_path)
             if isinstance(exc, asyncio.CancelledError):
-                cleanup = asyncio.ensure_future(self._abandon(launch))
+                cleanup = asyncio.ensure_future(self._abandon(launch, group, log_path))
                 self._cleanups.add(cleanup)
                 cleanup.add_done_callback(self._cleanups.discard)
                 with contextlib.suppress(asyncio.CancelledError):  # cancelled again: it goes on
                     await asyncio.shield(cleanup)
+            else:
+                os.unlink(log_path)
+                for launched_group, _ in group:  # jupyter_client shut down what it launched
+                    self.reaper.forget(launched_group)
             raise
+        finally:
+            provisioner.unexpect(kernel_id)
         os.close(fd)  # the kernel holds its own copy
         manager = self.kernel_manager.get_kernel(kernel_id)
         manager.shutdown_wait_time = SHUTDOWN_WAIT
@@ -166,17 +184,25 @@ class KernelFactory:
         # restarted it too (jupyter_client's and Jupyter Server's restarter) would fight that.
         manager.stop_restarter()
         manager.autorestart = False
-        pgid = getattr(manager.provisioner, "pgid", None)
-        if pgid is not None:
-            self.reaper.watch(pgid, [manager.connection_file])
+        pgid: int | None = getattr(manager.provisioner, "pgid", None)
+        started: int | None = None
+        if group:
+            pgid, started = group[0]
+        elif pgid is not None:  # launched by a provisioner without the hook
+            self.reaper.watch(pgid, None, [manager.connection_file, log_path])
         kernel = Kernel(
             manager=manager,
             kernel_manager=self.kernel_manager,
             kernel_id=kernel_id,
             context=self.context,
             pgid=pgid,
+            group_started=started,
             log_path=log_path,
         )
+        if pgid is not None:
+            # A dead kernel's group is ended by Kernel at its death and forgotten here at
+            # once: its id may be reused by a group that is not ours.
+            kernel.on_exit(lambda _status: self.reaper.forget(pgid))
         self.kernels.add(kernel)
         try:
             await kernel.connect(self.startup_timeout)
@@ -196,34 +222,43 @@ class KernelFactory:
         log.debug("started %s (pid %s)", kernel.name, kernel.pid)
         return kernel
 
-    async def _abandon(self, launch: asyncio.Future[str]) -> None:
+    async def _abandon(
+        self, launch: asyncio.Future[str], group: list[tuple[int, int | None]], log_path: str
+    ) -> None:
         """start() was cancelled: let jupyter_client's start finish, then shut that kernel
-        down with its process group (its connection file goes with it)."""
+        down with its process group, its connection file and its log."""
         try:
-            async with asyncio.timeout(self.startup_timeout):
-                kernel_id = await asyncio.shield(launch)
-            manager = self.kernel_manager.get_kernel(kernel_id)
-        except TimeoutError:
-            launch.cancel()
-            log.warning("a cancelled kernel start did not end within %g s", self.startup_timeout)
-            return
-        except Exception:
-            return  # it failed: jupyter_client cleaned up what it had started
-        pgid = getattr(manager.provisioner, "pgid", None)
-        try:
-            with contextlib.suppress(Exception):
-                await self.kernel_manager.shutdown_kernel(kernel_id, now=True)
+            try:
+                async with asyncio.timeout(self.startup_timeout):
+                    kernel_id = await asyncio.shield(launch)
+            except TimeoutError:
+                launch.cancel()
+                log.warning(
+                    "a cancelled kernel start did not end within %g s", self.startup_timeout
+                )
+                return
+            except Exception:
+                return  # it failed: jupyter_client cleaned up what it had started
+            try:
+                with contextlib.suppress(Exception):
+                    await self.kernel_manager.shutdown_kernel(kernel_id, now=True)
+            finally:
+                for pgid, started in group:  # children the kernel started, if any are left
+                    kill_group(pgid, signal.SIGKILL, started)
+            log.debug("stopped kernel %s, whose start was cancelled", kernel_id[:8])
         finally:
-            if pgid is not None:
-                kill_group(pgid, signal.SIGKILL)  # children the kernel started, if any are left
-        log.debug("stopped kernel %s, whose start was cancelled", kernel_id[:8])
+            with contextlib.suppress(OSError):
+                os.unlink(log_path)
+            for pgid, _ in group:
+                self.reaper.forget(pgid)
 
     async def stop(self, kernel: Kernel, *, now: bool = False) -> None:
-        """Shut *kernel* down with its process group and connection file."""
+        """Shut *kernel* down with its process group, connection file and log."""
         self.kernels.discard(kernel)
+        pgid = kernel.pgid
         await kernel.shutdown(now=now)
-        if kernel.pgid is not None:
-            self.reaper.forget(kernel.pgid)
+        if pgid is not None:
+            self.reaper.forget(pgid)
 
     async def close(self) -> None:
         """Stop every kernel this factory started, then the reaper."""
