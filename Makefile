@@ -6,10 +6,20 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run demo test lint bench clean
 
+RUN_STAMP := $(VENV)/.installed-run
+
+# `make run`: the package and what running it needs (its base dependencies), nothing else.
+$(RUN_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUN_STAMP)
+
+# `make test` and the rest: the test tools too ('.[test]' includes the qntx extra: grpcio,
+# grpcio-tools for QNTX's plugin and its stubs).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# '.[test]' includes the qntx extra (grpcio, grpcio-tools: QNTX's plugin and its stubs).
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
@@ -28,15 +38,15 @@ TOKEN := $(VENV)/token
 PORT ?= 9000
 
 # The token lives in a private file, not on a command line where `ps` would show it.
-$(TOKEN): | $(STAMP)
+$(TOKEN): | $(RUN_STAMP)
 	umask 077 && $(BIN)/python -c 'import secrets; print(secrets.token_hex(24))' > $(TOKEN)
 
 # The HTTP service on http://127.0.0.1:$(PORT)/ until Ctrl-C; the README's curl lines call it.
-run: $(STAMP) $(TOKEN)
+run: $(RUN_STAMP) $(TOKEN)
 	JUPYTER_TOKEN_FILE=$(TOKEN) $(KB) serve --port $(PORT)
 
 # The command line, call by call.
-demo: $(STAMP)
+demo: $(RUN_STAMP)
 	@echo '== an execute: stdout and a returned value'
 	$(KB) exec 'import math; print("computing..."); return {"tau": round(2 * math.pi, 6)}'
 	@echo '== an evaluate'

@@ -230,6 +230,53 @@ async def test_plain_http_instead_of_the_websocket() -> None:
         server.stop()
 
 
+async def test_a_redirect_is_not_followed() -> None:
+    """A gateway that redirects the kernel start elsewhere: the start body (with its env) and
+    the token must not go there; the error names where it pointed."""
+    seen: list[tuple[str, str, bytes]] = []
+
+    class Elsewhere(tornado.web.RequestHandler):
+        def post(self) -> None:
+            seen.append(
+                (
+                    self.request.path,
+                    self.request.headers.get("Authorization", ""),
+                    self.request.body,
+                )
+            )
+            self.set_status(201)
+            self.finish({"id": str(uuid.uuid4()), "name": "python3"})
+
+    elsewhere = tornado.web.Application([(r"/.*", Elsewhere)])
+    other_port = free_port()
+    other = elsewhere.listen(other_port, address="127.0.0.1")
+    target = f"http://127.0.0.1:{other_port}/api/kernels"
+
+    class Redirecting(tornado.web.RequestHandler):
+        def post(self) -> None:
+            self.redirect(target, status=307)  # 307 keeps the method and the body
+
+    app = tornado.web.Application([(r"/api/kernels", Redirecting)])
+    port = free_port()
+    server = app.listen(port, address="127.0.0.1")
+    try:
+        b = bridge.AsyncBridge(
+            pool_size=1,
+            gateway_url=f"http://127.0.0.1:{port}",
+            gateway_token="secret-token",
+            env={"KERNEL_SECRET": "s3cr3t"},
+            startup_timeout=10,
+        )
+        with pytest.raises(bridge.KernelStartError, match="307") as caught:
+            await b.start()
+        await b.aclose()
+        assert target in str(caught.value) and "not followed" in str(caught.value)
+        assert seen == []
+    finally:
+        server.stop()
+        other.stop()
+
+
 async def test_settings_from_the_environment(
     kernel_gateway: GatewayProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -68,6 +68,7 @@ class Channels:
             headers=self.gateway.headers,
             connect_timeout=min(timeout, 10.0),
             request_timeout=timeout,
+            follow_redirects=False,  # the token goes nowhere but to the gateway
         )
         what = f"connecting to {name}"
         with websocket_errors(self.gateway.url, self.endpoint, what):

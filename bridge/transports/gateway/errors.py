@@ -25,6 +25,18 @@ def refused(
     return error(message.rstrip() + (f": {detail}" if detail else "") + hint)
 
 
+def redirected(
+    url: str, what: str, status: int, location: str | None, error: type[BridgeError]
+) -> BridgeError:
+    """A gateway that redirected: not followed, since the request carries the token (and a
+    kernel start its env); the error names where it pointed."""
+    return error(
+        f"{what}: gateway {url} answered HTTP {status} redirecting to "
+        f"{location or '(no Location)'}; redirects are not followed (they would carry the "
+        "token): set the gateway URL to where it should be"
+    )
+
+
 @contextlib.contextmanager
 def tornado_errors(url: str, what: str, error: type[BridgeError]) -> Iterator[None]:
     """A REST call that got no HTTP answer: *error* naming the gateway. HTTP errors are not

@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 from bridge.core.errors import BridgeError, KernelDied, KernelStartError
-from bridge.transports.gateway.errors import refused, tornado_errors
+from bridge.transports.gateway.errors import redirected, refused, tornado_errors
 
 log = logging.getLogger("bridge.gateway")
 
@@ -53,7 +53,8 @@ class Gateway:
         error: type[BridgeError] = BridgeError,
         timeout: float = REQUEST_TIMEOUT,
     ) -> tuple[int, Any]:
-        """(status, JSON body) of one request; a gateway that cannot be reached is *error*.
+        """(status, JSON body) of one request; a gateway that cannot be reached is *error*,
+        and so is a redirect, which is never followed.
 
         HTTP errors come back as a status for the caller to judge, with ``refused()``.
         """
@@ -68,9 +69,13 @@ class Gateway:
             body=json.dumps(body) if body is not None else (b"" if method == "POST" else None),
             connect_timeout=min(timeout, 10.0),
             request_timeout=timeout,
+            # A redirect would re-send the token and a start's env to wherever it points.
+            follow_redirects=False,
         )
         with tornado_errors(self.url, what, error):
             response = await self._http.fetch(request, raise_error=False)
+        if 300 <= response.code < 400:
+            raise redirected(self.url, what, response.code, response.headers.get("Location"), error)
         try:
             data = json.loads(response.body) if response.body else None
         except ValueError:
