@@ -6,6 +6,7 @@ and the file system for what is left.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -204,7 +205,7 @@ async def test_a_dead_kernels_group_is_forgotten_at_once_and_its_log_removed() -
         kernel = b.pool.kernels[0]
         reaper = b.pool.factory.reaper
         pgid, pid, log = kernel.pgid, kernel.pid, kernel.log_path
-        assert pgid is not None and pid is not None and log and os.path.exists(log)
+        assert pgid is not None and pid is not None and log and _exists(log)
         child = (
             await b.execute(
                 "import subprocess\nreturn subprocess.Popen(['sleep', '300']).pid", timeout=30
@@ -213,20 +214,18 @@ async def test_a_dead_kernels_group_is_forgotten_at_once_and_its_log_removed() -
         assert pgid in reaper._groups
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 20
-        while kernel.alive or os.path.exists(log):
+        while kernel.alive or _exists(log):
             assert time.monotonic() < deadline, "the dead kernel was not cleaned up"
-            await asyncio_sleep(0.05)
+            await asyncio.sleep(0.05)
         assert kernel.pgid is None and pgid not in reaper._groups
         deadline = time.monotonic() + 10
         while alive(child):
             assert time.monotonic() < deadline, "the dead kernel's child lives on"
-            await asyncio_sleep(0.05)
+            await asyncio.sleep(0.05)
 
 
-async def asyncio_sleep(seconds: float) -> None:
-    import asyncio
-
-    await asyncio.sleep(seconds)
+def _exists(path: str) -> bool:
+    return os.path.exists(path)
 
 
 def test_logs_and_connection_files_go_with_their_kernels(tmp_path: Path) -> None:
