@@ -616,6 +616,20 @@ class Kernel:
 
     # -- shutdown --------------------------------------------------------------------------------
 
+    async def _shutdown_in_manager(self, *, now: bool) -> None:
+        """The manager's shutdown, run to its end even if our caller is cancelled: one cut
+        half-way leaves jupyter_client's kernel "pending" for good, and Jupyter Server's own
+        shutdown then fails on it (and the server hangs)."""
+        task = asyncio.ensure_future(self.kernel_manager.shutdown_kernel(self.kernel_id, now=now))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(task)
+            raise
+        except Exception:
+            pass
+
     async def shutdown(self, *, now: bool = False) -> None:
         """Shut the kernel down (politely unless *now*), with its process group and files."""
         self.closing = True
@@ -625,10 +639,7 @@ class Kernel:
             call.fail(BridgeClosed(f"{self.name} was shut down during the call"))
         try:
             if self.kernel_id in self.kernel_manager:
-                with contextlib.suppress(Exception):
-                    await self.kernel_manager.shutdown_kernel(
-                        self.kernel_id, now=now or not self.alive
-                    )
+                await self._shutdown_in_manager(now=now or not self.alive)
         finally:
             if self.pgid is not None:  # children the kernel started, if any are left
                 kill_group(self.pgid, signal.SIGKILL, self.group_started)

@@ -66,6 +66,26 @@ _BACKEND_ID = {
 
 _RUN = (400, 413, 503, 504)
 
+# What a created backend's id leads to (OpenAPI links: clients and stateful testers follow
+# them). Not the event stream, which stays open for as long as the backend lives.
+_BACKEND_LINKS = {
+    name: {
+        "operationId": operation,
+        "parameters": {"backend_id": "$response.body#/id"},
+        "description": description,
+    }
+    for name, operation, description in (
+        ("GetBackend", "getBackend", "The backend just created."),
+        ("CallBackend", "callBackend", "Call one of its methods."),
+        ("DeleteBackend", "deleteBackend", "Stop it."),
+    )
+}
+
+
+def _with_links(operation: dict[str, Any]) -> dict[str, Any]:
+    operation["responses"]["201"]["links"] = _BACKEND_LINKS
+    return operation
+
 
 def _install(summary: str) -> dict[str, Any]:
     return _operation(
@@ -170,35 +190,50 @@ def document(host: str = "127.0.0.1") -> dict[str, Any]:
                 "The service's backends",
                 ok=(200, "Every backend, alive or not.", schema.BACKEND_LIST),
             ),
-            "post": _operation(
-                "Start a backend: a script of methods in a kernel of its own",
-                ok=(201, "Started; its kernel is listed by /api/kernels.", schema.BACKEND),
-                body=schema.BACKEND_REQUEST,
-                failures=(400, 413, 429, 503, 504),
+            "post": _with_links(
+                _operation(
+                    "Start a backend: a script of methods in a kernel of its own",
+                    ok=(201, "Started; its kernel is listed by /api/kernels.", schema.BACKEND),
+                    body=schema.BACKEND_REQUEST,
+                    failures=(400, 413, 429, 503, 504),
+                )
             ),
         },
         "/backends/{backend_id}": {
-            "get": _operation(
-                "One backend",
-                ok=(200, "The backend.", schema.BACKEND),
-                failures=(404,),
-                parameters=[_BACKEND_ID],
-            ),
-            "delete": _operation(
-                "Stop a backend and its kernel",
-                ok=(200, "Stopped.", schema.BACKEND_DELETED),
-                failures=(404,),
-                parameters=[_BACKEND_ID],
-            ),
+            "get": {
+                "operationId": "getBackend",
+                **_operation(
+                    "One backend",
+                    ok=(200, "The backend.", schema.BACKEND),
+                    failures=(404,),
+                    parameters=[_BACKEND_ID],
+                ),
+            },
+            "delete": {
+                "operationId": "deleteBackend",
+                **_operation(
+                    "Stop a backend and its kernel",
+                    ok=(200, "Stopped.", schema.BACKEND_DELETED),
+                    failures=(404,),
+                    parameters=[_BACKEND_ID],
+                ),
+            },
         },
         "/backends/{backend_id}/call": {
-            "post": _operation(
-                "Call a method of the backend",
-                ok=(200, "The method ran (success tells whether it raised).", schema.CALL_RESULT),
-                body=schema.CALL_REQUEST,
-                failures=(400, 404, 413, 503, 504),
-                parameters=[_BACKEND_ID],
-            )
+            "post": {
+                "operationId": "callBackend",
+                **_operation(
+                    "Call a method of the backend",
+                    ok=(
+                        200,
+                        "The method ran (success tells whether it raised).",
+                        schema.CALL_RESULT,
+                    ),
+                    body=schema.CALL_REQUEST,
+                    failures=(400, 404, 413, 503, 504),
+                    parameters=[_BACKEND_ID],
+                ),
+            }
         },
         "/backends/{backend_id}/events": {
             "get": _operation(
@@ -216,7 +251,7 @@ def document(host: str = "127.0.0.1") -> dict[str, Any]:
                         "name": "last_event_id",
                         "in": "query",
                         "required": False,
-                        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
                         "description": "Resume after this event (as the Last-Event-ID header).",
                     },
                 ],

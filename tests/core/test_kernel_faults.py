@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -189,3 +192,68 @@ def test_output_past_the_cap_is_cut_and_the_call_completes() -> None:
         assert "output truncated" in r.stdout
         assert 100_000 <= len(r.stdout) < 101_000
         assert b.execute("print('small')").truncated is False
+
+
+# Each of these came back whole (up to 412 KB) with truncated false under max_output=1000.
+EVERY_KIND_OF_OUTPUT = {
+    "display metadata": (
+        "from IPython.display import display\n"
+        "display({'text/plain': 'x'}, raw=True, metadata={'big': 'm' * 100_000})"
+    ),
+    "display updates": (
+        "from IPython.display import display, update_display\n"
+        "display('small', display_id='d')\n"
+        "for i in range(20):\n"
+        "    update_display('u' * 20_000, display_id='d')"
+    ),
+    "displayhook results": ("import sys\nfor i in range(20):\n    sys.displayhook('r' * 20_000)"),
+    "attestations": (
+        "from bridge_runtime import attest\n"
+        "for i in range(200):\n"
+        "    attest(subjects=['s' * 1000], predicates=['p'], contexts=['c'])"
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(EVERY_KIND_OF_OUTPUT))
+def test_max_output_limits_every_kind_of_output(kind: str) -> None:
+    limit = 1000
+    with bridge.Bridge(pool_size=1, max_output=limit) as b:
+        r = b.execute(EVERY_KIND_OF_OUTPUT[kind] + "\nreturn 'the value'", timeout=60)
+    assert r.success and r.truncated, kind
+    assert r.value == "the value"  # the value stays
+    sent_back = json.dumps([r.outputs, r.attestations, r.stdout, r.stderr])
+    # The limit, the truncation marker and the value's own output: nothing more.
+    assert len(sent_back) < limit + 2000, f"{kind}: {len(sent_back)} characters came back"
+
+
+def test_the_traceback_stays_past_the_limit() -> None:
+    with bridge.Bridge(pool_size=1, max_output=100) as b:
+        r = b.execute("print('x' * 1000)\nraise ValueError('the reason')", timeout=60)
+    assert not r.success and r.truncated
+    assert r.error is not None and "ValueError: the reason" in r.error.traceback
+
+
+# -- execute_file on the host: the opened file is what is read ------------------------------------
+
+
+def test_execute_file_refuses_a_fifo_without_waiting(tmp_path: Path) -> None:
+    fifo = tmp_path / "job.py"
+    os.mkfifo(fifo)
+    with bridge.Bridge(pool_size=1) as b:
+        started = time.monotonic()
+        with pytest.raises(bridge.ScriptRefused, match="not a regular file") as caught:
+            b.execute_file(fifo)
+        assert caught.value.reason == "bad_request" and time.monotonic() - started < 5
+        big = tmp_path / "big.py"
+        big.write_text("x = 1\n" * 1000)
+        with pytest.raises(bridge.ScriptRefused, match="larger than 100 bytes"):
+            b.execute_file(big, max_size=100)
+        inside = tmp_path / "inside"
+        inside.mkdir()
+        (inside / "escape.py").symlink_to(big)
+        with pytest.raises(bridge.ScriptRefused, match="outside") as caught:
+            b.execute_file(inside / "escape.py", root=inside)
+        assert caught.value.reason == "forbidden"
+        (inside / "ok.py").write_text("return 42\n")
+        assert b.execute_file(inside / "ok.py", root=inside).value == 42

@@ -98,3 +98,61 @@ def test_no_input_gets_a_server_error(
         case.call_and_validate(base_url=service.url, headers=auth, timeout=60, checks=checks)
 
     run()
+
+
+# A backend script that starts, so POST /backends gives real ids for the links to follow.
+BACKEND = """\
+from bridge_runtime import PythonBridge
+
+
+class Echo(PythonBridge):
+    def echo(self, value=None):
+        return value
+
+
+if __name__ == "__main__":
+    Echo().run()
+"""
+
+
+def test_backend_routes_with_real_ids(service: ServiceProcess) -> None:
+    """The stateful phase: POST /backends, then its links (GET, call, DELETE) on the id it
+    gave, with generated bodies; no step gets a 5xx."""
+    auth = {"Authorization": f"token {service.token}"}
+    machine = SCHEMA.include(path_regex="^/backends").as_state_machine()
+    steps: list[tuple[str, str, int]] = []
+
+    class Backends(machine):  # type: ignore[misc,valid-type]
+        def before_call(self, case: Any) -> None:
+            _prepare(case)
+            if case.method == "POST" and case.path == "/backends" and isinstance(case.body, dict):
+                case.body["script"] = BACKEND
+                case.body.pop("env", None)  # test_server_hardening.py covers bad env names
+
+        def after_call(self, response: Any, case: Any) -> None:
+            steps.append((case.method, case.formatted_path, response.status_code))
+
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            return {"base_url": service.url, "headers": auth, "timeout": 60}
+
+        def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
+            case.validate_response(response, checks=CHECKS, transport_kwargs=kwargs)
+
+        def teardown(self) -> None:
+            with service.client() as c:
+                for backend in c.get("/backends").json()["backends"]:
+                    c.delete(f"/backends/{backend['id']}")
+
+    Backends.run(
+        settings=settings(
+            max_examples=4,
+            stateful_step_count=4,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=True,
+            database=None,
+        )
+    )
+    created = {p for m, p, status in steps if m == "POST" and status == 201}
+    followed = [s for s in steps if "{" not in s[1] and s[1].count("/") >= 2 and s[2] < 400]
+    assert created and followed, f"no link was followed with a real id: {steps}"
