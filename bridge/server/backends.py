@@ -78,9 +78,14 @@ class HostedBackend:
         return folder, str(path)
 
     @property
+    def gone(self) -> bool:
+        """Dead, or being cleaned up because its kernel died for good."""
+        return self.dead or self._reaping is not None
+
+    @property
     def state(self) -> str:
         """alive, restarting, lost (its kernel lives but closed the connection), or dead."""
-        if self.dead:
+        if self.gone:
             return "dead"
         if self.backend.alive:
             return "alive"
@@ -93,7 +98,7 @@ class HostedBackend:
             "id": self.id,
             "kernel_id": self.backend.kernel_id,
             "methods": self.methods,
-            "alive": self.backend.alive and not self.dead,
+            "alive": self.backend.alive and not self.gone,
             "state": self.state,
         }
 

@@ -346,7 +346,7 @@ class Service:
         self, backend_id: str, method: str, params: dict[str, Any] | None, timeout: float | None
     ) -> dict[str, Any]:
         hosted = self.backend(backend_id)
-        if hosted.dead:
+        if hosted.gone:
             raise ApiError(
                 503, "kernel_died", f"backend {backend_id} is dead (its kernel exited): delete it"
             )
