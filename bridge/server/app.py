@@ -77,6 +77,7 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
     def initialize_settings(self) -> None:
         serverapp = self.serverapp
         assert serverapp is not None  # linked by Jupyter Server before settings
+        _drop_unshown_records(serverapp.log)
         bridge_log = logging.getLogger("bridge")
         if not bridge_log.handlers:
             # The library logs to `bridge.*` without handlers; the service logs there too,
@@ -146,6 +147,20 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
 
     async def stop_extension(self) -> None:
         await self.service.close()
+
+
+def _drop_unshown_records(logger: logging.Logger) -> None:
+    """Let *logger* drop at once the records none of its handlers shows.
+
+    traitlets leaves an application's logger at DEBUG and filters in its handlers, so every
+    ``log.debug`` of Jupyter Server (one per request and several per kernel message) builds a
+    LogRecord that is then thrown away. The lowest level of its handlers filters the same."""
+    handlers = logger.handlers
+    if logger.propagate or not handlers or any(h.level == logging.NOTSET for h in handlers):
+        return
+    lowest = min(h.level for h in handlers)
+    if lowest > logger.level:
+        logger.setLevel(lowest)
 
 
 def _url_host(ip: str) -> str:
