@@ -23,13 +23,12 @@ import sys
 # the standard library's http package (which httpx and tornado import).
 if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
     del sys.path[0]
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # last: bench/rawhttp.py
 
 import argparse
 import asyncio
 import json
-import re
 import secrets
-import socket
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from rawhttp import RawClient
 from traitlets.config import Config
 
 import bridge
@@ -78,37 +78,6 @@ async def rate(fn: Callable[[], Awaitable[object]], clients: int, requests: int)
     t = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(clients)))
     return requests / (time.perf_counter() - t)
-
-
-class RawClient:
-    """A minimal keep-alive HTTP/1.1 client: one connection, one request at a time."""
-
-    def __init__(self, port: int, token: str) -> None:
-        self.port = port
-        self.head = (
-            "POST {} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Authorization: token {token}\r\nContent-Type: application/json\r\n"
-            "Content-Length: {}\r\n\r\n"
-        )
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def post(self, path: str, body: bytes) -> Any:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
-            self.writer.get_extra_info("socket").setsockopt(
-                socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
-            )
-        assert self.reader is not None
-        self.writer.write(self.head.format(path, len(body)).encode() + body)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        match = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
-        assert match is not None and head.startswith(b"HTTP/1.1 200"), head
-        return json.loads(await self.reader.readexactly(int(match.group(1))))
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 async def measure(app: Any, port: int, token: str, calls: int, requests: int) -> dict[str, Any]:

@@ -40,28 +40,6 @@ def _publish(value: Any) -> None:
         value.__module__ = "bridge"
 
 
-for _name in (
-    "BackendError",
-    "BackendLost",
-    "BackendStartError",
-    "BridgeClosed",
-    "BridgeError",
-    "CallTimeout",
-    "ErrorInfo",
-    "ExecutionError",
-    "ExecutionResult",
-    "ExecutionTimeout",
-    "ExitStatus",
-    "InvalidNotebook",
-    "InvalidRequest",
-    "KernelDied",
-    "KernelStartError",
-    "NotebookFailed",
-    "has_python",
-    "python_version",
-):
-    _publish(globals()[_name])
-
 if TYPE_CHECKING:
     from bridge.api.bridge import AsyncBridge, AsyncSession
     from bridge.api.sync import Backend, Bridge, Session
@@ -104,6 +82,10 @@ __all__ = [
     "python_version",
     "run_notebook",
 ]
+
+for _name in __all__:  # the ones imported above; the lazy ones as they load
+    if _name in globals():
+        _publish(globals()[_name])
 
 _LAZY = {
     "AsyncBackend": "bridge.backends.backend",
