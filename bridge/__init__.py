@@ -31,7 +31,7 @@ from bridge.core.errors import (
     NotebookFailed,
 )
 from bridge.core.python import has_python, python_version
-from bridge.core.results import ErrorInfo, ExecutionResult
+from bridge.core.results import ErrorInfo, ExecutionResult, strip_ansi
 
 
 def _publish(value: Any) -> None:
@@ -59,6 +59,7 @@ for _name in (
     "NotebookFailed",
     "has_python",
     "python_version",
+    "strip_ansi",
 ):
     _publish(globals()[_name])
 
@@ -69,7 +70,8 @@ if TYPE_CHECKING:
     from bridge.core.pool import PoolStatus
     from bridge.notebooks.handle import AsyncNotebook, Notebook
     from bridge.notebooks.options import NotebookOptions
-    from bridge.notebooks.runner import NotebookResult, run_notebook
+    from bridge.notebooks.report import NotebookResult
+    from bridge.notebooks.runner import run_notebook
 
 __all__ = [
     "AsyncBackend",
@@ -103,6 +105,7 @@ __all__ = [
     "has_python",
     "python_version",
     "run_notebook",
+    "strip_ansi",
 ]
 
 _LAZY = {
@@ -114,7 +117,7 @@ _LAZY = {
     "Bridge": "bridge.api.sync",
     "Notebook": "bridge.notebooks.handle",
     "NotebookOptions": "bridge.notebooks.options",
-    "NotebookResult": "bridge.notebooks.runner",
+    "NotebookResult": "bridge.notebooks.report",
     "PoolStatus": "bridge.core.pool",
     "Session": "bridge.api.sync",
     "run_notebook": "bridge.notebooks.runner",
