@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +36,8 @@ from bridge.notebooks.report import NotebookResult
 
 if TYPE_CHECKING:
     from bridge import AsyncBridge
+
+log = logging.getLogger("bridge.notebooks")
 
 # -- the one set-up path --------------------------------------------------------------------------
 
@@ -178,8 +181,7 @@ class Batch:
     """Notebooks run on one bridge, at most ``options.workers`` at once, started in order.
 
     >>> batch = Batch(b, NotebookOptions(workers=2))               # doctest: +SKIP
-    >>> first = batch.add(Path("a.ipynb")); batch.add(Path("b.ipynb"))  # doctest: +SKIP
-    >>> (await batch.result(first)).status                          # doctest: +SKIP
+    >>> (await batch.result(batch.add(Path("a.ipynb")))).status     # doctest: +SKIP
     'passed'
 
     ``result(i)`` starts notebook i and the next ``workers - 1`` ones, then waits for i only:
@@ -195,7 +197,6 @@ class Batch:
         self._slots = asyncio.Semaphore(options.workers)
         self._tasks: dict[int, asyncio.Task[NotebookResult]] = {}
         self._started: set[int] = set()
-        self._claimed: set[int] = set()
 
     def add(self, path: Path) -> int:
         """Queue *path*; returns its index for ``result``."""
@@ -203,10 +204,7 @@ class Batch:
         return len(self.paths) - 1
 
     async def result(self, index: int) -> NotebookResult:
-        """The result of notebook *index*, once; started with the next ``workers - 1``."""
-        if index in self._claimed or not 0 <= index < len(self.paths):
-            raise InvalidRequest(f"no notebook {index} to wait for in this batch")
-        self._claimed.add(index)
+        """The result of notebook *index* (asked once); started with the next ``workers - 1``."""
         for ahead in range(index, min(index + self.options.workers, len(self.paths))):
             if ahead not in self._started:
                 self._started.add(ahead)
@@ -227,6 +225,7 @@ class Batch:
                 return await run_notebook(self.bridge, path, options=self.options)
             except Exception as exc:  # a bug of ours: report it, let the others run
                 name = display_name(path, self.options.root)
+                log.error("kernel-bridge failed on %s", name, exc_info=True)
                 error = f"kernel-bridge failed on it: {type(exc).__name__}: {exc}"
                 return NotebookResult(path=path, name=name, status="error", error=error)
 
