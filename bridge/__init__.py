@@ -31,7 +31,7 @@ from bridge.core.errors import (
     NotebookFailed,
 )
 from bridge.core.python import has_python, python_version
-from bridge.core.results import ErrorInfo, ExecutionResult
+from bridge.core.results import ErrorInfo, ExecutionResult, strip_ansi
 
 
 def _publish(value: Any) -> None:
@@ -47,7 +47,8 @@ if TYPE_CHECKING:
     from bridge.core.pool import PoolStatus
     from bridge.notebooks.handle import AsyncNotebook, Notebook
     from bridge.notebooks.options import NotebookOptions
-    from bridge.notebooks.runner import NotebookResult, run_notebook
+    from bridge.notebooks.report import NotebookResult
+    from bridge.notebooks.runner import run_notebook
 
 __all__ = [
     "AsyncBackend",
@@ -81,6 +82,7 @@ __all__ = [
     "has_python",
     "python_version",
     "run_notebook",
+    "strip_ansi",
 ]
 
 for _name in __all__:  # the ones imported above; the lazy ones as they load
@@ -96,7 +98,7 @@ _LAZY = {
     "Bridge": "bridge.api.sync",
     "Notebook": "bridge.notebooks.handle",
     "NotebookOptions": "bridge.notebooks.options",
-    "NotebookResult": "bridge.notebooks.runner",
+    "NotebookResult": "bridge.notebooks.report",
     "PoolStatus": "bridge.core.pool",
     "Session": "bridge.api.sync",
     "run_notebook": "bridge.notebooks.runner",

@@ -265,6 +265,21 @@ class AsyncBridge(_AsyncCalls):
         """The pool's kernels now: ``b.status().ready`` live ones, ``busy``, ``starting``..."""
         return self.pool.status()
 
+    async def kernel_language(self, name: str) -> str | None:
+        """The language of the kernel spec *name* where this bridge's kernels run; None if
+        there is no kernel spec by that name.
+
+        >>> await b.kernel_language("python3")                  # doctest: +SKIP
+        'python'
+
+        Locally that is the installed kernel specs (``jupyter kernelspec list``) and the
+        bridge's own (``kernel-bridge``); on a gateway, the gateway's (``/api/kernelspecs``).
+        Notebook testing asks it of a notebook whose kernel name does not say Python.
+        """
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest(f"a kernel spec name must be a non-empty string, got {name!r}")
+        return await self.factory.kernel_language(name)
+
     @property
     def kernel_info(self) -> dict[str, Any]:
         """A pool kernel's ``kernel_info_reply`` content (``language_info``, versions); {} if

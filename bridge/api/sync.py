@@ -236,6 +236,10 @@ class Bridge(_BlockingCalls):
     def python(self) -> str:
         return self._async.python
 
+    def kernel_language(self, name: str) -> str | None:
+        """The language of the kernel spec *name*: ``b.kernel_language("python3") == "python"``."""
+        return self._call(self._async.kernel_language, name)
+
     def session(self) -> Session:
         """A blocking session: ``with b.session() as s: s.execute("x = 1")``."""
         return Session(self, self._async.session())

@@ -245,3 +245,20 @@ async def test_a_start_cancelled_midway_leaves_no_kernel(delay: float) -> None:
         assert _connection_files() - files == set()
         async with b.session() as s:  # the bridge goes on working
             assert (await s.evaluate("6 * 7")).value == 42
+
+
+@pytest.mark.asyncio
+async def test_kernel_language_reads_the_kernel_specs_where_the_kernels_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = tmp_path / "jupyter" / "kernels" / "fake-r"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text('{"argv": ["R"], "display_name": "R", "language": "R"}')
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    async with bridge.AsyncBridge(pool_size=0) as b:  # no kernel needed to read specs
+        assert await b.kernel_language("fake-r") == "R"
+        assert await b.kernel_language("python3") == "python"  # ipykernel's own
+        assert await b.kernel_language("kernel-bridge") == "python"  # the bridge's
+        assert await b.kernel_language("no-such-kernel") is None
+        with pytest.raises(bridge.InvalidRequest, match="kernel spec name"):
+            await b.kernel_language("")

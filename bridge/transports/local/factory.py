@@ -18,7 +18,7 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
-from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, NoSuchKernel
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
 from jupyter_core.paths import jupyter_runtime_dir
 from jupyter_core.utils import ensure_dir_exists
@@ -224,6 +224,16 @@ class KernelFactory:
         await kernel.shutdown(now=now)
         if kernel.pgid is not None:
             self.reaper.forget(kernel.pgid)
+
+    async def kernel_language(self, name: str) -> str | None:
+        """The language of the kernel spec *name* installed here (``jupyter kernelspec list``,
+        the bridge's own included); None if none has that name."""
+        with jupyter_client_errors(f"reading the kernel spec {name!r}"):
+            try:
+                spec = self.kernel_manager.kernel_spec_manager.get_kernel_spec(name)
+            except NoSuchKernel:
+                return None
+        return str(spec.language)
 
     async def close(self) -> None:
         """Stop every kernel this factory started, then the reaper."""
