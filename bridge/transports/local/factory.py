@@ -153,6 +153,7 @@ class KernelFactory:
     ) -> Kernel:
         """Start a kernel and return it once it answers and its IOPub delivers."""
         fd, log_path = tempfile.mkstemp(prefix="kernel-bridge-", suffix=".log")
+        launch: asyncio.Future[str] | None = None
         try:
             with jupyter_client_errors(f"starting a kernel with {self.python}", KernelStartError):
                 # A task of its own: a caller cancelled meanwhile (an HTTP client that went
@@ -169,14 +170,17 @@ class KernelFactory:
                 )
                 kernel_id = await asyncio.shield(launch)
         except BaseException as exc:
-            os.close(fd)
-            os.unlink(log_path)
-            if isinstance(exc, asyncio.CancelledError):
-                cleanup = asyncio.ensure_future(self._abandon(launch))
+            if isinstance(exc, asyncio.CancelledError) and launch is not None:
+                # The launch goes on (it may still be waiting for the fork server, or about
+                # to hand the log file to the kernel): the file is closed once it is over.
+                cleanup = asyncio.ensure_future(self._abandon(launch, fd, log_path))
                 self._cleanups.add(cleanup)
                 cleanup.add_done_callback(self._cleanups.discard)
                 with contextlib.suppress(asyncio.CancelledError):  # cancelled again: it goes on
                     await asyncio.shield(cleanup)
+            else:
+                os.close(fd)
+                os.unlink(log_path)
             raise
         os.close(fd)  # the kernel holds its own copy
         manager = self.kernel_manager.get_kernel(kernel_id)
@@ -215,9 +219,17 @@ class KernelFactory:
         log.debug("started %s (pid %s)", kernel.name, kernel.pid)
         return kernel
 
-    async def _abandon(self, launch: asyncio.Future[str]) -> None:
+    async def _abandon(self, launch: asyncio.Future[str], fd: int, log_path: str) -> None:
         """start() was cancelled: let jupyter_client's start finish, then shut that kernel
-        down with its process group (its connection file goes with it)."""
+        down with its process group (its connection file goes with it), and its log."""
+        try:
+            await self._end_abandoned(launch)
+        finally:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(log_path)
+
+    async def _end_abandoned(self, launch: asyncio.Future[str]) -> None:
         try:
             async with asyncio.timeout(self.startup_timeout):
                 kernel_id = await asyncio.shield(launch)
