@@ -1,6 +1,6 @@
 """Benchmark: what a kernel start costs, forked from the fork server against a new interpreter.
 
-    .venv/bin/python bench/kernel_start.py [--starts 20]
+    .venv/bin/python -P bench/kernel_start.py [--starts 20]
 
 Times, on the same kernel spec (the bridge's), the time from a start request
 (``MultiKernelManager.start_kernel``) to the kernel's ``kernel_info_reply``, and the CPU it
