@@ -152,6 +152,10 @@ class AsyncBridge(_AsyncCalls):
     ``python_paths`` name directories on the gateway's host. ``kernel_manager`` may then only be
     Jupyter Server's ``GatewayMappingKernelManager`` for the same gateway: the bridge registers
     its kernels there, so the server lists them and JupyterLab opens them.
+
+    Local kernels are forked from a fork server that has imported IPython and ipykernel once
+    (about 0.1 of a kernel start); ``fork_server=False`` starts a new interpreter per kernel,
+    as jupyter_client does by default (docs/kernels.md#fork-server).
     """
 
     def __init__(
@@ -169,6 +173,7 @@ class AsyncBridge(_AsyncCalls):
         gateway_url: str | None = None,
         gateway_token: str | None = None,
         gateway_kernel_name: str | None = None,
+        fork_server: bool = True,
     ) -> None:
         check_count(pool_size, "pool_size")
         self.max_output = check_count(max_output, "max_output")
@@ -180,6 +185,7 @@ class AsyncBridge(_AsyncCalls):
             "python_paths": python_paths,
             "startup_timeout": check_timeout(startup_timeout, 60.0),
             "kernel_manager": kernel_manager,
+            "fork_server": fork_server,
         }
         self.gateway_url, gateway_token = gateway_settings(gateway_url, gateway_token)
         if self.gateway_url:

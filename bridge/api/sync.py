@@ -145,6 +145,7 @@ class Bridge(_BlockingCalls):
         gateway_url: str | None = None,
         gateway_token: str | None = None,
         gateway_kernel_name: str | None = None,
+        fork_server: bool = True,
     ) -> None:
         self._async: AsyncBridge = AsyncBridge(
             pool_size=pool_size,
@@ -158,6 +159,7 @@ class Bridge(_BlockingCalls):
             gateway_url=gateway_url,
             gateway_token=gateway_token,
             gateway_kernel_name=gateway_kernel_name,
+            fork_server=fork_server,
         )
         self._portal: Portal | None = None
         self._closing = False

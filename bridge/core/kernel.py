@@ -303,6 +303,9 @@ class Kernel:
                 call.fallback = True
                 call.fail(_Fallback())
             else:
+                value = data.get(wire.REPLY_VALUE)
+                if isinstance(value, dict):  # the value, in the reply (see protocol.py)
+                    call.collector.add("execute_result", value)
                 call.on_reply(data)
             return
         record = call.collector.add_record(data)

@@ -29,6 +29,8 @@ from bridge.core.python import diagnose, resolve_python
 from bridge.core.translate import jupyter_client_errors
 from bridge.core.validate import check_env, check_paths
 from bridge.core.wire import kernel_side_dir
+from bridge.transports.local import forkserver
+from bridge.transports.local.provisioner import NAME as FORK_PROVISIONER
 from bridge.transports.local.watchdog import Reaper
 
 log = logging.getLogger("bridge.kernel")
@@ -47,14 +49,21 @@ HOST_SECRETS = frozenset(
 )
 
 
-def bridge_kernel_spec(python: str) -> KernelSpec:
-    """The kernel spec of a bridge kernel run by *python* (see kernels/kernelspec/kernel.json)."""
+def bridge_kernel_spec(python: str, *, fork_server: bool = True) -> KernelSpec:
+    """The kernel spec of a bridge kernel run by *python* (see kernels/kernelspec/kernel.json).
+
+    With *fork_server* its kernels are forked from a pre-imported fork server
+    (provisioner.py); without, jupyter_client's LocalProvisioner starts each interpreter.
+    """
+    metadata: dict[str, Any] = {"debugger": False}
+    if fork_server:
+        metadata["kernel_provisioner"] = {"provisioner_name": FORK_PROVISIONER, "config": {}}
     return KernelSpec(
         argv=[python, "-m", "bridge_runtime.launch", "-f", "{connection_file}"],
         display_name="Python 3 (kernel-bridge)",
         language="python",
         interrupt_mode="signal",
-        metadata={"debugger": False},
+        metadata=metadata,
     )
 
 
@@ -91,12 +100,14 @@ class KernelFactory:
         python_paths: Sequence[str | os.PathLike[str]] = (),
         startup_timeout: float = 60.0,
         kernel_manager: Any = None,
+        fork_server: bool = True,
     ) -> None:
         self.python = resolve_python(python)
         self.env = check_env(env)
         self.python_paths = check_paths(python_paths)
         self.startup_timeout = startup_timeout
-        spec = bridge_kernel_spec(self.python)
+        self.fork_server = fork_server
+        spec = bridge_kernel_spec(self.python, fork_server=fork_server)
         if kernel_manager is None:
             # Connection files (0600, with the key) go to Jupyter's private runtime folder
             # (0700), where `jupyter console --existing` looks; the default is the cwd.
@@ -111,10 +122,18 @@ class KernelFactory:
         self.context = zmq.asyncio.Context()
         self.context.setsockopt(zmq.RCVHWM, 0)  # never drop IOPub messages on our side either
         self.context.setsockopt(zmq.LINGER, 0)
+        # The client connects as soon as the kernel process exists, before it has bound its
+        # ports; ZeroMQ then retries after RECONNECT_IVL, 100 ms by default: most of a forked
+        # kernel's start. 10 ms costs a few refused connects on loopback.
+        self.context.setsockopt(zmq.RECONNECT_IVL, 10)
         self.reaper = Reaper()
         self.remote = False
         self.kernels: set[Kernel] = set()
         self._cleanups: set[asyncio.Future[None]] = set()  # the kernels of cancelled starts
+        if fork_server:
+            # Held until close(); started now, so it imports while the pool asks for kernels.
+            forkserver.hold()
+            forkserver.prestart(self.python, self.kernel_env())
 
     def kernel_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in HOST_SECRETS}
@@ -134,6 +153,7 @@ class KernelFactory:
     ) -> Kernel:
         """Start a kernel and return it once it answers and its IOPub delivers."""
         fd, log_path = tempfile.mkstemp(prefix="kernel-bridge-", suffix=".log")
+        launch: asyncio.Future[str] | None = None
         try:
             with jupyter_client_errors(f"starting a kernel with {self.python}", KernelStartError):
                 # A task of its own: a caller cancelled meanwhile (an HTTP client that went
@@ -150,14 +170,17 @@ class KernelFactory:
                 )
                 kernel_id = await asyncio.shield(launch)
         except BaseException as exc:
-            os.close(fd)
-            os.unlink(log_path)
-            if isinstance(exc, asyncio.CancelledError):
-                cleanup = asyncio.ensure_future(self._abandon(launch))
+            if isinstance(exc, asyncio.CancelledError) and launch is not None:
+                # The launch goes on (it may still be waiting for the fork server, or about
+                # to hand the log file to the kernel): the file is closed once it is over.
+                cleanup = asyncio.ensure_future(self._abandon(launch, fd, log_path))
                 self._cleanups.add(cleanup)
                 cleanup.add_done_callback(self._cleanups.discard)
                 with contextlib.suppress(asyncio.CancelledError):  # cancelled again: it goes on
                     await asyncio.shield(cleanup)
+            else:
+                os.close(fd)
+                os.unlink(log_path)
             raise
         os.close(fd)  # the kernel holds its own copy
         manager = self.kernel_manager.get_kernel(kernel_id)
@@ -196,9 +219,17 @@ class KernelFactory:
         log.debug("started %s (pid %s)", kernel.name, kernel.pid)
         return kernel
 
-    async def _abandon(self, launch: asyncio.Future[str]) -> None:
+    async def _abandon(self, launch: asyncio.Future[str], fd: int, log_path: str) -> None:
         """start() was cancelled: let jupyter_client's start finish, then shut that kernel
-        down with its process group (its connection file goes with it)."""
+        down with its process group (its connection file goes with it), and its log."""
+        try:
+            await self._end_abandoned(launch)
+        finally:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(log_path)
+
+    async def _end_abandoned(self, launch: asyncio.Future[str]) -> None:
         try:
             async with asyncio.timeout(self.startup_timeout):
                 kernel_id = await asyncio.shield(launch)
@@ -241,6 +272,9 @@ class KernelFactory:
         await asyncio.gather(*(self.stop(k) for k in list(self.kernels)), return_exceptions=True)
         self.reaper.close()
         self.context.destroy(linger=0)
+        if self.fork_server:
+            self.fork_server = False  # released once, however often close() is called
+            forkserver.release()
 
 
 def _teach_spec(kernel_manager: Any, spec: KernelSpec) -> None:
