@@ -58,13 +58,13 @@ test: lint $(EG_STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/python -P bench/kernel_start.py
-	$(BIN)/python -P bench/execute.py
-	$(BIN)/python -P bench/gateway.py
-	$(BIN)/python -P bench/notebooks.py
-	$(BIN)/python -P bench/http.py
-	$(BIN)/python -P bench/backend.py
-	$(BIN)/python -P bench/qntx.py
+	$(BIN)/python bench/kernel_start.py
+	$(BIN)/python bench/execute.py
+	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/notebooks.py
+	$(BIN)/python bench/http_service.py
+	$(BIN)/python bench/backend.py
+	$(BIN)/python bench/qntx.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,6 +1,6 @@
 """Benchmark: what a kernel start costs, forked from the fork server against a new interpreter.
 
-    .venv/bin/python -P bench/kernel_start.py [--starts 20]
+    .venv/bin/python bench/kernel_start.py [--starts 20]
 
 Times, on the same kernel spec (the bridge's), the time from a start request
 (``MultiKernelManager.start_kernel``) to the kernel's ``kernel_info_reply``, and the CPU it
@@ -22,14 +22,11 @@ import statistics
 import sys
 import time
 
-# bench/http.py would shadow the standard library's http package for what imports it.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(__file__)]
+from jupyter_client.multikernelmanager import AsyncMultiKernelManager
 
-from jupyter_client.multikernelmanager import AsyncMultiKernelManager  # noqa: E402
-
-import bridge  # noqa: E402
-from bridge.transports.local import forkserver  # noqa: E402
-from bridge.transports.local.factory import (  # noqa: E402
+import bridge
+from bridge.transports.local import forkserver
+from bridge.transports.local.factory import (
     KERNEL_NAME,
     BridgeSpecManager,
     bridge_kernel_spec,

@@ -13,14 +13,6 @@ ratio of the p50s (target: at most 1.2).
 
 from __future__ import annotations
 
-import os
-import sys
-
-# Run as a script, this file's folder comes first on sys.path; keep it off, as bench/http.py does.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # last: bench/rawhttp.py
-
 import argparse
 import asyncio
 import json
@@ -28,6 +20,7 @@ import re
 import secrets
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable

@@ -1,6 +1,6 @@
 """Benchmark: what the HTTP service adds to a call, against the Python API on the same pool.
 
-    .venv/bin/python bench/http.py [--calls 300] [--requests 400]
+    .venv/bin/python bench/http_service.py [--calls 300] [--requests 400]
 
 The service runs in this process (Jupyter Server with the kernel-bridge extension, pool of 2)
 and every figure comes from one run on its one pool:
@@ -16,20 +16,13 @@ this process's one event loop; calls alternate in blocks so drift hits both side
 
 from __future__ import annotations
 
-import os
-import sys
-
-# Run as a script, this file's folder comes first on sys.path, where "http.py" would shadow
-# the standard library's http package (which httpx and tornado import).
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # last: bench/rawhttp.py
-
 import argparse
 import asyncio
 import json
+import os
 import secrets
 import statistics
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
