@@ -248,6 +248,7 @@ class Bridge(_BlockingCalls):
         python_paths: Sequence[str | os.PathLike[str]] = (),
         timeout: float | None = None,
         restart: bool = False,
+        name: str | None = None,
     ) -> Backend:
         """A blocking backend: ``b.spawn("echo_backend.py").call("echo", {"data": 1})``."""
         backend = self.call(
@@ -257,6 +258,7 @@ class Bridge(_BlockingCalls):
             python_paths=python_paths,
             timeout=timeout,
             restart=restart,
+            name=name,
         )
         return Backend(self, backend)
 
@@ -320,6 +322,10 @@ class Backend:
     @property
     def async_backend(self) -> AsyncBackend:
         return self._async
+
+    @property
+    def name(self) -> str:
+        return self._async.name
 
     @property
     def kernel_id(self) -> str:

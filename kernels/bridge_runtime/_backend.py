@@ -63,6 +63,9 @@ BATCH_WINDOW = 0.002  # under a stream of events, gather them this long into one
 log = logging.getLogger("bridge_runtime.backend")
 
 _HERE = (__file__, _wire.__file__)  # frames left out of tracebacks sent to the host
+# Called with (type, data) for every event a backend of this kernel sends, before it goes to
+# the host; each must be quick and never raise (``_magic``'s watches, see ``add_tap``).
+_TAPS: tuple[Callable[[str, Any], None], ...] = ()  # replaced whole, never changed in place
 _CURRENT: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
     "bridge_backend_call", default=None
 )
@@ -587,6 +590,8 @@ class _Core:
     # -- events and output --
 
     def emit(self, type_: str, data: Any) -> None:
+        for tap in _TAPS:  # a person watching (``%bridge events``): a look, not a detour
+            tap(type_, data)
         self.outbox.event(type_, data)
 
     def capture_output(self, *, everything: bool) -> None:
@@ -704,6 +709,29 @@ class PythonBridge:
             if _REGISTRY.send is not None:
                 core.outbox.attach(_REGISTRY.send, core.hello())
         install()
+
+
+def add_tap(tap: Callable[[str, Any], None]) -> Callable[[], None]:
+    """Have ``tap(type, data)`` called for every event sent from now on, on the sending
+    thread, alongside its delivery to the host; returns a function that removes it."""
+    global _TAPS
+    _TAPS = (*_TAPS, tap)
+
+    def remove() -> None:
+        global _TAPS
+        _TAPS = tuple(t for t in _TAPS if t is not tap)
+
+    return remove
+
+
+def current_backend() -> PythonBridge | None:
+    """The backend that called run() last in this kernel: the one the host's calls reach."""
+    return _REGISTRY.backend
+
+
+def host_connected() -> bool:
+    """True while a host's comm is open to this kernel's backend."""
+    return _REGISTRY.send is not None
 
 
 # -- in a kernel ------------------------------------------------------------------------------
