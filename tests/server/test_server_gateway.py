@@ -66,6 +66,13 @@ def listed(client: httpx.Client) -> set[str]:
     return {k["id"] for k in r.json()}
 
 
+def sessions(client: httpx.Client) -> list[dict[str, Any]]:
+    r = client.get("/api/sessions")
+    assert r.status_code == 200, r.text
+    found: list[dict[str, Any]] = r.json()
+    return found
+
+
 def test_calls_run_on_kernels_the_gateway_started(
     client: httpx.Client, kernel_gateway: GatewayProcess, before: set[str]
 ) -> None:
@@ -88,16 +95,20 @@ def test_backend_on_the_gateway_seen_by_the_server(
     before: set[str],
 ) -> None:
     """Create, call, events, delete; in between, Jupyter Server's own /api/kernels lists the
-    backend's kernel and a JupyterLab-style websocket through the service reaches it."""
+    backend's kernel, its /api/sessions lists the backend by name (JupyterLab's Running panel),
+    and a JupyterLab-style websocket through the service reaches it."""
     pool = ours(kernel_gateway, before)
     assert pool <= listed(client)  # the pool's kernel, through the server's gateway client
-    r = client.post("/backends", json={"script": TICKER})
+    r = client.post("/backends", json={"script": TICKER, "name": "ticker.py"})
     assert r.status_code == 201, r.text
     created: dict[str, Any] = r.json()
     kernel_id = created["kernel_id"]
     try:
         assert ours(kernel_gateway, before) == pool | {kernel_id}
         assert kernel_id in listed(client)
+        [session] = sessions(client)  # the backend's; the pool's kernel is no session
+        assert (session["id"], session["name"]) == (created["session_id"], "backends/ticker.py")
+        assert (session["type"], session["kernel"]["id"]) == ("console", kernel_id)
         call = client.post(
             f"/backends/{created['id']}/call", json={"cmd": "tick", "params": {"n": 2}}
         )
@@ -113,6 +124,7 @@ def test_backend_on_the_gateway_seen_by_the_server(
     assert r.json() == {"id": created["id"], "deleted": True}
     assert ours(kernel_gateway, before) == pool  # deleted on the gateway
     assert kernel_id not in listed(client)
+    assert sessions(client) == []
 
 
 def test_wrong_gateway_token_stops_the_service(
