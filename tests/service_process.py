@@ -146,18 +146,17 @@ class KernelSocket:
     async def __aexit__(self, *exc_info: object) -> None:
         self.ws.close()
 
-    def execute(self, code: str) -> str:
-        """Send *code*; returns the request's msg_id, the parent of every message it causes."""
+    def send(self, msg_type: str, content: dict[str, Any]) -> str:
+        """Send a shell message; returns its msg_id, the parent of every message it causes."""
         msg_id = uuid.uuid4().hex
         header = {
             "msg_id": msg_id,
-            "msg_type": "execute_request",
+            "msg_type": msg_type,
             "username": "test",
             "session": self.session,
             "version": "5.3",
             "date": "",
         }
-        content = {"code": code, "silent": False, "store_history": True}
         message = {
             "header": header,
             "parent_header": {},
@@ -168,6 +167,10 @@ class KernelSocket:
         }
         self.ws.write_message(json.dumps(message))
         return msg_id
+
+    def execute(self, code: str) -> str:
+        """Send *code* to run; returns the request's msg_id."""
+        return self.send("execute_request", {"code": code, "silent": False, "store_history": True})
 
     async def read(self, msg_id: str, until: Any, timeout: float = 60) -> list[dict[str, Any]]:
         """The messages whose parent is *msg_id*, up to the first for which ``until(msg)``."""

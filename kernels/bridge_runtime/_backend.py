@@ -243,7 +243,7 @@ class _Output:
     """Stands in for sys.stdout/sys.stderr: what a backend method prints becomes an event.
 
     Output belongs to a backend when it is written during a call (a context variable follows
-    the call into its thread or task) or from any thread but the kernel's main one (threads a
+    the call into its thread or task) or from any thread but the kernel's own (threads a
     backend started, such as a streaming loop). Cells run by a person who attached to the
     kernel print as in any kernel. Lines are kept whole: one event per line, not per write().
     """
@@ -256,11 +256,10 @@ class _Output:
         self._local = threading.local()
 
     def _ours(self) -> bool:
-        return (
-            self._everything
-            or _CURRENT.get() is not None
-            or threading.current_thread() is not threading.main_thread()
-        )
+        if self._everything or _CURRENT.get() is not None:
+            return True
+        thread = threading.current_thread()
+        return thread is not threading.main_thread() and not _kernel_thread(thread)
 
     def write(self, text: str) -> int:
         if self._core.outbox.sending:
@@ -301,6 +300,13 @@ class _Output:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._original, name)
+
+
+def _kernel_thread(thread: threading.Thread) -> bool:
+    """A thread of ipykernel's own (its shell channel, control, subshells, IOPub, heartbeat):
+    what it prints is the kernel's (say, the "No such comm" warning when a JupyterLab console
+    closes a comm the kernel never had), never the backend's."""
+    return type(thread).__module__.startswith("ipykernel.") or thread.name == "IOPub"
 
 
 def _flush_output() -> None:

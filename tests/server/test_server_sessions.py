@@ -193,6 +193,9 @@ def test_live_events_in_the_console_and_the_host_still_gets_them(
             watch = socket.execute("%bridge events")
             await socket.read(watch, idle)  # the cell is done; its display lives on
             assert (await socket.run("1 + 1")) == "2"  # and the console is free
+            # What JupyterLab sends when it closes a comm the kernel never opened: the kernel
+            # warns on a thread of its own, which is not the backend's output (no event).
+            socket.send("comm_close", {"comm_id": "never-opened", "data": {}})
             r = await asyncio.to_thread(call, client, created["id"], "emit", n=3)
             assert r.json()["result"] == 3
 
