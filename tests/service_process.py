@@ -138,6 +138,7 @@ class KernelSocket:
         self.url = f"{ws_url}/api/kernels/{kernel_id}/channels?token={service.token}"
         self.session = uuid.uuid4().hex
         self.ws: Any = None
+        self.unread: list[dict[str, Any]] = []  # come while reading for another request
 
     async def __aenter__(self) -> KernelSocket:
         self.ws = await websocket_connect(self.url)
@@ -175,12 +176,22 @@ class KernelSocket:
     async def read(self, msg_id: str, until: Any, timeout: float = 60) -> list[dict[str, Any]]:
         """The messages whose parent is *msg_id*, up to the first for which ``until(msg)``."""
         seen: list[dict[str, Any]] = []
+        kept, self.unread = self.unread, []
+        for i, msg in enumerate(kept):
+            if msg["parent_header"].get("msg_id") != msg_id:
+                self.unread.append(msg)
+                continue
+            seen.append(msg)
+            if until(msg):
+                self.unread += kept[i + 1 :]
+                return seen
         async with asyncio.timeout(timeout):
             while True:
                 raw = await self.ws.read_message()
                 assert raw is not None, "the server closed the websocket"
                 msg = json.loads(raw)
                 if msg["parent_header"].get("msg_id") != msg_id:
+                    self.unread.append(msg)
                     continue
                 seen.append(msg)
                 if until(msg):

@@ -28,6 +28,7 @@ from . import _backend
 ROWS = 20  # events a display shows: the latest
 TEXT_LIMIT = 200  # characters of an event's data shown
 UPDATE_INTERVAL = 0.1  # seconds between two updates of a display: a burst is shown at once
+MAX_WATCHES = 4  # live displays per kernel; a new one past that stops the oldest
 
 USAGE = """\
 %bridge              the backend in this kernel, its host, its calls
@@ -156,6 +157,10 @@ def bridge(line: str) -> None:
         print(_status())
         return
     if words == ["events"]:
+        # A display nobody sees any more (its console closed, its cell run again) would be
+        # updated for ever: the oldest goes once there are too many.
+        while len(_WATCHES) >= MAX_WATCHES:
+            _WATCHES.pop(0).stop()
         watch = _Watch(get_ipython())
         _WATCHES.append(watch)
         watch.start()

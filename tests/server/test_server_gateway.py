@@ -13,7 +13,13 @@ from typing import Any
 import httpx
 import pytest
 from gateways import GatewayProcess
-from service_process import ServiceProcess, execute_over_websocket, read_events
+from service_process import (
+    KernelSocket,
+    ServiceProcess,
+    execute_over_websocket,
+    idle,
+    read_events,
+)
 
 TICKER = """\
 from bridge_runtime import PythonBridge
@@ -73,6 +79,27 @@ def sessions(client: httpx.Client) -> list[dict[str, Any]]:
     return found
 
 
+async def events_in_console(
+    service: ServiceProcess, client: httpx.Client, backend_id: str, kernel_id: str
+) -> str:
+    """``%bridge events`` in a console on the backend's kernel, then a host call that sends two
+    events: the text of the display once it shows both."""
+    async with KernelSocket(service, kernel_id) as socket:
+        watch = socket.execute("%bridge events")
+        await socket.read(watch, idle)
+        url = f"/backends/{backend_id}/call"
+        r = await asyncio.to_thread(client.post, url, json={"cmd": "tick", "params": {"n": 2}})
+        assert r.json()["result"] == 4, r.text
+
+        def shows_both(msg: dict[str, Any]) -> bool:
+            text = msg["content"].get("data", {}).get("text/plain", "")
+            return msg["header"]["msg_type"] == "update_display_data" and "#2" in text
+
+        updates = await socket.read(watch, shows_both)
+        text: str = updates[-1]["content"]["data"]["text/plain"]
+        return text
+
+
 def test_calls_run_on_kernels_the_gateway_started(
     client: httpx.Client, kernel_gateway: GatewayProcess, before: set[str]
 ) -> None:
@@ -119,6 +146,8 @@ def test_backend_on_the_gateway_seen_by_the_server(
             ]
         seen = asyncio.run(execute_over_websocket(service, kernel_id, "backend.counter"))
         assert seen == "2"
+        shown = asyncio.run(events_in_console(service, client, created["id"], kernel_id))
+        assert 'tick  {"i": 0}' in shown and 'tick  {"i": 1}' in shown
     finally:
         r = client.delete(f"/backends/{created['id']}")
     assert r.json() == {"id": created["id"], "deleted": True}

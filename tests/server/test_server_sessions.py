@@ -203,7 +203,17 @@ def test_live_events_in_the_console_and_the_host_still_gets_them(
                 text = msg["content"].get("data", {}).get("text/plain", "")
                 return msg["header"]["msg_type"] == "update_display_data" and "#3" in text
 
-            return await socket.read(watch, shows_all)
+            updates = await socket.read(watch, shows_all)
+            stop = socket.execute("%bridge events stop")
+            said = "".join(m["content"].get("text", "") for m in await socket.read(stop, idle))
+            assert "stopped 1 live event display(s)" in said
+
+            def stopped(msg: dict[str, Any]) -> bool:
+                text = msg["content"].get("data", {}).get("text/plain", "")
+                return msg["header"]["msg_type"] == "update_display_data" and "(stopped" in text
+
+            await socket.read(watch, stopped)
+            return updates
 
     try:
         updates = asyncio.run(scenario())
