@@ -146,8 +146,11 @@ class HostedBackend:
         self._unsubscribe()
         # The session goes first: JupyterLab never lists a kernel on its way out.
         self._ending = True
-        await asyncio.gather(*self._session_tasks, return_exceptions=True)
-        await self._end_session()
+        try:
+            await asyncio.gather(*self._session_tasks, return_exceptions=True)
+            await self._end_session()
+        except Exception:  # the kernel must go all the same
+            log.exception("could not end the session of backend %s", self.id)
         try:
             await self.backend.terminate()
         finally:
