@@ -9,8 +9,9 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# '.[test]' includes the qntx extra (grpcio, grpcio-tools: QNTX's plugin and its stubs).
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# server and lab: what `make run` serves (JupyterLab at /lab, same token); '.[test]' adds
+	# the qntx extra (grpcio, grpcio-tools: QNTX's plugin and its stubs) and Playwright.
+	$(BIN)/python -m pip install --quiet -e '.[server,lab,test]'
 	touch $(STAMP)
 
 # Enterprise Gateway 3 pins jupyter_client < 7 and jupyter_server < 2: the tests run it from a
@@ -22,6 +23,23 @@ $(EG_STAMP): | $(STAMP)
 	$(VENV)/eg/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/eg/bin/python -m pip install --quiet 'jupyter-enterprise-gateway>=3.2,<4' 'ipykernel>=6.29' pandas matplotlib
 	touch $(EG_STAMP)
+
+# The JupyterLab browser test (tests/lab) drives Debian's Chromium through Playwright, never a
+# browser Playwright downloads: installed here when missing, as root on Debian (CI, this kind
+# of machine); elsewhere make stops and names the package. CHROMIUM=/path/to/chrome make test
+# points the test at another Chromium.
+CHROMIUM ?= /usr/bin/chromium
+$(CHROMIUM):
+	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's chromium for the JupyterLab browser test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "make test needs Chromium at $(CHROMIUM) for the JupyterLab browser test (tests/lab):" >&2; \
+		echo "  Debian/Ubuntu: sudo apt-get install chromium  (Fedora: sudo dnf install chromium)" >&2; \
+		echo "  or CHROMIUM=/path/to/chromium make test" >&2; \
+		exit 1; \
+	fi
+	@test -x $(CHROMIUM) || { echo "$(CHROMIUM) is still missing after the install" >&2; exit 1; }
 
 KB := $(BIN)/kernel-bridge
 TOKEN := $(VENV)/token
@@ -54,8 +72,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check bridge kernels tests bench
 	$(BIN)/mypy
 
-test: lint $(EG_STAMP)
-	$(BIN)/python -m pytest
+test: lint $(EG_STAMP) $(CHROMIUM)
+	KERNEL_BRIDGE_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest
 
 bench: $(STAMP)
 	$(BIN)/python bench/kernel_start.py

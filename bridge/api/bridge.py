@@ -354,6 +354,7 @@ class AsyncBridge(_AsyncCalls):
         python_paths: Sequence[str | os.PathLike[str]] = (),
         timeout: float | None = None,
         restart: bool = False,
+        name: str | None = None,
     ) -> AsyncBackend:
         """Run a backend script in a kernel of its own and return it, ready for calls.
 
@@ -362,8 +363,10 @@ class AsyncBridge(_AsyncCalls):
         {'message': 'Hello, Alice!', ...}
 
         *timeout* is the default for its calls and the limit for running the script;
-        *restart* brings a dead kernel back with the script run again. Raises
-        ``BackendStartError`` if the script raises or never calls ``run()``.
+        *restart* brings a dead kernel back with the script run again; *name* is what people
+        see it as (default: the script's file name; the service's JupyterLab session is
+        ``backends/<name>``). Raises ``BackendStartError`` if the script raises or never
+        calls ``run()``.
         """
         if self._closed:
             raise BridgeClosed("the bridge is closed")
@@ -376,6 +379,7 @@ class AsyncBridge(_AsyncCalls):
             timeout=seconds,
             restart=restart,
             max_output=self.max_output,
+            name=name,
         )
         self._backends.add(backend)
         backend.on_terminate(lambda: self._backends.discard(backend))

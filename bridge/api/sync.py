@@ -254,6 +254,7 @@ class Bridge(_BlockingCalls):
         python_paths: Sequence[str | os.PathLike[str]] = (),
         timeout: float | None = None,
         restart: bool = False,
+        name: str | None = None,
     ) -> Backend:
         """A blocking backend: ``b.spawn("echo_backend.py").call("echo", {"data": 1})``."""
         backend = self.call(
@@ -263,6 +264,7 @@ class Bridge(_BlockingCalls):
             python_paths=python_paths,
             timeout=timeout,
             restart=restart,
+            name=name,
         )
         return Backend(self, backend)
 
@@ -326,6 +328,10 @@ class Backend:
     @property
     def async_backend(self) -> AsyncBackend:
         return self._async
+
+    @property
+    def name(self) -> str:
+        return self._async.name
 
     @property
     def kernel_id(self) -> str:

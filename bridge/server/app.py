@@ -2,7 +2,9 @@
 
 Jupyter Server owns the HTTP server, the token, the config files and the log; this extension
 adds the routes and runs an AsyncBridge on the server's own MappingKernelManager, so the
-bridge's kernels are the server's kernels (``/api/kernels``, JupyterLab).
+bridge's kernels are the server's kernels (``/api/kernels``, JupyterLab), and each backend is
+one of the server's sessions (``/api/sessions``; sessions.py), which JupyterLab lists by name
+when it is installed: it is then at ``/lab`` of the same server, with the same token.
 
 Gateway mode follows the server's own gateway settings (``GatewayClient.url`` and
 ``auth_token``, which Jupyter Server also reads from ``JUPYTER_GATEWAY_URL`` and
@@ -16,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import urllib.parse
 from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
@@ -95,6 +98,7 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
             queue_timeout=self.queue_timeout,
             max_backends=self.max_backends,
             max_body_size=self.max_body_size,
+            session_manager=serverapp.session_manager,
         )
 
     def initialize_handlers(self) -> None:
@@ -126,10 +130,20 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
             f"curl -s -H {shlex.quote('Authorization: token ' + token)} "
             f"-d {shlex.quote(body)} {url}execute"
         )
+        lab_app = _lab_app(serverapp)
+        if lab_app is not None:
+            path = str(getattr(lab_app, "app_url", "/lab")).lstrip("/")
+            lab = (
+                f"lab: {url}{path}?token={urllib.parse.quote(token)} "
+                "(every backend is a session under Running Terminals and Kernels)"
+            )
+        else:
+            lab = "lab: JupyterLab is not installed here (pip install 'kernel-bridge[lab]')"
         return "\n".join(
             [
                 f"kernel-bridge {__version__} serving at {url}",
                 f"token: {token}",
+                lab,
                 f"try: {curl}",
                 "Ctrl-C shuts the service and every kernel down.",
             ]
@@ -137,6 +151,12 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
 
     async def stop_extension(self) -> None:
         await self.service.close()
+
+
+def _lab_app(serverapp: Any) -> Any:
+    """JupyterLab's extension app in this server (its point is "lab"), or None."""
+    point = serverapp.extension_manager.extension_points.get("lab")
+    return getattr(point, "app", None)
 
 
 def _url_host(ip: str) -> str:

@@ -175,6 +175,7 @@ async def _create_backend(service: Service, request: Request) -> dict[str, Any]:
     req = read_body(service, request, schema.BACKEND_REQUEST)
     return await service.create_backend(
         req["script"],
+        name=req.get("name"),
         env=req.get("env"),
         timeout=req.get("timeout_secs"),
         restart=req.get("restart", False),

@@ -172,7 +172,12 @@ def document(host: str = "127.0.0.1") -> dict[str, Any]:
             ),
             "post": _operation(
                 "Start a backend: a script of methods in a kernel of its own",
-                ok=(201, "Started; its kernel is listed by /api/kernels.", schema.BACKEND),
+                ok=(
+                    201,
+                    "Started; its kernel is listed by /api/kernels, and by /api/sessions as "
+                    "the session backends/<name>, which JupyterLab opens a console on.",
+                    schema.BACKEND,
+                ),
                 body=schema.BACKEND_REQUEST,
                 failures=(400, 413, 429, 503, 504),
             ),

@@ -248,6 +248,13 @@ BACKEND_REQUEST: Schema = {
             "type": "string",
             "description": "Python source defining the backend class (see the backends guide).",
         },
+        "name": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 255,
+            "description": "What people see it as: its JupyterLab session is backends/<name>. "
+            "Clients send the script's file name; the default is the backend's class name.",
+        },
         "env": {
             "type": "object",
             "additionalProperties": {"type": "string"},
@@ -369,11 +376,18 @@ BACKEND: Schema = {
     "type": "object",
     "properties": {
         "id": {"type": "string"},
+        "name": {"type": "string", "description": "The name it was given, or its class name."},
+        "session_id": {
+            "type": "string",
+            "nullable": True,
+            "description": "Its Jupyter Server session (/api/sessions), named backends/<name>: "
+            "JupyterLab lists it there and opens a console on its kernel.",
+        },
         "kernel_id": {"type": "string", "description": "The kernel, as /api/kernels lists it."},
         "methods": {"type": "array", "items": {"type": "string"}},
         "alive": {"type": "boolean"},
     },
-    "required": ["id", "kernel_id", "methods", "alive"],
+    "required": ["id", "name", "session_id", "kernel_id", "methods", "alive"],
 }
 
 BACKEND_LIST: Schema = {

@@ -23,6 +23,7 @@ from bridge._version import __version__
 from . import packages
 from .backends import HostedBackend, to_json
 from .errors import ApiError, bad_request, not_found
+from .sessions import Sessions
 
 log = logging.getLogger("bridge.server")
 
@@ -111,8 +112,11 @@ class Service:
         gateway_url: str = "",
         gateway_token: str = "",
         gateway_kernel_name: str | None = None,
+        session_manager: Any = None,
     ) -> None:
         self.root = os.path.realpath(root)
+        # Jupyter Server's sessions: each backend is one, so JupyterLab lists it by name.
+        self.sessions = Sessions(session_manager)
         self.pool_size = pool_size
         self.timeout = timeout
         self.queue_timeout = queue_timeout
@@ -313,6 +317,7 @@ class Service:
         self,
         script: str,
         *,
+        name: str | None = None,
         env: dict[str, str] | None,
         timeout: float | None,
         restart: bool,
@@ -328,7 +333,9 @@ class Service:
         self._starting_backends += 1
         folder, path = HostedBackend.write_script(script)
         try:
-            backend = await self.bridge.spawn(path, env=env, timeout=timeout, restart=restart)
+            backend = await self.bridge.spawn(
+                path, env=env, timeout=timeout, restart=restart, name=name
+            )
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -340,9 +347,12 @@ class Service:
             await backend.terminate()
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        hosted = HostedBackend(backend, folder, methods)
+        if name is None:  # the script's file here is ours, "backend.py": its class says more
+            backend.name = str(backend.info.get("class") or backend.name)
+        hosted = HostedBackend(backend, folder, methods, sessions=self.sessions)
         self.backends[hosted.id] = hosted
-        log.info("backend %s started in kernel %s", hosted.id, backend.kernel_id)
+        await hosted.open_session()
+        log.info("backend %s (%s) started in kernel %s", hosted.id, hosted.name, backend.kernel_id)
         return hosted.info()
 
     async def list_backends(self) -> dict[str, Any]:

@@ -37,6 +37,7 @@ def test_blocking_bridge_spawns_calls_and_runs_handlers_on_a_thread() -> None:
         with pytest.raises(bridge.CallTimeout):
             backend.call("spin", {"seconds": 10}, timeout=0.3)
         assert backend.alive and backend.kernel_id
+        assert backend.name == "toolbox.py"  # the script's file name, as people see it
         pid = backend.async_backend.info["pid"]
     assert not backend.alive
     with pytest.raises(ProcessLookupError):
@@ -95,3 +96,13 @@ def test_backend_values_have_a_json_form_for_hosts_that_speak_json() -> None:
         "a": {"__bridge_buffer__": None, "kind": "bytes", "base64": "AAE="},
         "n": [1, 2],
     }
+
+
+def test_a_name_is_what_people_see_and_is_checked() -> None:
+    with bridge.Bridge(pool_size=0) as b:
+        with b.spawn(TOOLBOX, timeout=30, name="tools") as backend:
+            assert backend.name == "tools"
+            assert "backend tools" in repr(backend)
+        for bad in ("", "two\nlines", "x" * 256, 5):
+            with pytest.raises(bridge.InvalidRequest, match="name"):
+                b.spawn(TOOLBOX, name=bad)  # type: ignore[arg-type]
