@@ -24,11 +24,13 @@ from bridge.core.errors import (
     ExecutionError,
     ExecutionTimeout,
     ExitStatus,
+    InstallTimeout,
     InvalidNotebook,
     InvalidRequest,
     KernelDied,
     KernelStartError,
     NotebookFailed,
+    PackageConflict,
 )
 from bridge.core.python import has_python, python_version
 from bridge.core.results import ErrorInfo, ExecutionResult
@@ -52,11 +54,13 @@ for _name in (
     "ExecutionResult",
     "ExecutionTimeout",
     "ExitStatus",
+    "InstallTimeout",
     "InvalidNotebook",
     "InvalidRequest",
     "KernelDied",
     "KernelStartError",
     "NotebookFailed",
+    "PackageConflict",
     "has_python",
     "python_version",
 ):
@@ -64,6 +68,7 @@ for _name in (
 
 if TYPE_CHECKING:
     from bridge.api.bridge import AsyncBridge, AsyncSession
+    from bridge.api.packages import InstallResult
     from bridge.api.sync import Backend, Bridge, Session
     from bridge.backends.backend import AsyncBackend
     from bridge.core.pool import PoolStatus
@@ -89,6 +94,8 @@ __all__ = [
     "ExecutionResult",
     "ExecutionTimeout",
     "ExitStatus",
+    "InstallResult",
+    "InstallTimeout",
     "InvalidNotebook",
     "InvalidRequest",
     "KernelDied",
@@ -97,6 +104,7 @@ __all__ = [
     "NotebookFailed",
     "NotebookOptions",
     "NotebookResult",
+    "PackageConflict",
     "PoolStatus",
     "Session",
     "__version__",
@@ -112,6 +120,7 @@ _LAZY = {
     "AsyncSession": "bridge.api.bridge",
     "Backend": "bridge.api.sync",
     "Bridge": "bridge.api.sync",
+    "InstallResult": "bridge.api.packages",
     "Notebook": "bridge.notebooks.handle",
     "NotebookOptions": "bridge.notebooks.options",
     "NotebookResult": "bridge.notebooks.runner",
