@@ -38,6 +38,8 @@ DEFAULT_TIMEOUT = 300.0
 ARCHIVES = (".whl", ".tar.gz", ".tgz", ".zip", ".tar.bz2")
 # The host's own distribution: the guard protects it and what it requires.
 SELF = "kernel-bridge"
+# The extras the service runs with (the HTTP service, QNTX's plugin); not the test tools.
+SERVICE_EXTRAS = ("server", "qntx")
 # Always guarded (the issue's list), whatever the metadata says.
 CORE = ("kernel-bridge", "jupyter-server", "jupyter-client", "ipykernel", "pyzmq", "tornado")
 _OUTPUT_LIMIT = 64 * 1024  # characters of the installer's stdout and stderr kept, each
@@ -156,9 +158,11 @@ class Guarded:
 
 def guarded() -> dict[str, Guarded]:
     """The host's own distributions (normalized name -> Guarded): kernel-bridge, what it
-    requires (with the extras that are installed), and theirs, recursively."""
+    requires (with its service extras, when installed), and theirs, recursively."""
     found: dict[str, Guarded] = {}
-    todo: list[tuple[str, str, bool]] = [(name, "", name == SELF) for name in CORE]
+    todo: list[tuple[str, str, bool]] = [
+        (name, "" if name == SELF else SELF, name == SELF) for name in CORE
+    ]
     while todo:
         name, by, top = todo.pop()
         key = canonicalize_name(name)
@@ -170,9 +174,9 @@ def guarded() -> dict[str, Guarded]:
             continue
         own = dist.metadata["Name"] or name
         found[key] = Guarded(own, dist.version, by)
-        # kernel-bridge's extras all count (what of them is installed is guarded, what is
-        # not is skipped); further down, only what a distribution needs without extras.
-        extras = ["", *(dist.metadata.get_all("Provides-Extra") or [])] if top else [""]
+        # kernel-bridge's service extras count (what of them is installed is guarded, what
+        # is not is skipped); further down, only what a distribution needs without extras.
+        extras = ["", *SERVICE_EXTRAS] if top else [""]
         for line in dist.requires or ():
             try:
                 requirement = Requirement(line)
@@ -305,7 +309,7 @@ def _prepare(
     found = conflicts(entries, own, upgrade=upgrade)
     if found:
         raise PackageConflict(
-            "refused: the kernels run in this service's own environment, and "
+            "refused: the kernels run in kernel-bridge's own environment, and "
             + "; ".join(why for _, why in found)
             + ". Run the kernels in another environment (--python) to install it there.",
             conflicts=sorted({name for name, _ in found}),
@@ -362,7 +366,7 @@ async def _run(
         named = sorted(g.name for key, g in own.items() if _refused(said, key))
         if named:
             raise PackageConflict(
-                "refused: the kernels run in this service's own environment and the install "
+                "refused: the kernels run in kernel-bridge's own environment and the install "
                 f"would change {', '.join(named)}; the installer said:\n"
                 + result.stderr.strip()[-2000:],
                 conflicts=named,
