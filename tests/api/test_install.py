@@ -35,6 +35,24 @@ def env_python(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield kernel_env(tmp_path_factory.mktemp("kernel-env") / "venv")
 
 
+COUNT_INVALIDATIONS = """\
+import sys, types
+counter = sys.modules['kb_counter'] = types.ModuleType('kb_counter')
+counter.calls = 0
+
+class _Counter:
+    @staticmethod
+    def find_spec(*args):
+        return None
+
+    @staticmethod
+    def invalidate_caches():
+        __import__('sys').modules['kb_counter'].calls += 1  # one-off globals do not last
+
+sys.meta_path.append(_Counter)
+"""
+
+
 @pytest.mark.asyncio
 @pytest.mark.timeout(180)
 async def test_a_local_wheel_is_importable_in_kernels_already_running(
@@ -46,17 +64,21 @@ async def test_a_local_wheel_is_importable_in_kernels_already_running(
         b.session() as s,
         b.session(env={"OWN": "1"}) as own,
     ):
-        # Each kernel looks first, so its import system has cached the folder's contents.
+        # Each kernel looks first, so its import system has cached the folder's contents,
+        # and counts the calls of importlib.invalidate_caches() from now on.
         for where in (b, s, own):
-            missing = await where.execute("import kb_fresh_pkg")
+            missing = await where.execute(COUNT_INVALIDATIONS + "import kb_fresh_pkg")
             assert missing.error is not None and missing.error.ename == "ModuleNotFoundError"
         result = await b.install([str(wheel)])
         assert result.success, result.stderr
         assert result.installed == ["kb_fresh_pkg"]
         assert result.installer in ("uv", "pip") and result.duration_ms > 0
         for where in (b, s, own):
-            found = await where.execute("import kb_fresh_pkg\nreturn kb_fresh_pkg.VALUE")
-            assert found.value == "installed", found.error
+            found = await where.execute(
+                "import sys, kb_fresh_pkg\n"
+                "return kb_fresh_pkg.VALUE, sys.modules['kb_counter'].calls"
+            )
+            assert found.value == ["installed", 1], found.error
         assert (await s.evaluate("'kb_fresh_pkg' in dir()")).value is True
     assert importlib.util.find_spec("kb_fresh_pkg") is None
 
