@@ -163,6 +163,7 @@ class Service:
         self.contexts: dict[str, HostedContext] = {}
         self._starting_contexts = 0
         self._culler: asyncio.Task[None] | None = None
+        self._dropping: set[asyncio.Future[None]] = set()  # contexts' kernels shutting down
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -210,6 +211,7 @@ class Service:
         await asyncio.gather(
             *(hosted.terminate() for hosted in list(self.backends.values())),
             *(self._drop_context(context_id) for context_id in list(self.contexts)),
+            *self._dropping,  # those a cancelled request or the culler left shutting down
             return_exceptions=True,
         )
         self.backends.clear()
@@ -502,7 +504,12 @@ class Service:
         """Forget a context and shut its kernel down."""
         hosted = self.contexts.pop(context_id, None)
         if hosted is not None:
-            await hosted.session.aclose()
+            # A task of its own: a request that goes away must not cut a kernel's shutdown
+            # short, which would leave it half-known to the server's kernel manager.
+            closing = asyncio.ensure_future(hosted.session.aclose())
+            self._dropping.add(closing)
+            closing.add_done_callback(self._dropping.discard)
+            await asyncio.shield(closing)
             log.info("context %s (%s) deleted", hosted.id, hosted.name)
         return hosted
 
@@ -522,7 +529,8 @@ class Service:
         hosted = self.context(context_id)
         hosted.calls += 1
         try:
-            await hosted.session.restart()
+            # Shielded as a deletion is: a client gone mid-restart leaves a whole kernel.
+            await asyncio.shield(asyncio.ensure_future(hosted.session.restart()))
         finally:
             hosted.calls -= 1
             hosted.touch()
