@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import time
 from collections.abc import Iterator
@@ -195,10 +196,11 @@ def test_names_are_unique_and_the_limit_answers_429(client: httpx.Client) -> Non
 def test_calls_in_one_context_run_one_at_a_time(
     service: ServiceProcess, context: dict[str, Any]
 ) -> None:
-    import concurrent.futures
-
     base = f"/contexts/{context['id']}"
-    code = "import time\nlog = globals().setdefault('log', [])\nlog.append(n)\ntime.sleep(0.3)\nlog.append(n)"
+    code = (
+        "import time\nlog = globals().setdefault('log', [])\n"
+        "log.append(n)\ntime.sleep(0.3)\nlog.append(n)"
+    )
     with service.client() as c, concurrent.futures.ThreadPoolExecutor(3) as pool:
         futures = [
             pool.submit(c.post, f"{base}/execute", json={"content": code, "inputs": {"n": n}})
