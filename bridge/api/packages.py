@@ -74,7 +74,10 @@ class InstallResult:
 
 
 def is_local(text: str) -> bool:
-    """Whether a requirement string names a local path: ``./pkg.whl``, ``/src/proj``, ``x.zip``."""
+    """Whether a requirement string names a local path: ``./pkg.whl``, ``/src/proj``, ``x.zip``
+    (not ``name @ URL``, a requirement, refused for its URL)."""
+    if "@" in text or "://" in text:
+        return False
     return text.startswith((".", "/", "~")) or "/" in text or text.lower().endswith(ARCHIVES)
 
 
@@ -220,7 +223,8 @@ _PREFIX = "import sys; print(sys.prefix)"
 
 async def shares_host_environment(python: str) -> bool:
     """Whether *python* runs in this process's own environment (the same ``sys.prefix``)."""
-    if await asyncio.to_thread(_same_path, python, sys.executable):
+    # Not by realpath: every virtual environment's python links to one base interpreter.
+    if python == sys.executable:
         return True
     try:
         proc = await asyncio.create_subprocess_exec(

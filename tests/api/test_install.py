@@ -230,3 +230,10 @@ def test_the_blocking_twin_and_the_command(env_python: str, tmp_path: Path, offl
         [env_python, "-c", "import kb_cli_pkg, kb_sync_pkg"], capture_output=True, timeout=60
     )
     assert check.returncode == 0, check.stderr
+
+
+@pytest.mark.asyncio
+async def test_another_environment_is_not_this_one(env_python: str) -> None:
+    # Both pythons are links to one base interpreter; their environments differ.
+    assert await packages.shares_host_environment(env_python) is False
+    assert await packages.shares_host_environment(sys.executable) is True
