@@ -33,9 +33,7 @@ def own_env_service(root: Path) -> Iterator[ServiceProcess]:
 
 
 @pytest.mark.timeout(240)
-def test_an_install_is_imported_by_running_kernels_and_contexts(
-    root: Path, tmp_path: Path
-) -> None:
+def test_an_install_is_imported_by_running_kernels_and_contexts(root: Path, tmp_path: Path) -> None:
     python = kernel_env(tmp_path / "venv")
     with (
         ServiceProcess("--root", str(root), "--python", python, pool_size=1, env=OFFLINE) as svc,
@@ -46,7 +44,8 @@ def test_an_install_is_imported_by_running_kernels_and_contexts(
         assert c.get("/modules?names=kb_http_pkg").json()["modules"] == {"kb_http_pkg": False}
         missing = c.post(f"{base}/execute", json={"content": "import kb_http_pkg"}).json()
         assert "ModuleNotFoundError" in missing["error"]
-        r = c.post("/packages/install", json={"packages": ["./kb_http_pkg-1.0-py3-none-any.whl"]})
+        wheel = "./kb_http_pkg-1.0-py3-none-any.whl"
+        r = c.post("/packages/install", json={"packages": [wheel]})
         assert r.status_code == 200, r.text
         answer = r.json()
         assert answer["success"] is True, answer["stderr"]
@@ -58,7 +57,8 @@ def test_an_install_is_imported_by_running_kernels_and_contexts(
         r = c.post(f"{base}/evaluate", json={"expr": "__import__('kb_http_pkg').VALUE"})
         assert r.json()["result"] == "over http"
         # Not the service's environment: anything goes there, tornado included.
-        r = c.post("/packages/install", json={"packages": ["./kb_needs_tornado-1.0-py3-none-any.whl"]})
+        needy = "./kb_needs_tornado-1.0-py3-none-any.whl"
+        r = c.post("/packages/install", json={"packages": [needy]})
         assert r.status_code == 200 and r.json()["success"] is False  # no index: no tornado 999
     __import__("importlib").invalidate_caches()
     assert "kb_http_pkg" not in sys.modules

@@ -132,7 +132,10 @@ def test_a_timeout_after_output_ends_the_stream_with_the_failure(client: httpx.C
     got = stream(
         client,
         "/execute",
-        {"content": "print('working', flush=True)\nimport time\ntime.sleep(30)", "timeout_secs": 1.5},
+        {
+            "content": "print('working', flush=True)\nimport time\ntime.sleep(30)",
+            "timeout_secs": 1.5,
+        },
     )
     assert got[0] == ("stdout", {"text": "working\n"})
     end = got[-1]
