@@ -10,8 +10,11 @@ and every figure comes from one run on its one pool:
 (c) the same POST with httpx, a Python host's usual client, whose own cost shows beside it;
 then requests per second with 1, 8 and 32 concurrent clients, HTTP (b's client, one
 connection each) against the Python API at the same concurrency; and backend calls,
-POST /backends/{id}/call against backend.call on the same backend. Clients and server share
-this process's one event loop; calls alternate in blocks so drift hits both sides alike.
+POST /backends/{id}/call against backend.call on the same backend; and the first-output
+latency of a streamed execute (`Accept: text/event-stream`, code that prints and then sleeps
+SLEEP s): the time to its first `stdout` event against the time of the whole call, beside the
+Python API's `on_output` on the same pool. Clients and server share this process's one event
+loop; calls alternate in blocks so drift hits both sides alike.
 """
 
 from __future__ import annotations
@@ -112,9 +115,50 @@ async def measure(app: Any, port: int, token: str, calls: int, requests: int) ->
                 await rate(pooled, clients, requests),
             )
         backend = await measure_backends(app, http, raw[0], calls)
+        streamed = await measure_streaming(b, http, max(10, calls // 15))
     for client in raw:
         client.close()
-    return {"latency": latency, "httpx": with_httpx, "rates": rates, "backend": backend}
+    return {
+        "latency": latency,
+        "httpx": with_httpx,
+        "rates": rates,
+        "backend": backend,
+        "streamed": streamed,
+    }
+
+
+SLEEP = 0.25
+PRINT_THEN_SLEEP = f"import time\nprint('first', flush=True)\ntime.sleep({SLEEP})\nreturn 1"
+
+
+async def measure_streaming(
+    b: bridge.AsyncBridge, http: httpx.AsyncClient, n: int
+) -> dict[str, list[float]]:
+    """Time to the first output and to the end: streamed over HTTP, and with on_output."""
+    out: dict[str, list[float]] = {"http_first": [], "http_end": [], "api_first": [], "api_end": []}
+    body = {"content": PRINT_THEN_SLEEP}
+    events = {"Accept": "text/event-stream"}
+    for i in range(n + 2):  # the first two warm up
+        t = time.perf_counter()
+        first = end = 0.0
+        async with http.stream("POST", "/execute", json=body, headers=events) as r:
+            async for line in r.aiter_lines():
+                if line == "event: stdout" and not first:
+                    first = time.perf_counter() - t
+                elif line == "event: end":
+                    end = time.perf_counter() - t
+        heard: list[float] = []
+        t2 = time.perf_counter()
+        await b.execute(
+            PRINT_THEN_SLEEP, on_output=lambda o, h=heard: h.append(time.perf_counter())
+        )
+        api_end = time.perf_counter() - t2
+        if i >= 2:
+            out["http_first"].append(first)
+            out["http_end"].append(end)
+            out["api_first"].append(heard[0] - t2)
+            out["api_end"].append(api_end)
+    return out
 
 
 async def measure_backends(
@@ -207,6 +251,19 @@ def main() -> None:
     )
     extra = (statistics.median(over_http) - statistics.median(direct)) * 1000
     print(f"HTTP overhead at p50 = {extra:.2f} ms")
+    s = figures["streamed"]
+    print()
+    print(f"streamed execute: print, then sleep {SLEEP:g} s ({len(s['http_first'])} calls)")
+    print(f"{'':48} {'p50 ms':>8} {'p99 ms':>8}")
+    for name, key in (
+        ("(e) HTTP: first stdout event", "http_first"),
+        ("(e) HTTP: end event (the whole call)", "http_end"),
+        ("(f) AsyncBridge on_output: first output", "api_first"),
+        ("(f) AsyncBridge: the whole call", "api_end"),
+    ):
+        print(f"{name:48} {pct(s[key], 0.5):8.2f} {pct(s[key], 0.99):8.2f}")
+    ratio = statistics.median(s["http_first"]) / statistics.median(s["http_end"])
+    print(f"first output at {ratio:.1%} of the call's time over HTTP")
 
 
 if __name__ == "__main__":

@@ -24,11 +24,13 @@ from bridge.core.errors import (
     ExecutionError,
     ExecutionTimeout,
     ExitStatus,
+    InstallTimeout,
     InvalidNotebook,
     InvalidRequest,
     KernelDied,
     KernelStartError,
     NotebookFailed,
+    PackageConflict,
 )
 from bridge.core.python import has_python, python_version
 from bridge.core.results import ErrorInfo, ExecutionResult, strip_ansi
@@ -42,6 +44,7 @@ def _publish(value: Any) -> None:
 
 if TYPE_CHECKING:
     from bridge.api.bridge import AsyncBridge, AsyncSession
+    from bridge.api.packages import InstallResult
     from bridge.api.sync import Backend, Bridge, Session
     from bridge.backends.backend import AsyncBackend
     from bridge.core.pool import PoolStatus
@@ -68,6 +71,8 @@ __all__ = [
     "ExecutionResult",
     "ExecutionTimeout",
     "ExitStatus",
+    "InstallResult",
+    "InstallTimeout",
     "InvalidNotebook",
     "InvalidRequest",
     "KernelDied",
@@ -76,6 +81,7 @@ __all__ = [
     "NotebookFailed",
     "NotebookOptions",
     "NotebookResult",
+    "PackageConflict",
     "PoolStatus",
     "Session",
     "__version__",
@@ -96,6 +102,7 @@ _LAZY = {
     "AsyncSession": "bridge.api.bridge",
     "Backend": "bridge.api.sync",
     "Bridge": "bridge.api.sync",
+    "InstallResult": "bridge.api.packages",
     "Notebook": "bridge.notebooks.handle",
     "NotebookOptions": "bridge.notebooks.options",
     "NotebookResult": "bridge.notebooks.report",

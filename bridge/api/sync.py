@@ -22,6 +22,8 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from bridge.api.bridge import AsyncBridge, AsyncSession, AttestCallback
+from bridge.api.outputs import OutputCallback
+from bridge.api.packages import InstallResult
 from bridge.backends.backend import AsyncBackend, Handler
 from bridge.core.errors import BridgeClosed, BridgeError
 from bridge.core.results import DEFAULT_MAX_OUTPUT, ExecutionResult
@@ -75,9 +77,29 @@ class Portal:
             self.loop.close()
 
 
+def _off_loop(callback: OutputCallback | None) -> OutputCallback | None:
+    """A plain *callback* made to run in a worker thread: the loop thread reads the kernel
+    and must not block, and a callback there could not call the blocking API. The relay
+    awaits each in turn, so they still run one at a time, in order."""
+    if callback is None or inspect.iscoroutinefunction(callback):
+        return callback
+    check_callable(callback, "on_output")
+
+    async def in_thread(output: dict[str, Any]) -> Any:
+        return await asyncio.to_thread(callback, output)
+
+    return in_thread
+
+
 class _BlockingCalls:
     """execute, evaluate and execute_file, shared by Bridge and Session: each runs the async
-    twin's method on the bridge's loop thread and waits."""
+    twin's method on the bridge's loop thread and waits.
+
+    *on_output* (see ``AsyncBridge.execute``) hears each output as the kernel makes it. A plain
+    function runs in a worker thread, one output at a time in order, and the call returns once
+    it has handled the last, so it may block, print, or use the Bridge (not the Session that is
+    running the call: it waits for the callback). A coroutine function runs on the loop thread.
+    """
 
     _async: AsyncBridge | AsyncSession
 
@@ -91,19 +113,29 @@ class _BlockingCalls:
         timeout: float | None = None,
         capture_variables: bool = False,
         inputs: Mapping[str, Any] | None = None,
+        on_output: OutputCallback | None = None,
     ) -> ExecutionResult:
-        """Run *code*; a top-level ``return X`` gives the value X."""
+        """Run *code*; a top-level ``return X`` gives the value X.
+
+        >>> b.execute("print(1); import time; time.sleep(1); print(2)",
+        ...           on_output=lambda o: print(o["text"], end=""))   # doctest: +SKIP
+        """
         return self._call(
             self._async.execute,
             code,
             timeout=timeout,
             capture_variables=capture_variables,
             inputs=inputs,
+            on_output=_off_loop(on_output),
         )
 
-    def evaluate(self, expr: str, *, timeout: float | None = None) -> ExecutionResult:
+    def evaluate(
+        self, expr: str, *, timeout: float | None = None, on_output: OutputCallback | None = None
+    ) -> ExecutionResult:
         """The value of one expression: ``b.evaluate("1 + 2 * 3").value == 7``."""
-        return self._call(self._async.evaluate, expr, timeout=timeout)
+        return self._call(
+            self._async.evaluate, expr, timeout=timeout, on_output=_off_loop(on_output)
+        )
 
     def execute_file(
         self,
@@ -112,6 +144,7 @@ class _BlockingCalls:
         timeout: float | None = None,
         capture_variables: bool = False,
         inputs: Mapping[str, Any] | None = None,
+        on_output: OutputCallback | None = None,
     ) -> ExecutionResult:
         """Run the script at *path* (read by the host) as ``__main__`` with ``__file__`` set."""
         return self._call(
@@ -120,6 +153,7 @@ class _BlockingCalls:
             timeout=timeout,
             capture_variables=capture_variables,
             inputs=inputs,
+            on_output=_off_loop(on_output),
         )
 
 
@@ -242,9 +276,27 @@ class Bridge(_BlockingCalls):
         """The language of the kernel spec *name*: ``b.kernel_language("python3") == "python"``."""
         return self._call(self._async.kernel_language, name)
 
-    def session(self) -> Session:
-        """A blocking session: ``with b.session() as s: s.execute("x = 1")``."""
-        return Session(self, self._async.session())
+    def session(
+        self, *, env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None
+    ) -> Session:
+        """A blocking session: ``with b.session() as s: s.execute("x = 1")`` (*env* and *cwd*
+        as for ``AsyncBridge.session``)."""
+        return Session(self, self._async.session(env=env, cwd=cwd))
+
+    def install(
+        self,
+        packages: Sequence[str],
+        *,
+        upgrade: bool = False,
+        timeout: float | None = None,
+        root: str | os.PathLike[str] | None = None,
+    ) -> InstallResult:
+        """Install *packages* into the kernels' Python (see ``AsyncBridge.install``).
+
+        >>> b.install(["requests>=2"]).success        # doctest: +SKIP
+        True
+        """
+        return self.call(self._async.install, packages, upgrade=upgrade, timeout=timeout, root=root)
 
     def spawn(
         self,

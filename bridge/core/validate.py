@@ -74,6 +74,11 @@ def check_env(env: Mapping[str, str] | None) -> dict[str, str]:
     for key, value in env.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise InvalidRequest(f"env must map str to str, got {key!r}: {value!r}")
+        # What an OS environment cannot hold fails the kernel's launch: say so here instead.
+        if not key or "=" in key or "\0" in key:
+            raise InvalidRequest(f"env: {key!r} is not a variable name (empty, '=' or NUL)")
+        if "\0" in value:
+            raise InvalidRequest(f"env: the value of {key!r} holds a NUL character")
     return dict(env)
 
 

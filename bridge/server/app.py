@@ -48,6 +48,18 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
         60.0, config=True, help="Seconds a request may wait for a free kernel before 503 busy."
     )
     max_backends = Int(16, config=True, help="Live backends at most; more get 429 busy.")
+    max_contexts = Int(16, config=True, help="Contexts at most; more get 429 busy.")
+    context_idle_timeout = Float(
+        3600.0,
+        config=True,
+        help="Seconds a context may sit without a call before it is deleted (0: never).",
+    )
+    allow_install = Bool(
+        True,
+        config=True,
+        help="Whether POST /packages/install may install into the kernels' Python "
+        "(off: 403 forbidden).",
+    )
     max_body_size = Int(10 * 1024 * 1024, config=True, help="Largest request body, in bytes.")
     gateway_kernel_name = Unicode(
         None,
@@ -57,7 +69,14 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
     )
     announce = Bool(False, config=True, help="Print the URL, the token and a curl line once ready.")
 
-    @validate("pool_size", "max_backends", "max_body_size")
+    @validate("context_idle_timeout")
+    def _not_negative(self, proposal: Any) -> float:
+        value: float = proposal["value"]
+        if not value >= 0:
+            raise TraitError(f"BridgeApp.context_idle_timeout must be 0 or more, got {value}")
+        return value
+
+    @validate("pool_size", "max_backends", "max_contexts", "max_body_size")
     def _at_least_one(self, proposal: Any) -> int:
         value: int = proposal["value"]
         if value < 1:
@@ -97,6 +116,9 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
             timeout=self.timeout,
             queue_timeout=self.queue_timeout,
             max_backends=self.max_backends,
+            max_contexts=self.max_contexts,
+            context_idle_timeout=self.context_idle_timeout,
+            allow_install=self.allow_install,
             max_body_size=self.max_body_size,
             session_manager=serverapp.session_manager,
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 MAX_DEPTH = 64  # nesting levels a request body may have; deeper is refused, never recursed into
@@ -22,6 +23,7 @@ ERROR_TYPES = [
     "unauthorized",
     "forbidden",
     "too_large",
+    "conflict",
     "busy",
     "internal",
 ]
@@ -128,6 +130,10 @@ def validate(value: Any, schema: Schema, where: str = "body") -> None:
             raise SchemaError(f"{where} must not be empty")
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             raise SchemaError(f"{where} is longer than {schema['maxLength']} characters")
+        if "pattern" in schema and re.search(schema["pattern"], value) is None:
+            raise SchemaError(
+                schema.get("x-pattern-message", f"{where} must match {schema['pattern']}")
+            )
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         _check_number(value, schema, where)
     if isinstance(value, dict):
@@ -338,6 +344,12 @@ ERROR: Schema = {
         "outputs": {"type": "array", "items": _OUTPUT},
         "restarted": {"type": "boolean"},
         "traceback": {"type": "string", "description": "A backend script's traceback."},
+        "conflicts": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "With 409 conflict: the service's own distributions an install "
+            "would have changed.",
+        },
     },
     "required": ["success", "error", "error_type", "status"],
 }
@@ -368,6 +380,7 @@ HEALTH: Schema = {
         "pool_size": {"type": "integer"},
         "kernels": {"type": "integer", "description": "Live kernels of the pool."},
         "backends": {"type": "integer"},
+        "contexts": {"type": "integer"},
     },
     "required": ["status", "version", "pool_size", "kernels", "backends"],
 }
@@ -421,7 +434,9 @@ PACKAGES_INSTALL_REQUEST: Schema = {
             "type": "array",
             "items": {"type": "string", "minLength": 1, "maxLength": 200},
             "maxItems": 50,
-            "description": "Requirements (`name`, `name[extra]>=1.2`): no URLs, paths or options.",
+            "description": "Requirements (`name`, `name[extra]>=1.2`) or local wheels, sdists "
+            "or project folders inside the service's root (`./dist/x-1.0-py3-none-any.whl`): "
+            "no URLs, no options.",
         },
         "package": {
             "type": "string",
@@ -471,3 +486,74 @@ MODULES_REQUEST: Schema = {
     },
     "additionalProperties": False,
 }
+
+CONTEXT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+CONTEXT_REQUEST: Schema = {
+    "type": "object",
+    "properties": {
+        "name": {
+            "type": "string",
+            "pattern": CONTEXT_NAME_PATTERN,
+            "x-pattern-message": "name must be 1 to 64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit",
+            "description": "A name unique among the service's contexts "
+            "(default: context-<first 8 characters of the id>).",
+        },
+        "env": {
+            "type": "object",
+            "additionalProperties": {"type": "string"},
+            "description": "Extra environment variables for the context's kernel.",
+        },
+        "cwd": {
+            "type": "string",
+            "minLength": 1,
+            "description": "The kernel's working folder: inside the service's root, relative "
+            "to it or absolute (default: the service's own working folder).",
+        },
+        "timeout_secs": {
+            **_TIMEOUT,
+            "description": "Seconds the kernel gets to start, and the default timeout of the "
+            "context's calls (default: the service's).",
+        },
+    },
+    "additionalProperties": False,
+}
+
+CONTEXT: Schema = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "name": {"type": "string"},
+        "kernel_id": {
+            "type": "string",
+            "description": "Its kernel, as /api/kernels lists it (a new one after a restart).",
+        },
+        "created": {"type": "string", "description": "ISO 8601, UTC."},
+        "last_activity": {"type": "string", "description": "When its last call ended."},
+        "alive": {
+            "type": "boolean",
+            "description": "False once its kernel died: calls answer 503 kernel_died until "
+            "POST /contexts/{id}/restart.",
+        },
+        "busy": {"type": "boolean", "description": "A call is running or waiting."},
+        "cwd": {"type": "string", "nullable": True},
+        "session_id": {
+            "type": "string",
+            "nullable": True,
+            "description": "Its Jupyter Server session, contexts/<name>, which JupyterLab's "
+            "Running panel lists (null with no session manager, as under the QNTX plugin).",
+        },
+    },
+    "required": ["id", "name", "kernel_id", "created"],
+}
+
+CONTEXT_LIST: Schema = {
+    "type": "object",
+    "properties": {"contexts": {"type": "array", "items": CONTEXT}},
+    "required": ["contexts"],
+}
+
+CONTEXT_DELETED: Schema = BACKEND_DELETED
+
+EMPTY_REQUEST: Schema = {"type": "object", "properties": {}, "additionalProperties": False}

@@ -215,6 +215,12 @@ CASES: list[tuple[str, str, Any]] = [
     ("GET", "/execute", None),
     ("GET", "/backends/0123/events", None),
     ("DELETE", "/backends/0123", None),
+    ("GET", "/contexts", None),
+    ("GET", "/contexts/0123", None),
+    ("POST", "/contexts/0123/execute", {"content": "1"}),
+    ("POST", "/contexts", {"cwd": "/"}),
+    ("POST", "/contexts", {"name": "no spaces allowed"}),
+    ("POST", "/packages/install", {"packages": ["tornado==1.0"]}),
 ]
 
 

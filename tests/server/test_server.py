@@ -462,7 +462,8 @@ def test_openapi_documents_every_route(client: httpx.Client) -> None:
     documented = {(path, method.upper()) for path, item in doc["paths"].items() for method in item}
     served = set()
     for pattern, handler, _ in routes(service=None):  # type: ignore[arg-type]
-        path = re.sub(r"\(\[\^/\]\+\)", "{backend_id}", pattern)
+        name = "context_id" if pattern.startswith("/contexts") else "backend_id"
+        path = re.sub(r"\(\[\^/\]\+\)", "{" + name + "}", pattern)
         served |= {(path, method) for method in handler.methods()}
     assert documented == served
 

@@ -227,3 +227,23 @@ def test_live_events_in_the_console_and_the_host_still_gets_them(
             ]
     finally:
         client.delete(f"/backends/{created['id']}")
+
+
+def test_each_context_is_a_session_named_after_it_until_it_ends(client: httpx.Client) -> None:
+    r = client.post("/contexts", json={"name": "analysis"})
+    assert r.status_code == 201, r.text
+    context = r.json()
+    listed = sessions(client)[context["session_id"]]
+    assert listed["name"] == "contexts/analysis" and listed["type"] == "console"
+    assert listed["kernel"]["id"] == context["kernel_id"]
+    # A restart is a new kernel: the session moves with it, under the same name.
+    r = client.post(f"/contexts/{context['id']}/restart")
+    assert r.status_code == 200, r.text
+    restarted = r.json()
+    assert restarted["kernel_id"] != context["kernel_id"]
+    now = sessions(client)
+    assert context["session_id"] not in now
+    assert now[restarted["session_id"]]["name"] == "contexts/analysis"
+    assert now[restarted["session_id"]]["kernel"]["id"] == restarted["kernel_id"]
+    assert client.delete(f"/contexts/{context['id']}").status_code == 200
+    assert restarted["session_id"] not in sessions(client)
