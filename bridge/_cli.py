@@ -199,7 +199,8 @@ def _serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
     server.port_retries = 0  # the port asked for, or a clear error
     server.open_browser = False
     server.allow_unauthenticated_access = False  # every route of the server needs the token
-    server.log_level = args.log_level.upper()
+    # traitlets spells it WARN: the documented choice "warning" failed to start before.
+    server.log_level = "WARN" if args.log_level == "warning" else args.log_level.upper()
     server.root_dir = os.path.abspath(args.root or os.getcwd())
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         server.allow_root = True  # containers and CI run as root; the token still guards

@@ -46,7 +46,8 @@ def test_watch_stdin_stops_the_service_and_its_kernels_when_the_host_goes() -> N
 
 
 def test_without_watch_stdin_a_closed_stdin_changes_nothing() -> None:
-    service = ServiceProcess(pool_size=1, stdin=subprocess.PIPE)
+    # --log-level warning too: the host's client starts the service with it.
+    service = ServiceProcess("--log-level", "warning", pool_size=1, stdin=subprocess.PIPE)
     try:
         service.start()
         assert service.process is not None and service.process.stdin is not None
