@@ -220,6 +220,13 @@ function startFailure(python: string, code: number | null, signal: NodeJS.Signal
       log,
     );
   }
+  if (/serve needs Jupyter Server/.test(log)) {
+    return new BridgeStartError(
+      `${python} has kernel-bridge without its server: install it with ` +
+        `"${python} -m pip install 'kernel-bridge[server]'"`,
+      log,
+    );
+  }
   const tail = log.trim().split("\n").slice(-15).join("\n");
   return new BridgeStartError(`the kernel-bridge service ${how} before it was ready:\n${tail}`, log);
 }

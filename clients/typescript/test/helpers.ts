@@ -3,7 +3,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { KernelBridge, type StartOptions } from "../src/index.js";
+import { KernelBridge, type ClientOptions, type StartOptions } from "../src/index.js";
 
 /** The repository's root (the tests run from dist/test/). */
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "../../../..");
@@ -15,7 +15,7 @@ export const EXAMPLES = resolve(REPO, "kernels/examples");
 export const PYTHON = process.env.KERNEL_BRIDGE_PYTHON ?? resolve(REPO, ".venv/bin/python");
 
 /** A service for the tests of one file. */
-export function startBridge(options: StartOptions = {}): Promise<KernelBridge> {
+export function startBridge(options: StartOptions & ClientOptions = {}): Promise<KernelBridge> {
   return KernelBridge.start({ python: PYTHON, poolSize: 1, startupTimeout: 90_000, ...options });
 }
 
