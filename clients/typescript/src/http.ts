@@ -12,7 +12,7 @@ import {
 } from "./errors.js";
 import type { FailureAnswer } from "./types.js";
 
-/** Seconds a call may run past its own timeout before the client stops waiting for the answer. */
+/** Milliseconds a call may run past its own timeout before the client stops waiting for the answer. */
 export const GRACE_MS = 15_000;
 
 /** How to reach a service. */
