@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test lint bench clean
+.PHONY: run demo test lint bench bench-ts clean ts-client
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -72,7 +72,18 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check bridge kernels tests bench
 	$(BIN)/mypy
 
-test: lint $(EG_STAMP) $(CHROMIUM)
+# The TypeScript client (clients/typescript): its npm packages (TypeScript, and Bun itself as a
+# devDependency), then the build to dist/ (the tests run the built files under Node and Bun).
+TS := clients/typescript
+TS_STAMP := $(TS)/node_modules/.installed
+$(TS_STAMP): $(TS)/package.json $(TS)/package-lock.json
+	cd $(TS) && npm ci --no-audit --no-fund
+	touch $(TS_STAMP)
+
+ts-client: $(TS_STAMP)
+	cd $(TS) && node_modules/.bin/tsc -p tsconfig.json && node_modules/.bin/tsc -p tsconfig.bench.json
+
+test: lint $(EG_STAMP) $(CHROMIUM) ts-client
 	KERNEL_BRIDGE_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest
 
 bench: $(STAMP)
@@ -83,6 +94,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/http_service.py
 	$(BIN)/python bench/backend.py
 	$(BIN)/python bench/qntx.py
+	$(MAKE) bench-ts
+
+# The TypeScript client against a raw fetch of the same routes, under Bun and under Node.
+bench-ts: $(STAMP) ts-client
+	KERNEL_BRIDGE_PYTHON=$(abspath $(BIN)/python) $(TS)/node_modules/.bin/bun bench/ts_client.ts
+	KERNEL_BRIDGE_PYTHON=$(abspath $(BIN)/python) node $(TS)/dist/bench/ts_client.js
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(TS)/node_modules $(TS)/dist

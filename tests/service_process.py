@@ -33,12 +33,14 @@ class ServiceProcess:
         pool_size: int = 2,
         env: dict[str, str] | None = None,
         cwd: str | None = None,
+        stdin: int | None = None,
     ) -> None:
         self.token = token if token is not None else secrets.token_hex(16)
         self.args: Sequence[str] = args
         self.pool_size = pool_size
         self.env = {**os.environ, **(env or {})}
         self.cwd = cwd
+        self.stdin = stdin  # subprocess.PIPE: the test holds the service's stdin, as a host does
         self.url = ""
         self.banner = ""
         self.process: subprocess.Popen[bytes] | None = None
@@ -53,7 +55,12 @@ class ServiceProcess:
 
     def start(self, timeout: float = 90) -> ServiceProcess:
         self.process = subprocess.Popen(
-            self.command(), stdout=self._out, stderr=self._err, env=self.env, cwd=self.cwd
+            self.command(),
+            stdin=self.stdin,
+            stdout=self._out,
+            stderr=self._err,
+            env=self.env,
+            cwd=self.cwd,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -136,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--root", help="folder /execute-file reads from (default: this one)")
     p.add_argument("--timeout", type=float, default=30.0, help="default call timeout, seconds")
+    p.add_argument(
+        "--watch-stdin",
+        action="store_true",
+        help="stop (as on SIGTERM) when standard input reaches its end: a host that started the "
+        "service holds a pipe open, so its exit, even a killed one, stops the service",
+    )
     _gateway_options(p)
 
     commands.add_parser("version", help="print the versions")
@@ -205,7 +211,8 @@ def _serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
     server.port_retries = 0  # the port asked for, or a clear error
     server.open_browser = False
     server.allow_unauthenticated_access = False  # every route of the server needs the token
-    server.log_level = args.log_level.upper()
+    # traitlets spells it WARN: the documented choice "warning" failed to start before.
+    server.log_level = "WARN" if args.log_level == "warning" else args.log_level.upper()
     server.root_dir = os.path.abspath(args.root or os.getcwd())
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         server.allow_root = True  # containers and CI run as root; the token still guards
@@ -237,8 +244,26 @@ def _serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
     extension = serverapp.extension_manager.extension_points[BridgeApp.name].app
     # Ctrl-C stops at once (no "shut down? y/n" prompt) and shuts every kernel down.
     signal.signal(signal.SIGINT, serverapp._signal_stop)
+    if args.watch_stdin:
+        _stop_at_stdin_end()
     serverapp.start()
     return EXIT_BRIDGE if getattr(extension, "start_error", None) else EXIT_OK
+
+
+def _stop_at_stdin_end() -> None:
+    """SIGTERM this process (the server's own clean stop) once stdin reaches its end."""
+    import signal
+    import threading
+
+    def watch() -> None:
+        try:
+            while sys.stdin.buffer.read(65536):
+                pass
+        except (OSError, ValueError):
+            pass
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="kernel-bridge-stdin", daemon=True).start()
 
 
 def _pairs(items: Sequence[str], what: str) -> dict[str, str]:

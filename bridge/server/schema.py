@@ -423,6 +423,9 @@ CALL_RESULT: Schema = {
         "error": {"type": "string", "nullable": True},
         "error_type": {"type": "string", "nullable": True, "enum": ["python_error", None]},
         "duration_ms": {"type": "number"},
+        "ename": {"type": "string", "description": "On a failure: the exception's class."},
+        "evalue": {"type": "string", "description": "On a failure: the exception's message."},
+        "traceback": {"type": "string", "description": "On a failure: the traceback, as text."},
     },
     "required": ["success", "result", "error", "duration_ms"],
 }

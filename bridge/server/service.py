@@ -437,6 +437,10 @@ class Service:
                 "error": str(error),
                 "error_type": "python_error",
                 "duration_ms": duration,
+                # The parts apart, for clients that rebuild the exception (the TypeScript one).
+                "ename": error.ename,
+                "evalue": error.evalue,
+                "traceback": error.traceback,
             }
         return {
             "success": True,
