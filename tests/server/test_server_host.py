@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 import time
 
-from procs import alive, children
+from procs import alive, descendants, kernels_below
 from service_process import KERNEL_BRIDGE, ServiceProcess
 
 FAILING = """\
@@ -32,8 +32,9 @@ def test_watch_stdin_stops_the_service_and_its_kernels_when_the_host_goes() -> N
         with service.client() as client:
             created = client.post("/backends", json={"script": FAILING})
             assert created.status_code == 201, created.text
-        kernels = children(service.pid)
-        assert len(kernels) >= 2  # the pool's kernel and the backend's
+        kernels = kernels_below(service.pid)
+        assert len(kernels) == 2  # the pool's kernel and the backend's
+        kernels |= descendants(service.pid)  # and the watchdog, the fork server
         assert service.process is not None and service.process.stdin is not None
         service.process.stdin.close()  # what the host's exit does, even a SIGKILL
         service.process.wait(30)
