@@ -4,19 +4,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test lint bench clean
+.PHONY: run demo test lint bench bench-ts clean ts-client
 
 RUN_STAMP := $(VENV)/.installed-run
 
-# `make run`: the package and what running it needs (its base dependencies), nothing else.
+# `make run`: the package and what running it needs, nothing else: its base dependencies and
+# the lab extra (JupyterLab at /lab of the service, same server, same token).
 $(RUN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e '.[lab]'
 	touch $(RUN_STAMP)
 
-# `make test` and the rest: the test tools too ('.[test]' includes the qntx extra: grpcio,
-# grpcio-tools for QNTX's plugin and its stubs).
+# `make test` and the rest: the test tools too ('.[test]' includes the lab extra, the qntx
+# extra (grpcio, grpcio-tools: QNTX's plugin and its stubs) and Playwright).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -32,6 +33,23 @@ $(EG_STAMP): | $(STAMP)
 	$(VENV)/eg/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/eg/bin/python -m pip install --quiet 'jupyter-enterprise-gateway>=3.2,<4' 'ipykernel>=6.29' pandas matplotlib
 	touch $(EG_STAMP)
+
+# The JupyterLab browser test (tests/lab) drives Debian's Chromium through Playwright, never a
+# browser Playwright downloads: installed here when missing, as root on Debian (CI, this kind
+# of machine); elsewhere make stops and names the package. CHROMIUM=/path/to/chrome make test
+# points the test at another Chromium.
+CHROMIUM ?= /usr/bin/chromium
+$(CHROMIUM):
+	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's chromium for the JupyterLab browser test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "make test needs Chromium at $(CHROMIUM) for the JupyterLab browser test (tests/lab):" >&2; \
+		echo "  Debian/Ubuntu: sudo apt-get install chromium  (Fedora: sudo dnf install chromium)" >&2; \
+		echo "  or CHROMIUM=/path/to/chromium make test" >&2; \
+		exit 1; \
+	fi
+	@test -x $(CHROMIUM) || { echo "$(CHROMIUM) is still missing after the install" >&2; exit 1; }
 
 KB := $(BIN)/kernel-bridge
 TOKEN := $(VENV)/token
@@ -64,16 +82,34 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check bridge kernels tests bench
 	$(BIN)/mypy
 
-test: lint $(EG_STAMP)
-	$(BIN)/python -m pytest
+# The TypeScript client (clients/typescript): its npm packages (TypeScript, and Bun itself as a
+# devDependency), then the build to dist/ (the tests run the built files under Node and Bun).
+TS := clients/typescript
+TS_STAMP := $(TS)/node_modules/.installed
+$(TS_STAMP): $(TS)/package.json $(TS)/package-lock.json
+	cd $(TS) && npm ci --no-audit --no-fund
+	touch $(TS_STAMP)
+
+ts-client: $(TS_STAMP)
+	cd $(TS) && node_modules/.bin/tsc -p tsconfig.json && node_modules/.bin/tsc -p tsconfig.bench.json
+
+test: lint $(EG_STAMP) $(CHROMIUM) ts-client
+	KERNEL_BRIDGE_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest
 
 bench: $(STAMP)
+	$(BIN)/python bench/kernel_start.py
 	$(BIN)/python bench/execute.py
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/notebooks.py
-	$(BIN)/python bench/http.py
+	$(BIN)/python bench/http_service.py
 	$(BIN)/python bench/backend.py
 	$(BIN)/python bench/qntx.py
+	$(MAKE) bench-ts
+
+# The TypeScript client against a raw fetch of the same routes, under Bun and under Node.
+bench-ts: $(STAMP) ts-client
+	KERNEL_BRIDGE_PYTHON=$(abspath $(BIN)/python) $(TS)/node_modules/.bin/bun bench/ts_client.ts
+	KERNEL_BRIDGE_PYTHON=$(abspath $(BIN)/python) node $(TS)/dist/bench/ts_client.js
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(TS)/node_modules $(TS)/dist

@@ -22,18 +22,12 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-_here = Path(__file__).resolve().parent
-# This folder holds bench/http.py, which would shadow the standard library's http package if
-# the folder came first on sys.path (as it does for a script): put it last instead.
-if sys.path and Path(sys.path[0]).resolve() == _here:
-    del sys.path[0]
-sys.path.append(str(_here))
-sys.path.insert(0, str(_here.parent / "tests"))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))  # tests/gateways.py
 
-from execute import pct, rss_mb, timed  # noqa: E402  (bench/execute.py: the same helpers)
-from gateways import GatewayProcess  # noqa: E402
+from execute import pct, rss_mb, timed
+from gateways import GatewayProcess
 
-import bridge  # noqa: E402
+import bridge
 
 ECHO = Path(__file__).resolve().parent.parent / "kernels" / "examples" / "echo_backend.py"
 

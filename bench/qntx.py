@@ -13,13 +13,6 @@ ratio of the p50s (target: at most 1.2).
 
 from __future__ import annotations
 
-import os
-import sys
-
-# Run as a script, this file's folder comes first on sys.path; keep it off, as bench/http.py does.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-
 import argparse
 import asyncio
 import json
@@ -27,6 +20,7 @@ import re
 import secrets
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -34,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from rawhttp import RawClient
 
 from bridge.qntx.protocol import domain_pb, domain_rpc
 
@@ -60,37 +55,6 @@ async def interleaved(
                 await fn()
                 samples.append(time.perf_counter() - t)
     return out
-
-
-class RawClient:
-    """A minimal keep-alive HTTP/1.1 client: one connection, one request at a time."""
-
-    def __init__(self, port: int, token: str) -> None:
-        self.port = port
-        self.head = (
-            "POST {} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Authorization: token {token}\r\nContent-Type: application/json\r\n"
-            "Content-Length: {}\r\n\r\n"
-        )
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def post(self, path: str, body: bytes) -> Any:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
-            self.writer.get_extra_info("socket").setsockopt(
-                socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
-            )
-        assert self.reader is not None
-        self.writer.write(self.head.format(path, len(body)).encode() + body)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        match = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
-        assert match is not None and head.startswith(b"HTTP/1.1 200"), head
-        return json.loads(await self.reader.readexactly(int(match.group(1))))
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 def start_service(token: str) -> tuple[subprocess.Popen[bytes], int, Any]:

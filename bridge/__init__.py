@@ -24,15 +24,17 @@ from bridge.core.errors import (
     ExecutionError,
     ExecutionTimeout,
     ExitStatus,
+    InstallTimeout,
     InvalidNotebook,
     InvalidRequest,
     KernelDied,
     KernelStartError,
     NotebookFailed,
+    PackageConflict,
     ScriptRefused,
 )
 from bridge.core.python import has_python, python_version
-from bridge.core.results import ErrorInfo, ExecutionResult
+from bridge.core.results import ErrorInfo, ExecutionResult, strip_ansi
 
 
 def _publish(value: Any) -> None:
@@ -41,37 +43,16 @@ def _publish(value: Any) -> None:
         value.__module__ = "bridge"
 
 
-for _name in (
-    "BackendError",
-    "BackendLost",
-    "BackendStartError",
-    "BridgeClosed",
-    "BridgeError",
-    "CallTimeout",
-    "ErrorInfo",
-    "ExecutionError",
-    "ExecutionResult",
-    "ExecutionTimeout",
-    "ExitStatus",
-    "InvalidNotebook",
-    "InvalidRequest",
-    "KernelDied",
-    "KernelStartError",
-    "NotebookFailed",
-    "ScriptRefused",
-    "has_python",
-    "python_version",
-):
-    _publish(globals()[_name])
-
 if TYPE_CHECKING:
     from bridge.api.bridge import AsyncBridge, AsyncSession
+    from bridge.api.packages import InstallResult
     from bridge.api.sync import Backend, Bridge, Session
     from bridge.backends.backend import AsyncBackend
     from bridge.core.pool import PoolStatus
     from bridge.notebooks.handle import AsyncNotebook, Notebook
     from bridge.notebooks.options import NotebookOptions
-    from bridge.notebooks.runner import NotebookResult, run_notebook
+    from bridge.notebooks.report import NotebookResult
+    from bridge.notebooks.runner import run_notebook
 
 __all__ = [
     "AsyncBackend",
@@ -91,6 +72,8 @@ __all__ = [
     "ExecutionResult",
     "ExecutionTimeout",
     "ExitStatus",
+    "InstallResult",
+    "InstallTimeout",
     "InvalidNotebook",
     "InvalidRequest",
     "KernelDied",
@@ -99,6 +82,7 @@ __all__ = [
     "NotebookFailed",
     "NotebookOptions",
     "NotebookResult",
+    "PackageConflict",
     "PoolStatus",
     "ScriptRefused",
     "Session",
@@ -106,7 +90,12 @@ __all__ = [
     "has_python",
     "python_version",
     "run_notebook",
+    "strip_ansi",
 ]
+
+for _name in __all__:  # the ones imported above; the lazy ones as they load
+    if _name in globals():
+        _publish(globals()[_name])
 
 _LAZY = {
     "AsyncBackend": "bridge.backends.backend",
@@ -115,9 +104,10 @@ _LAZY = {
     "AsyncSession": "bridge.api.bridge",
     "Backend": "bridge.api.sync",
     "Bridge": "bridge.api.sync",
+    "InstallResult": "bridge.api.packages",
     "Notebook": "bridge.notebooks.handle",
     "NotebookOptions": "bridge.notebooks.options",
-    "NotebookResult": "bridge.notebooks.runner",
+    "NotebookResult": "bridge.notebooks.report",
     "PoolStatus": "bridge.core.pool",
     "Session": "bridge.api.sync",
     "run_notebook": "bridge.notebooks.runner",

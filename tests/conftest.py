@@ -95,6 +95,13 @@ def shared_bridge(request: pytest.FixtureRequest) -> Iterator[bridge.Bridge]:
         yield b
 
 
+@pytest.fixture(scope="module", params=["fork", "local"])
+def launch(request: pytest.FixtureRequest) -> dict[str, bool]:
+    """Both ways a local kernel is launched, for the fault tests: forked from the fork server
+    (the default) and started as a new interpreter by jupyter_client's LocalProvisioner."""
+    return {"fork_server": request.param == "fork"}
+
+
 @pytest_asyncio.fixture(scope="session")
 async def abridge() -> AsyncIterator[bridge.AsyncBridge]:
     """An AsyncBridge with two warm kernels on the session's event loop."""

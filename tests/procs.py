@@ -31,3 +31,42 @@ def children(pid: int) -> set[int]:
                 if fields is not None and int(fields[1]) == pid:
                     found.add(int(entry.name))
     return found
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below *pid*: its children, theirs, and so on (forked kernels are the
+    children of a fork server, itself a child of the host)."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children(todo.pop()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
+def parent(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[1]) if fields is not None else None
+
+
+def is_kernel(pid: int) -> bool:
+    """A bridge kernel, launched (``bridge_runtime.launch``) or forked (a fork server's child,
+    which keeps the server's command line)."""
+    if "bridge_runtime.launch" in cmdline(pid):
+        return True
+    up = parent(pid)
+    return up is not None and "bridge_runtime.forkserver" in cmdline(up)
+
+
+def kernels_below(pid: int) -> set[int]:
+    """The bridge kernels among *pid*'s descendants."""
+    return {p for p in descendants(pid) if is_kernel(p)}

@@ -33,6 +33,7 @@ class ServiceProcess:
         pool_size: int = 2,
         env: dict[str, str] | None = None,
         cwd: str | None = None,
+        stdin: int | None = None,
     ) -> None:
         self.token = token if token is not None else secrets.token_hex(16)
         self.args: Sequence[str] = args
@@ -41,6 +42,7 @@ class ServiceProcess:
         if self.token:  # as Jupyter reads it: not on the command line, where `ps` shows it
             self.env["JUPYTER_TOKEN"] = self.token
         self.cwd = cwd
+        self.stdin = stdin  # subprocess.PIPE: the test holds the service's stdin, as a host does
         self.url = ""
         self.banner = ""
         self.process: subprocess.Popen[bytes] | None = None
@@ -53,7 +55,12 @@ class ServiceProcess:
 
     def start(self, timeout: float = 90) -> ServiceProcess:
         self.process = subprocess.Popen(
-            self.command(), stdout=self._out, stderr=self._err, env=self.env, cwd=self.cwd
+            self.command(),
+            stdin=self.stdin,
+            stdout=self._out,
+            stderr=self._err,
+            env=self.env,
+            cwd=self.cwd,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -129,46 +136,93 @@ def read_events(lines: Iterator[str], count: int) -> list[tuple[int, dict[str, A
     return events
 
 
-async def execute_over_websocket(service: ServiceProcess, kernel_id: str, code: str) -> str:
-    """Run *code* in a kernel through /api/kernels/{id}/channels, as JupyterLab does."""
-    ws_url = service.url.replace("http://", "ws://")
-    url = f"{ws_url}/api/kernels/{kernel_id}/channels?token={service.token}"
-    ws = await websocket_connect(url)
-    msg_id = uuid.uuid4().hex
-    ws.write_message(
-        json.dumps(
-            {
-                "header": {
-                    "msg_id": msg_id,
-                    "msg_type": "execute_request",
-                    "username": "test",
-                    "session": uuid.uuid4().hex,
-                    "version": "5.3",
-                    "date": "",
-                },
-                "parent_header": {},
-                "metadata": {},
-                "content": {"code": code, "silent": False, "store_history": True},
-                "channel": "shell",
-                "buffers": [],
-            }
-        )
-    )
-    result = ""
-    try:
-        async with asyncio.timeout(60):
+class KernelSocket:
+    """A Jupyter client's websocket to a kernel through the service (/api/kernels/{id}/channels),
+    as JupyterLab's console has: send execute requests, read what comes back for each."""
+
+    def __init__(self, service: ServiceProcess, kernel_id: str) -> None:
+        ws_url = service.url.replace("http://", "ws://")
+        self.url = f"{ws_url}/api/kernels/{kernel_id}/channels?token={service.token}"
+        self.session = uuid.uuid4().hex
+        self.ws: Any = None
+        self.unread: list[dict[str, Any]] = []  # come while reading for another request
+
+    async def __aenter__(self) -> KernelSocket:
+        self.ws = await websocket_connect(self.url)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.ws.close()
+
+    def send(self, msg_type: str, content: dict[str, Any]) -> str:
+        """Send a shell message; returns its msg_id, the parent of every message it causes."""
+        msg_id = uuid.uuid4().hex
+        header = {
+            "msg_id": msg_id,
+            "msg_type": msg_type,
+            "username": "test",
+            "session": self.session,
+            "version": "5.3",
+            "date": "",
+        }
+        message = {
+            "header": header,
+            "parent_header": {},
+            "metadata": {},
+            "content": content,
+            "channel": "shell",
+            "buffers": [],
+        }
+        self.ws.write_message(json.dumps(message))
+        return msg_id
+
+    def execute(self, code: str) -> str:
+        """Send *code* to run; returns the request's msg_id."""
+        return self.send("execute_request", {"code": code, "silent": False, "store_history": True})
+
+    async def read(self, msg_id: str, until: Any, timeout: float = 60) -> list[dict[str, Any]]:
+        """The messages whose parent is *msg_id*, up to the first for which ``until(msg)``."""
+        seen: list[dict[str, Any]] = []
+        kept, self.unread = self.unread, []
+        for i, msg in enumerate(kept):
+            if msg["parent_header"].get("msg_id") != msg_id:
+                self.unread.append(msg)
+                continue
+            seen.append(msg)
+            if until(msg):
+                self.unread += kept[i + 1 :]
+                return seen
+        async with asyncio.timeout(timeout):
             while True:
-                raw = await ws.read_message()
+                raw = await self.ws.read_message()
                 assert raw is not None, "the server closed the websocket"
                 msg = json.loads(raw)
                 if msg["parent_header"].get("msg_id") != msg_id:
+                    self.unread.append(msg)
                     continue
-                kind = msg["header"]["msg_type"]
-                if kind == "execute_result":
-                    result = msg["content"]["data"]["text/plain"]
-                elif kind == "error":
-                    raise AssertionError(msg["content"]["evalue"])
-                elif kind == "status" and msg["content"]["execution_state"] == "idle":
-                    return result
-    finally:
-        ws.close()
+                seen.append(msg)
+                if until(msg):
+                    return seen
+
+    async def run(self, code: str) -> str:
+        """Execute *code*; its result's text/plain ("" if none). Its error raises."""
+        msg_id = self.execute(code)
+        messages = await self.read(msg_id, idle)
+        result = ""
+        for msg in messages:
+            kind = msg["header"]["msg_type"]
+            if kind == "execute_result":
+                result = msg["content"]["data"]["text/plain"]
+            elif kind == "error":
+                raise AssertionError(msg["content"]["evalue"])
+        return result
+
+
+def idle(msg: dict[str, Any]) -> bool:
+    return msg["header"]["msg_type"] == "status" and msg["content"]["execution_state"] == "idle"
+
+
+async def execute_over_websocket(service: ServiceProcess, kernel_id: str, code: str) -> str:
+    """Run *code* in a kernel through /api/kernels/{id}/channels, as JupyterLab does."""
+    async with KernelSocket(service, kernel_id) as socket:
+        return await socket.run(code)

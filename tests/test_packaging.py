@@ -1,4 +1,5 @@
-"""What `make run` installs: what running needs (the base dependencies) and nothing else."""
+"""What `make run` installs: what running needs (the base dependencies and the lab extra, since
+JupyterLab at /lab is part of what it serves) and nothing else."""
 
 from __future__ import annotations
 
@@ -38,7 +39,11 @@ def test_jupyter_server_is_listed_once() -> None:
     assert every.count("jupyter-server") == 1
 
 
-def test_make_run_installs_the_package_alone() -> None:
+def test_the_lab_extra_holds_no_test_tools() -> None:
+    assert _names(PROJECT["optional-dependencies"]["lab"]) == ["jupyterlab"]
+
+
+def test_make_run_installs_the_package_with_lab_alone() -> None:
     makefile = (ROOT / "Makefile").read_text()
     run = re.search(r"^run: (.*)$", makefile, re.MULTILINE)
     assert run is not None
@@ -46,4 +51,4 @@ def test_make_run_installs_the_package_alone() -> None:
     recipe = re.search(rf"^\$\({stamp}\):.*\n((?:\t.*\n)+)", makefile, re.MULTILINE)
     assert recipe is not None, f"no recipe for {stamp}"
     installs = [line for line in recipe.group(1).splitlines() if "pip install" in line]
-    assert installs[-1].rstrip().endswith("install --quiet -e ."), installs
+    assert installs[-1].rstrip().endswith("install --quiet -e '.[lab]'"), installs

@@ -8,15 +8,19 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+from bridge.api import packages as packages_
+from bridge.api.outputs import OutputCallback, relayed
 from bridge.backends.backend import AsyncBackend
 from bridge.core.errors import BridgeClosed, ExecutionTimeout, InvalidRequest, KernelDied
 from bridge.core.files import DEFAULT_MAX_SCRIPT, read_script
 from bridge.core.kernel import Kernel
 from bridge.core.pool import Factory, KernelPool, PoolStatus
+from bridge.core.python import resolve_python
 from bridge.core.results import DEFAULT_MAX_OUTPUT, ExecutionResult
 from bridge.core.validate import (
     check_code,
     check_count,
+    check_env,
     check_inputs,
     check_timeout,
 )
@@ -81,7 +85,12 @@ class _AsyncCalls:
     _isolate: bool
 
     async def _submit(
-        self, code: str, meta: dict[str, Any] | None, timeout: float | None, capture: bool
+        self,
+        code: str,
+        meta: dict[str, Any] | None,
+        timeout: float | None,
+        capture: bool,
+        on_output: OutputCallback | None = None,
     ) -> ExecutionResult:
         raise NotImplementedError
 
@@ -92,12 +101,23 @@ class _AsyncCalls:
         timeout: float | None = None,
         capture_variables: bool = False,
         inputs: Mapping[str, Any] | None = None,
+        on_output: OutputCallback | None = None,
     ) -> ExecutionResult:
         """Run *code*; a top-level ``return X`` gives the value X.
 
         >>> r = await b.execute("import math\\nreturn {'pi': math.pi}")   # doctest: +SKIP
         >>> r.value                                                       # doctest: +SKIP
         {'pi': 3.141592653589793}
+
+        *on_output* is called with each nbformat output dict as the kernel makes it, in
+        order: a ``stream`` output per chunk of text, then ``display_data``,
+        ``execute_result`` and ``error`` outputs whole. A plain function runs on the event
+        loop (it must not block); a coroutine function is awaited in order without holding
+        up the call's reading. The call returns once every callback is done; one that raises
+        is logged and the call goes on.
+
+        >>> await b.execute("print('a'); import time; time.sleep(1); print('b')",
+        ...                 on_output=lambda o: print(o.get("text"), end=""))  # doctest: +SKIP
         """
         text, meta = _request(
             code,
@@ -106,12 +126,19 @@ class _AsyncCalls:
             inputs=inputs,
             capture_variables=capture_variables,
         )
-        return await self._submit(text, meta, timeout, capture_variables)
+        return await self._submit(text, meta, timeout, capture_variables, on_output)
 
-    async def evaluate(self, expr: str, *, timeout: float | None = None) -> ExecutionResult:
-        """The value of one expression: ``(await b.evaluate("1 + 2 * 3")).value == 7``."""
+    async def evaluate(
+        self,
+        expr: str,
+        *,
+        timeout: float | None = None,
+        on_output: OutputCallback | None = None,
+    ) -> ExecutionResult:
+        """The value of one expression: ``(await b.evaluate("1 + 2 * 3")).value == 7``
+        (*on_output* as for ``execute``)."""
         text, meta = _request(expr, mode="eval", isolate=self._isolate)
-        return await self._submit(text, meta, timeout, False)
+        return await self._submit(text, meta, timeout, False, on_output)
 
     async def execute_file(
         self,
@@ -122,8 +149,10 @@ class _AsyncCalls:
         inputs: Mapping[str, Any] | None = None,
         root: str | os.PathLike[str] | None = None,
         max_size: int = DEFAULT_MAX_SCRIPT,
+        on_output: OutputCallback | None = None,
     ) -> ExecutionResult:
-        """Run the script at *path* (read by the host) as ``__main__`` with ``__file__`` set.
+        """Run the script at *path* (read by the host) as ``__main__`` with ``__file__`` set
+        (*on_output* as for ``execute``).
 
         The file is opened once and checked as opened: a regular file of at most *max_size*
         bytes, inside *root* if one is given (``bridge.ScriptRefused`` otherwise); it is read
@@ -141,7 +170,7 @@ class _AsyncCalls:
             capture_variables=capture_variables,
             file=resolved,
         )
-        return await self._submit(text, meta, timeout, capture_variables)
+        return await self._submit(text, meta, timeout, capture_variables, on_output)
 
 
 class AsyncBridge(_AsyncCalls):
@@ -162,6 +191,10 @@ class AsyncBridge(_AsyncCalls):
     ``python_paths`` name directories on the gateway's host. ``kernel_manager`` may then only be
     Jupyter Server's ``GatewayMappingKernelManager`` for the same gateway: the bridge registers
     its kernels there, so the server lists them and JupyterLab opens them.
+
+    Local kernels are forked from a fork server that has imported IPython and ipykernel once
+    (about 0.1 of a kernel start); ``fork_server=False`` starts a new interpreter per kernel,
+    as jupyter_client does by default (docs/kernels.md#fork-server).
     """
 
     def __init__(
@@ -179,6 +212,7 @@ class AsyncBridge(_AsyncCalls):
         gateway_url: str | None = None,
         gateway_token: str | None = None,
         gateway_kernel_name: str | None = None,
+        fork_server: bool = True,
     ) -> None:
         check_count(pool_size, "pool_size")
         self.max_output = check_count(max_output, "max_output")
@@ -190,6 +224,7 @@ class AsyncBridge(_AsyncCalls):
             "python_paths": python_paths,
             "startup_timeout": check_timeout(startup_timeout, 60.0),
             "kernel_manager": kernel_manager,
+            "fork_server": fork_server,
         }
         self.gateway_url, gateway_token = gateway_settings(gateway_url, gateway_token)
         if self.gateway_url:
@@ -201,6 +236,7 @@ class AsyncBridge(_AsyncCalls):
         self._pool: KernelPool | None = None
         self._closed = False
         self._start_lock = asyncio.Lock()
+        self._install_lock = asyncio.Lock()  # one installer at a time in one environment
         self._backends: set[AsyncBackend] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -268,12 +304,30 @@ class AsyncBridge(_AsyncCalls):
 
     @property
     def python(self) -> str:
-        """The interpreter that runs the kernels."""
+        """The interpreter that runs the kernels (known before they start, unless on a
+        gateway, whose kernel spec decides)."""
+        if self._factory is None and not self.gateway_url and not self._closed:
+            return resolve_python(self._options["python"])
         return self.factory.python
 
     def status(self) -> PoolStatus:
         """The pool's kernels now: ``b.status().ready`` live ones, ``busy``, ``starting``..."""
         return self.pool.status()
+
+    async def kernel_language(self, name: str) -> str | None:
+        """The language of the kernel spec *name* where this bridge's kernels run; None if
+        there is no kernel spec by that name.
+
+        >>> await b.kernel_language("python3")                  # doctest: +SKIP
+        'python'
+
+        Locally that is the installed kernel specs (``jupyter kernelspec list``) and the
+        bridge's own (``kernel-bridge``); on a gateway, the gateway's (``/api/kernelspecs``).
+        Notebook testing asks it of a notebook whose kernel name does not say Python.
+        """
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest(f"a kernel spec name must be a non-empty string, got {name!r}")
+        return await self.factory.kernel_language(name)
 
     @property
     def kernel_info(self) -> dict[str, Any]:
@@ -289,7 +343,12 @@ class AsyncBridge(_AsyncCalls):
     _isolate = True  # one-off calls: a fresh namespace each
 
     async def _submit(
-        self, code: str, meta: dict[str, Any] | None, timeout: float | None, capture: bool
+        self,
+        code: str,
+        meta: dict[str, Any] | None,
+        timeout: float | None,
+        capture: bool,
+        on_output: OutputCallback | None = None,
     ) -> ExecutionResult:
         seconds = check_timeout(timeout, self.timeout)
         pool = self.pool
@@ -307,7 +366,7 @@ class AsyncBridge(_AsyncCalls):
                 result=ExecutionResult(success=False, code=code),
             ) from None
         try:
-            return await self.run_on(kernel, code, meta, seconds, capture)
+            return await self.run_on(kernel, code, meta, seconds, capture, on_output)
         finally:
             pool.release(kernel)
 
@@ -318,20 +377,26 @@ class AsyncBridge(_AsyncCalls):
         meta: dict[str, Any] | None,
         timeout: float,
         capture: bool,
+        on_output: OutputCallback | None = None,
     ) -> ExecutionResult:
         """Run one prepared request on *kernel* with this bridge's output cap and callbacks.
 
         ``meta=None`` runs *code* as a notebook cell (``Kernel.execute(as_cell=True)``).
         """
-        return await kernel.execute(
-            code,
-            timeout=timeout,
-            meta=meta,
-            max_output=self.max_output,
-            on_attest=self.on_attest,
-            capture_variables=capture,
-            as_cell=meta is None,
+        result: ExecutionResult = await relayed(
+            on_output,
+            lambda listener: kernel.execute(
+                code,
+                timeout=timeout,
+                meta=meta,
+                max_output=self.max_output,
+                on_attest=self.on_attest,
+                capture_variables=capture,
+                as_cell=meta is None,
+                on_output=listener,
+            ),
         )
+        return result
 
     # -- backends --------------------------------------------------------------------------------
 
@@ -343,6 +408,7 @@ class AsyncBridge(_AsyncCalls):
         python_paths: Sequence[str | os.PathLike[str]] = (),
         timeout: float | None = None,
         restart: bool = False,
+        name: str | None = None,
     ) -> AsyncBackend:
         """Run a backend script in a kernel of its own and return it, ready for calls.
 
@@ -351,8 +417,10 @@ class AsyncBridge(_AsyncCalls):
         {'message': 'Hello, Alice!', ...}
 
         *timeout* is the default for its calls and the limit for running the script;
-        *restart* brings a dead kernel back with the script run again. Raises
-        ``BackendStartError`` if the script raises or never calls ``run()``.
+        *restart* brings a dead kernel back with the script run again; *name* is what people
+        see it as (default: the script's file name; the service's JupyterLab session is
+        ``backends/<name>``). Raises ``BackendStartError`` if the script raises or never
+        calls ``run()``.
         """
         if self._closed:
             raise BridgeClosed("the bridge is closed")
@@ -365,6 +433,7 @@ class AsyncBridge(_AsyncCalls):
             timeout=seconds,
             restart=restart,
             max_output=self.max_output,
+            name=name,
         )
         self._backends.add(backend)
         backend.on_terminate(lambda: self._backends.discard(backend))
@@ -377,15 +446,68 @@ class AsyncBridge(_AsyncCalls):
 
     # -- sessions --------------------------------------------------------------------------------
 
-    def session(self) -> AsyncSession:
+    def session(
+        self, *, env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None
+    ) -> AsyncSession:
         """One kernel kept for the caller, state and all, until the session closes.
 
         >>> async with b.session() as s:                        # doctest: +SKIP
         ...     await s.execute("x = 41")
         ...     (await s.evaluate("x + 1")).value
         42
+
+        With *env* (more environment variables) or *cwd* (its working folder), the session
+        gets a kernel started for it with those, instead of a warm one from the pool;
+        ``restart()`` starts it again with the same.
         """
-        return AsyncSession(self)
+        return AsyncSession(self, env=env, cwd=cwd)
+
+    # -- packages --------------------------------------------------------------------------------
+
+    async def install(
+        self,
+        packages: Sequence[str],
+        *,
+        upgrade: bool = False,
+        timeout: float | None = None,
+        root: str | os.PathLike[str] | None = None,
+    ) -> packages_.InstallResult:
+        """Install *packages* into the kernels' Python; running kernels can import them at once.
+
+        >>> r = await b.install(["requests>=2", "./mine-1.0-py3-none-any.whl"])  # doctest: +SKIP
+        >>> r.success, r.installed                                               # doctest: +SKIP
+        (True, ['requests', 'mine'])
+
+        Runs ``uv pip install --python PYTHON`` when uv is on PATH, else ``PYTHON -m pip
+        install``. Each entry is a requirement (no URL, no option) or a local wheel, sdist or
+        project folder (relative paths are read from *root*, default the current folder, and
+        must lie inside it when *root* is given). A failed install is ``success=False`` with
+        the installer's output. Raises ``PackageConflict`` if the kernels share this process's
+        environment and the install would change a distribution kernel-bridge runs on,
+        ``InstallTimeout`` past *timeout* (default 300 s), ``InvalidRequest`` on a gateway
+        (its image decides what is installed). Every live kernel of the bridge (the pool's,
+        sessions', backends') invalidates its import caches afterwards.
+        """
+        if self._closed:
+            raise BridgeClosed("the bridge is closed")
+        if self.gateway_url:
+            raise InvalidRequest(
+                "packages cannot be installed on a gateway's kernels: the gateway's image "
+                "decides what they can import"
+            )
+        seconds = check_timeout(timeout, packages_.DEFAULT_TIMEOUT)
+        async with self._install_lock:
+            result = await packages_.install(
+                self.python,
+                packages,
+                upgrade=upgrade,
+                timeout=seconds,
+                root=None if root is None else os.fspath(root),
+            )
+        if result.success and self._factory is not None:
+            for kernel in list(self._factory.kernels):
+                kernel.invalidate_import_caches()
+        return result
 
 
 class AsyncSession(_AsyncCalls):
@@ -395,8 +517,18 @@ class AsyncSession(_AsyncCalls):
     raises ``KernelDied`` until ``restart()``, so state is never lost without a word.
     """
 
-    def __init__(self, bridge: AsyncBridge) -> None:
+    def __init__(
+        self,
+        bridge: AsyncBridge,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> None:
         self._bridge = bridge
+        self.env = check_env(env)
+        self.cwd = None if cwd is None else os.fspath(cwd)
+        if self.cwd is not None and not bridge.gateway_url and not os.path.isdir(self.cwd):
+            raise InvalidRequest(f"cwd {self.cwd!r} is not a folder")
         self._kernel: Kernel | None = None
         self._lost: str | None = None
         self._closed = False
@@ -413,7 +545,9 @@ class AsyncSession(_AsyncCalls):
         if self._closed:
             raise BridgeClosed("the session is closed")
         if self._kernel is None:
-            self._kernel = await self._bridge.pool.take()
+            own = bool(self.env) or self.cwd is not None
+            pool = self._bridge.pool
+            self._kernel = await (pool.take(env=self.env, cwd=self.cwd) if own else pool.take())
             self._lost = None
 
     @property
@@ -461,8 +595,24 @@ class AsyncSession(_AsyncCalls):
 
     _isolate = False  # the session's own namespace, kept from call to call
 
+    @property
+    def alive(self) -> bool:
+        """Whether the next call can run: started, not closed, its kernel and state intact."""
+        kernel = self._kernel
+        return not self._closed and kernel is not None and kernel.alive and self._lost is None
+
+    @property
+    def busy(self) -> bool:
+        """A call is running (or waiting for the one before it)."""
+        return self._lock.locked()
+
     async def _submit(
-        self, code: str, meta: dict[str, Any] | None, timeout: float | None, capture: bool
+        self,
+        code: str,
+        meta: dict[str, Any] | None,
+        timeout: float | None,
+        capture: bool,
+        on_output: OutputCallback | None = None,
     ) -> ExecutionResult:
         seconds = check_timeout(timeout, self._bridge.timeout)
         async with self._lock:  # one call at a time: a timeout interrupts only its own call
@@ -475,7 +625,7 @@ class AsyncSession(_AsyncCalls):
                     status=kernel.exit_status,
                 )
             try:
-                return await self._bridge.run_on(kernel, code, meta, seconds, capture)
+                return await self._bridge.run_on(kernel, code, meta, seconds, capture, on_output)
             except ExecutionTimeout as exc:
                 if exc.restarted:
                     self._lost = "killed after a timeout"

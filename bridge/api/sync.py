@@ -22,6 +22,8 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from bridge.api.bridge import AsyncBridge, AsyncSession, AttestCallback
+from bridge.api.outputs import OutputCallback
+from bridge.api.packages import InstallResult
 from bridge.backends.backend import AsyncBackend, Handler
 from bridge.core.errors import BridgeClosed, BridgeError
 from bridge.core.files import DEFAULT_MAX_SCRIPT
@@ -76,9 +78,29 @@ class Portal:
             self.loop.close()
 
 
+def _off_loop(callback: OutputCallback | None) -> OutputCallback | None:
+    """A plain *callback* made to run in a worker thread: the loop thread reads the kernel
+    and must not block, and a callback there could not call the blocking API. The relay
+    awaits each in turn, so they still run one at a time, in order."""
+    if callback is None or inspect.iscoroutinefunction(callback):
+        return callback
+    check_callable(callback, "on_output")
+
+    async def in_thread(output: dict[str, Any]) -> Any:
+        return await asyncio.to_thread(callback, output)
+
+    return in_thread
+
+
 class _BlockingCalls:
     """execute, evaluate and execute_file, shared by Bridge and Session: each runs the async
-    twin's method on the bridge's loop thread and waits."""
+    twin's method on the bridge's loop thread and waits.
+
+    *on_output* (see ``AsyncBridge.execute``) hears each output as the kernel makes it. A plain
+    function runs in a worker thread, one output at a time in order, and the call returns once
+    it has handled the last, so it may block, print, or use the Bridge (not the Session that is
+    running the call: it waits for the callback). A coroutine function runs on the loop thread.
+    """
 
     _async: AsyncBridge | AsyncSession
 
@@ -92,19 +114,29 @@ class _BlockingCalls:
         timeout: float | None = None,
         capture_variables: bool = False,
         inputs: Mapping[str, Any] | None = None,
+        on_output: OutputCallback | None = None,
     ) -> ExecutionResult:
-        """Run *code*; a top-level ``return X`` gives the value X."""
+        """Run *code*; a top-level ``return X`` gives the value X.
+
+        >>> b.execute("print(1); import time; time.sleep(1); print(2)",
+        ...           on_output=lambda o: print(o["text"], end=""))   # doctest: +SKIP
+        """
         return self._call(
             self._async.execute,
             code,
             timeout=timeout,
             capture_variables=capture_variables,
             inputs=inputs,
+            on_output=_off_loop(on_output),
         )
 
-    def evaluate(self, expr: str, *, timeout: float | None = None) -> ExecutionResult:
+    def evaluate(
+        self, expr: str, *, timeout: float | None = None, on_output: OutputCallback | None = None
+    ) -> ExecutionResult:
         """The value of one expression: ``b.evaluate("1 + 2 * 3").value == 7``."""
-        return self._call(self._async.evaluate, expr, timeout=timeout)
+        return self._call(
+            self._async.evaluate, expr, timeout=timeout, on_output=_off_loop(on_output)
+        )
 
     def execute_file(
         self,
@@ -115,6 +147,7 @@ class _BlockingCalls:
         inputs: Mapping[str, Any] | None = None,
         root: str | os.PathLike[str] | None = None,
         max_size: int = DEFAULT_MAX_SCRIPT,
+        on_output: OutputCallback | None = None,
     ) -> ExecutionResult:
         """Run the script at *path* (read by the host) as ``__main__`` with ``__file__`` set;
         only a regular file of at most *max_size* bytes, inside *root* if given."""
@@ -126,6 +159,7 @@ class _BlockingCalls:
             inputs=inputs,
             root=root,
             max_size=max_size,
+            on_output=_off_loop(on_output),
         )
 
 
@@ -151,6 +185,7 @@ class Bridge(_BlockingCalls):
         gateway_url: str | None = None,
         gateway_token: str | None = None,
         gateway_kernel_name: str | None = None,
+        fork_server: bool = True,
     ) -> None:
         self._async: AsyncBridge = AsyncBridge(
             pool_size=pool_size,
@@ -164,6 +199,7 @@ class Bridge(_BlockingCalls):
             gateway_url=gateway_url,
             gateway_token=gateway_token,
             gateway_kernel_name=gateway_kernel_name,
+            fork_server=fork_server,
         )
         self._portal: Portal | None = None
         self._closing = False
@@ -242,9 +278,31 @@ class Bridge(_BlockingCalls):
     def python(self) -> str:
         return self._async.python
 
-    def session(self) -> Session:
-        """A blocking session: ``with b.session() as s: s.execute("x = 1")``."""
-        return Session(self, self._async.session())
+    def kernel_language(self, name: str) -> str | None:
+        """The language of the kernel spec *name*: ``b.kernel_language("python3") == "python"``."""
+        return self._call(self._async.kernel_language, name)
+
+    def session(
+        self, *, env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None
+    ) -> Session:
+        """A blocking session: ``with b.session() as s: s.execute("x = 1")`` (*env* and *cwd*
+        as for ``AsyncBridge.session``)."""
+        return Session(self, self._async.session(env=env, cwd=cwd))
+
+    def install(
+        self,
+        packages: Sequence[str],
+        *,
+        upgrade: bool = False,
+        timeout: float | None = None,
+        root: str | os.PathLike[str] | None = None,
+    ) -> InstallResult:
+        """Install *packages* into the kernels' Python (see ``AsyncBridge.install``).
+
+        >>> b.install(["requests>=2"]).success        # doctest: +SKIP
+        True
+        """
+        return self.call(self._async.install, packages, upgrade=upgrade, timeout=timeout, root=root)
 
     def spawn(
         self,
@@ -254,6 +312,7 @@ class Bridge(_BlockingCalls):
         python_paths: Sequence[str | os.PathLike[str]] = (),
         timeout: float | None = None,
         restart: bool = False,
+        name: str | None = None,
     ) -> Backend:
         """A blocking backend: ``b.spawn("echo_backend.py").call("echo", {"data": 1})``."""
         backend = self.call(
@@ -263,6 +322,7 @@ class Bridge(_BlockingCalls):
             python_paths=python_paths,
             timeout=timeout,
             restart=restart,
+            name=name,
         )
         return Backend(self, backend)
 
@@ -326,6 +386,10 @@ class Backend:
     @property
     def async_backend(self) -> AsyncBackend:
         return self._async
+
+    @property
+    def name(self) -> str:
+        return self._async.name
 
     @property
     def kernel_id(self) -> str:

@@ -45,7 +45,14 @@ from bridge.core.errors import (
 )
 from bridge.core.kernel import Kernel
 from bridge.core.pool import Factory
-from bridge.core.validate import check_callable, check_env, check_paths, check_timeout, read_script
+from bridge.core.validate import (
+    check_callable,
+    check_env,
+    check_name,
+    check_paths,
+    check_timeout,
+    read_script,
+)
 
 log = logging.getLogger("bridge.backend")
 
@@ -79,8 +86,11 @@ class AsyncBackend:
         timeout: float,
         restart: bool = False,
         max_output: int,
+        name: str | None = None,
     ) -> None:
         self.source, self.path = read_script(script)
+        # What people see it as (JupyterLab's session, the messages): the script's file name.
+        self.name = Path(self.path).name if name is None else check_name(name)
         self.timeout = timeout
         self.restart_on_exit = bool(restart)
         self._env = check_env(env)
@@ -106,11 +116,11 @@ class AsyncBackend:
 
     def __repr__(self) -> str:
         state = "alive" if self.alive else "terminated" if self.terminated else "down"
-        return f"<AsyncBackend {self.name} {state}>"
+        return f"<AsyncBackend {self._label} {state}>"
 
     @property
-    def name(self) -> str:
-        return f"backend {Path(self.path).name}"
+    def _label(self) -> str:
+        return f"backend {self.name}"
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -134,7 +144,7 @@ class AsyncBackend:
         """The kernel the backend runs in now (the last one, once it is gone)."""
         kernel = self._kernel or self._last_kernel
         if kernel is None:
-            raise BridgeClosed(f"{self.name} is not started")
+            raise BridgeClosed(f"{self._label} is not started")
         return kernel
 
     @property
@@ -177,7 +187,7 @@ class AsyncBackend:
             restarting.cancel()
             await asyncio.gather(restarting, return_exceptions=True)
         self._fail_pending(
-            lambda method: BridgeClosed(f"{self.name} was terminated during {method}()")
+            lambda method: BridgeClosed(f"{self._label} was terminated during {method}()")
         )
         kernel, self._kernel = self._kernel, None
         try:
@@ -193,12 +203,12 @@ class AsyncBackend:
                 try:
                     callback()
                 except Exception:
-                    log.exception("%s: terminate callback failed", self.name)
+                    log.exception("%s: terminate callback failed", self._label)
 
     async def restart(self) -> None:
         """Replace the kernel with a fresh one running the script again; state starts anew."""
         if self.terminated:
-            raise BridgeClosed(f"{self.name} was terminated")
+            raise BridgeClosed(f"{self._label} was terminated")
         if self._restarting is None:
             self._restarting = asyncio.ensure_future(
                 self._relaunch("restarted by the host", automatic=False)
@@ -227,12 +237,12 @@ class AsyncBackend:
         try:
             kernel = await self._factory.start(env=self._kernel_env())
         except KernelStartError as exc:
-            raise BackendStartError(f"{self.name}: its kernel did not start: {exc}") from exc
+            raise BackendStartError(f"{self._label}: its kernel did not start: {exc}") from exc
         try:
             await self._run_script(kernel)
             self._comm_id = await self._connect(kernel)
             if self.terminated:  # terminate() (or the bridge's close) came while we started
-                raise BridgeClosed(f"{self.name} was terminated while starting")
+                raise BridgeClosed(f"{self._label} was terminated while starting")
         except BaseException:
             await self._factory.stop(kernel, now=True)
             raise
@@ -248,13 +258,13 @@ class AsyncBackend:
             )
         except ExecutionTimeout:
             raise BackendStartError(
-                f"{self.name}: the script did not finish within {self.timeout:g} s "
+                f"{self._label}: the script did not finish within {self.timeout:g} s "
                 "(in a kernel, run() returns at once; is there a loop at the top level?)"
             ) from None
         except KernelDied as exc:
             output = (exc.result.stdout + exc.result.stderr) if exc.result else ""
             raise BackendStartError(
-                f"{self.name}: the kernel died while running the script ({exc.status})"
+                f"{self._label}: the kernel died while running the script ({exc.status})"
                 + (f"\n{output.rstrip()}" if output.strip() else "")
             ) from None
         for name in ("stdout", "stderr"):
@@ -264,7 +274,7 @@ class AsyncBackend:
         if result.error is not None:
             err = result.error
             raise BackendStartError(
-                f"{self.name}: the script raised {err.ename}: {err.evalue}\n{err.traceback}",
+                f"{self._label}: the script raised {err.ename}: {err.evalue}\n{err.traceback}",
                 traceback=err.traceback,
             )
 
@@ -274,7 +284,7 @@ class AsyncBackend:
         def on_exit(status: ExitStatus) -> None:
             if not hello.done():
                 hello.set_exception(
-                    BackendStartError(f"{self.name}: the kernel died while connecting ({status})")
+                    BackendStartError(f"{self._label}: the kernel died while connecting ({status})")
                 )
 
         undo = kernel.on_exit(on_exit)
@@ -286,7 +296,7 @@ class AsyncBackend:
                 self.info = await hello
         except TimeoutError:
             raise BackendStartError(
-                f"{self.name}: the kernel did not answer the backend connection within "
+                f"{self._label}: the kernel did not answer the backend connection within "
                 f"{self.timeout:g} s"
             ) from None
         finally:
@@ -301,7 +311,7 @@ class AsyncBackend:
         if msg["header"]["msg_type"] == "comm_close":
             if not hello.done():
                 hello.set_exception(
-                    BackendStartError(f"{self.name}: the kernel closed the backend connection")
+                    BackendStartError(f"{self._label}: the kernel closed the backend connection")
                 )
             else:
                 self._on_closed(kernel)
@@ -321,13 +331,13 @@ class AsyncBackend:
             else:
                 error = data.get("error") or {}
                 hello.set_exception(
-                    BackendStartError(f"{self.name}: {error.get('evalue', 'no backend')}")
+                    BackendStartError(f"{self._label}: {error.get('evalue', 'no backend')}")
                 )
 
     def _on_reply(self, data: dict[str, Any], buffers: list[Any]) -> None:
         entry = self._pending.pop(data["id"], None)
         if entry is None:
-            log.debug("%s: dropped a reply to call %s, which gave up", self.name, data["id"])
+            log.debug("%s: dropped a reply to call %s, which gave up", self._label, data["id"])
             return
         future, method = entry
         if future.done():
@@ -414,7 +424,7 @@ class AsyncBackend:
 
     def _dispatch(self, event: str, data: Any) -> None:
         if event in ("stdout", "stderr") and isinstance(data, str):
-            log.info("%s %s: %s", self.name, event, data.rstrip("\n"))
+            log.info("%s %s: %s", self._label, event, data.rstrip("\n"))
         for any_handler in list(self._any_handlers):
             self._invoke(event, functools.partial(any_handler, event), data)
         handlers = self._handlers.get(event)
@@ -433,7 +443,7 @@ class AsyncBackend:
         try:
             outcome = handler(data)
         except Exception:
-            log.exception("%s: the handler of %r failed", self.name, event)
+            log.exception("%s: the handler of %r failed", self._label, event)
             return
         if inspect.isawaitable(outcome):
             task = asyncio.ensure_future(outcome)
@@ -443,7 +453,7 @@ class AsyncBackend:
     def _handled(self, event: str, task: asyncio.Future[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("%s: the handler of %r failed", self.name, event, exc_info=task.exception())
+            log.error("%s: the handler of %r failed", self._label, event, exc_info=task.exception())
 
     # -- calls -----------------------------------------------------------------------------------
 
@@ -483,7 +493,7 @@ class AsyncBackend:
         except TimeoutError:
             self._cancel(sent, rid)
             raise CallTimeout(
-                f"{self.name}: {method}() ran past its timeout of {seconds:g} s "
+                f"{self._label}: {method}() ran past its timeout of {seconds:g} s "
                 "and was interrupted",
                 method=method,
                 timeout=seconds,
@@ -509,14 +519,14 @@ class AsyncBackend:
     async def _connection(self) -> tuple[Kernel, str]:
         while True:
             if self.terminated:
-                raise BridgeClosed(f"{self.name} was terminated")
+                raise BridgeClosed(f"{self._label} was terminated")
             if self._restarting is not None:
                 await asyncio.shield(self._restarting)
                 continue
             if self._lost is not None:
                 raise copy.copy(self._lost)  # a fresh exception each time, not one re-raised
             if self._kernel is None:
-                raise BridgeClosed(f"{self.name} is not started")
+                raise BridgeClosed(f"{self._label} is not started")
             return self._kernel, self._comm_id
 
     def _fail_pending(self, error: Callable[[str], BaseException]) -> None:
@@ -532,13 +542,13 @@ class AsyncBackend:
         if kernel is not self._kernel or self.terminated:
             return  # replaced on purpose, or being terminated
         self._lost = KernelDied(
-            f"{self.name}: its kernel died ({status})"
+            f"{self._label}: its kernel died ({status})"
             + ("; restarting" if self.restart_on_exit else ""),
             status=status,
         )
         self._fail_pending(
             lambda method: KernelDied(
-                f"{self.name}: its kernel died ({status}) during {method}()", status=status
+                f"{self._label}: its kernel died ({status}) during {method}()", status=status
             )
         )
         self._dispatch(
@@ -559,8 +569,8 @@ class AsyncBackend:
         if kernel is not self._kernel or self.terminated or self._lost is not None:
             return
         reason = "the kernel closed the backend's connection"
-        self._lost = BackendLost(f"{self.name}: {reason}; restart() starts it anew")
-        self._fail_pending(lambda method: BackendLost(f"{self.name}: {reason} during {method}()"))
+        self._lost = BackendLost(f"{self._label}: {reason}; restart() starts it anew")
+        self._fail_pending(lambda method: BackendLost(f"{self._label}: {reason} during {method}()"))
         status = {"code": None, "signal": None, "reason": reason, "restarting": False}
         self._dispatch("exit", status)
 
@@ -573,7 +583,7 @@ class AsyncBackend:
                 times.popleft()
             if automatic and len(times) >= RESTART_LIMIT:  # a crash loop: stop feeding it
                 self._lost = KernelDied(
-                    f"{self.name} died {len(times) + 1} times within {RESTART_WINDOW:g} s; "
+                    f"{self._label} died {len(times) + 1} times within {RESTART_WINDOW:g} s; "
                     "not restarting it again"
                 )
                 self._dispatch("restart", {"ok": False, "error": str(self._lost)})
@@ -581,7 +591,7 @@ class AsyncBackend:
             times.append(now)
             old, self._kernel = self._kernel, None
             self._fail_pending(
-                lambda method: KernelDied(f"{self.name} was restarted during {method}()")
+                lambda method: KernelDied(f"{self._label} was restarted during {method}()")
             )
             if old is not None:
                 await self._factory.stop(old, now=True)
@@ -589,11 +599,11 @@ class AsyncBackend:
                 await self._launch()
             except BridgeError as exc:
                 self._lost = exc
-                log.error("%s could not be restarted: %s", self.name, exc)
+                log.error("%s could not be restarted: %s", self._label, exc)
                 self._dispatch("restart", {"ok": False, "error": str(exc)})
                 return
             self.restarts += 1
-            log.info("%s restarted (%s)", self.name, reason)
+            log.info("%s restarted (%s)", self._label, reason)
             self._dispatch(
                 "restart",
                 {

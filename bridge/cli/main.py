@@ -1,4 +1,4 @@
-"""The kernel-bridge command: exec, eval, run, serve, test, version.
+"""The kernel-bridge command: exec, eval, run, install, serve, test, version.
 
 Start-up stays light: this module imports only the light part of ``bridge``; the kernel
 machinery loads when a command needs a kernel.
@@ -79,6 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     _kernel_options(p)
 
     p = commands.add_parser(
+        "install",
+        help="install packages into the kernels' Python",
+        description="Install packages into the kernels' Python (uv when it is on PATH, pip "
+        "otherwise): requirements such as 'requests>=2', or local wheels, sdists and project "
+        "folders. Exit 1 if the installer fails, 2 if the install is refused.",
+    )
+    p.add_argument("packages", nargs="+", metavar="PKG", help="a requirement or a local path")
+    p.add_argument("--upgrade", action="store_true", help="upgrade what is installed already")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds (default 300)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--python", help="interpreter of the kernels (default: this one)")
+
+    p = commands.add_parser(
         "test",
         help="run notebooks as tests",
         description="Run notebooks as tests, each on a fresh warm kernel; exit 1 if any fails.",
@@ -128,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--root", help="folder /execute-file reads from (default: this one)")
     p.add_argument("--timeout", type=float, default=30.0, help="default call timeout, seconds")
+    p.add_argument(
+        "--watch-stdin",
+        action="store_true",
+        help="stop (as on SIGTERM) when standard input reaches its end: a host that started the "
+        "service holds a pipe open, so its exit, even a killed one, stops the service",
+    )
     _gateway_options(p)
 
     commands.add_parser("version", help="print the versions")
@@ -224,10 +243,28 @@ def _serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
     try:
         # Ctrl-C stops at once (no "shut down? y/n" prompt) and shuts every kernel down.
         signal.signal(signal.SIGINT, serverapp._signal_stop)
+        if args.watch_stdin:
+            _stop_at_stdin_end()  # SIGTERM: the same clean stop, the token file removed too
         serverapp.start()
     finally:
         found.remove()
     return EXIT_BRIDGE if getattr(extension, "start_error", None) else EXIT_OK
+
+
+def _stop_at_stdin_end() -> None:
+    """SIGTERM this process (the server's own clean stop) once stdin reaches its end."""
+    import signal
+    import threading
+
+    def watch() -> None:
+        try:
+            while sys.stdin.buffer.read(65536):
+                pass
+        except (OSError, ValueError):
+            pass
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="kernel-bridge-stdin", daemon=True).start()
 
 
 def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
@@ -250,22 +287,30 @@ def _inputs(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def print_result(result: ExecutionResult) -> None:
-    """The readable form: outputs in order, stdout to stdout, errors and stderr to stderr."""
-    for output in result.outputs:
-        kind = output["output_type"]
-        if kind == "stream":
-            stream = sys.stderr if output["name"] == "stderr" else sys.stdout
-            stream.write(output["text"])
-        elif kind in ("display_data", "execute_result"):
-            data = output["data"]
-            text = data.get("text/plain", "")
-            others = sorted(k for k in data if k not in ("text/plain", "application/json"))
-            print(text)
-            if others:
-                print(f"[also as {', '.join(others)}]")
-        elif kind == "error":
-            print(ErrorInfo.from_content(output).traceback, file=sys.stderr)
+def print_output(output: dict[str, Any]) -> None:
+    """One output the readable way: streams to their stream, values as text, errors to stderr."""
+    kind = output["output_type"]
+    if kind == "stream":
+        stream = sys.stderr if output["name"] == "stderr" else sys.stdout
+        stream.write(output["text"])
+        stream.flush()
+    elif kind in ("display_data", "execute_result"):
+        data = output["data"]
+        text = data.get("text/plain", "")
+        others = sorted(k for k in data if k not in ("text/plain", "application/json"))
+        print(text, flush=True)
+        if others:
+            print(f"[also as {', '.join(others)}]", flush=True)
+    elif kind == "error":
+        print(ErrorInfo.from_content(output).traceback, file=sys.stderr, flush=True)
+
+
+def print_result(result: ExecutionResult, *, outputs: bool = True) -> None:
+    """The readable form: outputs in order (unless printed live already), stdout to stdout,
+    errors and stderr to stderr."""
+    if outputs:
+        for output in result.outputs:
+            print_output(output)
     if result.error is not None and not any(o["output_type"] == "error" for o in result.outputs):
         print(result.error.traceback, file=sys.stderr)
     sys.stdout.flush()
@@ -276,6 +321,9 @@ def _run(args: argparse.Namespace) -> int:
 
     env = _pairs(args.env, "--env")
     inputs = _inputs(getattr(args, "input", []))
+    # Without --json, outputs are printed as the kernel makes them.
+    live = None if args.json else print_output
+    args.live = live is not None
     with Bridge(
         pool_size=1,
         python=args.python,
@@ -292,17 +340,42 @@ def _run(args: argparse.Namespace) -> int:
                 timeout=args.timeout,
                 capture_variables=args.capture_variables,
                 inputs=inputs,
+                on_output=live,
             )
         elif args.command == "eval":
-            result = b.evaluate(args.expr, timeout=args.timeout)
+            result = b.evaluate(args.expr, timeout=args.timeout, on_output=live)
         else:
             result = b.execute_file(
-                args.file, timeout=args.timeout, capture_variables=args.capture_variables
+                args.file,
+                timeout=args.timeout,
+                capture_variables=args.capture_variables,
+                on_output=live,
             )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
     else:
-        print_result(result)
+        print_result(result, outputs=False)
+    return EXIT_OK if result.success else EXIT_FAILED
+
+
+def _install(args: argparse.Namespace) -> int:
+    """Install packages into the kernels' Python; no kernel is started."""
+    from bridge import Bridge
+
+    b = Bridge(pool_size=0, python=args.python, gateway_url="")
+    try:
+        result = b.install(args.packages, upgrade=args.upgrade, timeout=args.timeout)
+    finally:
+        b.close()
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        sys.stdout.write(result.stdout)
+        sys.stderr.write(result.stderr)
+        if result.success:
+            print(f"installed: {', '.join(result.installed)} ({result.installer})")
+        else:
+            print(f"kernel-bridge: {result.installer} failed", file=sys.stderr)
     return EXIT_OK if result.success else EXIT_FAILED
 
 
@@ -325,10 +398,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bridge.notebooks.cli import run_tests
 
             return run_tests(args)
+        if args.command == "install":
+            return _install(args)
         return _run(args)
     except (ExecutionTimeout, KernelDied) as exc:
         if exc.result is not None and not args.json:
-            print_result(exc.result)
+            print_result(exc.result, outputs=not getattr(args, "live", False))
         print(f"kernel-bridge: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_BRIDGE
     except BridgeError as exc:

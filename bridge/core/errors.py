@@ -177,6 +177,23 @@ class CallTimeout(BridgeError, TimeoutError):
         self.timeout = timeout
 
 
+class PackageConflict(BridgeError):
+    """An install was refused: it would change a distribution the host itself runs on
+    (kernel-bridge and what it requires), which the kernels share. ``conflicts`` names them."""
+
+    def __init__(self, message: str, *, conflicts: list[str]) -> None:
+        super().__init__(message)
+        self.conflicts = conflicts
+
+
+class InstallTimeout(BridgeError, TimeoutError):
+    """The installer ran past its timeout and was killed."""
+
+    def __init__(self, message: str, *, timeout: float) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+
+
 def _describe_failure(result: ExecutionResult) -> str:
     rule = "-" * 18
     parts = ["An error occurred while executing the following code:", rule, result.code, rule]

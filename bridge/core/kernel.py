@@ -30,7 +30,12 @@ from bridge.core.errors import (
     KernelDied,
     KernelStartError,
 )
-from bridge.core.results import DEFAULT_MAX_OUTPUT, ExecutionResult, OutputCollector
+from bridge.core.results import (
+    DEFAULT_MAX_OUTPUT,
+    ExecutionResult,
+    OutputCollector,
+    OutputListener,
+)
 from bridge.core.translate import jupyter_client_errors
 
 log = logging.getLogger("bridge.kernel")
@@ -320,6 +325,9 @@ class Kernel:
                 call.fallback = True
                 call.fail(_Fallback())
             else:
+                value = data.get(wire.REPLY_VALUE)
+                if isinstance(value, dict):  # the value, in the reply (see protocol.py)
+                    call.collector.add("execute_result", value)
                 call.on_reply(data)
             return
         record = call.collector.add_record(data)
@@ -390,6 +398,7 @@ class Kernel:
         capture_variables: bool = False,
         force_request: bool = False,
         as_cell: bool = False,
+        on_output: OutputListener | None = None,
     ) -> ExecutionResult:
         """Run *code*; return its result, or raise ExecutionTimeout or KernelDied.
 
@@ -398,7 +407,8 @@ class Kernel:
         with *force_request*. ``as_cell=True`` sends *code* as a notebook front end sends a
         cell: an execute_request without the bridge's metadata (the kernel runs it as any
         IPython kernel would, no JSON value added), counted in the execution count and
-        ``In``/``Out``.
+        ``In``/``Out``. *on_output* hears each output as it arrives (see OutputCollector),
+        on this loop, from the reader: it must not block.
 
         On timeout the kernel is interrupted; if it has not finished within INTERRUPT_GRACE
         (code that swallows KeyboardInterrupt, or holds the GIL in C) it is killed and
@@ -421,7 +431,7 @@ class Kernel:
             metadata = {} if as_cell else {wire.META_KEY: meta or {}}
             msg = self.session.msg("execute_request", content, metadata=metadata)
         msg_id = msg["header"]["msg_id"]
-        call = _Call(msg_id, code, OutputCollector(max_output=max_output))
+        call = _Call(msg_id, code, OutputCollector(max_output=max_output, on_output=on_output))
         call.on_attest = on_attest
         # On the comm path the runtime's reply comes after all of the call's output (IOPub
         # keeps order), so there is no idle status to wait for.
@@ -451,6 +461,7 @@ class Kernel:
                     on_attest=on_attest,
                     capture_variables=capture_variables,
                     force_request=True,
+                    on_output=on_output,
                 )
             except asyncio.CancelledError:
                 # The caller gave up: let the kernel finish, or interrupt it, before reuse.
@@ -462,6 +473,29 @@ class Kernel:
         finally:
             if not draining:
                 self._forget(call)
+
+    def invalidate_import_caches(self) -> None:
+        """Have the kernel call ``importlib.invalidate_caches()``, so packages installed since
+        it started can be imported.
+
+        A silent execute_request, sent and not waited for: the kernel runs it after what it
+        is running now and before anything sent later, and it binds no name, counts no
+        execution and makes no output.
+        """
+        if not self.alive or self.closing:
+            return
+        content = {
+            "code": "__import__('importlib').invalidate_caches()",
+            "silent": True,
+            "store_history": False,
+            "user_expressions": {},
+            "allow_stdin": False,
+            "stop_on_error": False,
+        }
+        try:
+            self._send_shell("execute_request", content)
+        except BridgeError as exc:  # died meanwhile: nothing left to refresh
+            log.debug("%s: could not invalidate import caches: %s", self.name, exc)
 
     async def _timed_out(self, call: _Call, timeout: float) -> BridgeError:
         try:

@@ -35,6 +35,8 @@ class Factory(Protocol):
 
     async def stop(self, kernel: Kernel, *, now: bool = False) -> None: ...
 
+    async def kernel_language(self, name: str) -> str | None: ...
+
     async def close(self) -> None: ...
 
 
@@ -147,12 +149,19 @@ class KernelPool:
             # the next acquire(), which would start a surplus kernel to make up for it.
             self._put(kernel)
 
-    async def take(self) -> Kernel:
-        """A kernel for a session's own use; the pool starts another to stay warm."""
-        if self.size == 0:  # no warm kernels to take from: start one for the session
+    async def take(self, *, env: Mapping[str, str] | None = None, cwd: str | None = None) -> Kernel:
+        """A kernel for a session's own use; the pool starts another to stay warm.
+
+        With *env* or *cwd* (or no warm kernels at all), a kernel is started for the session
+        with them instead; the pool closes it with the others all the same.
+        """
+        if self.size == 0 or env or cwd is not None:
             if self._closed:
                 raise BridgeClosed("the bridge is closed")
-            kernel = await self.factory.start()
+            kernel = await self.factory.start(env=env, cwd=cwd)
+            if self._closed:  # closed while it started: close() did not see it
+                await self.factory.stop(kernel, now=True)
+                raise BridgeClosed("the bridge was closed while the session's kernel started")
             self._taken.add(kernel)
             return kernel
         kernel = await self.acquire()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +14,10 @@ from bridge.core.errors import ExecutionError
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 DEFAULT_MAX_OUTPUT = 10_000_000
+
+log = logging.getLogger("bridge.kernel")
+
+OutputListener = Callable[[dict[str, Any]], None]
 
 
 def strip_ansi(text: str) -> str:
@@ -103,12 +109,21 @@ class OutputCollector:
     them); ``clear_output`` and ``update_display_data`` behave as in nbclient. Everything a call
     sends back counts against *max_output* characters: streams, display data and metadata,
     display updates, results shown by the displayhook, attestations, captured variables. Past
-    it, output is dropped after a marker and ``truncated`` is set; the value (the last result)
-    and the error are always kept.
+    it, output is dropped after a marker and ``truncated`` is set; the value (the last result,
+    whether it came on IOPub or in the reply) and the error are always kept.
+
+    *on_output* hears each output as it is added, in order: a stream output per chunk of text
+    (``{"output_type": "stream", "name", "text": chunk}``; the result merges the chunks), the
+    others whole. It sees what the result keeps (nothing past the cap but the marker; a result
+    superseded by a later one is heard, and then dropped from the result if it does not fit),
+    and never ``update_display_data`` or ``clear_output``, which change outputs already heard.
     """
 
-    def __init__(self, *, max_output: int = DEFAULT_MAX_OUTPUT) -> None:
+    def __init__(
+        self, *, max_output: int = DEFAULT_MAX_OUTPUT, on_output: OutputListener | None = None
+    ) -> None:
         self.max_output = max_output
+        self.on_output = on_output
         self.size = 0
         self.truncated = False
         self.outputs: list[dict[str, Any]] = []
@@ -153,15 +168,23 @@ class OutputCollector:
         self._chunks.clear()
         self._display_ids.clear()
 
+    def _emit(self, output: dict[str, Any]) -> None:
+        if self.on_output is not None:
+            try:
+                self.on_output(output)
+            except Exception:  # a listener's bug must not cost the call its output
+                log.exception("an on_output callback failed")
+
     def _append_stream(self, name: str, text: str) -> None:
         self._streams.setdefault(name, []).append(text)
         last = self.outputs[-1] if self.outputs else None
         if last is not None and last["output_type"] == "stream" and last["name"] == name:
             self._chunks[id(last)].append(text)
-            return
-        output: dict[str, Any] = {"output_type": "stream", "name": name, "text": ""}
-        self.outputs.append(output)
-        self._chunks[id(output)] = [text]
+        else:
+            output: dict[str, Any] = {"output_type": "stream", "name": name, "text": ""}
+            self.outputs.append(output)
+            self._chunks[id(output)] = [text]
+        self._emit({"output_type": "stream", "name": name, "text": text})
 
     def _on_stream(self, content: dict[str, Any]) -> None:
         self._flush_clear()
@@ -193,6 +216,7 @@ class OutputCollector:
             "metadata": content.get("metadata") or {},
         }
         self.outputs.append(output)
+        self._emit(dict(output))
         display_id = (content.get("transient") or {}).get("display_id")
         if display_id:
             self._display_ids.setdefault(display_id, []).append(output)
@@ -228,17 +252,18 @@ class OutputCollector:
             "execution_count": content.get("execution_count"),
         }
         self.outputs.append(self._value_output)
+        self._emit(dict(self._value_output))
 
     def _on_error(self, content: dict[str, Any]) -> None:
         self._flush_clear()
-        self.outputs.append(
-            {
-                "output_type": "error",
-                "ename": content.get("ename", ""),
-                "evalue": content.get("evalue", ""),
-                "traceback": list(content.get("traceback") or []),
-            }
-        )
+        output = {
+            "output_type": "error",
+            "ename": content.get("ename", ""),
+            "evalue": content.get("evalue", ""),
+            "traceback": list(content.get("traceback") or []),
+        }
+        self.outputs.append(output)
+        self._emit(dict(output))
 
     def _on_clear_output(self, content: dict[str, Any]) -> None:
         if content.get("wait"):

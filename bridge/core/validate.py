@@ -26,6 +26,15 @@ def check_count(value: object, name: str) -> int:
     return value
 
 
+def check_name(name: object, what: str = "the name") -> str:
+    """A label for people (a backend's name in JupyterLab): text on one line, 1-255 chars."""
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidRequest(f"{what} must be a non-empty str, got {name!r}")
+    if len(name) > 255 or not name.isprintable():
+        raise InvalidRequest(f"{what} must be printable text of at most 255 characters")
+    return name
+
+
 def check_timeout(timeout: float | None, default: float) -> float:
     if timeout is None:
         return default

@@ -48,3 +48,4 @@ PONG: str = protocol.PONG
 REPLY: str = protocol.REPLY
 ATTESTATION: str = protocol.ATTESTATION
 VARIABLES: str = protocol.VARIABLES
+REPLY_VALUE: str = protocol.REPLY_VALUE

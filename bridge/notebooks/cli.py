@@ -20,14 +20,9 @@ from pathlib import Path
 from typing import TextIO
 
 from bridge import InvalidRequest
-from bridge.notebooks.compare import Sanitizer, read_sanitizer_file
-from bridge.notebooks.options import NotebookOptions
-from bridge.notebooks.runner import (
-    NotebookResult,
-    display_name,
-    parse_param,
-    run_notebook,
-)
+from bridge.notebooks.options import build_options
+from bridge.notebooks.report import NotebookResult
+from bridge.notebooks.runner import run_many
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
@@ -141,58 +136,23 @@ def write_junit(results: Sequence[NotebookResult], path: Path, elapsed: float) -
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
 
 
-async def run_all(
-    paths: Sequence[Path],
-    options: NotebookOptions,
-    *,
-    workers: int,
-    python: str | None = None,
-    progress: Progress | None = None,
-) -> list[NotebookResult]:
-    """Run *paths* on one bridge, *workers* at a time; results in the order of *paths*."""
-    from bridge import AsyncBridge
-
-    slots = asyncio.Semaphore(workers)
-
-    async with AsyncBridge(pool_size=min(workers, len(paths)), python=python) as b:
-
-        async def one(path: Path) -> NotebookResult:
-            async with slots:
-                try:
-                    result = await run_notebook(b, path, options=options)
-                except Exception as exc:  # a bug of ours: report it, let the others run
-                    name = display_name(path, options.root)
-                    error = f"kernel-bridge failed on it: {type(exc).__name__}: {exc}"
-                    result = NotebookResult(path=path, name=name, status="error", error=error)
-            if progress is not None:
-                progress.update(result)
-            return result
-
-        return list(await asyncio.gather(*(one(p) for p in paths)))
-
-
 def run_tests(args: argparse.Namespace) -> int:
     """The ``test`` command (see ``kernel-bridge test --help``)."""
-    if args.workers < 1:
-        raise InvalidRequest(f"--workers must be at least 1, got {args.workers}")
-    if not args.timeout > 0:
-        raise InvalidRequest(f"--timeout must be positive, got {args.timeout}")
-    sanitizers = [Sanitizer.of(r) for r in args.sanitize]
-    if args.sanitize_with:
-        sanitizers += read_sanitizer_file(args.sanitize_with)
-    options = NotebookOptions(
+    options = build_options(  # bad values: InvalidRequest, which main() makes exit status 2
+        flag="--",
         timeout=args.timeout,
-        params=dict(parse_param(p) for p in args.param),
+        params=args.param,
         compare=args.compare,
-        sanitizers=sanitizers,
-        write_dir=Path(args.write).resolve() if args.write else None,
+        sanitize=args.sanitize,
+        sanitize_with=args.sanitize_with,
+        write=args.write,
+        workers=args.workers,
+        python=args.python,
     )
     paths = find_notebooks(args.paths)
     progress = Progress(len(paths), sys.stderr)
     started = time.perf_counter()
-    results = asyncio.run(
-        run_all(paths, options, workers=args.workers, python=args.python, progress=progress)
-    )
+    results = asyncio.run(run_many(paths, options, on_result=progress.update))
     elapsed = time.perf_counter() - started
     for r in results:
         if not r.passed:

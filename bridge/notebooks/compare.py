@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from bridge import InvalidRequest
+from bridge.notebooks.reading import INJECTED_TAG, cell_tags
+from bridge.notebooks.report import CellFailure
 
 IGNORE_OUTPUT_TAGS = frozenset({"ignore-output", "nbval-ignore-output"})
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -141,3 +143,34 @@ def diff_outputs(
     if a == b:
         return ""
     return "\n".join(difflib.unified_diff(a, b, "stored", "fresh", lineterm=""))
+
+
+def compare_outputs(
+    stored: Any, executed: Any, indices: Iterable[int], sanitizers: Sequence[Sanitizer]
+) -> list[CellFailure]:
+    """A mismatch for each executed cell whose outputs differ from the stored notebook's.
+
+    Cells never run when the notebook was saved (no execution count, no outputs), injected
+    parameters and cells tagged ``ignore-output`` / ``nbval-ignore-output`` are not compared.
+    """
+    mismatches = []
+    for index in sorted(indices):
+        old, new = stored.cells[index], executed.cells[index]
+        if IGNORE_OUTPUT_TAGS & cell_tags(old) or INJECTED_TAG in cell_tags(old):
+            continue
+        if old.get("execution_count") is None and not old.get("outputs"):
+            continue
+        diff = diff_outputs(old.get("outputs", []), new.get("outputs", []), sanitizers)
+        if diff:
+            mismatches.append(
+                CellFailure(
+                    index=index,
+                    kind="mismatch",
+                    headline=f"cells[{index}]: outputs differ from the stored ones",
+                    source=new.source,
+                    outputs=new.outputs,
+                    execution_count=new.execution_count,
+                    diff=diff,
+                )
+            )
+    return mismatches

@@ -16,15 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bridge import BridgeClosed, BridgeError, ExecutionResult, InvalidRequest
+from bridge.notebooks.cells import CellRunner
 from bridge.notebooks.options import DEFAULT_CELL_TIMEOUT
-from bridge.notebooks.runner import (
-    CellRunner,
-    check_kernel,
-    display_name,
-    execution_settings,
-    inject_parameters,
-    read_notebook,
-)
+from bridge.notebooks.reading import cell_tags, display_name
+from bridge.notebooks.report import NotebookResult
+from bridge.notebooks.runner import open_notebook, prepare
 
 if TYPE_CHECKING:
     from bridge import AsyncBridge, AsyncSession, Bridge
@@ -77,21 +73,17 @@ class AsyncNotebook:
         ``NotebookFailed`` with the report, and the kernel is shut down.
         """
         path = Path(path)
-        name = display_name(path)
-        nb = read_notebook(path, name)
-        check_kernel(nb, name)
-        execution_settings(nb, timeout or DEFAULT_CELL_TIMEOUT, name)
-        inject_parameters(nb, params or {})
-        session = bridge.session()
-        await session.start()
+        seconds = timeout or DEFAULT_CELL_TIMEOUT
+        prepared = await prepare(
+            bridge, path, name=display_name(path), timeout=seconds, params=params or {}
+        )
+        runner = await open_notebook(bridge, prepared)
         try:
-            runner = CellRunner(session, nb, timeout=timeout or DEFAULT_CELL_TIMEOUT)
-            await runner.enter_folder(path.resolve().parent)
-            handle = cls(session, nb, path, runner)
+            handle = cls(runner.session, runner.nb, path, runner)
             if execute is not False:
                 await handle.execute(execute)
         except BaseException:
-            await session.aclose()
+            await runner.aclose()
             raise
         return handle
 
@@ -116,7 +108,7 @@ class AsyncNotebook:
                     raise InvalidRequest(f"{self.name}: cells[{index}] is not a code cell")
                 found.add(index)
             else:
-                tagged = [i for i in all_code if item in _cell_tags(self.notebook.cells[i])]
+                tagged = [i for i in all_code if item in cell_tags(self.notebook.cells[i])]
                 if not tagged:
                     raise InvalidRequest(f"{self.name} has no code cell tagged {item!r}")
                 found.update(tagged)
@@ -124,8 +116,6 @@ class AsyncNotebook:
 
     async def execute(self, cells: Any = True) -> None:
         """Run *cells* (see ``open``); raise ``NotebookFailed`` if one fails."""
-        from bridge.notebooks.runner import NotebookResult
-
         failure = await self._runner.run(self.cell_indices(cells))
         if failure is not None:
             result = NotebookResult(
@@ -231,11 +221,6 @@ class AsyncPatch:
             f"[[list(c.args), dict(c.kwargs)] for c in {self._mock}.call_args_list]"
         )
         return list(value) if isinstance(value, list) else [value]
-
-
-def _cell_tags(cell: Any) -> list[str]:
-    tags = cell.get("metadata", {}).get("tags") or []
-    return [str(t) for t in tags] if isinstance(tags, list) else []
 
 
 class Notebook:

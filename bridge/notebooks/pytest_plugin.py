@@ -22,10 +22,11 @@ from bridge import BridgeError
 if TYPE_CHECKING:
     from _pytest._io import TerminalWriter
 
+    from bridge import Bridge
     from bridge.notebooks.handle import Notebook
     from bridge.notebooks.options import NotebookOptions
-    from bridge.notebooks.runner import NotebookResult
-    from bridge import Bridge
+    from bridge.notebooks.report import NotebookResult
+    from bridge.notebooks.runner import Batch
 
 _RUNNER = pytest.StashKey["_NotebookRunner"]()
 
@@ -91,7 +92,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("nb"):  # bad options are a usage error now, not a failure per notebook
-        config.stash[_RUNNER] = _NotebookRunner(*_options(config))
+        config.stash[_RUNNER] = _NotebookRunner(_options(config))
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -155,83 +156,67 @@ class _Report(TerminalRepr):
         return self.text
 
 
-def _options(config: pytest.Config) -> tuple[NotebookOptions, int, str | None]:
-    from bridge.notebooks.compare import Sanitizer, read_sanitizer_file
-    from bridge.notebooks.options import NotebookOptions
-    from bridge.notebooks.runner import parse_param
-
-    def usage(message: str) -> pytest.UsageError:
-        return pytest.UsageError(f"kernel-bridge: {message}")
+def _options(config: pytest.Config) -> NotebookOptions:
+    from bridge import InvalidRequest
+    from bridge.notebooks.options import build_options
 
     try:
-        params = dict(parse_param(p) for p in config.getoption("nb_param"))
-        sanitizers = [Sanitizer.of(r) for r in config.getoption("nb_sanitize")]
-        if config.getoption("nb_sanitize_with"):
-            sanitizers += read_sanitizer_file(config.getoption("nb_sanitize_with"))
-    except ValueError as exc:
-        raise usage(str(exc)) from None
-    timeout = config.getoption("nb_timeout")
-    if not timeout > 0:
-        raise usage(f"--nb-timeout must be positive, got {timeout}")
-    workers = config.getoption("nb_workers")
-    if workers < 1:
-        raise usage(f"--nb-workers must be at least 1, got {workers}")
-    write = config.getoption("nb_write")
-    options = NotebookOptions(
-        timeout=timeout,
-        params=params,
-        compare=config.getoption("nb_compare"),
-        sanitizers=sanitizers,
-        write_dir=Path(write).resolve() if write else None,
-        root=config.rootpath,
-    )
-    return options, workers, config.getoption("nb_python")
+        return build_options(
+            flag="--nb-",
+            timeout=config.getoption("nb_timeout"),
+            params=config.getoption("nb_param"),
+            compare=config.getoption("nb_compare"),
+            sanitize=config.getoption("nb_sanitize"),
+            sanitize_with=config.getoption("nb_sanitize_with"),
+            write=config.getoption("nb_write"),
+            workers=config.getoption("nb_workers"),
+            python=config.getoption("nb_python"),
+            root=config.rootpath,
+        )
+    except InvalidRequest as exc:
+        raise pytest.UsageError(f"kernel-bridge: {exc}") from None
 
 
 class _NotebookRunner:
-    """Runs the session's notebooks on one bridge whose loop lives in its own thread.
+    """The session's notebooks on one blocking bridge (its loop in its own thread), through
+    the shared ``Batch``.
 
-    The bridge's kernels start in the background once collection has found notebooks. With N
-    workers, when item i starts, notebooks i..i+N-1 are started, so N run at once and each item
-    waits for its own notebook only: reports stay per notebook, and a per-test timeout
-    (pytest-timeout) still measures one notebook.
+    The bridge's kernels start in the background once collection has found notebooks. Each
+    item asks the batch for its own notebook, which starts it and the next N-1 (N workers):
+    reports stay per notebook, and a per-test timeout (pytest-timeout) still measures one
+    notebook, whose run it then stops.
     """
 
-    def __init__(self, options: NotebookOptions, workers: int, python: str | None) -> None:
+    def __init__(self, options: NotebookOptions) -> None:
         self.options = options
-        self.workers = workers
-        self.python = python
         self._bridge: Bridge | None = None
+        self._batch: Batch | None = None
         self._started: concurrent.futures.Future[None] | None = None
-        self._queue: list[NotebookItem] = []
         self._position: dict[str, int] = {}
-        self._futures: dict[str, concurrent.futures.Future[NotebookResult]] = {}
 
     def plan(self, items: list[pytest.Item]) -> None:
         """Take the collected notebook items, in run order, and start warming the kernels."""
-        self._queue = [i for i in items if isinstance(i, NotebookItem)]
-        self._position = {item.nodeid: n for n, item in enumerate(self._queue)}
-        if self._queue and self._bridge is None:
-            from bridge import Bridge
+        queue = [i for i in items if isinstance(i, NotebookItem)]
+        if not queue or self._bridge is not None:
+            return
+        from bridge import Bridge
+        from bridge.notebooks.runner import Batch, bridge_settings
 
-            self._bridge = Bridge(
-                pool_size=self.workers, python=self.python, timeout=self.options.timeout
-            )
-            self._started = _submit(self._bridge, self._bridge.async_bridge.start())
+        self._bridge = Bridge(**bridge_settings(self.options, len(queue)))
+        self._batch = Batch(self._bridge.async_bridge, self.options)
+        self._position = {item.nodeid: self._batch.add(item.path) for item in queue}
+        self._started = self._bridge.submit(self._bridge.async_bridge.start)
 
     def result(self, item: NotebookItem) -> NotebookResult:
-        if self._bridge is None or self._started is None:
+        if self._bridge is None:
             self.plan([item])
-        assert self._bridge is not None and self._started is not None
+        assert self._bridge is not None and self._batch is not None
+        assert self._started is not None
         self._started.result()  # a kernel that cannot start fails every notebook item with why
-        from bridge.notebooks.runner import run_notebook
-
-        position = self._position.get(item.nodeid, 0)
-        for other in [item, *self._queue[position : position + self.workers]]:
-            if other.nodeid not in self._futures:
-                coro = run_notebook(self._bridge.async_bridge, other.path, options=self.options)
-                self._futures[other.nodeid] = _submit(self._bridge, coro)
-        future = self._futures.pop(item.nodeid)
+        position = self._position.get(item.nodeid)
+        if position is None:  # not collected as planned: run it after the others
+            position = self._position[item.nodeid] = self._batch.add(item.path)
+        future = self._bridge.submit(self._batch.result, position)
         try:
             return future.result()
         except BaseException:
@@ -239,19 +224,13 @@ class _NotebookRunner:
             raise
 
     def close(self) -> None:
-        for future in self._futures.values():
-            future.cancel()
-        concurrent.futures.wait(list(self._futures.values()), timeout=10)
-        self._futures.clear()
         bridge, self._bridge = self._bridge, None
-        if bridge is not None:
-            bridge.close()
-
-
-def _submit(bridge: Bridge, coro: Any) -> concurrent.futures.Future[Any]:
-    import asyncio
-
-    return asyncio.run_coroutine_threadsafe(coro, bridge.loop)
+        if bridge is None:
+            return
+        if self._batch is not None:
+            stopping = bridge.submit(self._batch.aclose)
+            concurrent.futures.wait([stopping], timeout=10)
+        bridge.close()
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -2,7 +2,9 @@
 
 Jupyter Server owns the HTTP server, the token, the config files and the log; this extension
 adds the routes and runs an AsyncBridge on the server's own MappingKernelManager, so the
-bridge's kernels are the server's kernels (``/api/kernels``, JupyterLab).
+bridge's kernels are the server's kernels (``/api/kernels``, JupyterLab), and each backend is
+one of the server's sessions (``/api/sessions``; sessions.py), which JupyterLab lists by name
+when it is installed: it is then at ``/lab`` of the same server, with the same token.
 
 Gateway mode follows the server's own gateway settings (``GatewayClient.url`` and
 ``auth_token``, which Jupyter Server also reads from ``JUPYTER_GATEWAY_URL`` and
@@ -45,6 +47,18 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
         60.0, config=True, help="Seconds a request may wait for a free kernel before 503 busy."
     )
     max_backends = Int(16, config=True, help="Live backends at most; more get 429 busy.")
+    max_contexts = Int(16, config=True, help="Contexts at most; more get 429 busy.")
+    context_idle_timeout = Float(
+        3600.0,
+        config=True,
+        help="Seconds a context may sit without a call before it is deleted (0: never).",
+    )
+    allow_install = Bool(
+        True,
+        config=True,
+        help="Whether POST /packages/install may install into the kernels' Python "
+        "(off: 403 forbidden).",
+    )
     max_body_size = Int(10 * 1024 * 1024, config=True, help="Largest request body, in bytes.")
     gateway_kernel_name = Unicode(
         None,
@@ -59,7 +73,14 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
         "", config=True, help="The private file holding the token, for the banner's curl line."
     )
 
-    @validate("pool_size", "max_backends", "max_body_size")
+    @validate("context_idle_timeout")
+    def _not_negative(self, proposal: Any) -> float:
+        value: float = proposal["value"]
+        if not value >= 0:
+            raise TraitError(f"BridgeApp.context_idle_timeout must be 0 or more, got {value}")
+        return value
+
+    @validate("pool_size", "max_backends", "max_contexts", "max_body_size")
     def _at_least_one(self, proposal: Any) -> int:
         value: int = proposal["value"]
         if value < 1:
@@ -100,7 +121,11 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
             timeout=self.timeout,
             queue_timeout=self.queue_timeout,
             max_backends=self.max_backends,
+            max_contexts=self.max_contexts,
+            context_idle_timeout=self.context_idle_timeout,
+            allow_install=self.allow_install,
             max_body_size=self.max_body_size,
+            session_manager=serverapp.session_manager,
         )
 
     def initialize_handlers(self) -> None:
@@ -136,10 +161,20 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
             where = "token: the server's (IdentityProvider.token, JUPYTER_TOKEN)"
             token = "$JUPYTER_TOKEN"
         curl = f'curl -s -H "Authorization: token {token}" -d {shlex.quote(body)} {url}execute'
+        lab_app = _lab_app(serverapp)
+        if lab_app is not None:
+            path = str(getattr(lab_app, "app_url", "/lab")).lstrip("/")
+            lab = (
+                f"lab: {url}{path} (log in with the token; every backend is a session under "
+                "Running Terminals and Kernels)"
+            )
+        else:
+            lab = "lab: JupyterLab is not installed here (pip install 'kernel-bridge[lab]')"
         return "\n".join(
             [
                 f"kernel-bridge {__version__} serving at {url}",
                 where,
+                lab,
                 f"try: {curl}",
                 "Ctrl-C shuts the service and every kernel down.",
             ]
@@ -161,6 +196,12 @@ def _drop_unshown_records(logger: logging.Logger) -> None:
     lowest = min(h.level for h in handlers)
     if lowest > logger.level:
         logger.setLevel(lowest)
+
+
+def _lab_app(serverapp: Any) -> Any:
+    """JupyterLab's extension app in this server (its point is "lab"), or None."""
+    point = serverapp.extension_manager.extension_points.get("lab")
+    return getattr(point, "app", None)
 
 
 def _url_host(ip: str) -> str:

@@ -1,4 +1,5 @@
-"""Backends the service runs for its hosts: the script's file, the methods, the event log.
+"""Backends the service runs for its hosts: the script's file, the methods, the event log,
+the Jupyter Server session that shows it in JupyterLab.
 
 Each backend's events go into a log of the last EVENT_LOG events (and EVENT_LOG_BYTES at
 most), numbered; an event stream (``GET /backends/{id}/events``) is a cursor into that log and
@@ -8,9 +9,12 @@ or, when an EventSource reconnects with ``Last-Event-ID``, everything after that
 still kept. A stream that falls so far behind that the log dropped events it had not sent
 has *overflowed*: it says so and ends, and the client resumes from the kept history.
 
+Each backend is the session ``backends/<name>`` on its kernel (sessions.py) from its start to
+its end; a kernel that dies takes its session along, and a restarted one gets a new session.
+
 A backend whose kernel died for good (no ``restart``, or its restarts failed) is cleaned up at
-once: its kernel shut down, its files removed, its slot freed; it stays listed as dead until
-it is deleted.
+once: its session ended, its kernel shut down, its files removed, its slot freed; it stays
+listed as dead until it is deleted.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from bridge import AsyncBackend
+
+from .sessions import Sessions
 
 log = logging.getLogger("bridge.server")
 
@@ -55,11 +61,22 @@ def to_json(value: Any) -> Any:
 class HostedBackend:
     """A backend and what the service keeps beside it."""
 
-    def __init__(self, backend: AsyncBackend, script_dir: str, methods: list[str]) -> None:
+    def __init__(
+        self,
+        backend: AsyncBackend,
+        script_dir: str,
+        methods: list[str],
+        *,
+        sessions: Sessions | None = None,
+    ) -> None:
         self.id = uuid.uuid4().hex
         self.backend = backend
         self.script_dir = script_dir
         self.methods = methods
+        self.sessions = sessions or Sessions()
+        self.session_id: str | None = None
+        self._session_tasks: set[asyncio.Future[None]] = set()
+        self._ending = False
         self.dead = False  # its kernel died for good and was cleaned up; listed until deleted
         self._log: collections.deque[tuple[int, str]] = collections.deque()
         self._log_bytes = 0
@@ -76,6 +93,10 @@ class HostedBackend:
         path = Path(folder) / "backend.py"
         path.write_text(source, encoding="utf-8")
         return folder, str(path)
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
 
     @property
     def gone(self) -> bool:
@@ -96,6 +117,8 @@ class HostedBackend:
     def info(self) -> dict[str, Any]:
         return {
             "id": self.id,
+            "name": self.name,
+            "session_id": self.session_id,
             "kernel_id": self.backend.kernel_id,
             "methods": self.methods,
             "alive": self.backend.alive and not self.gone,
@@ -105,6 +128,10 @@ class HostedBackend:
     # -- events ----------------------------------------------------------------------------------
 
     def _on_event(self, event: str, data: Any) -> None:
+        if event == "exit" and not self.backend.kernel.alive:
+            self._in_background(self._end_session())  # a restart, if any, opens a new one
+        elif event == "restart" and isinstance(data, dict) and data.get("ok"):
+            self._in_background(self.open_session())
         self._seq += 1
         item = (self._seq, json.dumps({"type": event, "data": to_json(data)}))
         self._log.append(item)
@@ -159,6 +186,29 @@ class HostedBackend:
         """The log dropped an event *stream* had not sent."""
         return bool(self._log) and stream.cursor + 1 < self._log[0][0]
 
+    # -- the session -----------------------------------------------------------------------------
+
+    async def open_session(self) -> None:
+        """Show the backend's (current) kernel in JupyterLab as ``backends/<name>``."""
+        await self._end_session()
+        if self._ending or self.backend.terminated or not self.backend.kernel.alive:
+            return
+        try:
+            self.session_id = await self.sessions.register(
+                self.backend.kernel_id, f"backends/{self.name}"
+            )
+        except Exception:  # the backend works; only JupyterLab's listing lacks it
+            log.exception("no Jupyter Server session for backend %s", self.id)
+
+    async def _end_session(self) -> None:
+        session_id, self.session_id = self.session_id, None
+        await self.sessions.unregister(session_id)
+
+    def _in_background(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._session_tasks.add(task)
+        task.add_done_callback(self._session_tasks.discard)
+
     # -- end -------------------------------------------------------------------------------------
 
     def _reap(self, why: str) -> None:
@@ -176,6 +226,13 @@ class HostedBackend:
 
     async def _close(self) -> None:
         self._unsubscribe()
+        # The session goes first: JupyterLab never lists a kernel on its way out.
+        self._ending = True
+        try:
+            await asyncio.gather(*self._session_tasks, return_exceptions=True)
+            await self._end_session()
+        except Exception:  # the kernel must go all the same
+            log.exception("could not end the session of backend %s", self.id)
         try:
             await self.backend.terminate()
         finally:

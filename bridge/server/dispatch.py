@@ -33,6 +33,8 @@ class Request:
     body: bytes = b""
     size: int = 0  # bytes the client sent (the body may have been dropped past the limit)
     host: str = "127.0.0.1"
+    # A streamed answer's listener (HTTP's text/event-stream): each output as it is made.
+    on_output: Callable[[dict[str, Any]], None] | None = None
 
 
 @dataclass
@@ -95,20 +97,26 @@ def optional_body(
 # -- the operations --------------------------------------------------------------------------
 
 
+def _code(req: dict[str, Any]) -> str:
+    return str(req["content"] if "content" in req else req["code"])
+
+
 async def _execute(service: Service, request: Request) -> dict[str, Any]:
     req = read_body(service, request, schema.EXECUTE_REQUEST)
-    code = req["content"] if "content" in req else req["code"]
     return await service.execute(
-        code,
+        _code(req),
         timeout=req.get("timeout_secs"),
         capture_variables=req.get("capture_variables", False),
         inputs=req.get("inputs"),
+        on_output=request.on_output,
     )
 
 
 async def _evaluate(service: Service, request: Request) -> dict[str, Any]:
     req = read_body(service, request, schema.EVALUATE_REQUEST)
-    return await service.evaluate(req["expr"], timeout=req.get("timeout_secs"))
+    return await service.evaluate(
+        req["expr"], timeout=req.get("timeout_secs"), on_output=request.on_output
+    )
 
 
 async def _execute_file(service: Service, request: Request) -> dict[str, Any]:
@@ -117,6 +125,7 @@ async def _execute_file(service: Service, request: Request) -> dict[str, Any]:
         req["path"],
         timeout=req.get("timeout_secs"),
         capture_variables=req.get("capture_variables", False),
+        on_output=request.on_output,
     )
 
 
@@ -175,6 +184,7 @@ async def _create_backend(service: Service, request: Request) -> dict[str, Any]:
     req = read_body(service, request, schema.BACKEND_REQUEST)
     return await service.create_backend(
         req["script"],
+        name=req.get("name"),
         env=req.get("env"),
         timeout=req.get("timeout_secs"),
         restart=req.get("restart", False),
@@ -196,10 +206,69 @@ async def _call(service: Service, request: Request) -> dict[str, Any]:
     )
 
 
+async def _list_contexts(service: Service, request: Request) -> dict[str, Any]:
+    return await service.list_contexts()
+
+
+async def _create_context(service: Service, request: Request) -> dict[str, Any]:
+    req = optional_body(service, request, schema.CONTEXT_REQUEST) or {}
+    return await service.create_context(
+        name=req.get("name"),
+        env=req.get("env"),
+        cwd=req.get("cwd"),
+        timeout=req.get("timeout_secs"),
+    )
+
+
+async def _context_info(service: Service, request: Request) -> dict[str, Any]:
+    return await service.context_info(request.args[0])
+
+
+async def _delete_context(service: Service, request: Request) -> dict[str, Any]:
+    return await service.delete_context(request.args[0])
+
+
+async def _restart_context(service: Service, request: Request) -> dict[str, Any]:
+    optional_body(service, request, schema.EMPTY_REQUEST)
+    return await service.restart_context(request.args[0])
+
+
+async def _context_execute(service: Service, request: Request) -> dict[str, Any]:
+    req = read_body(service, request, schema.EXECUTE_REQUEST)
+    return await service.context_execute(
+        request.args[0],
+        _code(req),
+        timeout=req.get("timeout_secs"),
+        capture_variables=req.get("capture_variables", False),
+        inputs=req.get("inputs"),
+        on_output=request.on_output,
+    )
+
+
+async def _context_evaluate(service: Service, request: Request) -> dict[str, Any]:
+    req = read_body(service, request, schema.EVALUATE_REQUEST)
+    return await service.context_evaluate(
+        request.args[0], req["expr"], timeout=req.get("timeout_secs"), on_output=request.on_output
+    )
+
+
+async def _context_execute_file(service: Service, request: Request) -> dict[str, Any]:
+    req = read_body(service, request, schema.EXECUTE_FILE_REQUEST)
+    return await service.context_execute_file(
+        request.args[0],
+        req["path"],
+        timeout=req.get("timeout_secs"),
+        capture_variables=req.get("capture_variables", False),
+        on_output=request.on_output,
+    )
+
+
 @dataclass(frozen=True)
 class Operation:
     run: Callable[[Service, Request], Awaitable[dict[str, Any]]]
     status: int = 200  # of a success
+    # Runs code: over HTTP, `Accept: text/event-stream` streams its outputs (handlers.py).
+    streams: bool = False
 
 
 @dataclass(frozen=True)
@@ -212,11 +281,12 @@ class Route:
 
 
 _BACKEND = r"/backends/([^/]+)"
+_CONTEXT = r"/contexts/([^/]+)"
 
 ROUTES: list[Route] = [
-    Route(r"/execute", {"POST": Operation(_execute)}),
-    Route(r"/evaluate", {"POST": Operation(_evaluate)}),
-    Route(r"/execute-file", {"POST": Operation(_execute_file)}),
+    Route(r"/execute", {"POST": Operation(_execute, streams=True)}),
+    Route(r"/evaluate", {"POST": Operation(_evaluate, streams=True)}),
+    Route(r"/execute-file", {"POST": Operation(_execute_file, streams=True)}),
     Route(r"/version", {"GET": Operation(_version)}),
     Route(r"/modules", {"GET": Operation(_modules)}),
     Route(r"/health", {"GET": Operation(_health)}),
@@ -233,6 +303,15 @@ ROUTES: list[Route] = [
     ),
     Route(_BACKEND, {"GET": Operation(_backend_info), "DELETE": Operation(_delete_backend)}),
     Route(_BACKEND + r"/call", {"POST": Operation(_call)}),
+    Route(
+        r"/contexts",
+        {"GET": Operation(_list_contexts), "POST": Operation(_create_context, 201)},
+    ),
+    Route(_CONTEXT, {"GET": Operation(_context_info), "DELETE": Operation(_delete_context)}),
+    Route(_CONTEXT + r"/restart", {"POST": Operation(_restart_context)}),
+    Route(_CONTEXT + r"/execute", {"POST": Operation(_context_execute, streams=True)}),
+    Route(_CONTEXT + r"/evaluate", {"POST": Operation(_context_evaluate, streams=True)}),
+    Route(_CONTEXT + r"/execute-file", {"POST": Operation(_context_execute_file, streams=True)}),
 ]
 
 _COMPILED = [(re.compile(route.pattern + r"\Z"), route) for route in ROUTES]

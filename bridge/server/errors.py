@@ -15,9 +15,11 @@ from bridge import (
     CallTimeout,
     ExecutionResult,
     ExecutionTimeout,
+    InstallTimeout,
     InvalidRequest,
     KernelDied,
     KernelStartError,
+    PackageConflict,
     ScriptRefused,
 )
 
@@ -76,6 +78,10 @@ def to_api_error(exc: BaseException) -> ApiError | None:
         return ApiError(504, "timeout", str(exc), restarted=exc.restarted, **_so_far(exc.result))
     if isinstance(exc, CallTimeout):
         return ApiError(504, "timeout", str(exc), restarted=False)
+    if isinstance(exc, InstallTimeout):
+        return ApiError(504, "timeout", str(exc))
+    if isinstance(exc, PackageConflict):
+        return ApiError(409, "conflict", str(exc), conflicts=exc.conflicts)
     if isinstance(exc, BackendStartError):
         if isinstance(exc.__cause__, KernelStartError):
             return ApiError(503, "busy", str(exc))
@@ -87,7 +93,8 @@ def to_api_error(exc: BaseException) -> ApiError | None:
     if isinstance(exc, KernelStartError):
         return ApiError(503, "busy", f"no kernel available: {exc}")
     if isinstance(exc, BridgeClosed):
-        return ApiError(503, "busy", f"the service is shutting down: {exc}")
+        # The service shutting down, or the context the call ran in deleted meanwhile.
+        return ApiError(503, "busy", f"closed during the call: {exc}")
     if isinstance(exc, ScriptRefused):
         return _refused(exc)
     if isinstance(exc, InvalidRequest):

@@ -9,6 +9,8 @@ own included, is written in the one error shape.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import re
 from collections.abc import Awaitable
@@ -282,6 +284,33 @@ def event_id(text: str | None) -> int | None:
     return int(text)
 
 
+def wants_events(accept: str) -> bool:
+    """Whether an Accept header asks for text/event-stream (and does not refuse it, q=0)."""
+    for item in accept.split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        if media.lower() == "text/event-stream":
+            return not any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00") for p in params)
+    return False
+
+
+# The event each nbformat output type is streamed as (docs/http.md, "Output as it happens").
+_EVENTS = {"display_data": "display", "execute_result": "result", "error": "error"}
+
+
+def output_event(output: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(event name, data) of one output: stdout/stderr ``{"text"}``; display, result and
+    error the nbformat output itself."""
+    kind = output.get("output_type", "")
+    if kind == "stream":
+        name = "stderr" if output.get("name") == "stderr" else "stdout"
+        return name, {"text": output.get("text", "")}
+    return _EVENTS.get(kind, kind), output
+
+
+def sse(event: str, data: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+
+
 def _serve(method: str) -> Any:
     @web.authenticated  # type: ignore[untyped-decorator,unused-ignore]
     async def serve(self: RouteHandler, *args: str) -> None:
@@ -291,6 +320,9 @@ def _serve(method: str) -> Any:
             request = self.dispatch_request(args)
         except ApiError as error:
             self.send_failure(error)
+            return
+        if operation.streams and wants_events(self.request.headers.get("Accept", "")):
+            await self.stream(operation, request)
             return
         await self.answer(operation.run(self.service, request), operation.status)
 
@@ -310,6 +342,72 @@ class RouteHandler(BodyHandler):
             attrs[method.lower()] = _serve(method)
         name = "".join(part.capitalize() for part in re.findall(r"[a-z]+", route.pattern))
         return type(f"{name or 'Root'}Handler", (cls,), attrs)
+
+    # -- streamed answers ----------------------------------------------------------------------
+
+    KEEPALIVE = 15.0  # seconds without output before the stream opens anyway, or a comment
+
+    async def stream(self, operation: dispatch.Operation, request: dispatch.Request) -> None:
+        """Answer with Server-Sent Events: one per output as the kernel makes it, then ``end``
+        with the whole answer the JSON route gives.
+
+        The stream opens (200) at the first output, or after KEEPALIVE seconds without any:
+        a failure found before that (a bad request, an unknown context, no free kernel, a
+        timeout of silent code) is the JSON answer with its status, as without streaming;
+        after it, ``end`` carries the failure body. A client that goes away cancels the call,
+        which interrupts its code.
+        """
+        outputs: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        request = dataclasses.replace(request, on_output=outputs.put_nowait)
+        self._work = work = asyncio.ensure_future(
+            dispatch.outcome(operation.run(self.service, request), operation.status)
+        )
+        opened = False
+        try:
+            while not work.done():
+                waiting = asyncio.ensure_future(outputs.get())
+                try:
+                    await asyncio.wait(
+                        {waiting, work}, timeout=self.KEEPALIVE, return_when="FIRST_COMPLETED"
+                    )
+                finally:
+                    if not waiting.done():
+                        waiting.cancel()
+                if waiting.done() and not waiting.cancelled():
+                    opened = self._open_events(opened)
+                    self.write(sse(*output_event(waiting.result())))
+                elif work.done():
+                    break
+                elif opened:
+                    self.write(": keep-alive\n\n")
+                else:
+                    opened = self._open_events(opened)
+                await self.flush()
+            try:
+                answer = work.result()
+            except asyncio.CancelledError:
+                return  # the client went away; on_connection_close cancelled the call
+            while not outputs.empty():  # made before the call ended: they come before `end`
+                opened = self._open_events(opened)
+                self.write(sse(*output_event(outputs.get_nowait())))
+            if not opened:
+                if answer.status >= 400:
+                    self.send_answer(answer)
+                    return
+                opened = self._open_events(opened)
+            self.write(sse("end", answer.body))
+            self.finish(set_content_type="text/event-stream")
+        except StreamClosedError:
+            if not work.done():
+                work.cancel()
+
+    def _open_events(self, opened: bool) -> bool:
+        if not opened:
+            self.set_status(200)
+            self.set_header("Content-Type", "text/event-stream")
+            self.set_header("Cache-Control", "no-cache")
+            self.set_header("X-Accel-Buffering", "no")
+        return True
 
     def dispatch_request(self, args: tuple[str, ...]) -> dispatch.Request:
         query = {}

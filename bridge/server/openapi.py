@@ -11,12 +11,16 @@ from . import schema
 _FAILURES = {
     400: "Bad request: malformed JSON, a wrong type, a missing or unknown field.",
     401: "No token, or a wrong one.",
-    403: "Refused: a path outside the service's root, or a disallowed host or origin.",
-    404: "No such backend, no such file, or no such route.",
+    403: "Refused: a path outside the service's root, a disallowed host or origin, or "
+    "installs turned off (BridgeApp.allow_install).",
+    404: "No such backend, context, file or folder, or no such route.",
     405: "The route does not take this method.",
+    409: "Conflict: a context of that name exists, or an install would change the service's "
+    "own dependencies (conflicts names them).",
     413: "The request body is larger than the service's limit.",
-    429: "Too many live backends.",
-    503: "The kernel died during the call, or no kernel is free (kernel_died, busy).",
+    429: "Too many live backends or contexts.",
+    503: "The kernel died during the call or before it (a context answers kernel_died until "
+    "it is restarted), or no kernel is free (busy).",
     504: "The code ran past its timeout and was interrupted (timeout).",
 }
 
@@ -33,6 +37,8 @@ def _operation(
     failures: tuple[int, ...] = (),
     parameters: list[dict[str, Any]] | None = None,
     stream: bool = False,
+    events: bool = False,
+    body_optional: bool = False,
 ) -> dict[str, Any]:
     status, text, shape = ok or (200, "", {})
     responses: dict[str, Any] = {}
@@ -43,6 +49,10 @@ def _operation(
         }
     else:
         responses[str(status)] = {"description": text, "content": _json(shape)}
+    if events:
+        # The same route with `Accept: text/event-stream`: the outputs as they are made.
+        responses[str(status)]["description"] += " " + EVENTS
+        responses[str(status)]["content"]["text/event-stream"] = {"schema": {"type": "string"}}
     for code in sorted({401, 405, *failures}):
         responses[str(code)] = {
             "description": _FAILURES[code],
@@ -50,7 +60,7 @@ def _operation(
         }
     op: dict[str, Any] = {"summary": summary, "responses": responses}
     if body is not None:
-        op["requestBody"] = {"required": True, "content": _json(body)}
+        op["requestBody"] = {"required": not body_optional, "content": _json(body)}
     if parameters:
         op["parameters"] = parameters
     return op
@@ -87,16 +97,39 @@ def _with_links(operation: dict[str, Any]) -> dict[str, Any]:
     return operation
 
 
+EVENTS = (
+    "With 'Accept: text/event-stream' the answer is Server-Sent Events, one per output as the "
+    "kernel makes it: 'stdout' and 'stderr' with data {\"text\": chunk}; 'display' with the "
+    "nbformat display_data output {output_type, data (a MIME bundle), metadata}; 'result' "
+    "with the execute_result output {output_type, data, metadata, execution_count}; 'error' "
+    "with {output_type, ename, evalue, traceback (a list of lines)}; and last 'end' with the "
+    "whole JSON answer the route gives without streaming (a failure body with status, such "
+    "as a timeout, if the call failed after the stream opened). The stream opens at the first "
+    "output (or after 15 s of silence); a failure before that is the plain JSON answer with "
+    "its status. Closing the connection interrupts the code."
+)
+
+_CONTEXT_ID = {
+    "name": "context_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "The id POST /contexts gave.",
+}
+
+
 def _install(summary: str) -> dict[str, Any]:
     return _operation(
-        summary + ": uv when it is on PATH, pip otherwise",
+        summary + ": uv when it is on PATH, pip otherwise; running kernels can import them "
+        "at once. Refused on a gateway (400), when turned off (403), and when it would change "
+        "the service's own dependencies while the kernels share its environment (409)",
         ok=(
             200,
             "The installer ran (success tells whether it installed them).",
             schema.PACKAGES_INSTALLED,
         ),
         body=schema.PACKAGES_INSTALL_REQUEST,
-        failures=_RUN,
+        failures=(*_RUN, 403, 409),
     )
 
 
@@ -131,6 +164,7 @@ def document(host: str = "127.0.0.1") -> dict[str, Any]:
                 ),
                 body=schema.EXECUTE_REQUEST,
                 failures=_RUN,
+                events=True,
             )
         },
         "/evaluate": {
@@ -139,6 +173,7 @@ def document(host: str = "127.0.0.1") -> dict[str, Any]:
                 ok=(200, "The expression ran.", schema.EXECUTION_RESULT),
                 body=schema.EVALUATE_REQUEST,
                 failures=_RUN,
+                events=True,
             )
         },
         "/execute-file": {
@@ -147,6 +182,7 @@ def document(host: str = "127.0.0.1") -> dict[str, Any]:
                 ok=(200, "The script ran.", schema.EXECUTION_RESULT),
                 body=schema.EXECUTE_FILE_REQUEST,
                 failures=(*_RUN, 403, 404),
+                events=True,
             )
         },
         "/version": {
@@ -193,7 +229,12 @@ def document(host: str = "127.0.0.1") -> dict[str, Any]:
             "post": _with_links(
                 _operation(
                     "Start a backend: a script of methods in a kernel of its own",
-                    ok=(201, "Started; its kernel is listed by /api/kernels.", schema.BACKEND),
+                    ok=(
+                        201,
+                        "Started; its kernel is listed by /api/kernels, and by /api/sessions as "
+                        "the session backends/<name>, which JupyterLab opens a console on.",
+                        schema.BACKEND,
+                    ),
                     body=schema.BACKEND_REQUEST,
                     failures=(400, 413, 429, 503, 504),
                 )
@@ -257,6 +298,75 @@ def document(host: str = "127.0.0.1") -> dict[str, Any]:
                 ],
                 stream=True,
             )
+        },
+        "/contexts": {
+            "get": _operation(
+                "The service's contexts",
+                ok=(200, "Every context, alive or not.", schema.CONTEXT_LIST),
+            ),
+            "post": _operation(
+                "Start a context: a kernel of its own whose state lasts from call to call "
+                "(variables, imports, the working folder), listed by /api/kernels",
+                ok=(201, "Started.", schema.CONTEXT),
+                body=schema.CONTEXT_REQUEST,
+                body_optional=True,
+                failures=(400, 403, 404, 409, 413, 429, 503, 504),
+            ),
+        },
+        "/contexts/{context_id}": {
+            "get": _operation(
+                "One context",
+                ok=(200, "The context.", schema.CONTEXT),
+                failures=(404,),
+                parameters=[_CONTEXT_ID],
+            ),
+            "delete": _operation(
+                "Stop a context and its kernel",
+                ok=(200, "Stopped.", schema.CONTEXT_DELETED),
+                failures=(404,),
+                parameters=[_CONTEXT_ID],
+            ),
+        },
+        "/contexts/{context_id}/restart": {
+            "post": _operation(
+                "Give the context a fresh kernel (same id, name, env and cwd): its state is "
+                "cleared, and a context whose kernel died works again",
+                ok=(200, "Restarted.", schema.CONTEXT),
+                body=schema.EMPTY_REQUEST,
+                body_optional=True,
+                failures=(400, 404, 413, 503),
+                parameters=[_CONTEXT_ID],
+            ),
+        },
+        "/contexts/{context_id}/execute": {
+            "post": _operation(
+                "Run code in the context (as /execute, with its state kept)",
+                ok=(200, "The code ran.", schema.EXECUTION_RESULT),
+                body=schema.EXECUTE_REQUEST,
+                failures=(*_RUN, 404),
+                parameters=[_CONTEXT_ID],
+                events=True,
+            ),
+        },
+        "/contexts/{context_id}/evaluate": {
+            "post": _operation(
+                "The value of one expression in the context",
+                ok=(200, "The expression ran.", schema.EXECUTION_RESULT),
+                body=schema.EVALUATE_REQUEST,
+                failures=(*_RUN, 404),
+                parameters=[_CONTEXT_ID],
+                events=True,
+            ),
+        },
+        "/contexts/{context_id}/execute-file": {
+            "post": _operation(
+                "Run a script of the service's root folder in the context",
+                ok=(200, "The script ran.", schema.EXECUTION_RESULT),
+                body=schema.EXECUTE_FILE_REQUEST,
+                failures=(*_RUN, 403, 404),
+                parameters=[_CONTEXT_ID],
+                events=True,
+            ),
         },
         "/openapi.json": {
             "get": _operation(

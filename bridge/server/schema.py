@@ -23,6 +23,7 @@ ERROR_TYPES = [
     "unauthorized",
     "forbidden",
     "too_large",
+    "conflict",
     "busy",
     "internal",
 ]
@@ -130,7 +131,9 @@ def validate(value: Any, schema: Schema, where: str = "body") -> None:
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             raise SchemaError(f"{where} is longer than {schema['maxLength']} characters")
         if "pattern" in schema and re.search(schema["pattern"], value) is None:
-            raise SchemaError(f"{where} does not match {schema['pattern']!r}")
+            raise SchemaError(
+                schema.get("x-pattern-message", f"{where} does not match {schema['pattern']!r}")
+            )
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         _check_number(value, schema, where)
     if isinstance(value, dict):
@@ -247,6 +250,14 @@ EXECUTE_FILE_REQUEST: Schema = {
     "additionalProperties": False,
 }
 
+# What a process environment can hold: names non-empty without '=' or NUL, values without NUL
+# (lone surrogates are refused by the bridge's own check, naming env too).
+ENV: Schema = {
+    "type": "object",
+    "propertyNames": {"type": "string", "minLength": 1, "pattern": "^[^=\u0000]+$"},
+    "additionalProperties": {"type": "string", "pattern": "^[^\u0000]*$"},
+}
+
 BACKEND_REQUEST: Schema = {
     "type": "object",
     "properties": {
@@ -254,12 +265,14 @@ BACKEND_REQUEST: Schema = {
             "type": "string",
             "description": "Python source defining the backend class (see the backends guide).",
         },
-        "env": {
-            "type": "object",
-            "propertyNames": {"type": "string", "minLength": 1, "pattern": "^[^=\u0000]+$"},
-            "additionalProperties": {"type": "string", "pattern": "^[^\u0000]*$"},
-            "description": "Extra environment variables for the backend's kernel.",
+        "name": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 255,
+            "description": "What people see it as: its JupyterLab session is backends/<name>. "
+            "Clients send the script's file name; the default is the backend's class name.",
         },
+        "env": {**ENV, "description": "Extra environment variables for the backend's kernel."},
         "timeout_secs": {
             **_TIMEOUT,
             "description": "Seconds the script gets to start, and the default for its calls.",
@@ -338,6 +351,12 @@ ERROR: Schema = {
         "outputs": {"type": "array", "items": _OUTPUT},
         "restarted": {"type": "boolean"},
         "traceback": {"type": "string", "description": "A backend script's traceback."},
+        "conflicts": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "With 409 conflict: the service's own distributions an install "
+            "would have changed.",
+        },
     },
     "required": ["success", "error", "error_type", "status"],
 }
@@ -368,6 +387,7 @@ HEALTH: Schema = {
         "pool_size": {"type": "integer"},
         "kernels": {"type": "integer", "description": "Live kernels of the pool."},
         "backends": {"type": "integer"},
+        "contexts": {"type": "integer"},
     },
     "required": ["status", "version", "pool_size", "kernels", "backends"],
 }
@@ -376,6 +396,13 @@ BACKEND: Schema = {
     "type": "object",
     "properties": {
         "id": {"type": "string"},
+        "name": {"type": "string", "description": "The name it was given, or its class name."},
+        "session_id": {
+            "type": "string",
+            "nullable": True,
+            "description": "Its Jupyter Server session (/api/sessions), named backends/<name>: "
+            "JupyterLab lists it there and opens a console on its kernel.",
+        },
         "kernel_id": {"type": "string", "description": "The kernel, as /api/kernels lists it."},
         "methods": {"type": "array", "items": {"type": "string"}},
         "alive": {"type": "boolean"},
@@ -386,7 +413,7 @@ BACKEND: Schema = {
             "dead: its kernel exited and was cleaned up (listed until deleted).",
         },
     },
-    "required": ["id", "kernel_id", "methods", "alive", "state"],
+    "required": ["id", "name", "session_id", "kernel_id", "methods", "alive", "state"],
 }
 
 BACKEND_LIST: Schema = {
@@ -409,6 +436,9 @@ CALL_RESULT: Schema = {
         "error": {"type": "string", "nullable": True},
         "error_type": {"type": "string", "nullable": True, "enum": ["python_error", None]},
         "duration_ms": {"type": "number"},
+        "ename": {"type": "string", "description": "On a failure: the exception's class."},
+        "evalue": {"type": "string", "description": "On a failure: the exception's message."},
+        "traceback": {"type": "string", "description": "On a failure: the traceback, as text."},
     },
     "required": ["success", "result", "error", "duration_ms"],
 }
@@ -420,7 +450,9 @@ PACKAGES_INSTALL_REQUEST: Schema = {
             "type": "array",
             "items": {"type": "string", "minLength": 1, "maxLength": 200},
             "maxItems": 50,
-            "description": "Requirements (`name`, `name[extra]>=1.2`): no URLs, paths or options.",
+            "description": "Requirements (`name`, `name[extra]>=1.2`) or local wheels, sdists "
+            "or project folders inside the service's root (`./dist/x-1.0-py3-none-any.whl`): "
+            "no URLs, no options.",
         },
         "package": {
             "type": "string",
@@ -470,3 +502,70 @@ MODULES_REQUEST: Schema = {
     },
     "additionalProperties": False,
 }
+
+CONTEXT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+CONTEXT_REQUEST: Schema = {
+    "type": "object",
+    "properties": {
+        "name": {
+            "type": "string",
+            "pattern": CONTEXT_NAME_PATTERN,
+            "x-pattern-message": "name must be 1 to 64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit",
+            "description": "A name unique among the service's contexts "
+            "(default: context-<first 8 characters of the id>).",
+        },
+        "env": {**ENV, "description": "Extra environment variables for the context's kernel."},
+        "cwd": {
+            "type": "string",
+            "minLength": 1,
+            "description": "The kernel's working folder: inside the service's root, relative "
+            "to it or absolute (default: the service's own working folder).",
+        },
+        "timeout_secs": {
+            **_TIMEOUT,
+            "description": "Seconds the kernel gets to start, and the default timeout of the "
+            "context's calls (default: the service's).",
+        },
+    },
+    "additionalProperties": False,
+}
+
+CONTEXT: Schema = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "name": {"type": "string"},
+        "kernel_id": {
+            "type": "string",
+            "description": "Its kernel, as /api/kernels lists it (a new one after a restart).",
+        },
+        "created": {"type": "string", "description": "ISO 8601, UTC."},
+        "last_activity": {"type": "string", "description": "When its last call ended."},
+        "alive": {
+            "type": "boolean",
+            "description": "False once its kernel died: calls answer 503 kernel_died until "
+            "POST /contexts/{id}/restart.",
+        },
+        "busy": {"type": "boolean", "description": "A call is running or waiting."},
+        "cwd": {"type": "string", "nullable": True},
+        "session_id": {
+            "type": "string",
+            "nullable": True,
+            "description": "Its Jupyter Server session, contexts/<name>, which JupyterLab's "
+            "Running panel lists (null with no session manager, as under the QNTX plugin).",
+        },
+    },
+    "required": ["id", "name", "kernel_id", "created"],
+}
+
+CONTEXT_LIST: Schema = {
+    "type": "object",
+    "properties": {"contexts": {"type": "array", "items": CONTEXT}},
+    "required": ["contexts"],
+}
+
+CONTEXT_DELETED: Schema = BACKEND_DELETED
+
+EMPTY_REQUEST: Schema = {"type": "object", "properties": {}, "additionalProperties": False}

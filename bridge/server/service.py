@@ -13,19 +13,29 @@ import os
 import shutil
 import sys
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from bridge import AsyncBridge, BackendError, BridgeClosed, ExecutionResult, KernelStartError
+from bridge import (
+    AsyncBridge,
+    AsyncSession,
+    BackendError,
+    BridgeClosed,
+    ExecutionResult,
+    KernelStartError,
+)
 from bridge._version import __version__
 
-from . import packages
 from .backends import HostedBackend, to_json
+from .contexts import HostedContext
 from .errors import ApiError, bad_request, not_found
+from .sessions import Sessions
 
 log = logging.getLogger("bridge.server")
 
 T = TypeVar("T")
+OutputListener = Callable[[dict[str, Any]], None]
 
 MAX_MODULES = 100
 DEFAULT_MODULES = ("numpy", "pandas", "requests", "json", "os", "sys")
@@ -73,6 +83,43 @@ def result_body(result: ExecutionResult) -> dict[str, Any]:
     return body
 
 
+def resolve_inside(root: str, path: str) -> str:
+    """The real path of *path* (relative to *root* or absolute) if it lies inside *root*.
+
+    The resolved path (symlinks followed) must equal the root or start with the root plus a
+    separator: a bare prefix check would let ``/srv/data-evil`` pass for ``/srv/data``.
+    Percent-encoded forms are decoded and checked too, so ``..%2f`` is refused like ``../``,
+    and so are forms with backslashes read as separators (``..\\``, as Windows would).
+    """
+    prefix = root if root.endswith(os.sep) else root + os.sep
+    forms = [path]
+    while len(forms) < 4:
+        decoded = urllib.parse.unquote(forms[-1])
+        if decoded == forms[-1]:
+            break
+        forms.append(decoded)
+    forms += [form.replace("\\", "/") for form in forms if "\\" in form]
+    resolved = ""
+    for form in forms:
+        if "\x00" in form:
+            raise bad_request("path must not contain a NUL character")
+        real = os.path.realpath(os.path.join(root, form))
+        if real != root and not real.startswith(prefix):
+            raise ApiError(403, "forbidden", f"path {path!r} is outside the service's root")
+        resolved = resolved or real
+    return resolved
+
+
+def folder_in(root: str, path: str) -> str:
+    """The real path of the folder *path* inside *root*: 403, 404 or 400 otherwise."""
+    resolved = resolve_inside(root, path)
+    if not os.path.exists(resolved):
+        raise not_found(f"no such folder in the service's root: {path}")
+    if not os.path.isdir(resolved):
+        raise bad_request(f"{path} is not a folder")
+    return resolved
+
+
 class Service:
     """The service's state: a bridge over the server's kernel manager, its root and limits."""
 
@@ -89,16 +136,25 @@ class Service:
         timeout: float = 30.0,
         queue_timeout: float = 60.0,
         max_backends: int = 16,
+        max_contexts: int = 16,
+        context_idle_timeout: float = 3600.0,
+        allow_install: bool = True,
         max_body_size: int = 10 * 1024 * 1024,
         gateway_url: str = "",
         gateway_token: str = "",
         gateway_kernel_name: str | None = None,
+        session_manager: Any = None,
     ) -> None:
         self.root = os.path.realpath(root)
+        # Jupyter Server's sessions: each backend is one, so JupyterLab lists it by name.
+        self.sessions = Sessions(session_manager)
         self.pool_size = pool_size
         self.timeout = timeout
         self.queue_timeout = queue_timeout
         self.max_backends = max_backends
+        self.max_contexts = max_contexts
+        self.context_idle_timeout = context_idle_timeout
+        self.allow_install = allow_install
         self.max_body_size = max_body_size
         self.bridge = AsyncBridge(
             pool_size=pool_size,
@@ -118,7 +174,10 @@ class Service:
         self.backends: dict[str, HostedBackend] = {}
         self._starting_backends = 0
         self._busy = 0  # one-off calls running on a pool kernel
-        self._installing: asyncio.Lock | None = None
+        self.contexts: dict[str, HostedContext] = {}
+        self._starting_contexts = 0
+        self._culler: asyncio.Task[None] | None = None
+        self._dropping: set[asyncio.Future[None]] = set()  # contexts' kernels shutting down
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -142,6 +201,8 @@ class Service:
             raise
         if not ready.done():
             ready.set_result(None)
+        if self.context_idle_timeout > 0 and self._culler is None:
+            self._culler = asyncio.ensure_future(self._cull_idle_contexts())
 
     async def wait_ready(self) -> None:
         ready = self._ready_future()
@@ -159,8 +220,12 @@ class Service:
         if not ready.done():
             ready.set_exception(BridgeClosed("the service was stopped"))
             ready.exception()
+        if self._culler is not None:
+            self._culler.cancel()
         await asyncio.gather(
             *(hosted.terminate() for hosted in list(self.backends.values())),
+            *(self._drop_context(context_id) for context_id in list(self.contexts)),
+            *self._dropping,  # those a cancelled request or the culler left shutting down
             return_exceptions=True,
         )
         self.backends.clear()
@@ -193,20 +258,34 @@ class Service:
         timeout: float | None,
         capture_variables: bool,
         inputs: dict[str, Any] | None,
+        on_output: OutputListener | None = None,
     ) -> dict[str, Any]:
         result = await self._oneoff(
             lambda: self.bridge.execute(
-                code, timeout=timeout, capture_variables=capture_variables, inputs=inputs
+                code,
+                timeout=timeout,
+                capture_variables=capture_variables,
+                inputs=inputs,
+                on_output=on_output,
             )
         )
         return result_body(result)
 
-    async def evaluate(self, expr: str, *, timeout: float | None) -> dict[str, Any]:
-        result = await self._oneoff(lambda: self.bridge.evaluate(expr, timeout=timeout))
+    async def evaluate(
+        self, expr: str, *, timeout: float | None, on_output: OutputListener | None = None
+    ) -> dict[str, Any]:
+        result = await self._oneoff(
+            lambda: self.bridge.evaluate(expr, timeout=timeout, on_output=on_output)
+        )
         return result_body(result)
 
     async def execute_file(
-        self, path: str, *, timeout: float | None, capture_variables: bool
+        self,
+        path: str,
+        *,
+        timeout: float | None,
+        capture_variables: bool,
+        on_output: OutputListener | None = None,
     ) -> dict[str, Any]:
         # Opened, checked and read in one go, in a thread (bridge.execute_file): a file
         # swapped for a FIFO or a symlink after any check of ours cannot stall or escape.
@@ -217,6 +296,7 @@ class Service:
                 max_size=self.max_body_size,
                 timeout=timeout,
                 capture_variables=capture_variables,
+                on_output=on_output,
             )
         )
         return result_body(result)
@@ -239,15 +319,17 @@ class Service:
     async def install_packages(
         self, names: Sequence[str], *, upgrade: bool = False, timeout: float | None = None
     ) -> dict[str, Any]:
-        """Install *names* into the kernels' Python, one install at a time (packages.py)."""
-        names = packages.check_requirements(names)
-        await self.wait_ready()
-        if self._installing is None:
-            self._installing = asyncio.Lock()
-        async with self._installing:
-            return await packages.install(
-                self.bridge.python, names, upgrade=upgrade, timeout=timeout
+        """Install *names* into the kernels' Python (AsyncBridge.install); local paths are
+        read from the service's root and must lie inside it."""
+        if not self.allow_install:
+            raise ApiError(
+                403,
+                "forbidden",
+                "installing packages is turned off on this service (BridgeApp.allow_install)",
             )
+        await self.wait_ready()
+        result = await self.bridge.install(names, upgrade=upgrade, timeout=timeout, root=self.root)
+        return result.to_dict()
 
     # -- information -----------------------------------------------------------------------------
 
@@ -271,6 +353,7 @@ class Service:
             "pool_size": self.pool_size,
             "kernels": self.bridge.status().ready,
             "backends": len(self.backends),
+            "contexts": len(self.contexts),
         }
 
     def pool_status(self) -> dict[str, int]:
@@ -305,6 +388,7 @@ class Service:
         self,
         script: str,
         *,
+        name: str | None = None,
         env: dict[str, str] | None,
         timeout: float | None,
         restart: bool,
@@ -316,24 +400,30 @@ class Service:
                 "busy",
                 f"{self.max_backends} backends are running, the service's limit: delete one first",
             )
-        self._starting_backends += 1
-        folder, path = HostedBackend.write_script(script)
+        self._starting_backends += 1  # counted until it is listed, or gone
         try:
-            backend = await self.bridge.spawn(path, env=env, timeout=timeout, restart=restart)
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
+            folder, path = HostedBackend.write_script(script)
+            try:
+                backend = await self.bridge.spawn(
+                    path, env=env, timeout=timeout, restart=restart, name=name
+                )
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            try:
+                methods = sorted(await backend.methods())
+            except BaseException:
+                await backend.terminate()
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            if name is None:  # the script's file here is ours, "backend.py": its class says more
+                backend.name = str(backend.info.get("class") or backend.name)
+            hosted = HostedBackend(backend, folder, methods, sessions=self.sessions)
+            self.backends[hosted.id] = hosted
         finally:
             self._starting_backends -= 1
-        try:
-            methods = sorted(await backend.methods())
-        except BaseException:
-            await backend.terminate()
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-        hosted = HostedBackend(backend, folder, methods)
-        self.backends[hosted.id] = hosted
-        log.info("backend %s started in kernel %s", hosted.id, backend.kernel_id)
+        await hosted.open_session()
+        log.info("backend %s (%s) started in kernel %s", hosted.id, hosted.name, backend.kernel_id)
         return hosted.info()
 
     async def list_backends(self) -> dict[str, Any]:
@@ -369,6 +459,10 @@ class Service:
                 "error": str(error),
                 "error_type": "python_error",
                 "duration_ms": duration,
+                # The parts apart, for clients that rebuild the exception (the TypeScript one).
+                "ename": error.ename,
+                "evalue": error.evalue,
+                "traceback": error.traceback,
             }
         return {
             "success": True,
@@ -384,3 +478,207 @@ class Service:
             raise not_found(f"no backend {backend_id!r}")
         await hosted.terminate()
         return {"id": backend_id, "deleted": True}
+
+    # -- contexts --------------------------------------------------------------------------------
+
+    def context(self, context_id: str) -> HostedContext:
+        hosted = self.contexts.get(context_id)
+        if hosted is None:
+            raise not_found(f"no context {context_id!r}")
+        return hosted
+
+    async def create_context(
+        self,
+        *,
+        name: str | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Start a context: a session with a kernel of its own (the one place contexts are
+        made; ``_drop_context`` is the one place they go)."""
+        folder = folder_in(self.root, cwd) if cwd is not None else None
+        await self.wait_ready()
+        if name is not None and any(c.name == name for c in self.contexts.values()):
+            raise ApiError(409, "conflict", f"a context named {name!r} exists already")
+        if len(self.contexts) + self._starting_contexts >= self.max_contexts:
+            raise ApiError(
+                429,
+                "busy",
+                f"{self.max_contexts} contexts exist, the service's limit: delete one first",
+            )
+        self._starting_contexts += 1
+        try:
+            session = self.bridge.session(env=env, cwd=folder)
+            try:
+                await self._start_session(session, timeout)
+            except BaseException:
+                await session.aclose()
+                raise
+        finally:
+            self._starting_contexts -= 1
+        hosted = HostedContext(session, name=name, timeout=timeout, cwd=folder)
+        self.contexts[hosted.id] = hosted
+        hosted.session_id = await self.sessions.register(session.kernel_id, hosted.session_name)
+        log.info("context %s (%s) started in kernel %s", hosted.id, hosted.name, session.kernel_id)
+        return hosted.info()
+
+    @staticmethod
+    async def _start_session(session: AsyncSession, timeout: float | None) -> None:
+        """Start *session*'s kernel, within *timeout* if one was given (504 past it)."""
+        if timeout is None:
+            await session.start()
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await session.start()
+        except TimeoutError:
+            raise ApiError(
+                504, "timeout", f"the context's kernel did not start within {timeout:g} s"
+            ) from None
+
+    async def _drop_context(self, context_id: str) -> HostedContext | None:
+        """Forget a context and shut its kernel down."""
+        hosted = self.contexts.pop(context_id, None)
+        if hosted is not None:
+            session_id, hosted.session_id = hosted.session_id, None
+            await self.sessions.unregister(session_id)  # before its kernel goes, as backends do
+            # A task of its own: a request that goes away must not cut a kernel's shutdown
+            # short, which would leave it half-known to the server's kernel manager.
+            closing = asyncio.ensure_future(hosted.session.aclose())
+            self._dropping.add(closing)
+            closing.add_done_callback(self._dropping.discard)
+            await asyncio.shield(closing)
+            log.info("context %s (%s) deleted", hosted.id, hosted.name)
+        return hosted
+
+    async def list_contexts(self) -> dict[str, Any]:
+        return {"contexts": [hosted.info() for hosted in self.contexts.values()]}
+
+    async def context_info(self, context_id: str) -> dict[str, Any]:
+        return self.context(context_id).info()
+
+    async def delete_context(self, context_id: str) -> dict[str, Any]:
+        if await self._drop_context(context_id) is None:
+            raise not_found(f"no context {context_id!r}")
+        return {"id": context_id, "deleted": True}
+
+    async def restart_context(self, context_id: str) -> dict[str, Any]:
+        """A fresh kernel for the context, same id, name, env and cwd; its state is gone."""
+        hosted = self.context(context_id)
+        hosted.calls += 1
+        try:
+            session_id, hosted.session_id = hosted.session_id, None
+            await self.sessions.unregister(session_id)
+            # Shielded as a deletion is: a client gone mid-restart leaves a whole kernel.
+            await asyncio.shield(asyncio.ensure_future(hosted.session.restart()))
+            hosted.session_id = await self.sessions.register(
+                hosted.session.kernel_id, hosted.session_name
+            )
+        finally:
+            hosted.calls -= 1
+            hosted.touch()
+        log.info("context %s (%s) restarted", hosted.id, hosted.name)
+        return hosted.info()
+
+    async def _in_context(
+        self, context_id: str, call: Callable[[AsyncSession, float | None], Awaitable[T]]
+    ) -> T:
+        """Run *call* on the context's session once its previous call is over (503 busy if
+        that takes longer than queue_timeout)."""
+        hosted = self.context(context_id)
+        hosted.calls += 1
+        try:
+            try:
+                async with asyncio.timeout(self.queue_timeout):
+                    await hosted.lock.acquire()
+            except TimeoutError:
+                raise ApiError(
+                    503,
+                    "busy",
+                    f"the context ran another call for longer than {self.queue_timeout:g} s",
+                ) from None
+            try:
+                return await call(hosted.session, hosted.timeout)
+            finally:
+                hosted.lock.release()
+        finally:
+            hosted.calls -= 1
+            hosted.touch()
+
+    async def context_execute(
+        self,
+        context_id: str,
+        code: str,
+        *,
+        timeout: float | None,
+        capture_variables: bool,
+        inputs: dict[str, Any] | None,
+        on_output: OutputListener | None = None,
+    ) -> dict[str, Any]:
+        result = await self._in_context(
+            context_id,
+            lambda session, default: session.execute(
+                code,
+                timeout=timeout if timeout is not None else default,
+                capture_variables=capture_variables,
+                inputs=inputs,
+                on_output=on_output,
+            ),
+        )
+        return result_body(result)
+
+    async def context_evaluate(
+        self,
+        context_id: str,
+        expr: str,
+        *,
+        timeout: float | None,
+        on_output: OutputListener | None = None,
+    ) -> dict[str, Any]:
+        result = await self._in_context(
+            context_id,
+            lambda session, default: session.evaluate(
+                expr, timeout=timeout if timeout is not None else default, on_output=on_output
+            ),
+        )
+        return result_body(result)
+
+    async def context_execute_file(
+        self,
+        context_id: str,
+        path: str,
+        *,
+        timeout: float | None,
+        capture_variables: bool,
+        on_output: OutputListener | None = None,
+    ) -> dict[str, Any]:
+        self.context(context_id)  # 404 before the path's 403 or 404
+        # As execute_file: opened, checked and read in one go, in a thread.
+        result = await self._in_context(
+            context_id,
+            lambda session, default: session.execute_file(
+                path,
+                root=self.root,
+                max_size=self.max_body_size,
+                timeout=timeout if timeout is not None else default,
+                capture_variables=capture_variables,
+                on_output=on_output,
+            ),
+        )
+        return result_body(result)
+
+    async def _cull_idle_contexts(self) -> None:
+        """Delete contexts idle for longer than context_idle_timeout, checking a few times
+        per period (at most once a minute, at least every half second)."""
+        idle = self.context_idle_timeout
+        every = max(0.5, min(60.0, idle / 4))
+        while True:
+            await asyncio.sleep(every)
+            for hosted in list(self.contexts.values()):
+                if hosted.idle_for() > idle:
+                    log.info("context %s (%s) idle for %g s: culled", hosted.id, hosted.name, idle)
+                    try:
+                        await self._drop_context(hosted.id)
+                    except Exception:
+                        log.exception("culling context %s failed", hosted.id)

@@ -63,6 +63,9 @@ BATCH_WINDOW = 0.002  # under a stream of events, gather them this long into one
 log = logging.getLogger("bridge_runtime.backend")
 
 _HERE = (__file__, _wire.__file__)  # frames left out of tracebacks sent to the host
+# Called with (type, data) for every event a backend of this kernel sends, before it goes to
+# the host; each must be quick and never raise (``_magic``'s watches, see ``add_tap``).
+_TAPS: tuple[Callable[[str, Any], None], ...] = ()  # replaced whole, never changed in place
 _CURRENT: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
     "bridge_backend_call", default=None
 )
@@ -240,7 +243,7 @@ class _Output:
     """Stands in for sys.stdout/sys.stderr: what a backend method prints becomes an event.
 
     Output belongs to a backend when it is written during a call (a context variable follows
-    the call into its thread or task) or from any thread but the kernel's main one (threads a
+    the call into its thread or task) or from any thread but the kernel's own (threads a
     backend started, such as a streaming loop). Cells run by a person who attached to the
     kernel print as in any kernel. Lines are kept whole: one event per line, not per write().
     """
@@ -253,11 +256,10 @@ class _Output:
         self._local = threading.local()
 
     def _ours(self) -> bool:
-        return (
-            self._everything
-            or _CURRENT.get() is not None
-            or threading.current_thread() is not threading.main_thread()
-        )
+        if self._everything or _CURRENT.get() is not None:
+            return True
+        thread = threading.current_thread()
+        return thread is not threading.main_thread() and not _kernel_thread(thread)
 
     def write(self, text: str) -> int:
         if self._core.outbox.sending:
@@ -298,6 +300,13 @@ class _Output:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._original, name)
+
+
+def _kernel_thread(thread: threading.Thread) -> bool:
+    """A thread of ipykernel's own (its shell channel, control, subshells, IOPub, heartbeat):
+    what it prints is the kernel's (say, the "No such comm" warning when a JupyterLab console
+    closes a comm the kernel never had), never the backend's."""
+    return type(thread).__module__.startswith("ipykernel.") or thread.name == "IOPub"
 
 
 def _flush_output() -> None:
@@ -587,6 +596,8 @@ class _Core:
     # -- events and output --
 
     def emit(self, type_: str, data: Any) -> None:
+        for tap in _TAPS:  # a person watching (``%bridge events``): a look, not a detour
+            tap(type_, data)
         self.outbox.event(type_, data)
 
     def capture_output(self, *, everything: bool) -> None:
@@ -704,6 +715,29 @@ class PythonBridge:
             if _REGISTRY.send is not None:
                 core.outbox.attach(_REGISTRY.send, core.hello())
         install()
+
+
+def add_tap(tap: Callable[[str, Any], None]) -> Callable[[], None]:
+    """Have ``tap(type, data)`` called for every event sent from now on, on the sending
+    thread, alongside its delivery to the host; returns a function that removes it."""
+    global _TAPS
+    _TAPS = (*_TAPS, tap)
+
+    def remove() -> None:
+        global _TAPS
+        _TAPS = tuple(t for t in _TAPS if t is not tap)
+
+    return remove
+
+
+def current_backend() -> PythonBridge | None:
+    """The backend that called run() last in this kernel: the one the host's calls reach."""
+    return _REGISTRY.backend
+
+
+def host_connected() -> bool:
+    """True while a host's comm is open to this kernel's backend."""
+    return _REGISTRY.send is not None
 
 
 # -- in a kernel ------------------------------------------------------------------------------

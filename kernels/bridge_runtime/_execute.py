@@ -30,7 +30,17 @@ import sys
 import uuid
 from typing import Any
 
-from .protocol import ATTESTATION, EXECUTE, EXECUTE_COMM, META_KEY, PING, PONG, REPLY, VARIABLES
+from .protocol import (
+    ATTESTATION,
+    EXECUTE,
+    EXECUTE_COMM,
+    META_KEY,
+    PING,
+    PONG,
+    REPLY,
+    REPLY_VALUE,
+    VARIABLES,
+)
 
 _REPR_LIMIT = 10_000
 
@@ -397,10 +407,31 @@ class Hooks:
         forward = getattr(kernel, "_forward_input", None)
         if forward is not None:
             forward(False)
+        # The value rides in the reply instead of an execute_result message of its own: one
+        # signed message fewer per call at both ends. ipykernel 7's displayhook takes hooks.
+        # Only the last value shown is the value: one shown before it (an explicit
+        # sys.displayhook call) is ordinary output, published once the next one comes, so
+        # nothing is lost and the host's max_output counts it (after any output made between
+        # the two, which was flushed first).
+        kept: dict[str, Any] = {}
+        held: list[dict[str, Any]] = []
+        displayhook = shell.displayhook
+
+        def keep_value(msg: dict[str, Any]) -> None:
+            if held:
+                displayhook.session.send(displayhook.pub_socket, held[0], ident=displayhook.topic)
+            held[:] = [msg]
+            kept[REPLY_VALUE] = msg["content"]
+
+        hooked = hasattr(displayhook, "register_hook")
+        if hooked:
+            displayhook.register_hook(keep_value)
         outcome = "error"
         try:
             outcome = self._run_cell(code, result)
         finally:
+            if hooked:
+                displayhook.unregister_hook(keep_value)
             if forward is not None:
                 kernel._restore_input()
             shell.events.trigger("post_execute")
@@ -413,12 +444,13 @@ class Hooks:
         _flush_streams()
         error = result.error_before_exec or result.error_in_exec
         if error is None:
-            return {"status": "ok"}
+            return {"status": "ok", **kept}
         return {
             "status": "error",
             "ename": type(error).__name__,
             "evalue": str(error),
             "traceback": list(shell._last_traceback or []),
+            **kept,
         }
 
     def _run_cell(self, code: str, result: Any) -> str:

@@ -21,6 +21,16 @@ def main() -> None:
     from traitlets.config import Config
 
     class BridgeKernelApp(IPKernelApp):  # type: ignore[misc]
+        def parse_command_line(self, argv: Any = None) -> None:
+            args = sys.argv[1:] if argv is None else list(argv)
+            if len(args) == 2 and args[0] == "-f":
+                # The kernel spec's only arguments. traitlets would build an argparse parser
+                # of every option of every IPython class to read them: a tenth of a start.
+                self.argv = args
+                self.connection_file = args[1]
+                return
+            super().parse_command_line(argv)
+
         def init_iopub(self, context: Any) -> None:
             # IOPub is a (X)PUB socket: at its high-water mark ZeroMQ drops messages without a
             # word when the host reads slowly. Unbounded keeps every output; the host caps

@@ -8,7 +8,10 @@ Calls and records (comm ``EXECUTE_COMM``, opened by the host once per kernel)::
     host -> kernel  {"kind": "execute", "code": str, "meta": {...}}   a call
                     {"kind": "ping"}                                  the ready handshake
     kernel -> host  {"kind": "pong", "python": "3.x.y", "pid": n}     its answer
-    kernel -> host  {"kind": "reply", "status": "ok"} or {"kind": "reply", "fallback": True}
+    kernel -> host  {"kind": "reply", "status": "ok", "value": {"data", "metadata", ...}}
+                    (the value as an execute_result's content, in the reply rather than in a
+                    message of its own; absent without a value or on ipykernel < 7)
+                    or {"kind": "reply", "fallback": True}
                     {"kind": "attestation", "record": {...}}          attest() inside a call
                     {"kind": "variables", "variables": {...}}         capture_variables
 
@@ -39,3 +42,4 @@ PONG = "pong"
 REPLY = "reply"
 ATTESTATION = "attestation"
 VARIABLES = "variables"
+REPLY_VALUE = "value"  # the key of a reply's value (an execute_result's content)

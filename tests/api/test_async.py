@@ -11,6 +11,7 @@ import pytest
 from conftest import tagged_processes
 from jupyter_core.paths import jupyter_runtime_dir
 from paths import EXAMPLES
+from procs import is_kernel
 
 import bridge
 
@@ -216,7 +217,7 @@ async def test_host_secrets_stay_out_of_the_kernels(monkeypatch: pytest.MonkeyPa
 
 
 def _kernel_processes() -> set[int]:
-    return {pid for pid, cmd in tagged_processes() if "bridge_runtime.launch" in cmd}
+    return {pid for pid, _ in tagged_processes() if is_kernel(pid)}
 
 
 def _connection_files() -> set[Path]:
@@ -225,14 +226,18 @@ def _connection_files() -> set[Path]:
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("delay", [0.01, 0.03, 0.06, 0.1, 0.2, 0.5])
-async def test_a_start_cancelled_midway_leaves_no_kernel(delay: float) -> None:
+async def test_a_start_cancelled_midway_leaves_no_kernel(
+    delay: float, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A spawn given up on (an HTTP client gone, a wait_for past its time) at any moment of
     its kernel's start: the kernel does not outlive the cancel, nor its connection file."""
+    # A runtime folder of its own: the shared one sees other kernels come and go meanwhile.
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path))
     kernels, files = _kernel_processes(), _connection_files()
     async with bridge.AsyncBridge(pool_size=0) as b:
         task = asyncio.ensure_future(b.spawn(ECHO))
         await asyncio.sleep(delay)
-        if delay > 0.1 and task.done():  # it won the race: a backend to terminate
+        if task.done():  # the start won the race (a forked kernel is quick): terminate it
             await (await task).terminate()
         else:
             task.cancel()
@@ -245,3 +250,20 @@ async def test_a_start_cancelled_midway_leaves_no_kernel(delay: float) -> None:
         assert _connection_files() - files == set()
         async with b.session() as s:  # the bridge goes on working
             assert (await s.evaluate("6 * 7")).value == 42
+
+
+@pytest.mark.asyncio
+async def test_kernel_language_reads_the_kernel_specs_where_the_kernels_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = tmp_path / "jupyter" / "kernels" / "fake-r"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text('{"argv": ["R"], "display_name": "R", "language": "R"}')
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    async with bridge.AsyncBridge(pool_size=0) as b:  # no kernel needed to read specs
+        assert await b.kernel_language("fake-r") == "R"
+        assert await b.kernel_language("python3") == "python"  # ipykernel's own
+        assert await b.kernel_language("kernel-bridge") == "python"  # the bridge's
+        assert await b.kernel_language("no-such-kernel") is None
+        with pytest.raises(bridge.InvalidRequest, match="kernel spec name"):
+            await b.kernel_language("")

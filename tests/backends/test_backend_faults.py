@@ -7,10 +7,12 @@ import os
 import signal
 import stat
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from jupyter_client.asynchronous import AsyncKernelClient
 from paths import ROOT, TOOLBOX
 
@@ -19,6 +21,13 @@ import bridge
 ECHO = ROOT / "kernels" / "examples" / "echo_backend.py"
 
 pytestmark = pytest.mark.asyncio
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def launched(launch: dict[str, bool]) -> AsyncIterator[bridge.AsyncBridge]:
+    """A bridge whose kernels are forked, then one whose kernels are new interpreters."""
+    async with bridge.AsyncBridge(pool_size=0, timeout=60, **launch) as b:
+        yield b
 
 
 def gone(pid: int) -> bool:
@@ -37,11 +46,11 @@ async def wait_for(predicate: Any, seconds: float = 10.0) -> None:
 
 
 async def test_death_fails_pending_calls_and_restart_brings_it_back(
-    abridge: bridge.AsyncBridge,
+    launched: bridge.AsyncBridge,
 ) -> None:
     exits: list[dict[str, Any]] = []
     restarts: list[dict[str, Any]] = []
-    async with await abridge.spawn(TOOLBOX, restart=True, env={"CONCURRENT": "1"}) as backend:
+    async with await launched.spawn(TOOLBOX, restart=True, env={"CONCURRENT": "1"}) as backend:
         backend.on("exit", exits.append)
         backend.on("restart", restarts.append)
         # Each way to die: os._exit in the method, a segfault, SIGKILL from outside.
@@ -80,8 +89,8 @@ async def test_death_fails_pending_calls_and_restart_brings_it_back(
             assert gone(pid)
 
 
-async def test_death_without_restart_leaves_it_dead(abridge: bridge.AsyncBridge) -> None:
-    backend = await abridge.spawn(TOOLBOX, env={"CONCURRENT": "1"})
+async def test_death_without_restart_leaves_it_dead(launched: bridge.AsyncBridge) -> None:
+    backend = await launched.spawn(TOOLBOX, env={"CONCURRENT": "1"})
     try:
         exits: list[dict[str, Any]] = []
         backend.on("exit", exits.append)
@@ -99,9 +108,9 @@ async def test_death_without_restart_leaves_it_dead(abridge: bridge.AsyncBridge)
 
 
 async def test_terminate_fails_pending_calls_and_is_idempotent(
-    abridge: bridge.AsyncBridge,
+    launched: bridge.AsyncBridge,
 ) -> None:
-    backend = await abridge.spawn(TOOLBOX)
+    backend = await launched.spawn(TOOLBOX)
     pid = backend.info["pid"]
     pending = asyncio.ensure_future(backend.call("slow", {"seconds": 60}))
     await asyncio.sleep(0.2)

@@ -37,7 +37,72 @@ def test_blocking_bridge_spawns_calls_and_runs_handlers_on_a_thread() -> None:
         with pytest.raises(bridge.CallTimeout):
             backend.call("spin", {"seconds": 10}, timeout=0.3)
         assert backend.alive and backend.kernel_id
+        assert backend.name == "toolbox.py"  # the script's file name, as people see it
         pid = backend.async_backend.info["pid"]
     assert not backend.alive
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_blocking_backend_is_a_portal_with_the_async_api_checks() -> None:
+    with bridge.Bridge(pool_size=0) as b, b.spawn(TOOLBOX, timeout=30) as backend:
+        # The check and the error are the async API's, not the blocking layer's own.
+        with pytest.raises(bridge.InvalidRequest, match="the handler must be callable"):
+            backend.on("n", "not callable")  # type: ignore[arg-type]
+        with pytest.raises(bridge.InvalidRequest, match="the handler must be callable"):
+            backend.async_backend.on("n", "not callable")  # type: ignore[arg-type]
+        seen: list[tuple[str, Any]] = []
+        done = threading.Event()
+
+        def every(event: str, data: Any) -> None:
+            seen.append((event, data))
+            if event == "m" and data == 2:
+                done.set()
+
+        undo = backend.on_any(every)
+        backend.call("emit", {"type": "m", "count": 3})
+        assert done.wait(10)
+        assert [d for e, d in seen if e == "m"] == [0, 1, 2]
+        undo()
+
+
+def test_blocking_bridge_submits_several_calls_at_once_and_reports_its_pool() -> None:
+    with bridge.Bridge(pool_size=2) as b:
+        futures = [b.submit(b.async_bridge.evaluate, f"{n} ** 2") for n in range(4)]
+        assert [f.result(timeout=30).value for f in futures] == [0, 1, 4, 9]
+        status = b.call(_status, b.async_bridge)
+        assert status.size == 2 and status.ready == 2 and status.busy == 0
+        info = b.call(_kernel_info, b.async_bridge)
+        assert info["language_info"]["name"] == "python"
+    # A bridge never started closes through the async API too, and refuses calls after.
+    never = bridge.Bridge(pool_size=0)
+    never.close()
+    with pytest.raises(bridge.BridgeClosed):
+        never.execute("1")
+
+
+async def _status(b: bridge.AsyncBridge) -> bridge.PoolStatus:
+    return b.status()
+
+
+async def _kernel_info(b: bridge.AsyncBridge) -> dict[str, Any]:
+    async with b.session() as s:
+        assert s.kernel_info["language_info"]["name"] == "python"
+    return b.kernel_info
+
+
+def test_backend_values_have_a_json_form_for_hosts_that_speak_json() -> None:
+    assert bridge.AsyncBackend.to_json({"a": b"\x00\x01", "n": [1, 2]}) == {
+        "a": {"__bridge_buffer__": None, "kind": "bytes", "base64": "AAE="},
+        "n": [1, 2],
+    }
+
+
+def test_a_name_is_what_people_see_and_is_checked() -> None:
+    with bridge.Bridge(pool_size=0) as b:
+        with b.spawn(TOOLBOX, timeout=30, name="tools") as backend:
+            assert backend.name == "tools"
+            assert "backend tools" in repr(backend)
+        for bad in ("", "two\nlines", "x" * 256, 5):
+            with pytest.raises(bridge.InvalidRequest, match="name"):
+                b.spawn(TOOLBOX, name=bad)  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 CLI = [sys.executable, "-m", "bridge"]
@@ -20,6 +21,22 @@ def test_exec_prints_outputs_and_the_value() -> None:
     done = run("exec", "print('hello')\nreturn {'answer': 42}")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "hello\n{'answer': 42}\n"
+
+
+def test_exec_prints_each_output_as_the_kernel_makes_it() -> None:
+    code = "import time\nprint('first', flush=True)\ntime.sleep(2)\nprint('second')\nreturn 3"
+    with subprocess.Popen(
+        [*CLI, "exec", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        seen_at = time.monotonic()
+        rest = proc.stdout.read()
+        ended_at = time.monotonic()
+        assert proc.wait(timeout=90) == 0
+    assert first == "first\n"
+    assert rest == "second\n3\n"
+    assert ended_at - seen_at > 1.5  # 'first' came while the code still slept
 
 
 def test_exec_json_reads_code_from_stdin() -> None:

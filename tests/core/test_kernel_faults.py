@@ -25,9 +25,12 @@ while True:
 
 
 @pytest.fixture(scope="module")
-def faulty() -> Iterator[bridge.Bridge]:
-    """Its own pool: these tests kill kernels, which the shared pool's users should not feel."""
-    with bridge.Bridge(pool_size=2, timeout=30) as b:
+def faulty(launch: dict[str, bool]) -> Iterator[bridge.Bridge]:
+    """Its own pool: these tests kill kernels, which the shared pool's users should not feel.
+
+    Once with forked kernels, once with kernels started as new interpreters (``launch``).
+    """
+    with bridge.Bridge(pool_size=2, timeout=30, **launch) as b:
         yield b
 
 

@@ -12,7 +12,7 @@ import nbformat
 from nbfiles import read_nb, stored, stream, write_nb
 
 from bridge.notebooks.cli import Progress
-from bridge.notebooks.runner import NotebookResult
+from bridge.notebooks.report import NotebookResult
 
 
 def kb_test(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

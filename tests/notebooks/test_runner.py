@@ -11,8 +11,9 @@ from nbfiles import read_nb, result, stored, stream, write_nb
 
 import bridge
 from bridge.notebooks.compare import Sanitizer, diff_outputs, output_lines, read_sanitizer_file
-from bridge.notebooks.options import NotebookOptions
-from bridge.notebooks.runner import parse_param, read_notebook, run_notebook
+from bridge.notebooks.options import NotebookOptions, parse_param
+from bridge.notebooks.reading import read_notebook
+from bridge.notebooks.runner import run_notebook
 
 
 @pytest.mark.asyncio
@@ -364,6 +365,24 @@ async def test_a_kernel_the_bridge_cannot_provide_is_a_clear_error(
     assert r.status == "error" and r.cells_run == 0
     assert message in r.report()
     assert r.report().startswith("other.ipynb asks for")
+
+
+@pytest.mark.asyncio
+async def test_an_installed_kernel_spec_of_another_language_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = tmp_path / "jupyter" / "kernels" / "fake-r"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text('{"argv": ["R"], "display_name": "R", "language": "R"}')
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    path = write_nb(tmp_path / "r.ipynb", "1", kernelspec={"name": "fake-r", "display_name": "R"})
+    async with bridge.AsyncBridge(pool_size=0) as b:  # the check comes before any kernel
+        r = await run_notebook(b, path, options=NotebookOptions(root=tmp_path))
+    assert r.status == "error" and r.cells_run == 0
+    assert r.report() == (
+        "r.ipynb asks for the kernel spec 'fake-r' (language R); "
+        "kernel-bridge runs Python kernels only"
+    )
 
 
 def test_unreadable_notebooks_are_invalid(tmp_path: Path) -> None:

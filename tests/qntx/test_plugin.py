@@ -22,7 +22,7 @@ import grpc
 import httpx
 import pytest
 from plugin_process import PluginProcess, free_port
-from procs import alive, children
+from procs import alive, descendants, kernels_below
 from service_process import ServiceProcess
 
 import bridge
@@ -215,6 +215,12 @@ CASES: list[tuple[str, str, Any]] = [
     ("GET", "/execute", None),
     ("GET", "/backends/0123/events", None),
     ("DELETE", "/backends/0123", None),
+    ("GET", "/contexts", None),
+    ("GET", "/contexts/0123", None),
+    ("POST", "/contexts/0123/execute", {"content": "1"}),
+    ("POST", "/contexts", {"cwd": "/"}),
+    ("POST", "/contexts", {"name": "no spaces allowed"}),
+    ("POST", "/packages/install", {"packages": ["tornado==1.0"]}),
 ]
 
 
@@ -439,7 +445,7 @@ def test_health_reports_the_pool(plugin: PluginProcess) -> None:
 def test_an_unreachable_ats_store_is_logged_and_changes_no_result(
     plugin: PluginProcess, files: dict[str, Path], ats: tuple[FakeATSStore, str]
 ) -> None:
-    kernels = children(plugin.pid)
+    kernels = descendants(plugin.pid)
     dead = f"127.0.0.1:{free_port()}"
     plugin.domain.Initialize(
         domain_pb.InitializeRequest(
@@ -447,7 +453,7 @@ def test_an_unreachable_ats_store_is_logged_and_changes_no_result(
         ),
         timeout=120,
     )
-    assert not [pid for pid in kernels - children(plugin.pid) if alive(pid)]  # old ones gone
+    assert not [pid for pid in kernels - descendants(plugin.pid) if alive(pid)]  # old ones gone
     r = plugin.http("POST", "/execute", b"{\"content\": \"attest('s', 'p')\\nreturn 5\"}")
     body = json.loads(r.body)
     assert (r.status_code, body["success"], body["result"]) == (200, True, 5)
@@ -459,11 +465,14 @@ def test_an_unreachable_ats_store_is_logged_and_changes_no_result(
 
 
 def test_shutdown_stops_the_kernels(plugin: PluginProcess) -> None:
-    before = children(plugin.pid)
+    before = kernels_below(plugin.pid)
+    assert before
     plugin.domain.Shutdown(domain_pb.Empty(), timeout=30)
     assert plugin.domain.Health(domain_pb.Empty(), timeout=5).healthy is False
-    time.sleep(0.5)
-    assert len(children(plugin.pid)) < len(before)
+    deadline = time.monotonic() + 10
+    while [pid for pid in before if alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in before if alive(pid)]
     # The next call brings kernels back, with the same settings.
     r = plugin.http("POST", "/evaluate", b'{"expr": "2 + 2"}')
     assert json.loads(r.body)["result"] == 4
@@ -471,9 +480,8 @@ def test_shutdown_stops_the_kernels(plugin: PluginProcess) -> None:
 
 def test_sigterm_leaves_no_process(plugin: PluginProcess) -> None:
     plugin.http("POST", "/evaluate", b'{"expr": "1"}')
-    group = children(plugin.pid)
-    kernels = {pid for pid in group if "bridge_runtime" in _cmdline(pid)}
-    assert kernels, group
+    group = descendants(plugin.pid)
+    assert kernels_below(plugin.pid), group
     took = plugin.terminate()
     assert took < 3.0
     deadline = time.monotonic() + 1

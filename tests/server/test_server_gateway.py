@@ -13,7 +13,13 @@ from typing import Any
 import httpx
 import pytest
 from gateways import GatewayProcess
-from service_process import ServiceProcess, execute_over_websocket, read_events
+from service_process import (
+    KernelSocket,
+    ServiceProcess,
+    execute_over_websocket,
+    idle,
+    read_events,
+)
 
 TICKER = """\
 from bridge_runtime import PythonBridge
@@ -66,6 +72,34 @@ def listed(client: httpx.Client) -> set[str]:
     return {k["id"] for k in r.json()}
 
 
+def sessions(client: httpx.Client) -> list[dict[str, Any]]:
+    r = client.get("/api/sessions")
+    assert r.status_code == 200, r.text
+    found: list[dict[str, Any]] = r.json()
+    return found
+
+
+async def events_in_console(
+    service: ServiceProcess, client: httpx.Client, backend_id: str, kernel_id: str
+) -> str:
+    """``%bridge events`` in a console on the backend's kernel, then a host call that sends two
+    events: the text of the display once it shows both."""
+    async with KernelSocket(service, kernel_id) as socket:
+        watch = socket.execute("%bridge events")
+        await socket.read(watch, idle)
+        url = f"/backends/{backend_id}/call"
+        r = await asyncio.to_thread(client.post, url, json={"cmd": "tick", "params": {"n": 2}})
+        assert r.json()["result"] == 4, r.text
+
+        def shows_both(msg: dict[str, Any]) -> bool:
+            text = msg["content"].get("data", {}).get("text/plain", "")
+            return msg["header"]["msg_type"] == "update_display_data" and "#2" in text
+
+        updates = await socket.read(watch, shows_both)
+        text: str = updates[-1]["content"]["data"]["text/plain"]
+        return text
+
+
 def test_calls_run_on_kernels_the_gateway_started(
     client: httpx.Client, kernel_gateway: GatewayProcess, before: set[str]
 ) -> None:
@@ -88,16 +122,20 @@ def test_backend_on_the_gateway_seen_by_the_server(
     before: set[str],
 ) -> None:
     """Create, call, events, delete; in between, Jupyter Server's own /api/kernels lists the
-    backend's kernel and a JupyterLab-style websocket through the service reaches it."""
+    backend's kernel, its /api/sessions lists the backend by name (JupyterLab's Running panel),
+    and a JupyterLab-style websocket through the service reaches it."""
     pool = ours(kernel_gateway, before)
     assert pool <= listed(client)  # the pool's kernel, through the server's gateway client
-    r = client.post("/backends", json={"script": TICKER})
+    r = client.post("/backends", json={"script": TICKER, "name": "ticker.py"})
     assert r.status_code == 201, r.text
     created: dict[str, Any] = r.json()
     kernel_id = created["kernel_id"]
     try:
         assert ours(kernel_gateway, before) == pool | {kernel_id}
         assert kernel_id in listed(client)
+        [session] = sessions(client)  # the backend's; the pool's kernel is no session
+        assert (session["id"], session["name"]) == (created["session_id"], "backends/ticker.py")
+        assert (session["type"], session["kernel"]["id"]) == ("console", kernel_id)
         call = client.post(
             f"/backends/{created['id']}/call", json={"cmd": "tick", "params": {"n": 2}}
         )
@@ -108,11 +146,14 @@ def test_backend_on_the_gateway_seen_by_the_server(
             ]
         seen = asyncio.run(execute_over_websocket(service, kernel_id, "backend.counter"))
         assert seen == "2"
+        shown = asyncio.run(events_in_console(service, client, created["id"], kernel_id))
+        assert 'tick  {"i": 0}' in shown and 'tick  {"i": 1}' in shown
     finally:
         r = client.delete(f"/backends/{created['id']}")
     assert r.json() == {"id": created["id"], "deleted": True}
     assert ours(kernel_gateway, before) == pool  # deleted on the gateway
     assert kernel_id not in listed(client)
+    assert sessions(client) == []
 
 
 def test_wrong_gateway_token_stops_the_service(

@@ -27,10 +27,12 @@ from bridge.server.openapi import document
 # matter of machine load, not of the input (tests/test_server.py covers timeouts).
 MIN_TIMEOUT = 10.0
 EXAMPLES = 25  # per route and mode
-# Each valid POST /backends starts a kernel (half a second of CPU), each valid install runs
-# pip or uv (a second or more): fewer of those.
+# Each valid POST /backends or /contexts starts a kernel (half a second of CPU), each valid
+# install runs pip or uv (a second or more): fewer of those.
 EXAMPLES_OF = {
     "POST /backends": 6,
+    "POST /contexts": 6,
+    "POST /contexts/{context_id}/restart": 6,
     "POST /packages/install": 4,
     "POST /uv/install": 4,
     "POST /pip/install": 4,
@@ -43,7 +45,8 @@ OFFLINE = {"PIP_NO_INDEX": "1", "UV_OFFLINE": "1", "UV_NO_INDEX": "1"}
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     root = tmp_path_factory.mktemp("root")
     (root / "script.py").write_text("print('a script')\n")
-    with ServiceProcess("--root", str(root), env=OFFLINE) as svc:
+    # Few contexts: past the limit a valid POST /contexts is a quick 429, not another kernel.
+    with ServiceProcess("--root", str(root), "--BridgeApp.max_contexts=2", env=OFFLINE) as svc:
         yield svc
 
 
@@ -128,6 +131,8 @@ def test_backend_routes_with_real_ids(service: ServiceProcess) -> None:
             if case.method == "POST" and case.path == "/backends" and isinstance(case.body, dict):
                 case.body["script"] = BACKEND
                 case.body.pop("env", None)  # test_server_hardening.py covers bad env names
+            if case.path.endswith("/call") and isinstance(case.body, dict):
+                case.body["cmd"] = "echo"  # a method the backend has: the call runs
 
         def after_call(self, response: Any, case: Any) -> None:
             steps.append((case.method, case.formatted_path, response.status_code))

@@ -53,6 +53,11 @@ async def target(request: pytest.FixtureRequest) -> AsyncIterator[Target]:
 # -- the core's faults and comms, over the gateway's websocket ------------------------------
 
 
+async def test_kernel_language_reads_the_gateways_kernel_specs(target: Target) -> None:
+    assert await target.bridge.kernel_language("python3") == "python"
+    assert await target.bridge.kernel_language("no-such-kernel") is None
+
+
 async def test_concurrent_calls_keep_their_output(target: Target) -> None:
     code = "import time\nfor i in range(3):\n    print(tag, i, flush=True)\n    time.sleep(0.02)"
     results = await asyncio.gather(

@@ -27,8 +27,8 @@ def _wait_gone(pids: list[int], seconds: float) -> list[int]:
     return [p for p in pids if alive(p)]
 
 
-def test_close_ends_kernels_their_children_and_connection_files() -> None:
-    with bridge.Bridge(pool_size=2) as b:
+def test_close_ends_kernels_their_children_and_connection_files(launch: dict[str, bool]) -> None:
+    with bridge.Bridge(pool_size=2, **launch) as b:
         kernels = b.async_bridge.pool.kernels
         files = [k.connection_file for k in kernels]
         pids = [k.pid for k in kernels if k.pid is not None]
@@ -55,7 +55,7 @@ HOST = textwrap.dedent(
     import bridge
 
     async def main():
-        b = bridge.AsyncBridge(pool_size=1)
+        b = bridge.AsyncBridge(pool_size=1, fork_server=sys.argv[1] == "fork")
         await b.start()
         kernel = b.pool.kernels[0]
         r = await b.execute(
@@ -75,9 +75,13 @@ HOST = textwrap.dedent(
 )
 
 
-def test_kernels_and_children_die_with_a_sigkilled_host() -> None:
+def test_kernels_and_children_die_with_a_sigkilled_host(launch: dict[str, bool]) -> None:
+    how = "fork" if launch["fork_server"] else "local"
     host = subprocess.Popen(
-        [sys.executable, "-c", HOST], stdout=subprocess.PIPE, text=True, start_new_session=True
+        [sys.executable, "-c", HOST, how],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         assert host.stdout is not None
@@ -130,10 +134,12 @@ def test_has_python_and_python_version() -> None:
     assert version == f"Python {sys.version.split()[0]}"
 
 
-def test_python_paths_come_first_and_env_is_set(tmp_path: Path) -> None:
+def test_python_paths_come_first_and_env_is_set(tmp_path: Path, launch: dict[str, bool]) -> None:
     (tmp_path / "colorsys.py").write_text("SHADOW = True\n")  # ahead of the standard library
     (tmp_path / "helper_mod.py").write_text("VALUE = 'from python_paths'\n")
-    with bridge.Bridge(pool_size=1, python_paths=[tmp_path], env={"BRIDGE_TEST_VAR": "set"}) as b:
+    with bridge.Bridge(
+        pool_size=1, python_paths=[tmp_path], env={"BRIDGE_TEST_VAR": "set"}, **launch
+    ) as b:
         r = b.execute(
             "import sys, os, colorsys, helper_mod\n"
             "return [sys.path[0], colorsys.SHADOW, helper_mod.VALUE, os.environ['BRIDGE_TEST_VAR']]"
@@ -197,9 +203,9 @@ def test_exception_tree() -> None:
     assert bridge.__all__ == sorted(bridge.__all__)
 
 
-def test_kernel_interrupt_signal_reaches_only_the_kernel_group() -> None:
+def test_kernel_interrupt_signal_reaches_only_the_kernel_group(launch: dict[str, bool]) -> None:
     # Kernels run in their own process group: a Ctrl-C in the host's terminal is not theirs.
-    with bridge.Bridge(pool_size=1) as b:
+    with bridge.Bridge(pool_size=1, **launch) as b:
         kernel = b.async_bridge.pool.kernels[0]
         assert kernel.pid is not None and kernel.pgid == os.getpgid(kernel.pid)
         assert kernel.pgid != os.getpgrp()

@@ -1,7 +1,8 @@
 """The watchdog under fire: killed first, a host killed mid-start, reused group ids, logs.
 
 Each test kills something for real (the reaper, the host, a kernel) and then looks at /proc
-and the file system for what is left.
+and the file system for what is left, on both launch paths (the ``launch`` fixture): kernels
+forked from the fork server and kernels started by jupyter_client's LocalProvisioner.
 """
 
 from __future__ import annotations
@@ -35,9 +36,12 @@ def _gone(pids: list[int], files: list[str], seconds: float = 10) -> None:
     _wait(lambda: not any(os.path.exists(f) for f in files), 5, f"files were left: {files}")
 
 
-def _run_host(code: str) -> tuple[subprocess.Popen[str], dict[str, object]]:
+def _run_host(
+    code: str, launch: dict[str, bool]
+) -> tuple[subprocess.Popen[str], dict[str, object]]:
+    code = textwrap.dedent(code).replace("FORK_SERVER", repr(launch["fork_server"]))
     host = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code)],
+        [sys.executable, "-c", code],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -60,13 +64,15 @@ KILLED_REAPER_HOST = """
     import bridge
 
     async def main():
-        b = bridge.AsyncBridge(pool_size=1)
+        b = bridge.AsyncBridge(pool_size=1, fork_server=FORK_SERVER)
         await b.start()
         kernel = b.pool.kernels[0]
         reaper = b.pool.factory.reaper
         r = await b.execute("import subprocess\\nreturn subprocess.Popen(['sleep', '300']).pid")
+        forked = getattr(kernel.manager.provisioner, "forked", False)
         print(json.dumps({"reaper": reaper.pid, "kernel": kernel.pid, "child": r.value,
-                          "files": [kernel.connection_file, kernel.log_path]}), flush=True)
+                          "files": [kernel.connection_file, kernel.log_path],
+                          "forked": forked}), flush=True)
         await asyncio.to_thread(sys.stdin.readline)  # the test killed the reaper
         first = reaper.pid
         deadline = time.monotonic() + 20
@@ -79,9 +85,10 @@ KILLED_REAPER_HOST = """
 """
 
 
-def test_a_killed_watchdog_is_restarted_and_still_cleans_up() -> None:
-    host, report = _run_host(KILLED_REAPER_HOST)
+def test_a_killed_watchdog_is_restarted_and_still_cleans_up(launch: dict[str, bool]) -> None:
+    host, report = _run_host(KILLED_REAPER_HOST, launch)
     try:
+        assert report["forked"] is launch["fork_server"], report  # the path under test
         reaper = int(report["reaper"])  # type: ignore[call-overload]
         pids = [int(report["kernel"]), int(report["child"])]  # type: ignore[call-overload]
         files = list(report["files"])  # type: ignore[call-overload]
@@ -111,7 +118,8 @@ SLOW_START_HOST = """
         # The process exists; jupyter_client (or a server on top of it) is still busy.
         async def _async_post_start_kernel(self, **kw):
             await super()._async_post_start_kernel(**kw)
-            print(json.dumps({"kernel": self.provisioner.pid, "file": self.connection_file}),
+            print(json.dumps({"kernel": self.provisioner.pid, "file": self.connection_file,
+                              "forked": getattr(self.provisioner, "forked", False)}),
                   flush=True)
             await asyncio.sleep(600)
 
@@ -121,16 +129,19 @@ SLOW_START_HOST = """
             kernel_spec_manager=KernelSpecManager(),
             connection_dir=jupyter_runtime_dir(),
         )
-        b = bridge.AsyncBridge(pool_size=1, kernel_manager=manager)
+        b = bridge.AsyncBridge(pool_size=1, kernel_manager=manager, fork_server=FORK_SERVER)
         await b.start()
 
     asyncio.run(main())
 """
 
 
-def test_a_kernel_still_starting_when_the_host_dies_leaves_nothing() -> None:
-    host, report = _run_host(SLOW_START_HOST)
+def test_a_kernel_still_starting_when_the_host_dies_leaves_nothing(
+    launch: dict[str, bool],
+) -> None:
+    host, report = _run_host(SLOW_START_HOST, launch)
     try:
+        assert report["forked"] is launch["fork_server"], report
         kernel = int(report["kernel"])  # type: ignore[call-overload]
         file = str(report["file"])
         logs = _logs_of(kernel)
@@ -200,8 +211,10 @@ def test_kill_group_checks_the_start_time() -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_dead_kernels_group_is_forgotten_at_once_and_its_log_removed() -> None:
-    async with bridge.AsyncBridge(pool_size=1) as b:
+async def test_a_dead_kernels_group_is_forgotten_at_once_and_its_log_removed(
+    launch: dict[str, bool],
+) -> None:
+    async with bridge.AsyncBridge(pool_size=1, **launch) as b:
         kernel = b.pool.kernels[0]
         reaper = b.pool.factory.reaper
         pgid, pid, log = kernel.pgid, kernel.pid, kernel.log_path
@@ -228,8 +241,10 @@ def _exists(path: str) -> bool:
     return os.path.exists(path)
 
 
-def test_logs_and_connection_files_go_with_their_kernels(tmp_path: Path) -> None:
-    with bridge.Bridge(pool_size=1) as b:
+def test_logs_and_connection_files_go_with_their_kernels(
+    tmp_path: Path, launch: dict[str, bool]
+) -> None:
+    with bridge.Bridge(pool_size=1, **launch) as b:
         kernel = b.async_bridge.pool.kernels[0]
         files = [kernel.connection_file, kernel.log_path]
         assert all(f and os.path.exists(f) for f in files)

@@ -104,6 +104,11 @@ class GatewayFactory:
             self.kernel_manager.remove_kernel(kernel.kernel_id)
         await kernel.shutdown(now=now)
 
+    async def kernel_language(self, name: str) -> str | None:
+        """The language of the gateway's kernel spec *name* (``GET /api/kernelspecs/NAME``);
+        None if the gateway has none by that name."""
+        return await self.gateway.kernel_language(name)
+
     async def _poll(self) -> None:
         """The backstop for deaths the websocket does not show (a kernel deleted or culled
         by force, lost with its node): ask the gateway which of our kernels it still has."""

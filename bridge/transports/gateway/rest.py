@@ -108,6 +108,18 @@ class Gateway:
         self.kernel_ids.add(kernel_id)
         return kernel_id
 
+    async def kernel_language(self, name: str) -> str | None:
+        """The language of the gateway's kernel spec *name*; None if it has none by that name."""
+        what = f"looking up the kernel spec {name!r}"
+        url = f"{self.url}/api/kernelspecs/{quote(name, safe='')}"
+        status, data = await self.fetch("GET", url, what=what)
+        if status == 404:
+            return None
+        spec = data.get("spec") if isinstance(data, dict) else None
+        if status != 200 or not isinstance(spec, dict):
+            raise self.refused(what, status, data)
+        return str(spec.get("language") or "")
+
     def __contains__(self, kernel_id: object) -> bool:
         return kernel_id in self.kernel_ids
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
-from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, NoSuchKernel
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
 from jupyter_core.paths import jupyter_runtime_dir
 from jupyter_core.utils import ensure_dir_exists
@@ -30,8 +30,7 @@ from bridge.core.python import diagnose, resolve_python
 from bridge.core.translate import jupyter_client_errors
 from bridge.core.validate import check_env, check_paths
 from bridge.core.wire import kernel_side_dir
-from bridge.transports.local import provisioner
-from bridge.transports.local.provisioner import PROVISIONER_NAME
+from bridge.transports.local import forkserver, provisioner
 from bridge.transports.local.watchdog import Reaper
 
 log = logging.getLogger("bridge.kernel")
@@ -50,14 +49,24 @@ HOST_SECRETS = frozenset(
 )
 
 
-def bridge_kernel_spec(python: str) -> KernelSpec:
-    """The kernel spec of a bridge kernel run by *python* (see kernels/kernelspec/kernel.json)."""
+def bridge_kernel_spec(python: str, *, fork_server: bool = True) -> KernelSpec:
+    """The kernel spec of a bridge kernel run by *python* (see kernels/kernelspec/kernel.json).
+
+    With *fork_server* its kernels are forked from a pre-imported fork server; without,
+    jupyter_client's LocalProvisioner starts each interpreter. Either way the provisioner
+    (provisioner.py) reports the kernel's process the moment it exists, for the watchdog.
+    """
+    name = provisioner.FORK_NAME if fork_server else provisioner.WATCHED_NAME
+    metadata: dict[str, Any] = {
+        "debugger": False,
+        "kernel_provisioner": {"provisioner_name": name, "config": {}},
+    }
     return KernelSpec(
         argv=[python, "-m", "bridge_runtime.launch", "-f", "{connection_file}"],
         display_name="Python 3 (kernel-bridge)",
         language="python",
         interrupt_mode="signal",
-        metadata={"debugger": False, "kernel_provisioner": {"provisioner_name": PROVISIONER_NAME}},
+        metadata=metadata,
     )
 
 
@@ -94,12 +103,14 @@ class KernelFactory:
         python_paths: Sequence[str | os.PathLike[str]] = (),
         startup_timeout: float = 60.0,
         kernel_manager: Any = None,
+        fork_server: bool = True,
     ) -> None:
         self.python = resolve_python(python)
         self.env = check_env(env)
         self.python_paths = check_paths(python_paths)
         self.startup_timeout = startup_timeout
-        spec = bridge_kernel_spec(self.python)
+        self.fork_server = fork_server
+        spec = bridge_kernel_spec(self.python, fork_server=fork_server)
         if kernel_manager is None:
             # Connection files (0600, with the key) go to Jupyter's private runtime folder
             # (0700), where `jupyter console --existing` looks; the default is the cwd.
@@ -114,10 +125,18 @@ class KernelFactory:
         self.context = zmq.asyncio.Context()
         self.context.setsockopt(zmq.RCVHWM, 0)  # never drop IOPub messages on our side either
         self.context.setsockopt(zmq.LINGER, 0)
+        # The client connects as soon as the kernel process exists, before it has bound its
+        # ports; ZeroMQ then retries after RECONNECT_IVL, 100 ms by default: most of a forked
+        # kernel's start. 10 ms costs a few refused connects on loopback.
+        self.context.setsockopt(zmq.RECONNECT_IVL, 10)
         self.reaper = Reaper()
         self.remote = False
         self.kernels: set[Kernel] = set()
         self._cleanups: set[asyncio.Future[None]] = set()  # the kernels of cancelled starts
+        if fork_server:
+            # Held until close(); started now, so it imports while the pool asks for kernels.
+            forkserver.hold()
+            forkserver.prestart(self.python, self.kernel_env())
 
     def kernel_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in HOST_SECRETS}
@@ -141,11 +160,14 @@ class KernelFactory:
         group: list[tuple[int, int | None]] = []  # (pgid, start time) once launched
 
         def on_launch(pgid: int, started: int | None, files: list[str]) -> None:
-            # The moment the process exists: a host that dies from here on leaves nothing.
+            # The moment the process exists (launched or forked): a host that dies from here
+            # on leaves nothing.
             self.reaper.watch(pgid, started, [*files, log_path])
             group.append((pgid, started))
 
         provisioner.expect(kernel_id, on_launch)
+        launch: asyncio.Future[str] | None = None
+        abandoned = False
         try:
             with jupyter_client_errors(f"starting a kernel with {self.python}", KernelStartError):
                 # A task of its own: a caller cancelled meanwhile (an HTTP client that went
@@ -163,20 +185,27 @@ class KernelFactory:
                 )
                 await asyncio.shield(launch)
         except BaseException as exc:
-            os.close(fd)
-            if isinstance(exc, asyncio.CancelledError):
-                cleanup = asyncio.ensure_future(self._abandon(launch, group, log_path))
+            if isinstance(exc, asyncio.CancelledError) and launch is not None:
+                # The launch goes on (it may still be waiting for the fork server, or about
+                # to hand the log file to the kernel): the file is closed once it is over,
+                # and the launch hook stays expected until then.
+                abandoned = True
+                cleanup = asyncio.ensure_future(
+                    self._abandon(launch, kernel_id, group, fd, log_path)
+                )
                 self._cleanups.add(cleanup)
                 cleanup.add_done_callback(self._cleanups.discard)
                 with contextlib.suppress(asyncio.CancelledError):  # cancelled again: it goes on
                     await asyncio.shield(cleanup)
             else:
+                os.close(fd)
                 os.unlink(log_path)
                 for launched_group, _ in group:  # jupyter_client shut down what it launched
                     self.reaper.forget(launched_group)
             raise
         finally:
-            provisioner.unexpect(kernel_id)
+            if not abandoned:
+                provisioner.unexpect(kernel_id)
         os.close(fd)  # the kernel holds its own copy
         manager = self.kernel_manager.get_kernel(kernel_id)
         manager.shutdown_wait_time = SHUTDOWN_WAIT
@@ -223,7 +252,12 @@ class KernelFactory:
         return kernel
 
     async def _abandon(
-        self, launch: asyncio.Future[str], group: list[tuple[int, int | None]], log_path: str
+        self,
+        launch: asyncio.Future[str],
+        kernel_id: str,
+        group: list[tuple[int, int | None]],
+        fd: int,
+        log_path: str,
     ) -> None:
         """start() was cancelled: let jupyter_client's start finish, then shut that kernel
         down with its process group, its connection file and its log."""
@@ -239,18 +273,19 @@ class KernelFactory:
                 return
             except Exception:
                 return  # it failed: jupyter_client cleaned up what it had started
-            try:
-                with contextlib.suppress(Exception):
-                    await self.kernel_manager.shutdown_kernel(kernel_id, now=True)
-            finally:
-                for pgid, started in group:  # children the kernel started, if any are left
-                    kill_group(pgid, signal.SIGKILL, started)
+            with contextlib.suppress(Exception):
+                await self.kernel_manager.shutdown_kernel(kernel_id, now=True)
             log.debug("stopped kernel %s, whose start was cancelled", kernel_id[:8])
         finally:
+            provisioner.unexpect(kernel_id)
+            # Children the kernel started, if any are left, or a kernel whose launch never
+            # ended: only while the group's leader is the one that was launched.
+            for pgid, started in group:
+                kill_group(pgid, signal.SIGKILL, started)
+                self.reaper.forget(pgid)
+            os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(log_path)
-            for pgid, _ in group:
-                self.reaper.forget(pgid)
 
     async def stop(self, kernel: Kernel, *, now: bool = False) -> None:
         """Shut *kernel* down with its process group, connection file and log."""
@@ -260,12 +295,25 @@ class KernelFactory:
         if pgid is not None:
             self.reaper.forget(pgid)
 
+    async def kernel_language(self, name: str) -> str | None:
+        """The language of the kernel spec *name* installed here (``jupyter kernelspec list``,
+        the bridge's own included); None if none has that name."""
+        with jupyter_client_errors(f"reading the kernel spec {name!r}"):
+            try:
+                spec = self.kernel_manager.kernel_spec_manager.get_kernel_spec(name)
+            except NoSuchKernel:
+                return None
+        return str(spec.language)
+
     async def close(self) -> None:
         """Stop every kernel this factory started, then the reaper."""
         await asyncio.gather(*self._cleanups, return_exceptions=True)
         await asyncio.gather(*(self.stop(k) for k in list(self.kernels)), return_exceptions=True)
         self.reaper.close()
         self.context.destroy(linger=0)
+        if self.fork_server:
+            self.fork_server = False  # released once, however often close() is called
+            forkserver.release()
 
 
 def _teach_spec(kernel_manager: Any, spec: KernelSpec) -> None:

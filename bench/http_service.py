@@ -1,6 +1,6 @@
 """Benchmark: what the HTTP service adds to a call, against the Python API on the same pool.
 
-    .venv/bin/python bench/http.py [--calls 300] [--requests 400]
+    .venv/bin/python bench/http_service.py [--calls 300] [--requests 400]
 
 The service runs in this process (Jupyter Server with the kernel-bridge extension, pool of 2)
 and every figure comes from one run on its one pool:
@@ -10,33 +10,29 @@ and every figure comes from one run on its one pool:
 (c) the same POST with httpx, a Python host's usual client, whose own cost shows beside it;
 then requests per second with 1, 8 and 32 concurrent clients, HTTP (b's client, one
 connection each) against the Python API at the same concurrency; and backend calls,
-POST /backends/{id}/call against backend.call on the same backend. Clients and server share
-this process's one event loop; calls alternate in blocks so drift hits both sides alike.
+POST /backends/{id}/call against backend.call on the same backend; and the first-output
+latency of a streamed execute (`Accept: text/event-stream`, code that prints and then sleeps
+SLEEP s): the time to its first `stdout` event against the time of the whole call, beside the
+Python API's `on_output` on the same pool. Clients and server share this process's one event
+loop; calls alternate in blocks so drift hits both sides alike.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-
-# Run as a script, this file's folder comes first on sys.path, where "http.py" would shadow
-# the standard library's http package (which httpx and tornado import).
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-
 import argparse
 import asyncio
 import json
-import re
+import os
 import secrets
-import socket
 import statistics
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+from rawhttp import RawClient
 from traitlets.config import Config
 
 import bridge
@@ -80,37 +76,6 @@ async def rate(fn: Callable[[], Awaitable[object]], clients: int, requests: int)
     return requests / (time.perf_counter() - t)
 
 
-class RawClient:
-    """A minimal keep-alive HTTP/1.1 client: one connection, one request at a time."""
-
-    def __init__(self, port: int, token: str) -> None:
-        self.port = port
-        self.head = (
-            "POST {} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Authorization: token {token}\r\nContent-Type: application/json\r\n"
-            "Content-Length: {}\r\n\r\n"
-        )
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def post(self, path: str, body: bytes) -> Any:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
-            self.writer.get_extra_info("socket").setsockopt(
-                socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
-            )
-        assert self.reader is not None
-        self.writer.write(self.head.format(path, len(body)).encode() + body)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        match = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
-        assert match is not None and head.startswith(b"HTTP/1.1 200"), head
-        return json.loads(await self.reader.readexactly(int(match.group(1))))
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
 async def measure(app: Any, port: int, token: str, calls: int, requests: int) -> dict[str, Any]:
     service = app.service
     await service.wait_ready()
@@ -150,9 +115,50 @@ async def measure(app: Any, port: int, token: str, calls: int, requests: int) ->
                 await rate(pooled, clients, requests),
             )
         backend = await measure_backends(app, http, raw[0], calls)
+        streamed = await measure_streaming(b, http, max(10, calls // 15))
     for client in raw:
         client.close()
-    return {"latency": latency, "httpx": with_httpx, "rates": rates, "backend": backend}
+    return {
+        "latency": latency,
+        "httpx": with_httpx,
+        "rates": rates,
+        "backend": backend,
+        "streamed": streamed,
+    }
+
+
+SLEEP = 0.25
+PRINT_THEN_SLEEP = f"import time\nprint('first', flush=True)\ntime.sleep({SLEEP})\nreturn 1"
+
+
+async def measure_streaming(
+    b: bridge.AsyncBridge, http: httpx.AsyncClient, n: int
+) -> dict[str, list[float]]:
+    """Time to the first output and to the end: streamed over HTTP, and with on_output."""
+    out: dict[str, list[float]] = {"http_first": [], "http_end": [], "api_first": [], "api_end": []}
+    body = {"content": PRINT_THEN_SLEEP}
+    events = {"Accept": "text/event-stream"}
+    for i in range(n + 2):  # the first two warm up
+        t = time.perf_counter()
+        first = end = 0.0
+        async with http.stream("POST", "/execute", json=body, headers=events) as r:
+            async for line in r.aiter_lines():
+                if line == "event: stdout" and not first:
+                    first = time.perf_counter() - t
+                elif line == "event: end":
+                    end = time.perf_counter() - t
+        heard: list[float] = []
+        t2 = time.perf_counter()
+        await b.execute(
+            PRINT_THEN_SLEEP, on_output=lambda o, h=heard: h.append(time.perf_counter())
+        )
+        api_end = time.perf_counter() - t2
+        if i >= 2:
+            out["http_first"].append(first)
+            out["http_end"].append(end)
+            out["api_first"].append(heard[0] - t2)
+            out["api_end"].append(api_end)
+    return out
 
 
 async def measure_backends(
@@ -245,6 +251,19 @@ def main() -> None:
     )
     extra = (statistics.median(over_http) - statistics.median(direct)) * 1000
     print(f"HTTP overhead at p50 = {extra:.2f} ms")
+    s = figures["streamed"]
+    print()
+    print(f"streamed execute: print, then sleep {SLEEP:g} s ({len(s['http_first'])} calls)")
+    print(f"{'':48} {'p50 ms':>8} {'p99 ms':>8}")
+    for name, key in (
+        ("(e) HTTP: first stdout event", "http_first"),
+        ("(e) HTTP: end event (the whole call)", "http_end"),
+        ("(f) AsyncBridge on_output: first output", "api_first"),
+        ("(f) AsyncBridge: the whole call", "api_end"),
+    ):
+        print(f"{name:48} {pct(s[key], 0.5):8.2f} {pct(s[key], 0.99):8.2f}")
+    ratio = statistics.median(s["http_first"]) / statistics.median(s["http_end"])
+    print(f"first output at {ratio:.1%} of the call's time over HTTP")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,83 @@
+// Faults from TypeScript: a backend kernel killed mid-call, close() and a host's exit (even a
+// killed host) leave no process behind.
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { describe, test } from "node:test";
+import { fileURLToPath } from "node:url";
+
+import { KernelDiedError } from "../src/index.js";
+import { alive, cmdline, descendants, FIXTURES, PYTHON, startBridge, waitFor, within } from "./helpers.js";
+
+const T = { timeout: 90_000 };
+const PROBE = `${FIXTURES}/probe_backend.py`;
+const HOST = fileURLToPath(new URL("./fixtures/exit_host.js", import.meta.url));
+
+/** Run the exit host in this runtime (Bun or Node); its first line names the service. */
+async function host(mode: "exit" | "hang"): Promise<{ pid: number; service: number; kernel: number; exited: Promise<number | null> }> {
+  const child = spawn(process.execPath, [HOST, mode, PYTHON, PROBE], { stdio: ["ignore", "pipe", "pipe"] });
+  let err = "";
+  child.stderr.on("data", (c: Buffer) => (err += c.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  const line = await within(
+    new Promise<string>((resolve, reject) => {
+      let out = "";
+      child.stdout.on("data", (c: Buffer) => {
+        out += c.toString();
+        if (out.includes("\n")) resolve(out.split("\n")[0] as string);
+      });
+      void exited.then((code) => reject(new Error(`the host exited (${code}) early: ${err}`)));
+    }),
+    90_000,
+    "the host's start",
+  );
+  const { service, kernel } = JSON.parse(line) as { service: number; kernel: number };
+  return { pid: child.pid as number, service, kernel, exited };
+}
+
+function leftOf(pids: number[]): string[] {
+  return pids.filter(alive).map((pid) => `${pid}: ${cmdline(pid)}`);
+}
+
+describe("faults", () => {
+  test("a backend kernel killed mid-call rejects with KernelDiedError within 5 s; close() leaves no process", T, async () => {
+    const bridge = await startBridge();
+    const service = bridge.service?.pid as number;
+    let processes: number[] = [];
+    try {
+      const backend = await bridge.python.spawn(PROBE);
+      const pid = await backend.call<number>("pid");
+      processes = [service, ...descendants(service)];
+      assert.ok(processes.includes(pid), "the backend's kernel is the service's");
+      const pending = backend.call("sleep", { seconds: 60 });
+      await new Promise((r) => setTimeout(r, 500)); // the call is running
+      const killedAt = Date.now();
+      process.kill(pid, "SIGKILL");
+      const error = await within(pending.then(() => "resolved", (e: unknown) => e), 5_000, "the call");
+      assert.ok(error instanceof KernelDiedError, `got ${String(error)}`);
+      assert.equal(error.status, 503);
+      assert.ok(Date.now() - killedAt < 5_000);
+      assert.equal(await bridge.python.execute("return 2 + 2"), 4); // the service lives on
+    } finally {
+      await bridge.close();
+    }
+    assert.equal(alive(service), false);
+    assert.ok(await waitFor(() => leftOf(processes).length === 0, 10_000), `left: ${leftOf(processes).join("; ")}`);
+  });
+
+  test("a host's process.exit() leaves no service or kernel behind", T, async () => {
+    const { service, kernel, exited } = await host("exit");
+    const processes = [service, ...descendants(service)];
+    assert.ok(processes.includes(kernel));
+    assert.equal(await within(exited, 30_000, "the host's exit"), 0);
+    assert.ok(await waitFor(() => leftOf(processes).length === 0, 20_000), `left: ${leftOf(processes).join("; ")}`);
+  });
+
+  test("a host killed with SIGKILL leaves no service or kernel behind (the service watches its stdin)", T, async () => {
+    const { pid, service, kernel, exited } = await host("hang");
+    const processes = [service, ...descendants(service)];
+    assert.ok(processes.includes(kernel));
+    process.kill(pid, "SIGKILL");
+    await within(exited, 10_000, "the host's death");
+    assert.ok(await waitFor(() => leftOf(processes).length === 0, 20_000), `left: ${leftOf(processes).join("; ")}`);
+  });
+});

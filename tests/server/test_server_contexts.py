@@ -1,0 +1,255 @@
+"""Contexts over HTTP: sessions with ids, Jupyter Server kernels, their limits and their deaths."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from procs import alive
+from service_process import ServiceProcess
+
+MAX_CONTEXTS = 3
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("root")
+    (folder / "work").mkdir()
+    (folder / "work" / "data.txt").write_text("data in work\n")
+    (folder / "step.py").write_text("steps = globals().get('steps', 0) + 1\nprint('step', steps)\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def service(root: Path) -> Iterator[ServiceProcess]:
+    with ServiceProcess(
+        "--root", str(root), f"--BridgeApp.max_contexts={MAX_CONTEXTS}", pool_size=1
+    ) as svc:
+        yield svc
+
+
+@pytest.fixture(scope="module")
+def client(service: ServiceProcess) -> Iterator[httpx.Client]:
+    with service.client() as c:
+        yield c
+
+
+@pytest.fixture
+def context(client: httpx.Client) -> Iterator[dict[str, Any]]:
+    r = client.post("/contexts", json={})
+    assert r.status_code == 201, r.text
+    yield r.json()
+    client.delete(f"/contexts/{r.json()['id']}")
+
+
+def test_state_lasts_from_call_to_call_and_restart_clears_it(
+    client: httpx.Client, root: Path
+) -> None:
+    r = client.post(
+        "/contexts",
+        json={"name": "state-test", "env": {"CTX_MODE": "on"}, "cwd": "work", "timeout_secs": 60},
+    )
+    assert r.status_code == 201, r.text
+    info = r.json()
+    assert info["name"] == "state-test"
+    assert info["cwd"] == str((root / "work").resolve())
+    assert set(info) >= {"id", "name", "kernel_id", "created"}
+    base = f"/contexts/{info['id']}"
+    try:
+        run = client.post(f"{base}/execute", json={"content": "import os\ncounter = 41"})
+        assert run.status_code == 200 and run.json()["success"], run.text
+        r = client.post(f"{base}/execute", json={"content": "counter += 1\nreturn counter"})
+        assert r.json()["result"] == 42
+        r = client.post(
+            f"{base}/evaluate",
+            json={"expr": "(counter, os.environ['CTX_MODE'], open('data.txt').read())"},
+        )
+        assert r.json()["result"] == [42, "on", "data in work\n"]
+        # The working folder is state too: a chdir lasts.
+        client.post(f"{base}/execute", json={"content": "os.chdir('..')"})
+        assert client.post(f"{base}/evaluate", json={"expr": "os.getcwd()"}).json()[
+            "result"
+        ] == str(root.resolve())
+        # Files run in the context's namespace, and see what it has.
+        for n in (1, 2):
+            r = client.post(f"{base}/execute-file", json={"path": "step.py"})
+            assert r.json()["stdout"] == f"step {n}\n", r.text
+        # The one-off pool does not see any of it.
+        assert (
+            client.post("/evaluate", json={"expr": "'counter' in globals()"}).json()["result"]
+            is False
+        )
+        r = client.post(f"{base}/restart")
+        assert r.status_code == 200, r.text
+        after = r.json()
+        assert after["id"] == info["id"] and after["name"] == "state-test"
+        assert after["kernel_id"] != info["kernel_id"]
+        r = client.post(f"{base}/evaluate", json={"expr": "counter"})
+        assert r.status_code == 200 and "NameError" in r.json()["error"]
+        # Same env and cwd after the restart.
+        r = client.post(
+            f"{base}/evaluate",
+            json={"expr": "(__import__('os').environ['CTX_MODE'], __import__('os').getcwd())"},
+        )
+        assert r.json()["result"] == ["on", str((root / "work").resolve())], r.text
+    finally:
+        assert client.delete(base).json() == {"id": info["id"], "deleted": True}
+    assert client.get(base).status_code == 404
+    assert client.delete(base).status_code == 404
+    assert client.post(f"{base}/execute", json={"content": "1"}).status_code == 404
+
+
+def test_contexts_are_jupyter_server_kernels_listed_by_the_service(
+    client: httpx.Client, context: dict[str, Any]
+) -> None:
+    kernels = {k["id"] for k in client.get("/api/kernels").json()}
+    assert context["kernel_id"] in kernels
+    listed = client.get("/contexts").json()["contexts"]
+    assert context["id"] in {c["id"] for c in listed}
+    got = client.get(f"/contexts/{context['id']}").json()
+    assert got["name"] == f"context-{context['id'][:8]}"
+    assert got["alive"] is True and got["busy"] is False
+    client.delete(f"/contexts/{context['id']}")
+    assert context["kernel_id"] not in {k["id"] for k in client.get("/api/kernels").json()}
+
+
+def test_a_dead_kernel_answers_kernel_died_until_restarted(
+    client: httpx.Client, context: dict[str, Any]
+) -> None:
+    base = f"/contexts/{context['id']}"
+    client.post(f"{base}/execute", json={"content": "x = 1"})
+    pid = client.post(f"{base}/evaluate", json={"expr": "__import__('os').getpid()"}).json()[
+        "result"
+    ]
+    r = client.post(
+        f"{base}/execute", json={"content": "import os, signal\nos.kill(os.getpid(), 9)"}
+    )
+    assert r.status_code == 503 and r.json()["error_type"] == "kernel_died", r.text
+    deadline = time.monotonic() + 10
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(pid)
+    for path, body in (
+        ("execute", {"content": "1"}),
+        ("evaluate", {"expr": "x"}),
+        ("execute-file", {"path": "step.py"}),
+    ):
+        r = client.post(f"{base}/{path}", json=body)
+        assert r.status_code == 503, r.text
+        assert r.json()["error_type"] == "kernel_died"
+        assert "restart" in r.json()["error"]
+    assert client.get(base).json()["alive"] is False
+    assert client.post(f"{base}/restart").json()["alive"] is True
+    r = client.post(f"{base}/evaluate", json={"expr": "1 + 1"})
+    assert r.json()["result"] == 2
+
+
+def test_refusals_name_what_is_wrong(client: httpx.Client, root: Path) -> None:
+    cases: list[tuple[dict[str, Any], int, str]] = [
+        ({"cwd": "/"}, 403, "outside"),
+        ({"cwd": "../"}, 403, "outside"),
+        ({"cwd": "no-such-folder"}, 404, "no such folder"),
+        ({"cwd": "step.py"}, 400, "not a folder"),
+        ({"name": "has space"}, 400, "name"),
+        ({"name": ""}, 400, "name"),
+        ({"env": {"A": 1}}, 400, "env.A"),
+        ({"env": {"A=B": "1"}}, 400, "env"),
+        ({"timeout_secs": 0}, 400, "timeout_secs"),
+        ({"nope": 1}, 400, "unknown field"),
+    ]
+    for body, status, word in cases:
+        r = client.post("/contexts", json=body)
+        assert r.status_code == status, (body, r.text)
+        assert word in r.json()["error"], (body, r.text)
+    assert client.get("/contexts").json()["contexts"] == []  # nothing was left behind
+
+
+def test_names_are_unique_and_the_limit_answers_429(client: httpx.Client) -> None:
+    made = []
+    try:
+        r = client.post("/contexts", json={"name": "only-one"})
+        assert r.status_code == 201
+        made.append(r.json()["id"])
+        r = client.post("/contexts", json={"name": "only-one"})
+        assert r.status_code == 409 and r.json()["error_type"] == "conflict"
+        while len(made) < MAX_CONTEXTS:
+            r = client.post("/contexts")
+            assert r.status_code == 201, r.text
+            made.append(r.json()["id"])
+        r = client.post("/contexts")
+        assert r.status_code == 429 and r.json()["error_type"] == "busy"
+        assert str(MAX_CONTEXTS) in r.json()["error"]
+    finally:
+        for context_id in made:
+            client.delete(f"/contexts/{context_id}")
+    assert client.post("/contexts").status_code == 201  # room again
+    for c in client.get("/contexts").json()["contexts"]:
+        client.delete(f"/contexts/{c['id']}")
+
+
+def test_calls_in_one_context_run_one_at_a_time(
+    service: ServiceProcess, context: dict[str, Any]
+) -> None:
+    base = f"/contexts/{context['id']}"
+    code = (
+        "import time\nlog = globals().setdefault('log', [])\n"
+        "log.append(n)\ntime.sleep(0.3)\nlog.append(n)"
+    )
+    with service.client() as c, concurrent.futures.ThreadPoolExecutor(3) as pool:
+        futures = [
+            pool.submit(c.post, f"{base}/execute", json={"content": code, "inputs": {"n": n}})
+            for n in range(3)
+        ]
+        assert all(f.result().json()["success"] for f in futures)
+        log = c.post(f"{base}/evaluate", json={"expr": "log"}).json()["result"]
+    assert len(log) == 6
+    assert all(log[i] == log[i + 1] for i in range(0, 6, 2))  # never interleaved
+
+
+def test_idle_contexts_are_culled(root: Path) -> None:
+    with (
+        ServiceProcess(
+            "--root", str(root), "--BridgeApp.context_idle_timeout=2", pool_size=1
+        ) as svc,
+        svc.client() as c,
+    ):
+        idle = c.post("/contexts", json={"name": "idle"}).json()
+        busy = c.post("/contexts", json={"name": "busy"}).json()
+        # A call longer than the idle timeout: a context with a call running is not idle.
+        r = c.post(
+            f"/contexts/{busy['id']}/execute",
+            json={"content": "import time\ntime.sleep(3.5)\nreturn 'finished'"},
+        )
+        assert r.json()["result"] == "finished"
+        assert c.get(f"/contexts/{idle['id']}").status_code == 404
+        assert idle["kernel_id"] not in {k["id"] for k in c.get("/api/kernels").json()}
+        assert c.get(f"/contexts/{busy['id']}").status_code == 200
+        deadline = time.monotonic() + 20
+        while c.get(f"/contexts/{busy['id']}").status_code == 200:
+            assert time.monotonic() < deadline, "the idle context was never culled"
+            time.sleep(0.25)
+
+
+def test_env_values_reach_the_kernel_and_secrets_do_not(
+    client: httpx.Client, service: ServiceProcess
+) -> None:
+    r = client.post("/contexts", json={"env": {"ONLY_HERE": "yes"}})
+    base = f"/contexts/{r.json()['id']}"
+    try:
+        got = client.post(
+            f"{base}/evaluate",
+            json={
+                "expr": "(__import__('os').environ.get('ONLY_HERE'), "
+                "'JUPYTER_TOKEN' in __import__('os').environ)"
+            },
+        ).json()["result"]
+        assert got == ["yes", False]
+        assert os.environ.get("ONLY_HERE") is None
+    finally:
+        client.delete(base)

@@ -1,0 +1,180 @@
+"""Accept: text/event-stream on the routes that run code: outputs as Server-Sent Events."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from service_process import ServiceProcess
+
+EVENTS = {"Accept": "text/event-stream"}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("root")
+    (folder / "script.py").write_text("print('from the script', flush=True)\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def service(root: Path) -> Iterator[ServiceProcess]:
+    with ServiceProcess("--root", str(root), pool_size=1) as svc:
+        yield svc
+
+
+@pytest.fixture(scope="module")
+def client(service: ServiceProcess) -> Iterator[httpx.Client]:
+    with service.client() as c:
+        yield c
+
+
+def events(response: httpx.Response) -> Iterator[tuple[float, str, dict[str, Any]]]:
+    """(arrival time, event, data) of each event of a streamed answer, as it arrives."""
+    name = ""
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            yield time.monotonic(), name, json.loads(line[6:])
+            name = ""
+
+
+def stream(client: httpx.Client, path: str, body: dict[str, Any]) -> list[tuple[str, Any]]:
+    with client.stream("POST", path, json=body, headers=EVENTS) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        return [(name, data) for _, name, data in events(r)]
+
+
+def test_the_first_output_arrives_well_before_the_call_ends(client: httpx.Client) -> None:
+    code = "import time\nprint('a', flush=True)\ntime.sleep(1)\nprint('b')\nreturn 'done'"
+    started = time.monotonic()
+    with client.stream("POST", "/execute", json={"content": code}, headers=EVENTS) as r:
+        got = list(events(r))
+    ended = time.monotonic()
+    assert [(name, data.get("text")) for _, name, data in got[:2]] == [
+        ("stdout", "a\n"),
+        ("stdout", "b\n"),
+    ]
+    first = got[0][0] - started
+    assert first < (ended - started) - 0.7, (first, ended - started)
+    assert [name for _, name, _ in got[2:]] == ["result", "end"]
+    end = got[-1][2]
+    assert end["success"] is True and end["result"] == "done" and end["stdout"] == "a\nb\n"
+
+
+def test_every_event_and_the_end_is_the_json_answer(client: httpx.Client) -> None:
+    code = (
+        "import sys\n"
+        "from IPython.display import Markdown, display\n"
+        "print('out', flush=True)\n"
+        "print('err', file=sys.stderr, flush=True)\n"
+        "display(Markdown('# hi'))\n"
+        "return 7"
+    )
+    got = stream(client, "/execute", {"content": code})
+    assert [name for name, _ in got] == ["stdout", "stderr", "display", "result", "end"]
+    assert got[0][1] == {"text": "out\n"} and got[1][1] == {"text": "err\n"}
+    display = got[2][1]
+    assert display["output_type"] == "display_data"
+    assert sorted(display["data"]) == ["text/markdown", "text/plain"]
+    assert got[3][1]["data"]["application/json"] == 7
+    plain = client.post("/execute", json={"content": code}).json()
+    end = got[-1][1]
+    assert set(end) == set(plain)
+    assert end["outputs"] == plain["outputs"] and end["result"] == plain["result"] == 7
+
+    failed = stream(client, "/execute", {"content": "print('before', flush=True)\n1 / 0"})
+    assert [name for name, _ in failed] == ["stdout", "error", "end"]
+    error = failed[1][1]
+    assert error["ename"] == "ZeroDivisionError" and error["evalue"] == "division by zero"
+    assert isinstance(error["traceback"], list)
+    assert failed[-1][1]["success"] is False
+    assert failed[-1][1]["error_type"] == "python_error"
+
+
+def test_evaluate_files_and_contexts_stream_too(client: httpx.Client) -> None:
+    assert stream(client, "/evaluate", {"expr": "6 * 7"})[-1][1]["result"] == 42
+    got = stream(client, "/execute-file", {"path": "script.py"})
+    assert got[0] == ("stdout", {"text": "from the script\n"})
+    context = client.post("/contexts").json()
+    base = f"/contexts/{context['id']}"
+    try:
+        client.post(f"{base}/execute", json={"content": "x = 20"})
+        got = stream(client, f"{base}/execute", {"content": "print(x, flush=True)\nx += 1"})
+        assert got[0] == ("stdout", {"text": "20\n"})
+        assert stream(client, f"{base}/evaluate", {"expr": "x * 2"})[-1][1]["result"] == 42
+        got = stream(client, f"{base}/execute-file", {"path": "script.py"})
+        assert got[0] == ("stdout", {"text": "from the script\n"})
+    finally:
+        client.delete(base)
+
+
+def test_a_failure_before_any_output_is_the_plain_json_answer(client: httpx.Client) -> None:
+    for path, body, status in (
+        ("/execute", {"contentx": "1"}, 400),
+        ("/execute-file", {"path": "../x.py"}, 403),
+        ("/contexts/nope/execute", {"content": "1"}, 404),
+    ):
+        r = client.post(path, json=body, headers=EVENTS)
+        assert r.status_code == status, r.text
+        assert r.headers["content-type"].startswith("application/json")
+        assert r.json()["status"] == status
+
+
+def test_a_timeout_after_output_ends_the_stream_with_the_failure(client: httpx.Client) -> None:
+    got = stream(
+        client,
+        "/execute",
+        {
+            "content": "print('working', flush=True)\nimport time\ntime.sleep(30)",
+            "timeout_secs": 1.5,
+        },
+    )
+    assert got[0] == ("stdout", {"text": "working\n"})
+    end = got[-1]
+    assert end[0] == "end"
+    assert end[1]["error_type"] == "timeout" and end[1]["status"] == 504
+    assert end[1]["stdout"] == "working\n"
+
+
+def test_only_an_accept_that_asks_for_events_gets_them(client: httpx.Client) -> None:
+    for accept in ("application/json", "*/*", "text/event-stream;q=0", ""):
+        r = client.post("/evaluate", json={"expr": "1"}, headers={"Accept": accept})
+        assert r.headers["content-type"].startswith("application/json"), accept
+        assert r.json()["result"] == 1
+    r = client.post(
+        "/evaluate", json={"expr": "1"}, headers={"Accept": "application/json, text/event-stream"}
+    )
+    assert r.headers["content-type"].startswith("text/event-stream")
+    # Routes that run no code answer JSON whatever the Accept says.
+    assert client.get("/health", headers=EVENTS).json()["status"] == "ok"
+
+
+def test_a_client_that_goes_away_interrupts_the_code(
+    service: ServiceProcess, tmp_path: Path
+) -> None:
+    marker = tmp_path / "finished"
+    code = (
+        "import time\nprint('started', flush=True)\ntime.sleep(4)\n"
+        f"open({str(marker)!r}, 'w').write('not interrupted')"
+    )
+    started = time.monotonic()
+    with (
+        service.client() as c,
+        c.stream("POST", "/execute", json={"content": code}, headers=EVENTS) as r,
+    ):
+        first = next(events(r))
+        assert first[1:] == ("stdout", {"text": "started\n"})
+    # The only pool kernel is free again long before the code would have ended.
+    with service.client() as c:
+        assert c.post("/evaluate", json={"expr": "1 + 1"}).json()["result"] == 2
+    assert time.monotonic() - started < 3.5
+    time.sleep(max(0.0, started + 5 - time.monotonic()))
+    assert not marker.exists()
