@@ -237,7 +237,7 @@ async def test_a_start_cancelled_midway_leaves_no_kernel(
     async with bridge.AsyncBridge(pool_size=0) as b:
         task = asyncio.ensure_future(b.spawn(ECHO))
         await asyncio.sleep(delay)
-        if delay > 0.1 and task.done():  # it won the race: a backend to terminate
+        if task.done():  # the start won the race (a forked kernel is quick): terminate it
             await (await task).terminate()
         else:
             task.cancel()
