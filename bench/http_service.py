@@ -33,32 +33,11 @@ from typing import Any
 
 import httpx
 from rawhttp import RawClient
+from timing import interleaved, pct
 from traitlets.config import Config
 
 import bridge
 from bridge.server import BridgeApp
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
-async def interleaved(
-    a: Callable[[], Awaitable[object]], b: Callable[[], Awaitable[object]], n: int, block: int = 50
-) -> tuple[list[float], list[float]]:
-    """Time *a* and *b* n times each, in alternating blocks, so drift hits both alike."""
-    out: tuple[list[float], list[float]] = ([], [])
-    for fn in (a, b):  # warm-up
-        for _ in range(block):
-            await fn()
-    while len(out[0]) < n:
-        for fn, samples in ((a, out[0]), (b, out[1])):
-            for _ in range(min(block, n - len(samples))):
-                t = time.perf_counter()
-                await fn()
-                samples.append(time.perf_counter() - t)
-    return out
 
 
 async def rate(fn: Callable[[], Awaitable[object]], clients: int, requests: int) -> float:

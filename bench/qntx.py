@@ -23,38 +23,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 from rawhttp import RawClient
+from timing import interleaved, pct
 
 from bridge.qntx.protocol import domain_pb, domain_rpc
 
 BIN = Path(sys.executable).parent
 BODY = json.dumps({"content": "return 1+1"}).encode()
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
-async def interleaved(
-    a: Callable[[], Awaitable[object]], b: Callable[[], Awaitable[object]], n: int, block: int = 50
-) -> tuple[list[float], list[float]]:
-    out: tuple[list[float], list[float]] = ([], [])
-    for fn in (a, b):  # warm-up
-        for _ in range(block):
-            await fn()
-    while len(out[0]) < n:
-        for fn, samples in ((a, out[0]), (b, out[1])):
-            for _ in range(min(block, n - len(samples))):
-                t = time.perf_counter()
-                await fn()
-                samples.append(time.perf_counter() - t)
-    return out
 
 
 def start_service(token: str) -> tuple[subprocess.Popen[bytes], int, Any]:

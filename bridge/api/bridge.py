@@ -12,7 +12,7 @@ from bridge.api import packages as packages_
 from bridge.api.outputs import OutputCallback, relayed
 from bridge.backends.backend import AsyncBackend
 from bridge.core.errors import BridgeClosed, ExecutionTimeout, InvalidRequest, KernelDied
-from bridge.core.files import DEFAULT_MAX_SCRIPT, read_script
+from bridge.core.files import DEFAULT_MAX_SCRIPT, folder_inside, read_script
 from bridge.core.kernel import Kernel
 from bridge.core.pool import Factory, KernelPool, PoolStatus
 from bridge.core.python import resolve_python
@@ -447,7 +447,11 @@ class AsyncBridge(_AsyncCalls):
     # -- sessions --------------------------------------------------------------------------------
 
     def session(
-        self, *, env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None
+        self,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        root: str | os.PathLike[str] | None = None,
     ) -> AsyncSession:
         """One kernel kept for the caller, state and all, until the session closes.
 
@@ -458,8 +462,11 @@ class AsyncBridge(_AsyncCalls):
 
         With *env* (more environment variables) or *cwd* (its working folder), the session
         gets a kernel started for it with those, instead of a warm one from the pool;
-        ``restart()`` starts it again with the same.
+        ``restart()`` starts it again with the same. With *root*, *cwd* must be a folder
+        inside it (``ScriptRefused`` otherwise), as a service checks what its clients ask for.
         """
+        if cwd is not None and root is not None:
+            cwd = folder_inside(root, cwd)
         return AsyncSession(self, env=env, cwd=cwd)
 
     # -- packages --------------------------------------------------------------------------------

@@ -283,11 +283,15 @@ class Bridge(_BlockingCalls):
         return self._call(self._async.kernel_language, name)
 
     def session(
-        self, *, env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None
+        self,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        root: str | os.PathLike[str] | None = None,
     ) -> Session:
-        """A blocking session: ``with b.session() as s: s.execute("x = 1")`` (*env* and *cwd*
-        as for ``AsyncBridge.session``)."""
-        return Session(self, self._async.session(env=env, cwd=cwd))
+        """A blocking session: ``with b.session() as s: s.execute("x = 1")`` (*env*, *cwd* and
+        *root* as for ``AsyncBridge.session``)."""
+        return Session(self, self._async.session(env=env, cwd=cwd, root=root))
 
     def install(
         self,

@@ -129,6 +129,18 @@ def _resolve_inside(root: str, path: str) -> str:
     return resolved
 
 
+def folder_inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> str:
+    """The real path of the folder *path* (relative to *root*, or absolute) inside *root*;
+    ScriptRefused (``forbidden``, ``not_found`` or ``bad_request``) otherwise."""
+    base = os.path.realpath(os.fspath(root))
+    resolved = _resolve_inside(base, os.fspath(path))
+    if not os.path.exists(resolved):
+        raise ScriptRefused("not_found", f"no such folder in the service's root: {path}")
+    if not os.path.isdir(resolved):
+        raise ScriptRefused("bad_request", f"{path} is not a folder")
+    return resolved
+
+
 def _inside(root: str, real: str) -> bool:
     return real == root or real.startswith(root if root.endswith(os.sep) else root + os.sep)
 

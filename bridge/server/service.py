@@ -13,7 +13,6 @@ import os
 import shutil
 import sys
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -81,43 +80,6 @@ def result_body(result: ExecutionResult) -> dict[str, Any]:
         del body["variables"]
     body["error_type"] = None if result.success else "python_error"
     return body
-
-
-def resolve_inside(root: str, path: str) -> str:
-    """The real path of *path* (relative to *root* or absolute) if it lies inside *root*.
-
-    The resolved path (symlinks followed) must equal the root or start with the root plus a
-    separator: a bare prefix check would let ``/srv/data-evil`` pass for ``/srv/data``.
-    Percent-encoded forms are decoded and checked too, so ``..%2f`` is refused like ``../``,
-    and so are forms with backslashes read as separators (``..\\``, as Windows would).
-    """
-    prefix = root if root.endswith(os.sep) else root + os.sep
-    forms = [path]
-    while len(forms) < 4:
-        decoded = urllib.parse.unquote(forms[-1])
-        if decoded == forms[-1]:
-            break
-        forms.append(decoded)
-    forms += [form.replace("\\", "/") for form in forms if "\\" in form]
-    resolved = ""
-    for form in forms:
-        if "\x00" in form:
-            raise bad_request("path must not contain a NUL character")
-        real = os.path.realpath(os.path.join(root, form))
-        if real != root and not real.startswith(prefix):
-            raise ApiError(403, "forbidden", f"path {path!r} is outside the service's root")
-        resolved = resolved or real
-    return resolved
-
-
-def folder_in(root: str, path: str) -> str:
-    """The real path of the folder *path* inside *root*: 403, 404 or 400 otherwise."""
-    resolved = resolve_inside(root, path)
-    if not os.path.exists(resolved):
-        raise not_found(f"no such folder in the service's root: {path}")
-    if not os.path.isdir(resolved):
-        raise bad_request(f"{path} is not a folder")
-    return resolved
 
 
 class Service:
@@ -497,7 +459,8 @@ class Service:
     ) -> dict[str, Any]:
         """Start a context: a session with a kernel of its own (the one place contexts are
         made; ``_drop_context`` is the one place they go)."""
-        folder = folder_in(self.root, cwd) if cwd is not None else None
+        # A bad cwd (outside the root, missing, not a folder) is refused before anything waits.
+        session = self.bridge.session(env=env, cwd=cwd, root=self.root)
         await self.wait_ready()
         if name is not None and any(c.name == name for c in self.contexts.values()):
             raise ApiError(409, "conflict", f"a context named {name!r} exists already")
@@ -509,7 +472,6 @@ class Service:
             )
         self._starting_contexts += 1
         try:
-            session = self.bridge.session(env=env, cwd=folder)
             try:
                 await self._start_session(session, timeout)
             except BaseException:
@@ -517,7 +479,7 @@ class Service:
                 raise
         finally:
             self._starting_contexts -= 1
-        hosted = HostedContext(session, name=name, timeout=timeout, cwd=folder)
+        hosted = HostedContext(session, name=name, timeout=timeout, cwd=session.cwd)
         self.contexts[hosted.id] = hosted
         hosted.session_id = await self.sessions.register(session.kernel_id, hosted.session_name)
         log.info("context %s (%s) started in kernel %s", hosted.id, hosted.name, session.kernel_id)

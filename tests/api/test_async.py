@@ -267,3 +267,22 @@ async def test_kernel_language_reads_the_kernel_specs_where_the_kernels_run(
         assert await b.kernel_language("no-such-kernel") is None
         with pytest.raises(bridge.InvalidRequest, match="kernel spec name"):
             await b.kernel_language("")
+
+
+@pytest.mark.asyncio
+async def test_a_session_folder_is_checked_against_a_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "inside").mkdir(parents=True)
+    (root / "file.txt").write_text("x")
+    b = bridge.AsyncBridge(pool_size=0)  # the checks need no kernel: nothing starts
+    assert b.session(cwd="inside", root=root).cwd == str((root / "inside").resolve())
+    for cwd, reason in [
+        (str(tmp_path), "forbidden"),
+        ("../root/../..", "forbidden"),
+        ("missing", "not_found"),
+        ("file.txt", "bad_request"),
+    ]:
+        with pytest.raises(bridge.ScriptRefused) as refused:
+            b.session(cwd=cwd, root=root)
+        assert refused.value.reason == reason, cwd
+    await b.aclose()

@@ -1,0 +1,28 @@
+"""Timing helpers shared by the benchmarks that compare two paths in one run."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+async def interleaved(
+    a: Callable[[], Awaitable[object]], b: Callable[[], Awaitable[object]], n: int, block: int = 50
+) -> tuple[list[float], list[float]]:
+    """Time *a* and *b* n times each, in alternating blocks, so drift hits both alike."""
+    out: tuple[list[float], list[float]] = ([], [])
+    for fn in (a, b):  # warm-up
+        for _ in range(block):
+            await fn()
+    while len(out[0]) < n:
+        for fn, samples in ((a, out[0]), (b, out[1])):
+            for _ in range(min(block, n - len(samples))):
+                t = time.perf_counter()
+                await fn()
+                samples.append(time.perf_counter() - t)
+    return out
