@@ -9,7 +9,8 @@ times, wall clock and CPU, on the same notebooks:
 (b) pytest --nbmake: nbmake, a cold kernel per notebook started by nbclient, one at a time;
 (c) a loop of nbclient's NotebookClient in this process, one cold kernel per notebook;
 checks that all three agree on which notebooks pass, and prints (b)/(a) and (c)/(a) of the best
-wall time of each. Both pytest runs pay the same pytest start-up; the nbclient loop pays none.
+wall time of each. Both pytest runs pay the same pytest start-up (without this venv's property
+testing plugins, which neither needs); the nbclient loop pays none.
 CPU counts the host and its kernels: all three start one kernel per notebook, so on a machine
 that others keep busy the wall-time ratios shrink toward the CPU ratios.
 """
@@ -83,7 +84,11 @@ def pytest_run(folder: Path, name: str, *args: str) -> Run:
     """A pytest run in *folder*; the notebooks that passed come from its JUnit XML report."""
     report = folder.parent / f"{name}.xml"
     cpu, started = cpu_seconds(), time.perf_counter()
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    # The test venv's property-testing plugins (schemathesis, hypothesis) take over a second
+    # to import in every pytest run, whatever it runs: left out of both runs alike, so the
+    # ratio compares the notebook runners rather than this venv's unrelated plugins.
+    unrelated = ["-p", "no:schemathesis", "-p", "no:hypothesispytest"]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *unrelated]
     subprocess.run(
         [*command, "--junit-xml", str(report), *args, str(folder)],
         cwd=folder,

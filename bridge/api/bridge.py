@@ -586,11 +586,17 @@ class AsyncSession(_AsyncCalls):
             await self._bridge.pool.retire(old)
         await self.start()
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, wait: bool = True) -> None:
+        """Shut the session's kernel down; idempotent.
+
+        With ``wait=False`` this returns at once and the kernel shuts down in the background
+        (a polite shutdown takes a tenth of a second); the bridge's close waits for it. A
+        runner of many short sessions (notebooks as tests) moves on meanwhile.
+        """
         self._closed = True
         kernel, self._kernel = self._kernel, None
         if kernel is not None and self._bridge._pool is not None:
-            await self._bridge.pool.retire(kernel)
+            await self._bridge.pool.retire(kernel, wait=wait)
 
     async def run_cell(self, source: str, *, timeout: float | None = None) -> ExecutionResult:
         """Run a notebook cell as a notebook front end does: plain IPython, no bridge options.

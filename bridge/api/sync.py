@@ -348,8 +348,9 @@ class Session(_BlockingCalls):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def close(self) -> None:
-        self._bridge.call(self._async.aclose)
+    def close(self, *, wait: bool = True) -> None:
+        """Shut the session's kernel down (see ``AsyncSession.aclose``)."""
+        self._bridge.call(self._async.aclose, wait=wait)
 
     def restart(self) -> None:
         self._bridge.call(self._async.restart)

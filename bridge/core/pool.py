@@ -170,10 +170,14 @@ class KernelPool:
         self._replace()
         return kernel
 
-    async def retire(self, kernel: Kernel) -> None:
-        """Shut down a kernel given out by take()."""
+    async def retire(self, kernel: Kernel, *, wait: bool = True) -> None:
+        """Shut down a kernel given out by take(); with ``wait=False`` in the background (the
+        pool's close waits for it)."""
         self._taken.discard(kernel)
-        await self.factory.stop(kernel)
+        if wait:
+            await self.factory.stop(kernel)
+        else:
+            self._spawn(self.factory.stop(kernel))
 
     async def _settle_and_put(self, kernel: Kernel) -> None:
         await kernel.settle()  # a cancelled call may still be winding down

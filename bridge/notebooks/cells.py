@@ -56,9 +56,9 @@ class CellRunner:
                 return failure
         return None
 
-    async def aclose(self) -> None:
-        """Shut the session's kernel down."""
-        await self.session.aclose()
+    async def aclose(self, *, wait: bool = True) -> None:
+        """Shut the session's kernel down (``wait=False``: in the background)."""
+        await self.session.aclose(wait=wait)
 
     async def _run_cell(self, index: int, cell: Any) -> CellFailure | None:
         self.count += 1

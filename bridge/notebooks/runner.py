@@ -142,7 +142,9 @@ async def run_notebook(
             if language:
                 nb.metadata["language_info"] = language
         finally:
-            await runner.aclose()
+            # The result is ready: the kernel's polite shutdown (a tenth of a second) goes on
+            # in the background while the next notebook starts; the bridge's close waits.
+            await runner.aclose(wait=False)
     except BridgeError as exc:  # no kernel to be had, or it died before the first cell
         return error(f"{type(exc).__name__}: {exc}")
     result.cells_run = runner.ran

@@ -11,7 +11,7 @@ import pytest
 from conftest import tagged_processes
 from jupyter_core.paths import jupyter_runtime_dir
 from paths import EXAMPLES
-from procs import is_kernel
+from procs import alive, is_kernel
 
 import bridge
 
@@ -286,3 +286,23 @@ async def test_a_session_folder_is_checked_against_a_root(tmp_path: Path) -> Non
             b.session(cwd=cwd, root=root)
         assert refused.value.reason == reason, cwd
     await b.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_session_closed_without_waiting_is_shut_down_by_the_bridge() -> None:
+    async with bridge.AsyncBridge(pool_size=0) as b:
+        s = b.session()
+        await s.start()
+        pid = (await s.evaluate("__import__('os').getpid()")).value
+        await s.aclose(wait=False)  # returns at once; the kernel goes in the background
+        with pytest.raises(bridge.BridgeClosed):
+            await s.evaluate("1")
+        deadline = time.monotonic() + 10
+        while alive(pid) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert not alive(pid)
+        s2 = b.session()
+        await s2.start()
+        pid2 = (await s2.evaluate("__import__('os').getpid()")).value
+        await s2.aclose(wait=False)
+    assert not alive(pid2)  # the bridge's close waited for it
