@@ -721,10 +721,9 @@ export class PythonAPI {
   private async create(path: string, options: SpawnOptions): Promise<PythonBackendHandle> {
     const source = await readFile(path, "utf8");
     const timeout = options.timeout ?? DEFAULT_TIMEOUT;
-    const body: BackendRequest = { script: source, timeout_secs: secs(timeout) };
+    const body: BackendRequest = { script: source, name: basename(path), timeout_secs: secs(timeout) };
     if (options.env) body.env = options.env;
     if (options.restart) body.restart = true;
-    body.name = basename(path);
     const info = await this.transport.request<BackendInfo>("POST", "backends", body, { deadline: timeout + 60_000 });
     let handle: PythonBackendHandle | undefined;
     handle = new PythonBackendHandle(info, path, this.transport, timeout, this.onHandlerError, () => {
