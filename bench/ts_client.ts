@@ -120,7 +120,8 @@ try {
   const rate = count / ((performance.now() - start) / 1000);
   console.log(
     `${RUNTIME.padEnd(5)} ${"events through on()".padEnd(34)} raw SSE read ${Math.round(rawRate)}/s | client ${Math.round(rate)}/s ` +
-      `(x${(rate / rawRate).toFixed(3)}, ${count} events) ${rate >= 20_000 ? "ok" : "UNDER the 20,000/s target"}`,
+      `(x${(rate / rawRate).toFixed(3)}, ${count} of ${EVENTS} events) ` +
+      (count < EVENTS ? "EVENTS LOST" : rate >= 20_000 ? "ok" : "UNDER the 20,000/s target"),
   );
 } finally {
   await bridge.close();

@@ -283,6 +283,10 @@ class Kernel:
                 handle(msg)
             except Exception:
                 log.exception("%s: error while handling %s", self.name, msg["msg_type"])
+            # recv_multipart() does not suspend while messages are queued: without this, a
+            # burst (a backend's stream of event batches) holds the loop until it is all read,
+            # and whatever consumes the messages (an event stream's writer) waits behind it.
+            await asyncio.sleep(0)
 
     def _on_iopub(self, msg: dict[str, Any]) -> None:
         msg_type = msg["header"]["msg_type"]

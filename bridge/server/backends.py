@@ -3,8 +3,11 @@ the Jupyter Server session that shows it in JupyterLab.
 
 Each backend's events go into a log of the last EVENT_LOG events (and EVENT_LOG_BYTES at
 most), numbered; an event stream (``GET /backends/{id}/events``) is a cursor into that log and
-holds no copy of its own, so a client that stops reading costs the service nothing. A stream
-replays what no stream has read yet, as the host API replays events to their first handler,
+holds no copy of its own, so a client that stops reading costs the service nothing beyond the
+log's bound. Events an open stream has not been sent yet stay past EVENT_LOG while the log
+holds less than UNSENT_BYTES: one batch of the kernel's events can hold more than EVENT_LOG,
+and a reader that keeps up must not lose them before its turn comes. A stream replays what no
+stream has read yet, as the host API replays events to their first handler,
 or, when an EventSource reconnects with ``Last-Event-ID``, everything after that id that is
 still kept. A stream that falls so far behind that the log dropped events it had not sent
 has *overflowed*: it says so and ends, and the client resumes from the kept history.
@@ -39,6 +42,7 @@ log = logging.getLogger("bridge.server")
 
 EVENT_LOG = 1000  # events kept per backend for streams that open later
 EVENT_LOG_BYTES = 4 * 1024 * 1024  # and their JSON's size at most
+UNSENT_BYTES = 1024 * 1024  # past EVENT_LOG, events an open stream was not sent, up to this
 
 
 class EventStream:
@@ -136,10 +140,7 @@ class HostedBackend:
         item = (self._seq, json.dumps({"type": event, "data": to_json(data)}))
         self._log.append(item)
         self._log_bytes += len(item[1])
-        while len(self._log) > EVENT_LOG or (
-            self._log_bytes > EVENT_LOG_BYTES and len(self._log) > 1
-        ):
-            self._log_bytes -= len(self._log.popleft()[1])
+        self._trim()
         for stream in self._streams:
             stream.wake.set()
         if self._streams:
@@ -148,6 +149,18 @@ class HostedBackend:
             self._reap("its kernel died")
         elif event == "restart" and not data.get("ok"):
             self._reap("its restart failed")
+
+    def _trim(self) -> None:
+        """Drop the oldest events past EVENT_LOG_BYTES; past EVENT_LOG, those every open
+        stream has been sent, and the others too once the log holds UNSENT_BYTES."""
+        log = self._log
+        while self._log_bytes > EVENT_LOG_BYTES and len(log) > 1:
+            self._log_bytes -= len(log.popleft()[1])
+        if len(log) <= EVENT_LOG:
+            return
+        sent = min((stream.cursor for stream in self._streams), default=self._seq)
+        while len(log) > EVENT_LOG and (log[0][0] <= sent or self._log_bytes > UNSENT_BYTES):
+            self._log_bytes -= len(log.popleft()[1])
 
     def subscribe(self, last_event_id: int | None) -> EventStream:
         """A cursor into the log for one stream; the replay starts after *last_event_id*."""
@@ -161,12 +174,14 @@ class HostedBackend:
 
     def unsubscribe(self, stream: EventStream) -> None:
         self._streams.discard(stream)
+        self._trim()
 
     def pending(self, stream: EventStream, limit: int) -> tuple[list[tuple[int, str]], bool]:
         """(events after the stream's cursor, up to *limit* bytes; whether it overflowed).
 
         A stream overflowed when the log dropped an event it had not sent."""
         stream.wake.clear()
+        self._trim()  # what this stream was sent last time may go now
         if not self._log or stream.cursor >= self._seq:
             return [], False
         oldest = self._log[0][0]

@@ -325,6 +325,40 @@ def test_a_slow_reader_gets_overflow_then_resumes_from_the_kept_history(
         client.delete(f"/backends/{backend['id']}")
 
 
+def test_a_reader_that_keeps_up_gets_a_whole_burst_bigger_than_the_kept_history(
+    client: httpx.Client, service: ServiceProcess
+) -> None:
+    backend = _create(client)
+    ids: list[int] = []
+    other: list[str] = []
+
+    def read(stream: Iterator[str]) -> None:
+        for line in stream:
+            if line.startswith("id: "):
+                ids.append(int(line[4:]))
+                if ids[-1] == 20_000:
+                    return
+            elif line.startswith("event: "):
+                other.append(line)
+                return
+
+    try:
+        url = f"/backends/{backend['id']}/events"
+        with service.client(timeout=60) as reader, reader.stream("GET", url) as stream:
+            lines = stream.iter_lines()
+            assert next(lines).startswith(": kernel-bridge")
+            thread = threading.Thread(target=read, args=(lines,), daemon=True)
+            thread.start()
+            # 20,000 small events as fast as the kernel makes them: far more than the 1,000 the
+            # log keeps for later streams, in batches handled before the stream's turn comes.
+            assert _call(client, backend["id"], "burst", n=20_000, size=10) == 20_000
+            thread.join(60)
+            assert not thread.is_alive(), f"the stream stalled after {len(ids)} events"
+        assert other == [] and ids == list(range(1, 20_001))
+    finally:
+        client.delete(f"/backends/{backend['id']}")
+
+
 # -- 4. max_backends counts every kernel that exists; a dead backend is cleaned up at once --------
 
 

@@ -12,6 +12,7 @@ import {
   BackendTerminatedError,
   BridgeHTTPError,
   type CallFailure,
+  KernelDiedError,
   PythonError,
   pythonErrorOf,
   pythonErrorOfCall,
@@ -321,7 +322,10 @@ export class PythonBackendHandle {
     this.forget = forget;
   }
 
-  /** False once terminated (by {@link PythonBackendHandle.terminate}, the service or `close()`). */
+  /**
+   * False once terminated (by {@link PythonBackendHandle.terminate}, the service or `close()`),
+   * or once its kernel is known to have died (an `exit` event, a call that got `kernel_died`).
+   */
   get alive(): boolean {
     return !this.terminated && !this.dead;
   }
@@ -358,6 +362,9 @@ export class PythonBackendHandle {
       if (this.terminated) {
         throw new BackendTerminatedError(`the backend ${this.script} was terminated during call("${cmd}")`, { cause: err });
       }
+      // Its kernel died: spawn() and getBackend() no longer hand this handle out (unless the
+      // service says it came back, with `restart`).
+      if (err instanceof KernelDiedError) this.dead = true;
       throw err;
     }
     if (!answer.success) throw pythonErrorOfCall(answer);
@@ -410,6 +417,21 @@ export class PythonBackendHandle {
       if (err instanceof BridgeHTTPError && err.status === 404) return; // already gone
       throw err;
     }
+  }
+
+  /** @internal What the service says of the backend now: alive and restarting ones are kept. */
+  async usable(): Promise<boolean> {
+    if (this.terminated) return false;
+    let state: string;
+    try {
+      const info = await this.transport.request<BackendInfo>("GET", `backends/${encodeURIComponent(this.id)}`);
+      state = info.state ?? (info.alive ? "alive" : "dead");
+    } catch (err) {
+      if (!(err instanceof BridgeHTTPError && err.status === 404)) throw err;
+      state = "deleted";
+    }
+    this.dead = state !== "alive" && state !== "restarting";
+    return !this.dead;
   }
 
   /** @internal The backend is gone: no call goes out, the stream stops. */
@@ -595,7 +617,6 @@ export class PythonAPI {
   private readonly onHandlerError: (error: unknown, event: string) => void;
   private readonly backends = new Map<string, Promise<PythonBackendHandle>>();
   private readonly contexts = new Set<Context>();
-  private namesRefused = false;
 
   /** @internal */
   constructor(transport: Transport, onHandlerError: (error: unknown, event: string) => void) {
@@ -651,7 +672,10 @@ export class PythonAPI {
 
   /**
    * Start a backend from a script: the client reads the file (relative to the host's working
-   * folder) and sends its source. Spawning the same path again returns the same live handle.
+   * folder) and sends its source, named after the file (its Jupyter Server session is
+   * `backends/<file name>`). Spawning the same path again returns the same handle while the
+   * service says it is alive (or restarting); one whose kernel died is deleted and the script
+   * spawned anew.
    *
    * @param script - the script's path
    * @param options - `env`, `timeout` (ms: for the start, and the calls' default), `restart`
@@ -660,12 +684,23 @@ export class PythonAPI {
     const path = resolve(script);
     const known = this.backends.get(path);
     if (known) {
-      return known.then(
-        (handle) => (handle.alive ? handle : this.respawn(path, options, known)),
-        () => this.respawn(path, options, known),
-      );
+      return this.live(known).then((handle) => handle ?? this.respawn(path, options, known));
     }
     return this.startBackend(path, options);
+  }
+
+  /** The handle *known* resolves to if the service says it is alive or restarting; a dead one
+   * is deleted (its slot and listing freed) and forgotten. */
+  private async live(known: Promise<PythonBackendHandle>): Promise<PythonBackendHandle | undefined> {
+    let handle: PythonBackendHandle;
+    try {
+      handle = await known;
+    } catch {
+      return undefined; // its start failed
+    }
+    if (await handle.usable()) return handle;
+    await handle.terminate().catch(() => undefined); // best effort: the service cleans dead ones up
+    return undefined;
   }
 
   private respawn(path: string, options: SpawnOptions, old: Promise<PythonBackendHandle>): Promise<PythonBackendHandle> {
@@ -686,43 +721,29 @@ export class PythonAPI {
   private async create(path: string, options: SpawnOptions): Promise<PythonBackendHandle> {
     const source = await readFile(path, "utf8");
     const timeout = options.timeout ?? DEFAULT_TIMEOUT;
-    const body: BackendRequest = { script: source, timeout_secs: secs(timeout) };
+    const body: BackendRequest = { script: source, name: basename(path), timeout_secs: secs(timeout) };
     if (options.env) body.env = options.env;
     if (options.restart) body.restart = true;
-    if (!this.namesRefused) body.name = basename(path);
-    const deadline = { deadline: timeout + 60_000 };
-    let info: BackendInfo;
-    try {
-      info = await this.transport.request<BackendInfo>("POST", "backends", body, deadline);
-    } catch (err) {
-      // A service from before backend names refuses the field: send it without.
-      if (err instanceof BridgeHTTPError && err.status === 400 && body.name !== undefined && /\bname\b/.test(err.message) && !err.body?.traceback) {
-        this.namesRefused = true;
-        delete body.name;
-        info = await this.transport.request<BackendInfo>("POST", "backends", body, deadline);
-      } else {
-        throw err;
-      }
-    }
+    const info = await this.transport.request<BackendInfo>("POST", "backends", body, { deadline: timeout + 60_000 });
     let handle: PythonBackendHandle | undefined;
     handle = new PythonBackendHandle(info, path, this.transport, timeout, this.onHandlerError, () => {
-      void this.backends.get(path)?.then((h) => {
-        if (h === handle) this.backends.delete(path);
+      const entry = this.backends.get(path);
+      void entry?.then((h) => {
+        // Only if the path still maps to this handle: a new spawn may have replaced it.
+        if (h === handle && this.backends.get(path) === entry) this.backends.delete(path);
       }, () => undefined);
     });
     return handle;
   }
 
-  /** The live handle of a script spawned before, or undefined. */
+  /**
+   * The handle of a script spawned before, if the service says it is alive (or restarting);
+   * else undefined, and a dead one is deleted and forgotten.
+   */
   async getBackend(script: string): Promise<PythonBackendHandle | undefined> {
     const known = this.backends.get(resolve(script));
     if (!known) return undefined;
-    try {
-      const handle = await known;
-      return handle.alive ? handle : undefined;
-    } catch {
-      return undefined;
-    }
+    return this.live(known);
   }
 
   /** Terminate the backend of a script; resolves to whether there was one. */

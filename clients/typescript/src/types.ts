@@ -192,7 +192,7 @@ export interface HealthAnswer {
 export interface BackendRequest {
   /** The script's source. */
   script: string;
-  /** A name for the backend (the script's file name; services from issue 14 on). */
+  /** A name for the backend (the client sends the script's file name): its session is `backends/<name>`. */
   name?: string;
   /** Extra environment variables for its kernel. */
   env?: Record<string, string>;
@@ -212,8 +212,16 @@ export interface BackendInfo {
   methods: string[];
   /** Whether its kernel runs. */
   alive: boolean;
-  /** Its name, when the service keeps names. */
+  /**
+   * `alive`; `restarting` (its kernel died and comes back: `restart`); `lost` (its kernel runs
+   * but closed its connection); `dead` (its kernel died for good: calls answer 503
+   * `kernel_died`).
+   */
+  state?: "alive" | "restarting" | "lost" | "dead";
+  /** Its name: its Jupyter Server session is `backends/<name>`. */
   name?: string;
+  /** The id of that session. */
+  session_id?: string | null;
 }
 
 /** `POST /backends/{id}/call`. */

@@ -6,7 +6,7 @@ import { describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 
 import { KernelDiedError } from "../src/index.js";
-import { alive, cmdline, descendants, FIXTURES, PYTHON, startBridge, waitFor, within } from "./helpers.js";
+import { alive, cmdline, descendants, eventually, FIXTURES, PYTHON, startBridge, waitFor, within } from "./helpers.js";
 
 const T = { timeout: 90_000 };
 const PROBE = `${FIXTURES}/probe_backend.py`;
@@ -62,6 +62,40 @@ describe("faults", () => {
     }
     assert.equal(alive(service), false);
     assert.ok(await waitFor(() => leftOf(processes).length === 0, 10_000), `left: ${leftOf(processes).join("; ")}`);
+  });
+
+  test("a backend whose kernel died is not handed out again, even without on()", T, async () => {
+    const bridge = await startBridge();
+    try {
+      // No on(): no event stream tells the handle its kernel died; the service does.
+      const first = await bridge.python.spawn(PROBE);
+      const firstPid = await first.call<number>("pid");
+      process.kill(firstPid, "SIGKILL");
+      assert.ok(
+        await eventually(async () => (await bridge.python.getBackend(PROBE)) === undefined, 20_000),
+        "getBackend still hands out the backend whose kernel was killed",
+      );
+      assert.equal(first.alive, false);
+      const second = await bridge.python.spawn(PROBE);
+      assert.notEqual(second, first);
+      assert.notEqual(second.id, first.id);
+      const secondPid = await second.call<number>("pid");
+      assert.notEqual(secondPid, firstPid);
+
+      // A call that meets the dead kernel marks its handle dead; spawn starts the script anew.
+      process.kill(secondPid, "SIGKILL");
+      const error = await within(second.call("echo", { data: 1 }).then(() => "resolved", (e: unknown) => e), 20_000, "the call");
+      assert.ok(error instanceof KernelDiedError, `got ${String(error)}`);
+      assert.equal(second.alive, false);
+      const third = await bridge.python.spawn(PROBE);
+      assert.notEqual(third.id, second.id);
+      assert.equal(await third.call("echo", { data: 1 }), 1);
+      assert.equal(await bridge.python.getBackend(PROBE), third);
+      // The dead ones were deleted: only the third is listed.
+      assert.equal((await bridge.health()).backends, 1);
+    } finally {
+      await bridge.close();
+    }
   });
 
   test("a host's process.exit() leaves no service or kernel behind", T, async () => {

@@ -123,6 +123,22 @@ return {"answer": 42}`,
     await c.terminate();
   });
 
+  test("spawn names the backend after its script: its Jupyter Server session is backends/<file name>", T, async () => {
+    const backend = await bridge.python.spawn(PROBE);
+    try {
+      const token = bridge.service?.token as string;
+      const response = await fetch(`${bridge.url}api/sessions`, { headers: { Authorization: `token ${token}` } });
+      assert.equal(response.status, 200);
+      const sessions = (await response.json()) as { name: string; kernel: { id: string } }[];
+      assert.deepEqual(
+        sessions.filter((s) => s.kernel.id === backend.kernelId).map((s) => s.name),
+        ["backends/probe_backend.py"],
+      );
+    } finally {
+      await backend.terminate();
+    }
+  });
+
   test("a call on a terminated backend rejects at once", T, async () => {
     const backend = await bridge.python.spawn(PROBE);
     await backend.terminate();
