@@ -286,20 +286,19 @@ class AsyncBridge(_AsyncCalls):
         if pool is not None:
             await pool.close()
 
+    def _not_running(self) -> BridgeClosed:
+        return BridgeClosed("the bridge is closed" if self._closed else "the bridge is not started")
+
     @property
     def factory(self) -> Factory:
         if self._factory is None:
-            raise BridgeClosed(
-                "the bridge is closed" if self._closed else "the bridge is not started"
-            )
+            raise self._not_running()
         return self._factory
 
     @property
     def pool(self) -> KernelPool:
         if self._pool is None:
-            raise BridgeClosed(
-                "the bridge is closed" if self._closed else "the bridge is not started"
-            )
+            raise self._not_running()
         return self._pool
 
     @property
