@@ -9,8 +9,16 @@ times, wall clock and CPU, on the same notebooks:
 (b) pytest --nbmake: nbmake, a cold kernel per notebook started by nbclient, one at a time;
 (c) a loop of nbclient's NotebookClient in this process, one cold kernel per notebook;
 checks that all three agree on which notebooks pass, and prints (b)/(a) and (c)/(a) of the best
-wall time of each. Both pytest runs pay the same pytest start-up (without this venv's property
-testing plugins, which neither needs); the nbclient loop pays none.
+wall time of each; then (d) one notebook through `pytest --nb` from a cold process (target
+<= 1.5 s). Both pytest runs pay the same pytest start-up (without this venv's property
+testing plugins, which neither needs, and without the other tool's plugin: nbmake's imports
+nbformat, hence jsonschema, at plugin load, about a second that a project which switched no
+longer pays); the nbclient loop pays none.
+
+Bytecode: the figures assume the compiled .pyc files a `pip install` leaves (`make test`'s
+venv). A venv made by `uv pip install` has none and PYTHONDONTWRITEBYTECODE=1 keeps Python from
+writing them, so every run compiles ~450 modules again (about 0.5 s per process): the script
+says so, and `python -m compileall -q .venv/lib` restores what pip would have done.
 CPU counts the host and its kernels: all three start one kernel per notebook, so on a machine
 that others keep busy the wall-time ratios shrink toward the CPU ratios.
 """
@@ -68,6 +76,15 @@ def build(folder: Path, n: int) -> list[Path]:
     return paths
 
 
+def bytecode_cached() -> bool:
+    """Whether pytest's own modules have compiled bytecode (pip install writes it, uv does not)."""
+    import importlib.util
+
+    import _pytest.main
+
+    return Path(importlib.util.cache_from_source(_pytest.main.__file__)).exists()
+
+
 def cpu_seconds() -> float:
     """CPU time of this process and of every child it has waited for (kernels included)."""
     me, children = (
@@ -80,17 +97,19 @@ def cpu_seconds() -> float:
 Run = tuple[float, float, set[str]]  # wall seconds, CPU seconds, the notebooks that passed
 
 
-def pytest_run(folder: Path, name: str, *args: str) -> Run:
-    """A pytest run in *folder*; the notebooks that passed come from its JUnit XML report."""
+def pytest_run(folder: Path, name: str, *args: str, target: Path | None = None) -> Run:
+    """A pytest run in *folder* (of *target*, default the folder); the notebooks that passed
+    come from its JUnit XML report."""
     report = folder.parent / f"{name}.xml"
     cpu, started = cpu_seconds(), time.perf_counter()
     # The test venv's property-testing plugins (schemathesis, hypothesis) take over a second
     # to import in every pytest run, whatever it runs: left out of both runs alike, so the
     # ratio compares the notebook runners rather than this venv's unrelated plugins.
     unrelated = ["-p", "no:schemathesis", "-p", "no:hypothesispytest"]
+    unrelated += ["-p", "no:kernel_bridge" if name == "nbmake" else "no:nbmake"]
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *unrelated]
     subprocess.run(
-        [*command, "--junit-xml", str(report), *args, str(folder)],
+        [*command, "--junit-xml", str(report), *args, str(target or folder)],
         cwd=folder,
         capture_output=True,
         check=False,
@@ -149,6 +168,9 @@ def main() -> None:
             )
             runs[names[1]].append(pytest_run(folder, "nbmake", "--nbmake"))
             runs[names[2]].append(nbclient_loop(paths))
+        one = [
+            pytest_run(folder, "one", "--nb", target=paths[0])[0] for _ in range(args.rounds + 1)
+        ]
     best = {name: min(r[0] for r in found) for name, found in runs.items()}
     cpu = {name: min(r[1] for r in found) for name, found in runs.items()}
     print(
@@ -168,6 +190,9 @@ def main() -> None:
         for r in found
         if r[2] != expected
     }
+    print(f"(d) pytest --nb on one notebook from a cold process: {min(one):.2f} s (target <= 1.5)")
+    if not bytecode_cached():
+        print("    (no .pyc files in this venv: every process compiles its imports; see above)")
     print(f"all three agree on which notebooks pass: {'NO' if failed else 'yes'}")
     for name, (missing, extra) in failed.items():
         print(f"  {name}: should pass but did not {missing}; should fail but passed {extra}")
