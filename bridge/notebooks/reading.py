@@ -23,6 +23,7 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -151,6 +152,54 @@ def _read_fast(text: str) -> Any | None:
     return _as_read(_nodes(raw))
 
 
+# nbval's comment markers and tags (nbval/plugin.py 0.11), with nbclient's and nbmake's tags:
+# what each says about a code cell. A marker in the source wins over a tag, as in nbval.
+_MARKERS = {
+    "NBVAL_SKIP": ("skip", True),
+    "NBVAL_IGNORE_OUTPUT": ("check", False),
+    "PYTEST_VALIDATE_IGNORE_OUTPUT": ("check", False),
+    "NBVAL_CHECK_OUTPUT": ("check", True),
+    "NBVAL_RAISES_EXCEPTION": ("raises", True),
+}
+_TAGS = {
+    **{name.lower().replace("_", "-"): mark for name, mark in _MARKERS.items()},
+    "skip-execution": ("skip", True),
+    "raises-exception": ("raises", True),
+    "ignore-output": ("check", False),
+    INJECTED_TAG: ("check", False),
+}
+
+
+@dataclass(frozen=True)
+class CellMarks:
+    """What a code cell's tags and nbval comment markers say: not run, run and expected to
+    raise, outputs compared (None: as the run decides, all cells or, lax, marked ones only)."""
+
+    skip: bool = False
+    raises: bool = False
+    check: bool | None = None
+
+    def compared(self, *, lax: bool) -> bool:
+        return self.check if self.check is not None else not lax
+
+
+def cell_marks(cell: Any) -> CellMarks:
+    """The ``CellMarks`` of *cell*: its tags, then its ``# NBVAL_...`` comment lines."""
+    found: dict[str, bool] = {}
+    for tag in sorted(cell_tags(cell)):
+        if tag in _TAGS:
+            key, value = _TAGS[tag]
+            found[key] = value
+    source = cell.get("source", "")
+    for line in ("".join(source) if isinstance(source, list) else str(source)).splitlines():
+        line = line.strip()
+        if line.startswith("#"):
+            mark = _MARKERS.get(line.lstrip("#").strip())
+            if mark is not None:
+                found[mark[0]] = mark[1]
+    return CellMarks(**found)
+
+
 def read_notebook(path: str | os.PathLike[str], name: str | None = None) -> Any:
     """The notebook at *path* as nbformat 4 (nbformat 3 is upgraded); InvalidNotebook if it
     is not one."""
@@ -194,18 +243,20 @@ def write_notebook(nb: Any, path: Path) -> Path:
     return path
 
 
-async def check_kernel(bridge: AsyncBridge, nb: Any, name: str) -> None:
+async def check_kernel(
+    bridge: AsyncBridge, nb: Any, name: str, *, kernel: str | None = None
+) -> None:
     """Raise InvalidNotebook unless the notebook's kernel is one the bridge provides: Python.
 
     Any Python kernel name (``python3``, ``conda-env-x-py``...) maps to the bridge's kernel; a
     notebook without a kernel spec runs as Python, as nbclient does. Another name is looked up
-    where the bridge's kernels run (``AsyncBridge.kernel_language``).
+    where the bridge's kernels run (``AsyncBridge.kernel_language``). *kernel* (nbval's
+    ``--nbval-kernel-name``, nbmake's ``--nbmake-kernel``) replaces the notebook's kernel spec.
     """
-    spec = nb.metadata.get("kernelspec") or {}
+    spec = {"name": kernel} if kernel else nb.metadata.get("kernelspec") or {}
+    info = {} if kernel else nb.metadata.get("language_info") or {}
     kernel = str(spec.get("name") or "")
-    language = str(
-        spec.get("language") or (nb.metadata.get("language_info") or {}).get("name") or ""
-    )
+    language = str(spec.get("language") or info.get("name") or "")
     label = f"kernel spec {kernel!r}" if kernel else "kernel"
     if language:
         if language.lower() != "python":

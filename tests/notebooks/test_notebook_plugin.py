@@ -149,12 +149,13 @@ def test_without_nb_nothing_heavy_loads_and_bad_options_or_interpreters_are_clea
         "             ('nbformat', 'jupyter_client', 'zmq')]\n"
         "    assert heavy == []\n"
     )
-    # nbmake, also installed, imports nbformat when it loads: leave it out here.
-    done = run_pytest(tmp_path, "-p", "no:nbmake")
+    # nbmake and nbval, also installed, import nbformat when they load: leave them out here.
+    others = ("-p", "no:nbmake", "-p", "no:nbval")
+    done = run_pytest(tmp_path, *others)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 passed" in done.stdout
     # --nb with its options read, but no notebook among the paths: still nothing heavy.
-    done = run_pytest(tmp_path, "-p", "no:nbmake", "--nb", "--nb-param", "n=1", "test_light.py")
+    done = run_pytest(tmp_path, *others, "--nb", "--nb-param", "n=1", "test_light.py")
     assert done.returncode == 0, done.stdout + done.stderr
     done = run_pytest(tmp_path, "--nb", "--nb-python", "/no/such/python", "-rA")
     assert done.returncode == 1, done.stdout + done.stderr
