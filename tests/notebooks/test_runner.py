@@ -229,9 +229,9 @@ def test_outputs_compare_by_nbval_rules() -> None:
     lines = output_lines([stream("a"), error, stream("b\n"), widget, png, svg], [])
     # Streams of one name merge wherever they are; errors by name and message; PNG data and
     # widget model ids are not compared, SVG is text and is.
-    assert lines == ["[ename]", "KeyError", "[evalue]", "'x'", "[image/svg+xml]", "<svg/>"] + [
-        "[stdout]",
-        "ab",
+    assert lines == [
+        *("[ename]", "KeyError", "[evalue]", "'x'"),
+        *("[image/svg+xml]", "<svg/>", "[stdout]", "ab"),
     ]
     assert diff_outputs([stream(["x\n", "y\n"])], [stream("x\ny\n")], []) == ""
     # The order of outputs of different keys does not count; of one key it does.
@@ -253,7 +253,7 @@ def test_sanitizers_come_from_nbval_files_and_bad_ones_are_refused(tmp_path: Pat
     first, second = read_sanitizer_file(ini)
     assert second(first("id=42 and id=7")) == "id=M and id=M"
     ini.write_text("[broken]\nreplace: x\n")
-    with pytest.raises(bridge.InvalidRequest, match="has no 'regex: ...' line"):
+    with pytest.raises(bridge.InvalidRequest, match=r"has no 'regex: \.\.\.' line"):
         read_sanitizer_file(ini)
     with pytest.raises(bridge.InvalidRequest, match="bad sanitizer regex"):
         Sanitizer.of("(")
