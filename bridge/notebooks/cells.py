@@ -45,6 +45,27 @@ class CellRunner:
         self.ran = 0
         self.executed: set[int] = set()
 
+    async def start_coverage(self, settings: dict[str, Any]) -> None:
+        """Measure what the notebook runs with coverage.py, started in this kernel (a forked
+        kernel too: the fork server never imports coverage) with *settings*
+        (``NotebookOptions.coverage``); ``stop_coverage`` writes a data file of its own
+        (``data_suffix``) beside the host's, for pytest-cov to combine."""
+        code = (
+            "import os as __kb_os, coverage as __kb_coverage\n"
+            "__kb_os.chdir(__kb_cov_settings__.pop('cwd'))\n"
+            "__kb_cov__ = __kb_coverage.Coverage(data_suffix=True, **__kb_cov_settings__)\n"
+            "__kb_cov__._warn_no_data = __kb_cov__._warn_unimported_source = False\n"
+            "__kb_cov__.start()\n"
+            "del __kb_os, __kb_coverage, __kb_cov_settings__"
+        )
+        result = await self.session.execute(code, inputs={"__kb_cov_settings__": settings})
+        result.raise_for_error()
+
+    async def stop_coverage(self) -> None:
+        """Stop measuring and write this kernel's coverage data (see ``start_coverage``)."""
+        code = "__kb_cov__.stop()\n__kb_cov__.save()\ndel __kb_cov__"
+        (await self.session.execute(code)).raise_for_error()
+
     async def enter_folder(self, folder: Path) -> None:
         """Make *folder* the kernel's working directory, as Jupyter does for a notebook."""
         code = "__import__('os').chdir(__kb_cwd__)\ndel __kb_cwd__"

@@ -41,6 +41,9 @@ class NotebookOptions:
     kernel: str | None = None  # checked instead of each notebook's kernel spec name
     import_errors_only: bool = False  # nbmake's --nbmake-find-import-errors
     overwrite: bool = False  # write each executed notebook over its source (nbmake's)
+    # coverage.Coverage's arguments for each notebook's kernel (``cells.start_coverage``),
+    # and "cwd", where it starts: set by the pytest plugin under pytest-cov's --cov.
+    coverage: dict[str, Any] | None = None
 
 
 def parse_param(text: str) -> tuple[str, Any]:

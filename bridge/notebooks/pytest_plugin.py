@@ -449,9 +449,29 @@ class _NotebookRunner:
         bridge.close()
 
 
+def _coverage(config: pytest.Config) -> dict[str, Any] | None:
+    """coverage.Coverage's arguments for the notebooks' kernels when pytest-cov measures this
+    run (``--cov``): its sources, branch setting and configuration, and a data file beside its
+    own, which it combines into its report (with xdist, the controller's on each worker)."""
+    plugin = config.pluginmanager.get_plugin("_cov")
+    controller = getattr(plugin, "cov_controller", None)
+    cov = getattr(controller, "cov", None)
+    if controller is None or cov is None:
+        return None
+    top = Path(controller.topdir)
+    return {
+        "cwd": str(top),  # where relative sources and the configuration are found
+        "data_file": str(top / cov.config.data_file),
+        "source": controller.cov_source,
+        "branch": controller.cov_branch,
+        "config_file": controller.cov_config,
+    }
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     runner = session.config.stash.get(_RUNNER, None)
     if runner is not None and not session.config.option.collectonly:
+        runner.options.coverage = _coverage(session.config)
         runner.plan(session.items)
 
 

@@ -11,6 +11,7 @@ background) with the notebook's folder as working directory. Many notebooks run 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import os
@@ -73,8 +74,11 @@ async def prepare(
     return Prepared(path, name, nb, seconds, allow_errors, import_errors_only)
 
 
-async def open_notebook(bridge: AsyncBridge, prepared: Prepared) -> CellRunner:
-    """A session of its own for *prepared*, in the notebook's folder, ready to run cells.
+async def open_notebook(
+    bridge: AsyncBridge, prepared: Prepared, *, coverage: dict[str, Any] | None = None
+) -> CellRunner:
+    """A session of its own for *prepared*, in the notebook's folder, ready to run cells,
+    with coverage measured from the start when *coverage* (``NotebookOptions.coverage``) says.
 
     The caller closes it (``await runner.aclose()``); if this fails, the session is closed.
     """
@@ -88,6 +92,8 @@ async def open_notebook(bridge: AsyncBridge, prepared: Prepared) -> CellRunner:
             allow_errors=prepared.allow_errors,
             import_errors_only=prepared.import_errors_only,
         )
+        if coverage is not None:
+            await runner.start_coverage(dict(coverage))
         await runner.enter_folder(prepared.path.resolve().parent)
     except BaseException:
         await session.aclose()
@@ -148,12 +154,16 @@ async def run_notebook(
     result.notebook = nb
     result.code_cells = sum(1 for c in nb.cells if c.cell_type == "code")
     try:
-        runner = await open_notebook(bridge, prepared)
+        runner = await open_notebook(bridge, prepared, coverage=options.coverage)
         try:
             failure = await runner.run(range(len(nb.cells)))
             language = runner.session.kernel_info.get("language_info")
             if language:
                 nb.metadata["language_info"] = language
+            if options.coverage is not None:
+                # A kernel that died or was restarted took its measurements with it.
+                with contextlib.suppress(BridgeError):
+                    await runner.stop_coverage()
         finally:
             # The result is ready: the kernel's polite shutdown (a tenth of a second) goes on
             # in the background while the next notebook starts; the bridge's close waits.
