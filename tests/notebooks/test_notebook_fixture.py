@@ -136,4 +136,4 @@ def test_refs_hold_any_object_chain_attributes_and_calls(notebook: Opener, tmp_p
     with pytest.raises(kb.ExecutionError, match="AttributeError"):
         _ = made.no_such_attribute
     with pytest.raises(AttributeError):
-        _ = made.__dict__  # dunders stay on this side
+        _ = made.__wrapped__  # dunders stay on this side (inspect, copy, pickle ask)
