@@ -11,8 +11,9 @@ times, wall clock and CPU, on the same notebooks:
 checks that all three agree on which notebooks pass, and prints (b)/(a) and (c)/(a) of the best
 wall time of each; then (d) one notebook through `pytest --nb` from a cold process (target
 <= 1.5 s); then nbval's and nbmake's own test notebooks (tests/notebooks/upstream) under the
-original tool and under kernel-bridge's aliases of its options, timed, verdicts compared. Both pytest runs pay the same pytest start-up (without this venv's property
-testing plugins, which neither needs, and without the other tool's plugin: nbmake's imports
+original tool and under kernel-bridge's aliases of its options, timed, verdicts compared.
+Both pytest runs pay the same pytest start-up (without this venv's property testing plugins,
+which neither needs, and without the other tools' plugins: nbmake's and nbval's import
 nbformat, hence jsonschema, at plugin load, about a second that a project which switched no
 longer pays); the nbclient loop pays none.
 
