@@ -55,6 +55,7 @@ class AsyncNotebook:
         self.path = path
         self.name = display_name(path)
         self._runner = runner
+        self._coverage = False
 
     @classmethod
     async def open(
@@ -65,21 +66,24 @@ class AsyncNotebook:
         execute: Any = False,
         timeout: float | None = None,
         params: dict[str, Any] | None = None,
+        coverage: dict[str, Any] | None = None,
     ) -> AsyncNotebook:
         """Open *path* on a fresh kernel, its folder as working directory.
 
         *execute*: ``True`` runs every cell; a tag, a cell index, or a list of them runs those
         cells (in notebook order); ``False`` runs none. A failing cell raises
-        ``NotebookFailed`` with the report, and the kernel is shut down.
+        ``NotebookFailed`` with the report, and the kernel is shut down. *coverage*
+        (``NotebookOptions.coverage``) measures the kernel until ``aclose``.
         """
         path = Path(path)
         seconds = timeout or DEFAULT_CELL_TIMEOUT
         prepared = await prepare(
             bridge, path, name=display_name(path), timeout=seconds, params=params or {}
         )
-        runner = await open_notebook(bridge, prepared)
+        runner = await open_notebook(bridge, prepared, coverage=coverage)
         try:
             handle = cls(runner.session, runner.nb, path, runner)
+            handle._coverage = coverage is not None
             if execute is not False:
                 await handle.execute(execute)
         except BaseException:
@@ -204,7 +208,11 @@ class AsyncNotebook:
                 (await self.session.execute(undo)).raise_for_error()
 
     async def aclose(self) -> None:
-        """Shut the notebook's kernel down."""
+        """Shut the notebook's kernel down (its coverage data written first)."""
+        if self._coverage:
+            self._coverage = False
+            with contextlib.suppress(BridgeError):  # a dead kernel took its data with it
+                await self._runner.stop_coverage()
         await self.session.aclose()
 
 
@@ -298,6 +306,7 @@ class Notebook:
         execute: Any = False,
         timeout: float | None = None,
         params: dict[str, Any] | None = None,
+        coverage: dict[str, Any] | None = None,
     ) -> Notebook:
         handle = bridge.call(
             AsyncNotebook.open,
@@ -306,6 +315,7 @@ class Notebook:
             execute=execute,
             timeout=timeout,
             params=params,
+            coverage=coverage,
         )
         return cls(bridge, handle)
 

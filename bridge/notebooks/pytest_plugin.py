@@ -514,6 +514,7 @@ def _notebook_fixture(
 
     opened: list[Notebook] = []
     root = request.config.rootpath
+    coverage = _coverage(request.config)  # under --cov, the notebooks' kernels are measured
 
     def open_notebook(
         path: str | os.PathLike[str],
@@ -525,7 +526,9 @@ def _notebook_fixture(
         found = Path(path)
         if not found.is_absolute() and not found.exists() and (root / found).exists():
             found = root / found
-        nb = Notebook.open(bridge, found, execute=execute, timeout=timeout, params=params)
+        nb = Notebook.open(
+            bridge, found, execute=execute, timeout=timeout, params=params, coverage=coverage
+        )
         opened.append(nb)
         return nb
 

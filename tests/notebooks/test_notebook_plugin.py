@@ -191,6 +191,9 @@ MYPKG = (
     "\n\n"
     "def by_nothing(x):\n"
     "    return x - 1\n"
+    "\n\n"
+    "def by_fixture(x):\n"
+    "    return x * 3\n"
 )
 
 
@@ -210,17 +213,23 @@ def test_coverage_of_what_only_the_notebooks_run_with_xdist_and_with_workers(
     (tmp_path / "mypkg" / "__init__.py").write_text(MYPKG)
     write_nb(tmp_path / "a.ipynb", "import mypkg\nprint(mypkg.by_notebook_a(2))")
     write_nb(tmp_path / "b.ipynb", "import mypkg\nmypkg.by_notebook_b(2)")
-    (tmp_path / "test_plain.py").write_text("def test_plain():\n    assert True\n")
+    write_nb(tmp_path / "c.ipynb", "import mypkg")
+    (tmp_path / "test_fixture.py").write_text(
+        "def test_fixture(notebook):\n"
+        "    nb = notebook('c.ipynb', execute=True)\n"
+        "    assert nb.ref('mypkg.by_fixture')(2) == 6\n"
+    )
     others = ("-p", "no:nbval", "-p", "no:nbmake", "-p", "no:schemathesis")
     cov = ("--cov=mypkg", "--cov-report=json:cov.json", "--nb")
     env_path = {"PYTHONPATH": str(tmp_path)}  # the kernels import mypkg from here
     # pytest-xdist: two workers, each with a pool of its own; the kernels are forked.
     done = run_pytest(tmp_path, *others, *cov, "-n", "2", env=env_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "2 workers [3 items]" in done.stdout
+    assert "2 workers [4 items]" in done.stdout
     executed, missing = covered_lines(tmp_path / "cov.json")
-    # Only the kernels ran mypkg's functions: their lines are counted, by_nothing's are not.
-    assert missing == [11] and executed == [1, 2, 3, 6, 7, 10]
+    # Only the kernels ran mypkg's functions (the notebooks' and the fixture's): their lines
+    # are counted, by_nothing's are not.
+    assert missing == [11] and executed == [1, 2, 3, 6, 7, 10, 14, 15]
     assert not list(tmp_path.glob(".coverage.*"))  # the kernels' data files were combined
     # Without xdist: two notebooks at once on the plugin's own pool.
     done = run_pytest(tmp_path, *others, *cov, "--nb-workers", "2", env=env_path)
