@@ -15,9 +15,11 @@ from nbfiles import read_nb, stored, stream, write_nb
 def run_pytest(
     cwd: Path, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """pytest in *cwd* (no ini file there: this repository's settings do not apply)."""
+    """pytest in *cwd* (no ini file there: this repository's settings do not apply), without
+    this venv's property-testing plugins (over a second of imports, nothing to do here)."""
+    unrelated = ("-p", "no:schemathesis", "-p", "no:hypothesispytest")
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *unrelated, *args],
         cwd=cwd,
         env={**os.environ, **env} if env else None,
         capture_output=True,
@@ -219,7 +221,7 @@ def test_coverage_of_what_only_the_notebooks_run_with_xdist_and_with_workers(
         "    nb = notebook('c.ipynb', execute=True)\n"
         "    assert nb.ref('mypkg.by_fixture')(2) == 6\n"
     )
-    others = ("-p", "no:nbval", "-p", "no:nbmake", "-p", "no:schemathesis")
+    others = ("-p", "no:nbval", "-p", "no:nbmake")
     cov = ("--cov=mypkg", "--cov-report=json:cov.json", "--nb")
     env_path = {"PYTHONPATH": str(tmp_path)}  # the kernels import mypkg from here
     # pytest-xdist: two workers, each with a pool of its own; the kernels are forked.
