@@ -266,3 +266,42 @@ def test_nbmake_options_when_nbmake_is_not_loaded(tmp_path: Path) -> None:
     done = run_pytest(tmp_path, "-p", "no:nbmake", "--nbmake", "--nbmake-kernel", "julia-1.9")
     assert done.returncode == 1
     assert "asks for the kernel spec 'julia-1.9', which is not installed" in done.stdout
+
+
+def test_cells_are_items_with_their_own_verdicts_and_lax_compares_marked_cells_only(
+    tmp_path: Path,
+) -> None:
+    write_nb(
+        tmp_path / "stop.ipynb",
+        nbformat.v4.new_markdown_cell("not an item"),
+        stored("print(1)", stream("1\n")),
+        "1 / 0",
+        "print(3)",
+    )
+    write_nb(
+        tmp_path / "lax.ipynb",
+        stored("print('new')", stream("old\n")),  # not marked: not compared under --nb-lax
+        stored("# NBVAL_CHECK_OUTPUT\nprint('new')", stream("old\n"), count=2),
+        stored(("print('x')", ["nbval-skip"]), stream("x\n"), count=3),
+    )
+    args = ("--nb", "--nb-compare", "--nb-lax", "--nb-cells", "--junit-xml", "report.xml")
+    done = run_pytest(tmp_path, *args)
+    assert done.returncode == 1, done.stdout + done.stderr
+    outcomes = {}
+    for case in ET.parse(tmp_path / "report.xml").getroot().iter("testcase"):
+        kind = next((t for t in ("failure", "skipped") if case.find(t) is not None), "passed")
+        outcomes[f"{case.get('classname')}::{case.get('name')}"] = kind
+    assert outcomes == {
+        "stop.ipynb::Cell 0": "passed",
+        "stop.ipynb::Cell 1": "failure",  # raised: the cells after it do not run
+        "stop.ipynb::Cell 2": "skipped",
+        "lax.ipynb::Cell 0": "passed",
+        "lax.ipynb::Cell 1": "failure",
+        "lax.ipynb::Cell 2": "skipped",
+    }
+    assert "stop.ipynb::Cell 1 - cells[2] raised ZeroDivisionError" in done.stdout
+    # A cell picked by its node id, as nbval's are: its notebook runs, only it reports.
+    done = run_pytest(tmp_path, "--nb", "--nb-compare", "--nb-cells", "lax.ipynb::Cell 1", "-rA")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "1 failed in" in done.stdout
+    assert "-old\n+new" in done.stdout
