@@ -33,8 +33,9 @@ def free_port() -> int:
 
 
 class PluginProcess:
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *args: str) -> None:
         self.requested = port or free_port()
+        self.args = args  # more options of the plugin's
         self.port = 0
         self.announced_after = 0.0
         self.process: subprocess.Popen[bytes] | None = None
@@ -44,7 +45,7 @@ class PluginProcess:
     def start(self) -> PluginProcess:
         started = time.monotonic()
         self.process = subprocess.Popen(
-            [PLUGIN, "--port", str(self.requested)],
+            [PLUGIN, "--port", str(self.requested), *self.args],
             stdout=subprocess.PIPE,
             stderr=self._err,
             start_new_session=True,  # QNTX's Setpgid: the plugin leads a group of its own

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +25,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from plugin_process import PluginProcess, free_port
+from plugin_process import PLUGIN, PluginProcess, free_port
 from procs import alive, descendants, kernels_below
 from service_process import ServiceProcess
 
@@ -285,6 +289,104 @@ def test_messages_past_4_mb_pass(plugin: PluginProcess) -> None:
     r = plugin.http("POST", "/execute", body)
     assert r.status_code == 200, r.body[:300]
     assert json.loads(r.body)["result"] == len(blob)
+
+
+# -- the gate: only the plugin's own user ---------------------------------------------------------
+
+NOBODY = 65534
+
+# Run as another user: a HandleHTTP that would run code (when given a body), then Metadata
+# and Health; the status code of each.
+_AS_ANOTHER_USER = """
+import json, sys, grpc
+from bridge.qntx.protocol import domain_pb, domain_rpc
+with grpc.insecure_channel(sys.argv[1]) as channel:
+    stub = domain_rpc.DomainPluginServiceStub(channel)
+    calls = [(stub.Metadata, domain_pb.Empty()), (stub.Health, domain_pb.Empty())]
+    if sys.argv[2]:
+        http = domain_pb.HTTPRequest(method="POST", path="/execute", body=sys.argv[2].encode())
+        calls.insert(0, (stub.HandleHTTP, http))
+    codes = []
+    for call, request in calls:
+        try:
+            call(request, timeout=30)
+            codes.append("OK")
+        except grpc.RpcError as exc:
+            codes.append(exc.code().name)
+print(json.dumps(codes))
+"""
+
+
+def as_another_user(port: int, body: bytes = b"") -> list[str]:
+    """The status codes the plugin gave `nobody` (setpriv: this test runs as root)."""
+    if os.geteuid() != 0:
+        pytest.skip("calling as another user needs root (setpriv), and this test is not root")
+    done = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            _AS_ANOTHER_USER,
+            f"127.0.0.1:{port}",
+            body.decode(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout))
+
+
+def test_another_local_user_is_refused_before_any_service(plugin: PluginProcess) -> None:
+    marker = Path(tempfile.mkdtemp(prefix="qntx-gate-")) / "ran"
+    code = f"import os\nopen({str(marker)!r}, 'w').write(str(os.getuid()))\nreturn os.getuid()"
+    body = json.dumps({"content": code}).encode()
+    try:
+        assert as_another_user(plugin.port, body) == ["PERMISSION_DENIED"] * 3
+        assert not marker.exists()  # refused before HandleHTTP: no code ran
+        log = plugin.log()
+        assert "refused /protocol.DomainPluginService/HandleHTTP from ipv4:127.0.0.1:" in log
+        assert f"(uid {NOBODY}): this plugin answers only its own user (uid 0)" in log
+        # The plugin's own user (QNTX's core that launched it) is unaffected.
+        r = plugin.http("POST", "/execute", body)
+        assert json.loads(r.body)["result"] == os.getuid()
+        assert marker.read_text() == str(os.getuid())
+    finally:
+        shutil.rmtree(marker.parent, ignore_errors=True)
+
+
+def test_allow_any_local_user_lets_another_user_in() -> None:
+    p = PluginProcess(None, "--allow-any-local-user").start()
+    try:
+        assert as_another_user(p.port) == ["OK", "OK"]
+        assert "--allow-any-local-user: every local user" in p.log()
+    finally:
+        p.close()
+
+
+def test_a_non_loopback_interface_needs_asking_for() -> None:
+    refused = subprocess.run(
+        [PLUGIN, "--host", "0.0.0.0", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1
+    assert refused.stdout == ""  # no port announced
+    assert "'0.0.0.0' is not a loopback interface: give --allow-non-loopback" in refused.stderr
+    p = PluginProcess(None, "--host", "0.0.0.0", "--allow-non-loopback").start()
+    try:
+        assert "listening on 0.0.0.0, not on loopback: the port (which runs code) is open" in (
+            p.log()
+        )
+        assert as_another_user(p.port) == ["PERMISSION_DENIED"] * 2  # the gate still holds
+    finally:
+        p.close()
 
 
 # -- ExecuteJob, PythonService, attest() -----------------------------------------------------------
