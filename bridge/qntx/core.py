@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import json
 import logging
 import os
@@ -20,8 +21,10 @@ from typing import Any
 import bridge
 from bridge.server import dispatch
 from bridge.server.errors import ApiError, bad_request, to_api_error
+from bridge.server.openapi import document
 from bridge.server.service import Service
 
+from . import signa
 from .ats import AtsForwarder
 
 log = logging.getLogger("bridge.qntx")
@@ -290,6 +293,12 @@ class Plugin:
         return healthy, message, details
 
 
+@functools.cache
+def declared_signa() -> list[Any]:
+    """InitializeResponse.signa: the operations QNTX serves as endpoints and MCP tools."""
+    return signa.signa(document())
+
+
 def log_entries(body: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(timestamp, level, message, stage) for each line the code wrote."""
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
@@ -301,4 +310,4 @@ def log_entries(body: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return entries
 
 
-__all__ = ["ApiError", "Plugin", "Settings", "log_entries"]
+__all__ = ["ApiError", "Plugin", "Settings", "declared_signa", "log_entries"]

@@ -80,7 +80,7 @@ class DomainPlugin(domain_rpc.DomainPluginServiceServicer):  # type: ignore[misc
         )
 
     async def Initialize(self, request: Any, context: Any) -> Any:
-        from .core import SCRIPT_HANDLER, Settings
+        from .core import SCRIPT_HANDLER, Settings, declared_signa
 
         plugin = await self.core.plugin()
         try:
@@ -95,7 +95,9 @@ class DomainPlugin(domain_rpc.DomainPluginServiceServicer):  # type: ignore[misc
             await plugin.configure(settings)
         except bridge.BridgeError as exc:
             await context.abort(grpc.StatusCode.INTERNAL, f"the kernels did not start: {exc}")
-        return domain_pb.InitializeResponse(handler_names=[SCRIPT_HANDLER], python_provider=True)
+        return domain_pb.InitializeResponse(
+            handler_names=[SCRIPT_HANDLER], python_provider=True, signa=declared_signa()
+        )
 
     async def Shutdown(self, request: Any, context: Any) -> Any:
         plugin = self.core.loaded()

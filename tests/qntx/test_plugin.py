@@ -133,7 +133,170 @@ def test_a_taken_port_makes_it_try_the_next() -> None:
             p.close()
 
 
-def test_serves_reflection(plugin: PluginProcess) -> None:
+# QNTX's plugin/grpc/protocol/domain.proto and sigil.proto as they are today (InitializeResponse
+# has signa at 10, InitializeRequest endpoints up to mail_endpoint at 13): each message's fields
+# as name -> (number, type). The plugin's protos must have these names at these numbers.
+QNTX_MESSAGES: dict[str, dict[str, tuple[int, str]]] = {
+    "MetadataResponse": {
+        "name": (1, "string"),
+        "version": (2, "string"),
+        "qntx_version": (3, "string"),
+        "description": (4, "string"),
+        "author": (5, "string"),
+        "license": (6, "string"),
+    },
+    "InitializeRequest": {
+        "ats_store_endpoint": (1, "string"),
+        "queue_endpoint": (2, "string"),
+        "auth_token": (3, "string"),
+        "config": (4, "map"),
+        "schedule_endpoint": (5, "string"),
+        "file_service_endpoint": (6, "string"),
+        "llm_endpoint": (7, "string"),
+        "embedding_endpoint": (8, "string"),
+        "vector_search_endpoint": (9, "string"),
+        "ground_endpoint": (10, "string"),
+        "search_endpoint": (11, "string"),
+        "fetch_endpoint": (12, "string"),
+        "mail_endpoint": (13, "string"),
+    },
+    "InitializeResponse": {
+        "handler_names": (1, "repeated string"),
+        "schedules": (2, "repeated ScheduleInfo"),
+        "llm_provider": (3, "bool"),
+        "watchers": (4, "repeated WatcherRegistration"),
+        "vector_search_provider": (5, "bool"),
+        "search_provider": (6, "bool"),
+        "embedding_provider": (7, "bool"),
+        "python_provider": (9, "bool"),
+        "signa": (10, "repeated Signum"),
+    },
+    "HTTPHeader": {"name": (1, "string"), "values": (2, "repeated string")},
+    "HTTPRequest": {
+        "method": (1, "string"),
+        "path": (2, "string"),
+        "headers": (3, "repeated HTTPHeader"),
+        "body": (4, "bytes"),
+    },
+    "HTTPResponse": {
+        "status_code": (1, "int32"),
+        "headers": (2, "repeated HTTPHeader"),
+        "body": (3, "bytes"),
+    },
+    "WebSocketMessage": {
+        "type": (1, "Type"),
+        "data": (2, "bytes"),
+        "headers": (3, "map"),
+        "timestamp": (4, "int64"),
+    },
+    "HealthResponse": {"healthy": (1, "bool"), "message": (2, "string"), "details": (3, "map")},
+    "ConfigSchemaResponse": {"fields": (1, "map")},
+    "ConfigFieldSchema": {
+        "type": (1, "string"),
+        "description": (2, "string"),
+        "default_value": (3, "string"),
+        "required": (4, "bool"),
+        "min_value": (5, "string"),
+        "max_value": (6, "string"),
+        "pattern": (7, "string"),
+        "element_type": (8, "string"),
+    },
+    "ElementDefResponse": {"elements": (1, "repeated ElementDef")},
+    "ExecuteJobRequest": {
+        "job_id": (1, "string"),
+        "handler_name": (2, "string"),
+        "payload": (3, "bytes"),
+        "timeout_secs": (4, "int64"),
+    },
+    "ExecuteJobResponse": {
+        "success": (1, "bool"),
+        "error": (2, "string"),
+        "result": (3, "bytes"),
+        "progress_current": (4, "int32"),
+        "progress_total": (5, "int32"),
+        "cost_actual": (6, "double"),
+        "log_entries": (7, "repeated JobLogEntry"),
+        "plugin_version": (8, "string"),
+    },
+    "JobLogEntry": {
+        "timestamp": (1, "string"),
+        "level": (2, "string"),
+        "message": (3, "string"),
+        "stage": (4, "string"),
+        "metadata": (5, "string"),
+    },
+    "ParseAxQueryRequest": {"query": (1, "string")},
+    "ParseAxQueryResponse": {"result": (1, "bytes"), "error": (2, "string")},
+    # sigil.proto
+    "Signum": {
+        "name": (1, "string"),
+        "sigils": (2, "repeated Sigil"),
+        "follows": (3, "repeated Follows"),
+        "description": (4, "string"),
+        "tags": (5, "repeated string"),
+    },
+    "Sigil": {
+        "name": (1, "string"),
+        "does": (2, "string"),
+        "takes": (3, "repeated Param"),
+        "gives": (4, "repeated Field"),
+        "http": (5, "Endpoint"),
+    },
+    "Param": {
+        "name": (1, "string"),
+        "says": (2, "string"),
+        "required": (3, "bool"),
+        "one_of": (4, "repeated string"),
+        "kind": (5, "string"),
+    },
+    "Field": {"name": (1, "string"), "says": (2, "string"), "message": (3, "string")},
+    "Endpoint": {"method": (1, "string"), "path": (2, "string")},
+}
+# Left out on purpose: messages the plugin never sends or reads (proto3 skips them on the wire).
+LEFT_OUT = {
+    ("InitializeResponse", "schedules"),
+    ("InitializeResponse", "watchers"),
+    ("ElementDefResponse", "elements"),
+}
+QNTX_METHODS = [
+    "Metadata",
+    "Initialize",
+    "Shutdown",
+    "HandleHTTP",
+    "HandleWebSocket",
+    "Health",
+    "ConfigSchema",
+    "RegisterElements",
+    "ExecuteJob",
+    "ParseAxQuery",
+]
+
+_SCALARS = {1: "double", 3: "int64", 5: "int32", 8: "bool", 9: "string", 12: "bytes"}
+
+
+def _served_files(plugin: PluginProcess, symbol: str) -> dict[str, Any]:
+    """The served FileDescriptorProtos (by file name) of *symbol* and those it imports."""
+    from google.protobuf import descriptor_pb2
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(plugin.channel)
+    request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)
+    reply = next(iter(stub.ServerReflectionInfo(iter([request]), timeout=10)))
+    files = {}
+    for raw in reply.file_descriptor_response.file_descriptor_proto:
+        proto = descriptor_pb2.FileDescriptorProto.FromString(raw)
+        files[proto.name] = proto
+    return files
+
+
+def _field_type(field: Any) -> str:
+    kind = _SCALARS.get(field.type) or field.type_name.rsplit(".", 1)[-1]
+    if kind == "".join(part.capitalize() for part in field.name.split("_")) + "Entry":
+        return "map"  # protoc's nested entry message of a map field
+    return f"repeated {kind}" if field.label == field.LABEL_REPEATED else kind
+
+
+def test_serves_reflection_with_qntx_field_names_and_numbers(plugin: PluginProcess) -> None:
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     stub = reflection_pb2_grpc.ServerReflectionStub(plugin.channel)
@@ -141,11 +304,18 @@ def test_serves_reflection(plugin: PluginProcess) -> None:
     reply = next(iter(stub.ServerReflectionInfo(iter([request]), timeout=10)))
     names = {s.name for s in reply.list_services_response.service}
     assert {"protocol.DomainPluginService", "protocol.PythonService"} <= names
-    symbol = reflection_pb2.ServerReflectionRequest(
-        file_containing_symbol="protocol.DomainPluginService"
-    )
-    reply = next(iter(stub.ServerReflectionInfo(iter([symbol]), timeout=10)))
-    assert reply.file_descriptor_response.file_descriptor_proto
+    files = _served_files(plugin, "protocol.DomainPluginService")
+    assert any(name.endswith("sigil.proto") for name in files)  # signa's file comes along
+    messages = {m.name: m for f in files.values() for m in f.message_type}
+    for message, fields in QNTX_MESSAGES.items():
+        served = {f.name: (f.number, _field_type(f)) for f in messages[message].field}
+        wanted = {k: v for k, v in fields.items() if (message, k) not in LEFT_OUT}
+        assert served == wanted, message
+    service = next(s for f in files.values() for s in f.service if s.name == "DomainPluginService")
+    assert [m.name for m in service.method] == QNTX_METHODS
+    with pytest.raises(grpc.RpcError) as caught:  # declared as QNTX does; not a parser
+        plugin.domain.ParseAxQuery(domain_pb.ParseAxQueryRequest(query="a is b"), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 # -- Initialize -----------------------------------------------------------------------------------
@@ -155,6 +325,38 @@ def test_initialize_declares_the_python_handler(plugin: PluginProcess) -> None:
     reply = plugin.initialized  # type: ignore[attr-defined]
     assert list(reply.handler_names) == ["python.script"]
     assert reply.python_provider is True
+
+
+def test_initialize_declares_the_operations_as_signa_that_handle_http_answers(
+    plugin: PluginProcess,
+) -> None:
+    signa = {s.name: s for s in plugin.initialized.signa}  # type: ignore[attr-defined]
+    assert set(signa) == {"python", "contexts", "packages", "version", "backends"}
+    assert all(s.description and s.tags for s in signa.values())
+    sigils = {(s.name, g.name): g for s in signa.values() for g in s.sigils}
+    execute = sigils[("python", "execute")]
+    assert (execute.http.method, execute.http.path) == ("POST", "/api/python/execute")
+    assert execute.does == "Run code in a fresh namespace on a pool kernel"
+    takes = {p.name: p for p in execute.takes}
+    assert {"content", "timeout_secs", "inputs"} <= set(takes)
+    assert takes["timeout_secs"].kind == "number" and takes["content"].says
+    assert {"success", "stdout", "result", "error"} <= {f.name for f in execute.gives}
+    call = sigils[("backends", "call")]
+    assert call.http.path == "/api/python/backends/{backend_id}/call"
+    assert [(p.name, p.required) for p in call.takes][:2] == [("backend_id", True), ("cmd", True)]
+    # Every sigil's endpoint is a route HandleHTTP answers (an unknown id: 404 of that id, or
+    # a 400 for the missing body; never "no route"). Only bodiless GETs and DELETEs are sent,
+    # and POSTs without a body: nothing runs and nothing is made.
+    for (signum, name), sigil in sorted(sigils.items()):
+        assert sigil.http.path.startswith("/api/python/"), (signum, name)
+        path = sigil.http.path.removeprefix("/api/python")
+        path = path.replace("{context_id}", "0123").replace("{backend_id}", "0123")
+        if (sigil.http.method, path) == ("POST", "/contexts"):
+            continue  # the one POST whose body is optional: it would start a kernel
+        r = plugin.http(sigil.http.method, path, b"" if sigil.http.method != "POST" else b"[]")
+        body = json.loads(r.body)
+        assert "no route" not in str(body.get("error")), (signum, name, body)
+        assert r.status_code != 405, (signum, name)
 
 
 def test_python_paths_come_first_and_default_modules_are_imported(
