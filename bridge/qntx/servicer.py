@@ -11,7 +11,6 @@ import asyncio
 import importlib
 import json
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +44,7 @@ class Core:
 
     async def _load(self) -> Plugin:
         core = await asyncio.to_thread(importlib.import_module, "bridge.qntx.core")
+        await asyncio.to_thread(importlib.import_module, "bridge.qntx.websocket")
         plugin: Plugin = core.Plugin()
         return plugin
 
@@ -121,17 +121,13 @@ class DomainPlugin(domain_rpc.DomainPluginServiceServicer):  # type: ignore[misc
     async def HandleWebSocket(
         self, request_iterator: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[Any]:
-        async for message in request_iterator:
-            if message.type == _WS.PING:
-                yield _WS(type=_WS.PONG, data=message.data, timestamp=message.timestamp)
-            elif message.type == _WS.CLOSE:
-                return
-            elif message.type == _WS.DATA:
-                yield _WS(
-                    type=_WS.ERROR,
-                    data=b"kernel-bridge takes no data over its websocket: use HandleHTTP",
-                    timestamp=time.time_ns(),
-                )
+        """Runs with their output as it is made, backends' events, cancel: websocket.py."""
+        from .websocket import Session
+
+        plugin = await self.core.plugin()
+        metadata = {key: value for key, value in context.invocation_metadata() or ()}
+        async for message in Session(plugin.running).serve(request_iterator, metadata):
+            yield message
 
     async def Health(self, request: Any, context: Any) -> Any:
         plugin = self.core.loaded()

@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from plugin_process import PLUGIN, PluginProcess, free_port
+from plugin_process import PLUGIN, PluginProcess, Socket, free_port
 from procs import alive, descendants, kernels_below
 from service_process import ServiceProcess
 
@@ -701,6 +701,172 @@ def test_websocket_answers_ping_with_pong_and_ends_on_close(plugin: PluginProces
         (WS.PONG, 123456789),
         (WS.PONG, 987654321),
     ]
+
+
+def test_websocket_streams_output_as_it_is_made_with_pongs_meanwhile(
+    plugin: PluginProcess,
+) -> None:
+    ws = Socket(plugin)
+    code = "import time\nprint(1)\ntime.sleep(1)\nprint(2)"
+    started = time.monotonic()
+    ws.send({"ref": "r1", "op": "run", "path": "/execute", "body": {"content": code}})
+    first = ws.next()
+    first_after = time.monotonic() - started
+    assert first == {"ref": "r1", "event": "stdout", "data": {"text": "1\n"}}
+    assert first_after < 0.3, first_after
+    ws.ping(42)  # QNTX's keepalive goes on while the call runs
+    pong = ws.next()
+    assert (pong.type, pong.timestamp) == (WS.PONG, 42)
+    second = ws.next()
+    second_after = time.monotonic() - started
+    assert second == {"ref": "r1", "event": "stdout", "data": {"text": "2\n"}}
+    # About 1 s after the call began, as the code prints it; the first waited for ipykernel's
+    # output flush (every 0.2 s), so the two are some 0.8 s apart, never batched together.
+    assert 0.9 < second_after < 1.6 and second_after - first_after > 0.6, (
+        first_after,
+        second_after,
+    )
+    end = ws.next()
+    assert (end["ref"], end["event"]) == ("r1", "end")
+    assert end["data"]["success"] is True and end["data"]["stdout"] == "1\n2\n"
+    ws.close()
+
+
+def _sse(service: ServiceProcess, path: str, body: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(event, data) of the HTTP service's Server-Sent Events for the same call."""
+    got, name = [], ""
+    with (
+        service.client() as c,
+        c.stream("POST", path, json=body, headers={"Accept": "text/event-stream"}) as r,
+    ):
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                got.append((name, json.loads(line[6:])))
+    return got
+
+
+def test_websocket_frames_are_the_http_services_events(
+    plugin: PluginProcess, service: ServiceProcess
+) -> None:
+    code = (
+        "import sys\nfrom IPython.display import display\n"
+        "print('out', flush=True)\nprint('err', file=sys.stderr, flush=True)\n"
+        "display({'text/plain': 'shown'}, raw=True)\n"
+        "x = 6 * 7\nx"
+    )
+    failing = "print('before', flush=True)\n1/0"
+    ws = Socket(plugin)
+    for ref, path, body in (
+        ("ok", "/execute", {"content": code}),
+        ("raises", "/execute", {"content": failing}),
+        ("value", "/evaluate", {"expr": "6 * 7"}),
+    ):
+        ws.send({"ref": ref, "op": "run", "path": path, "body": body})
+        frames = [(f["event"], f["data"]) for f in ws.until_end(ref)]
+        http = _sse(service, path, body)
+        assert [e for e, _ in frames] == [e for e, _ in http], ref
+        assert [d for e, d in frames[:-1]] == [d for e, d in http[:-1]], ref
+        assert _same(frames[-1][1]) == _same(http[-1][1]), ref
+    ws.close()
+
+
+def test_websocket_refusals_end_their_request(plugin: PluginProcess) -> None:
+    ws = Socket(plugin)
+    for request, status, words in (
+        ({"ref": "a", "op": "run", "path": "/version"}, 400, "does not stream"),
+        ({"ref": "b", "op": "run", "path": "/nope", "body": {}}, 404, "no route POST /nope"),
+        ({"ref": "c", "op": "run", "path": "/execute", "body": []}, 400, "JSON object"),
+        ({"ref": "d", "op": "dance"}, 400, "op must be run, subscribe or cancel"),
+        ({"ref": "e", "op": "cancel"}, 404, "no request 'e'"),
+        ({"ref": "f", "op": "subscribe", "backend": "0123"}, 404, "no backend '0123'"),
+        ({"ref": "g", "op": "subscribe", "backend": "x", "last_event_id": "-1"}, 400, "Last"),
+    ):
+        ws.send(request)
+        (end,) = ws.until_end(str(request["ref"]))
+        assert end["event"] == "end" and end["data"]["status"] == status, end
+        assert words in end["data"]["error"], end
+    ws.send({"op": "run"})  # no ref: its end has none either
+    end = ws.next()
+    assert (end["ref"], end["data"]["status"]) == (None, 400)
+    ws.close()
+
+
+def test_websocket_cancel_and_a_dropped_stream_interrupt_the_call(plugin: PluginProcess) -> None:
+    made = plugin.http("POST", "/contexts", b'{"name": "ws-cancel"}')
+    assert made.status_code == 201, made.body
+    context = json.loads(made.body)["id"]
+    path = f"/contexts/{context}/execute"
+    slow = "import time\nprint('started', flush=True)\ntime.sleep(30)\n{name} = True"
+    try:
+        ws = Socket(plugin)
+        ws.send(
+            {"ref": "c1", "op": "run", "path": path, "body": {"content": slow.format(name="a")}}
+        )
+        assert ws.next()["data"] == {"text": "started\n"}
+        ws.send({"ref": "c1", "op": "cancel"})
+        assert ws.next() == {"ref": "c1", "event": "cancelled", "data": {}}
+        ask = {"content": "return ['a' in globals(), 'b' in globals()]"}
+        ws.send({"ref": "c2", "op": "run", "path": path, "body": ask})
+        end = ws.until_end("c2")[-1]
+        assert end["data"]["result"] == [False, False]  # interrupted: `a = True` never ran
+        ws.send(
+            {"ref": "c3", "op": "run", "path": path, "body": {"content": slow.format(name="b")}}
+        )
+        assert ws.next()["data"] == {"text": "started\n"}
+        ws.drop()  # the core's stream gone, as when the browser vanishes
+        started = time.monotonic()
+        r = plugin.http("POST", f"/contexts/{context}/execute", json.dumps(ask).encode())
+        assert json.loads(r.body)["result"] == [False, False]
+        assert time.monotonic() - started < 10  # the context was free: its call interrupted
+    finally:
+        plugin.http("DELETE", f"/contexts/{context}")
+
+
+def test_websocket_backend_events_resume_from_the_last_id(plugin: PluginProcess) -> None:
+    script = (
+        "from bridge_runtime import PythonBridge\n\n"
+        "class Ticker(PythonBridge):\n"
+        "    def emit(self, n, start):\n"
+        "        for i in range(start, start + n):\n"
+        "            self.send_event('tick', {'i': i})\n"
+        "        return n\n\n"
+        "if __name__ == '__main__':\n    Ticker().run()\n"
+    )
+    made = plugin.http("POST", "/backends", json.dumps({"script": script}).encode())
+    assert made.status_code == 201, made.body
+    backend = json.loads(made.body)["id"]
+
+    def emit(n: int, start: int) -> None:
+        call = {"cmd": "emit", "params": {"n": n, "start": start}}
+        r = plugin.http("POST", f"/backends/{backend}/call", json.dumps(call).encode())
+        assert json.loads(r.body)["result"] == n
+
+    try:
+        ws = Socket(plugin)
+        ws.send({"ref": "s1", "op": "subscribe", "backend": backend})
+        emit(5, 0)
+        seen = [ws.next() for _ in range(3)]
+        assert [(f["ref"], f["event"], f["data"]) for f in seen] == [
+            ("s1", "message", {"type": "tick", "data": {"i": i}}) for i in range(3)
+        ]
+        last = seen[-1]["id"]
+        assert [f["id"] for f in seen] == [last - 2, last - 1, last]
+        ws.drop()
+        emit(4, 5)  # while nobody listens
+        # Reconnect as a browser does through QNTX: ?backend=...&last_event_id=... (metadata).
+        again = Socket(plugin, metadata=(("backend", backend), ("last_event_id", str(last))))
+        resumed = [again.next() for _ in range(6)]
+        assert [f["data"]["data"]["i"] for f in resumed] == [3, 4, 5, 6, 7, 8]
+        assert [f["id"] for f in resumed] == list(range(last + 1, last + 7))
+        assert {f["ref"] for f in resumed} == {backend}
+        assert plugin.http("DELETE", f"/backends/{backend}").status_code == 200
+        frames = again.until_end(backend)
+        assert frames[-1] == {"ref": backend, "event": "end", "data": {}}
+        again.close()
+    finally:
+        plugin.http("DELETE", f"/backends/{backend}")
 
 
 def test_keepalive_pings_with_no_call_in_flight_are_accepted(plugin: PluginProcess) -> None:
