@@ -155,7 +155,7 @@ class DomainPlugin(domain_rpc.DomainPluginServiceServicer):  # type: ignore[misc
         return domain_pb.ElementDefResponse()
 
     async def ExecuteJob(self, request: Any, context: Any) -> Any:
-        from .core import SCRIPT_HANDLER, ApiError, log_entries
+        from .core import SCRIPT_HANDLER, ApiError
 
         if request.handler_name != SCRIPT_HANDLER:
             await context.abort(
@@ -167,7 +167,7 @@ class DomainPlugin(domain_rpc.DomainPluginServiceServicer):  # type: ignore[misc
         if timeout is not None and timeout <= 0:
             timeout = None
         try:
-            answer = await plugin.job(request.payload, timeout)
+            answer, lines = await plugin.job(request.payload, timeout)
         except ApiError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
         body = answer.body
@@ -179,7 +179,7 @@ class DomainPlugin(domain_rpc.DomainPluginServiceServicer):  # type: ignore[misc
             result=answer.encode(),
             log_entries=[
                 domain_pb.JobLogEntry(timestamp=t, level=level, message=text, stage=stage)
-                for t, level, text, stage in log_entries(body)
+                for t, level, text, stage in lines
             ],
             plugin_version=bridge.__version__,
         )

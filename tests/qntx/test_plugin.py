@@ -8,6 +8,7 @@ service itself; the last test stops it with SIGTERM and checks nothing is left.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
@@ -618,6 +619,12 @@ def test_execute_job_runs_a_script(plugin: PluginProcess) -> None:
     ]
     assert reply.plugin_version == bridge.__version__
     assert _job(plugin, {"code": "return 'old field'"}).success is True
+    # Each line is stamped when the kernel sent it, not when the job ended.
+    code = "import time\nprint('early', flush=True)\ntime.sleep(0.6)\nprint('late', end='')"
+    entries = _job(plugin, {"content": code}).log_entries
+    assert [e.message for e in entries] == ["early", "late"]
+    early, late = (datetime.datetime.fromisoformat(e.timestamp) for e in entries)
+    assert (late - early).total_seconds() > 0.4
 
 
 def test_execute_job_failures(plugin: PluginProcess) -> None:
