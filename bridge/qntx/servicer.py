@@ -8,9 +8,11 @@ that need it wait for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +30,6 @@ log = logging.getLogger("bridge.qntx")
 NAME = "python"  # the name QNTX enables the plugin by, and checks Metadata against
 DESCRIPTION = "Python in managed IPython kernels (kernel-bridge)"
 
-_WS = domain_pb.WebSocketMessage
-
 
 class Core:
     """bridge.qntx.core, imported in a thread once the server listens, and its Plugin."""
@@ -43,8 +43,32 @@ class Core:
         return self._plugin
 
     async def _load(self) -> Plugin:
-        core = await asyncio.to_thread(importlib.import_module, "bridge.qntx.core")
-        await asyncio.to_thread(importlib.import_module, "bridge.qntx.websocket")
+        # A daemon thread, not asyncio.to_thread: a plugin stopped while the import still runs
+        # (a slow disk, a busy machine) exits at once instead of waiting for it to finish.
+        loop = asyncio.get_running_loop()
+        loaded: asyncio.Future[Any] = loop.create_future()
+
+        def settle(core: Any, error: BaseException | None) -> None:
+            if loaded.done():
+                return
+            if error is not None:
+                loaded.set_exception(error)
+            else:
+                loaded.set_result(core)
+
+        def load() -> None:
+            core: Any = None
+            error: BaseException | None = None
+            try:
+                core = importlib.import_module("bridge.qntx.core")
+                importlib.import_module("bridge.qntx.websocket")
+            except BaseException as exc:
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(settle, core, error)
+
+        threading.Thread(target=load, name="bridge-qntx-load", daemon=True).start()
+        core = await loaded
         plugin: Plugin = core.Plugin()
         return plugin
 
@@ -57,8 +81,10 @@ class Core:
         return None
 
     async def close(self) -> None:
-        if self._plugin is not None:
-            await (await self.plugin()).close()
+        # Not loaded yet: no kernel can have started (every call that starts one waits for it).
+        plugin = self.loaded()
+        if plugin is not None:
+            await plugin.close()
 
 
 def _json(value: Any) -> bytes:
