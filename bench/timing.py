@@ -11,21 +11,20 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
+def _timed(fn: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[float]]:
+    async def timed() -> float:
+        t = time.perf_counter()
+        await fn()
+        return time.perf_counter() - t
+
+    return timed
+
+
 async def interleaved(
     a: Callable[[], Awaitable[object]], b: Callable[[], Awaitable[object]], n: int, block: int = 50
 ) -> tuple[list[float], list[float]]:
     """Time *a* and *b* n times each, in alternating blocks, so drift hits both alike."""
-    out: tuple[list[float], list[float]] = ([], [])
-    for fn in (a, b):  # warm-up
-        for _ in range(block):
-            await fn()
-    while len(out[0]) < n:
-        for fn, samples in ((a, out[0]), (b, out[1])):
-            for _ in range(min(block, n - len(samples))):
-                t = time.perf_counter()
-                await fn()
-                samples.append(time.perf_counter() - t)
-    return out
+    return await interleaved_values(_timed(a), _timed(b), n, block)
 
 
 async def interleaved_values(
