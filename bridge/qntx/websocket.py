@@ -184,10 +184,11 @@ class Session:
         if op == "cancel":
             await self.cancel(ref)
             return
-        if ref in self.tasks:
+        running = self.tasks.get(ref)
+        if running is not None and not running.done():
             await self.refuse(ref, ApiError(409, "conflict", f"ref {ref!r} is running already"))
             return
-        if len(self.tasks) >= MAX_REQUESTS:
+        if sum(not t.done() for t in self.tasks.values()) >= MAX_REQUESTS:
             await self.refuse(
                 ref, ApiError(429, "busy", f"{MAX_REQUESTS} requests run on this stream already")
             )
@@ -201,7 +202,14 @@ class Session:
             return
         task = asyncio.ensure_future(work)
         self.tasks[ref] = task
-        task.add_done_callback(lambda _: self.tasks.pop(ref, None))
+        task.add_done_callback(self._forget(ref))
+
+    def _forget(self, ref: str) -> Callable[[asyncio.Task[None]], None]:
+        def forget(task: asyncio.Task[None]) -> None:
+            if self.tasks.get(ref) is task:  # not a later request that took the ref again
+                del self.tasks[ref]
+
+        return forget
 
     async def cancel(self, ref: str) -> None:
         task = self.tasks.get(ref)

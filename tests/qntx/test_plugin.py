@@ -797,6 +797,20 @@ def test_websocket_refusals_end_their_request(plugin: PluginProcess) -> None:
     ws.send({"op": "run"})  # no ref: its end has none either
     end = ws.next()
     assert (end["ref"], end["data"]["status"]) == (None, 400)
+    # A ref in use is refused; once its request ended, it may be used again.
+    slow = {
+        "ref": "dup",
+        "op": "run",
+        "path": "/evaluate",
+        "body": {"expr": "__import__('time').sleep(0.3)"},
+    }
+    ws.send(slow)
+    ws.send(slow)
+    (refused,) = ws.until_end("dup")
+    assert (refused["data"]["status"], refused["data"]["error_type"]) == (409, "conflict")
+    assert ws.until_end("dup")[-1]["data"]["success"] is True
+    ws.send(slow)
+    assert ws.until_end("dup")[-1]["data"]["success"] is True
     ws.close()
 
 
