@@ -21,7 +21,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from service_process import ServiceProcess
 
-from bridge.server.openapi import document
+from bridge.service.dispatch import document
 
 # The shortest timeout a generated request keeps: below it a legitimate 504 would be a
 # matter of machine load, not of the input (tests/test_server.py covers timeouts).
