@@ -31,6 +31,16 @@ Timeout = Annotated[
         "ignores the interrupt); the answer is then 504 timeout.",
     ),
 ]
+# Of a backend or a context: its start, and the default of its calls.
+StartTimeout = Annotated[
+    float,
+    Meta(
+        gt=0,
+        le=MAX_TIMEOUT,
+        description="Seconds its kernel (and a backend's script) gets to start, and the "
+        "default timeout of its calls (default: the service's).",
+    ),
+]
 NonEmpty = Annotated[str, Meta(min_length=1)]
 Requirement = Annotated[str, Meta(min_length=1, max_length=200)]
 # What a process environment can hold: names non-empty without '=' or NUL, values without NUL.
@@ -38,6 +48,7 @@ Env = dict[
     Annotated[str, Meta(min_length=1, pattern="^[^=\u0000]+$")],
     Annotated[str, Meta(pattern="^[^\u0000]*$")],
 ]
+KernelEnv = Annotated[Env, Meta(description="Extra environment variables for its kernel.")]
 Code = Annotated[str, Meta(description="Python source; a top-level `return X` gives X.")]
 
 
@@ -119,20 +130,8 @@ class BackendRequest(Request):
         ]
         | None
     ) = None
-    env: Annotated[Env, Meta(description="Extra environment variables for its kernel.")] | None = (
-        None
-    )
-    timeout_secs: (
-        Annotated[
-            float,
-            Meta(
-                gt=0,
-                le=MAX_TIMEOUT,
-                description="Seconds the script gets to start, and the default for its calls.",
-            ),
-        ]
-        | None
-    ) = None
+    env: KernelEnv | None = None
+    timeout_secs: StartTimeout | None = None
     restart: Annotated[
         bool, Meta(description="Bring a dead kernel back with the script run again.")
     ] = False
@@ -211,9 +210,7 @@ class ContextRequest(Request):
         ]
         | None
     ) = None
-    env: Annotated[Env, Meta(description="Extra environment variables for its kernel.")] | None = (
-        None
-    )
+    env: KernelEnv | None = None
     cwd: (
         Annotated[
             str,
@@ -224,18 +221,7 @@ class ContextRequest(Request):
         ]
         | None
     ) = None
-    timeout_secs: (
-        Annotated[
-            float,
-            Meta(
-                gt=0,
-                le=MAX_TIMEOUT,
-                description="Seconds the kernel gets to start, and the default timeout of "
-                "the context's calls (default: the service's).",
-            ),
-        ]
-        | None
-    ) = None
+    timeout_secs: StartTimeout | None = None
 
 
 class EmptyRequest(Request):
