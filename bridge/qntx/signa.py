@@ -72,6 +72,19 @@ SIGNA: dict[str, tuple[str, list[str], list[tuple[str, str, str]]]] = {
 }
 
 
+def _resolve(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """*schema* with a ``$ref`` (to ``#/components/schemas/...``) followed."""
+    while "$ref" in schema:
+        schema = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+    return schema
+
+
+def _unwrap(schema: dict[str, Any]) -> dict[str, Any]:
+    """An optional field's schema (``anyOf: [X, {"type": "null"}]``) as X."""
+    options = [o for o in schema.get("anyOf", ()) if o.get("type") != "null"]
+    return options[0] if len(options) == 1 else schema
+
+
 def _kind(schema: dict[str, Any]) -> str:
     """A Param's kind: "" text, "count" a whole number (sigil.proto); JSON types past those."""
     kind = schema.get("type", "")
@@ -92,27 +105,31 @@ def _param(name: str, schema: dict[str, Any], says: str, required: bool) -> Any:
     )
 
 
-def _takes(operation: dict[str, Any]) -> list[Any]:
+def _takes(document: dict[str, Any], operation: dict[str, Any]) -> list[Any]:
     takes = [
         _param(p["name"], p.get("schema", {}), p.get("description", ""), p.get("required", False))
         for p in operation.get("parameters", [])
     ]
     body = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
-    shape = body.get("schema", {})
+    shape = _resolve(document, body.get("schema", {}))
     required = set(shape.get("required", []))
     for name, field in shape.get("properties", {}).items():
-        takes.append(_param(name, field, "", name in required))
+        takes.append(_param(name, _unwrap(_resolve(document, field)), "", name in required))
     return takes
 
 
-def _gives(operation: dict[str, Any]) -> list[Any]:
+def _gives(document: dict[str, Any], operation: dict[str, Any]) -> list[Any]:
     for status, answer in sorted(operation.get("responses", {}).items()):
-        if status.startswith("2"):
-            shape = answer.get("content", {}).get("application/json", {}).get("schema", {})
-            return [
-                sigil_pb.Field(name=name, says=str(field.get("description", "")))
-                for name, field in shape.get("properties", {}).items()
-            ]
+        schema = answer.get("content", {}).get("application/json", {}).get("schema", {})
+        if not status.startswith("2") or schema.get("$ref", "").endswith("/Failure"):
+            continue  # POST /backends answers a Python error as 200 Failure, a start as 201
+        fields = []
+        for name, field in _resolve(document, schema).get("properties", {}).items():
+            field = _unwrap(field)
+            says = field.get("description") or _resolve(document, field).get("description")
+            # Field.message names a proto message; these are JSON Schemas: not named there.
+            fields.append(sigil_pb.Field(name=name, says=str(says or "")))
+        return fields
     return []
 
 
@@ -128,8 +145,8 @@ def signa(document: dict[str, Any], mount: str = MOUNT) -> list[Any]:
                 sigil_pb.Sigil(
                     name=sigil_name,
                     does=str(operation.get("summary", "")),
-                    takes=_takes(operation),
-                    gives=_gives(operation),
+                    takes=_takes(document, operation),
+                    gives=_gives(document, operation),
                     http=sigil_pb.Endpoint(method=method, path=mount + path),
                 )
             )

@@ -41,10 +41,20 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from bridge.server import dispatch
-from bridge.server.errors import ApiError, bad_request, not_found, to_api_error
-from bridge.server.handlers import event_id, output_event
-from bridge.server.service import Service
+import msgspec
+
+from bridge.service import dispatch
+from bridge.service import models as m
+from bridge.service.errors import (
+    ApiError,
+    ErrorType,
+    bad_request,
+    internal,
+    not_found,
+    to_api_error,
+)
+from bridge.service.events import event_id, output_event
+from bridge.service.service import Service
 
 from .protocol import domain_pb
 
@@ -61,7 +71,7 @@ _ROUTES = [(re.compile(route.pattern + r"\Z"), route) for route in dispatch.ROUT
 
 def frame(ref: str | None, event: str, data: Any, **extra: Any) -> Any:
     body = {"ref": ref, "event": event, **extra, "data": data}
-    return WS(type=WS.DATA, data=dispatch.encode(body), timestamp=time.time_ns())
+    return WS(type=WS.DATA, data=m.encode(body), timestamp=time.time_ns())
 
 
 def streamed_operation(target: str) -> tuple[dispatch.Operation, dispatch.Request]:
@@ -124,7 +134,7 @@ class Session:
         await self.outbox.put(frame(ref, event, data, **extra))
 
     async def refuse(self, ref: str | None, error: ApiError) -> None:
-        await self.send(ref, "end", error.body())
+        await self.send(ref, "end", dispatch.failure_body(error))
 
     # -- the stream ------------------------------------------------------------------------------
 
@@ -186,11 +196,14 @@ class Session:
             return
         running = self.tasks.get(ref)
         if running is not None and not running.done():
-            await self.refuse(ref, ApiError(409, "conflict", f"ref {ref!r} is running already"))
+            await self.refuse(ref, ApiError(ErrorType.CONFLICT, f"ref {ref!r} is running already"))
             return
         if sum(not t.done() for t in self.tasks.values()) >= MAX_REQUESTS:
             await self.refuse(
-                ref, ApiError(429, "busy", f"{MAX_REQUESTS} requests run on this stream already")
+                ref,
+                ApiError(
+                    ErrorType.LIMIT_REACHED, f"{MAX_REQUESTS} requests run on this stream already"
+                ),
             )
             return
         if op == "run":
@@ -237,14 +250,12 @@ class Session:
             operation, call = streamed_operation(target)
             service = await self.service()
         except Exception as exc:
-            await self.refuse(ref, to_api_error(exc) or dispatch.internal())
+            await self.refuse(ref, to_api_error(exc) or internal())
             return
         body = json.dumps(request.get("body"), default=str).encode()
         outputs: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         call = dataclasses.replace(call, body=body, size=len(body), on_output=outputs.put_nowait)
-        work = asyncio.ensure_future(
-            dispatch.outcome(operation.run(service, call), operation.status)
-        )
+        work = asyncio.ensure_future(dispatch.outcome(operation(service, call), operation.status))
         try:
             while not work.done():
                 waiting = asyncio.ensure_future(outputs.get())
@@ -275,13 +286,13 @@ class Session:
             hosted = (await self.service()).backend(backend)
             stream = hosted.subscribe(last_id)
         except Exception as exc:
-            await self.refuse(ref, to_api_error(exc) or dispatch.internal())
+            await self.refuse(ref, to_api_error(exc) or internal())
             return
         try:
             while True:
                 batch, overflowed = hosted.pending(stream, BATCH)
                 for seq, data in batch:
-                    await self.send(ref, "message", json.loads(data), id=seq)
+                    await self.send(ref, "message", msgspec.Raw(data.encode()), id=seq)
                     stream.cursor = seq
                 if overflowed or (batch and hosted.overflowed(stream)):
                     await self.send(ref, "overflow", {"last_event_id": stream.cursor})

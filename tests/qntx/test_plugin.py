@@ -784,7 +784,7 @@ def test_websocket_refusals_end_their_request(plugin: PluginProcess) -> None:
     for request, status, words in (
         ({"ref": "a", "op": "run", "path": "/version"}, 400, "does not stream"),
         ({"ref": "b", "op": "run", "path": "/nope", "body": {}}, 404, "no route POST /nope"),
-        ({"ref": "c", "op": "run", "path": "/execute", "body": []}, 400, "JSON object"),
+        ({"ref": "c", "op": "run", "path": "/execute", "body": []}, 400, "Expected `object`"),
         ({"ref": "d", "op": "dance"}, 400, "op must be run, subscribe or cancel"),
         ({"ref": "e", "op": "cancel"}, 404, "no request 'e'"),
         ({"ref": "f", "op": "subscribe", "backend": "0123"}, 404, "no backend '0123'"),
