@@ -300,8 +300,11 @@ def test_cells_are_items_with_their_own_verdicts_and_lax_compares_marked_cells_o
         "lax.ipynb::Cell 2": "skipped",
     }
     assert "stop.ipynb::Cell 1 - cells[2] raised ZeroDivisionError" in done.stdout
-    # A cell picked by its node id, as nbval's are: its notebook runs, only it reports.
-    done = run_pytest(tmp_path, "--nb", "--nb-compare", "--nb-cells", "lax.ipynb::Cell 1", "-rA")
+    # A cell picked by its node id, as nbval's are: its notebook runs, only it reports. With
+    # nbval's own options (nbval left out): --nbval is --nb --nb-compare --nb-cells.
+    nbval = ("-p", "no:nbval", "--nbval", "--nbval-cell-timeout", "30")
+    nbval += ("--nbval-kernel-name", "python3", "--nbval-current-env")
+    done = run_pytest(tmp_path, *nbval, "lax.ipynb::Cell 1", "-rA")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "1 failed in" in done.stdout
     assert "-old\n+new" in done.stdout
