@@ -121,7 +121,9 @@ async def test_other_clients_of_a_kernel_do_not_disturb_the_bridge(
     abridge: bridge.AsyncBridge,
 ) -> None:
     async with abridge.session() as s:
-        kc = s.kernel.manager.client()  # shares the manager's Session, as km.client() does
+        kc = (
+            s.kernel.transport.manager.client()
+        )  # shares the manager's Session, as km.client() does
         kc.start_channels()
         try:
             await kc.wait_for_ready(timeout=30)

@@ -323,7 +323,7 @@ async def test_gateway_stopped_mid_call() -> None:
         options = {"gateway_url": gateway.url, "gateway_token": gateway.token}
         async with bridge.AsyncBridge(pool_size=1, **options) as b:
             kernel = b.pool.kernels[0]
-            assert not kernel.client.v1  # type: ignore[attr-defined]
+            assert not kernel.transport.channels.v1  # type: ignore[attr-defined]
             r = await b.execute("print('legacy')\nreturn [1, 'two']")
             assert (r.stdout, r.value) == ("legacy\n", [1, "two"])
             call = asyncio.ensure_future(b.execute("import time\ntime.sleep(30)"))
