@@ -44,7 +44,7 @@ INTERRUPT_GRACE = 1.0  # seconds an interrupted call gets before its kernel is k
 KILL_WAIT = 5.0  # seconds kill() waits for the transport to see the kernel end
 
 CommHandler = Callable[[dict[str, Any]], None]
-AttestHook = Callable[[dict[str, Any]], Any]
+AttestHook = Callable[[dict[str, Any]], None]  # a listener (see bridge/core/callbacks.py)
 
 
 class _Fallback(Exception):
@@ -119,7 +119,6 @@ class Kernel:
         self._comms: dict[str, CommHandler] = {}
         self._exit_callbacks: list[Callable[[ExitStatus], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._background: set[asyncio.Future[Any]] = set()
         self._iopub_live = asyncio.Event()
         # Status messages matter to the ready handshake and to execute_request calls (they
         # complete on idle); comm calls complete on the runtime's reply.
@@ -278,14 +277,7 @@ class Kernel:
             return
         record = call.collector.add_record(data)
         if record is not None and call.on_attest is not None:
-            try:
-                outcome = call.on_attest(record)
-                if asyncio.iscoroutine(outcome):
-                    task = asyncio.ensure_future(outcome)
-                    self._background.add(task)
-                    task.add_done_callback(self._background.discard)
-            except Exception:
-                log.exception("on_attest callback failed")
+            call.on_attest(record)  # a listener: it hands the record on and returns
 
     def _send_shell(
         self,
