@@ -426,9 +426,11 @@ class AsyncBridge(_AsyncCalls):
         if self._closed:
             raise BridgeClosed("the bridge is closed")
         seconds = check_timeout(timeout, self.timeout)
+        source, path = await asyncio.to_thread(read_script, script)
         backend = AsyncBackend(
             self.factory,
-            script,
+            path,
+            source=source,
             env=env,
             python_paths=python_paths,
             timeout=seconds,

@@ -51,7 +51,6 @@ from bridge.core.validate import (
     check_name,
     check_paths,
     check_timeout,
-    read_script,
 )
 
 log = logging.getLogger("bridge.backend")
@@ -79,8 +78,9 @@ class AsyncBackend:
     def __init__(
         self,
         factory: Factory,
-        script: str | os.PathLike[str],
+        path: str,
         *,
+        source: str,
         env: Mapping[str, str] | None = None,
         python_paths: Sequence[str | os.PathLike[str]] = (),
         timeout: float,
@@ -88,7 +88,8 @@ class AsyncBackend:
         max_output: int,
         name: str | None = None,
     ) -> None:
-        self.source, self.path = read_script(script)
+        # Read by the caller, in a thread (spawn(): files.read_script blocks).
+        self.source, self.path = source, path
         # What people see it as (JupyterLab's session, the messages): the script's file name.
         self.name = Path(self.path).name if name is None else check_name(name)
         self.timeout = timeout
