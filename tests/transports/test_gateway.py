@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import tornado.web
+from calls import running_slow_call
 from gateways import GATEWAY_KINDS, GatewayProcess, bridge_options, free_port
 from paths import TOOLBOX
 from procs import alive
@@ -374,8 +375,7 @@ async def test_backend_killed_on_the_gateway_host_restarts(target: Target) -> No
         assert target.gateway.has_kernel(first)
         assert backend.connection_file == ""  # the gateway keeps it to itself
         await backend.call("slow", {"seconds": 0})  # state the restart will lose
-        pending = asyncio.ensure_future(backend.call("slow", {"seconds": 60}))
-        await asyncio.sleep(0.3)
+        pending = await running_slow_call(backend, 60)
         os.kill(backend.info["pid"], signal.SIGKILL)
         killed = time.monotonic()
         with pytest.raises(bridge.KernelDied, match="died"):
