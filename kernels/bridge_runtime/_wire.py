@@ -91,10 +91,18 @@ def encode(value: Any) -> tuple[Any, list[Any]]:
     >>> encode({"a": b"xy"})
     ({'a': {'__bridge_buffer__': 0, 'kind': 'bytes'}}, [b'xy'])
     """
+    value, buffers, _ = encode_sized(value)
+    return value, buffers
+
+
+def encode_sized(value: Any) -> tuple[Any, list[Any], int]:
+    """``encode``, and how many bytes travel (the JSON text and the buffers): what a stream's
+    window counts."""
     buffers: list[Any] = []
     text, found = _dumps(value, buffers)
+    size = len(text) + sum(memoryview(b).nbytes for b in buffers)
     # Pure JSON goes as it is (the check was the point); only placeholders need the copy.
-    return (json.loads(text) if found else value), buffers
+    return (json.loads(text) if found else value), buffers, size
 
 
 def dumps(value: Any) -> str:
