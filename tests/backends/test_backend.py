@@ -7,6 +7,7 @@ echo example, and the toolbox backend of tests/backends/ once serial and once co
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -343,6 +344,24 @@ async def test_binary_values_travel_as_buffers(toolbox: bridge.AsyncBackend) -> 
     back = await toolbox.call("give_back", {"value": [grid, np.float32(1.5), np.int64(7)]})
     assert back[0].dtype == np.int32 and np.array_equal(back[0], grid)
     assert back[1:] == [1.5, 7]
+
+
+async def test_base64_placeholders_in_params_arrive_as_bytes_and_arrays(
+    toolbox: bridge.AsyncBackend,
+) -> None:
+    # The wire form a host without binary buffers sends (JSON over HTTP, say).
+    data = np.arange(6, dtype="<f4")
+    array = {
+        "__bridge_buffer__": None,
+        "kind": "ndarray",
+        "dtype": "<f4",
+        "shape": [2, 3],
+        "base64": base64.b64encode(data.tobytes()).decode(),
+    }
+    described = await toolbox.call("describe", {"value": array})
+    assert described == {"type": "ndarray", "dtype": "float32", "shape": [2, 3], "sum": 15.0}
+    blob = {"__bridge_buffer__": None, "kind": "bytes", "base64": "AAEC"}
+    assert await toolbox.call("give_back", {"value": [blob]}) == [b"\x00\x01\x02"]
 
 
 @local_only  # through the connection file, which a gateway keeps to itself
