@@ -77,6 +77,11 @@ export interface RunOptions extends ExecuteOptions {
   onDisplay?: (output: DisplayDataOutput) => void;
   /** The code's value (an `execute_result` output), when it is known. */
   onResult?: (output: ExecuteResultOutput) => void;
+  /**
+   * The exception the code raised, once it has ended with it (before `run()` resolves with
+   * the same error in {@link Execution.error}); not called for a failure of the service.
+   */
+  onError?: (error: PythonError) => void;
   /** Stops the call (the service interrupts the code). */
   signal?: AbortSignal;
 }
@@ -179,7 +184,7 @@ class Runner {
         deadline: timeout + GRACE_MS,
         ...(options.signal ? { signal: options.signal } : {}),
       });
-      return toExecution(answer);
+      return reportError(toExecution(answer), options);
     }
     const deadline = AbortSignal.timeout(timeout + GRACE_MS);
     const signal = options.signal ? both(deadline, options.signal) : deadline;
@@ -196,7 +201,7 @@ class Runner {
         // A service without streaming answers JSON: the callbacks get the outputs in order.
         const answer = (await this.transport.read(response, deadline, timeout + GRACE_MS)) as ExecuteAnswer;
         for (const output of answer.outputs ?? []) deliver(output, options);
-        return toExecution(answer);
+        return reportError(toExecution(answer), options);
       }
       let end: ExecuteAnswer | FailureAnswer | undefined;
       try {
@@ -234,11 +239,17 @@ class Runner {
         const fail = end as FailureAnswer;
         throw failure(fail.status ?? 500, fail, response.url);
       }
-      return toExecution(end as ExecuteAnswer);
+      return reportError(toExecution(end as ExecuteAnswer), options);
     } finally {
       done();
     }
   }
+}
+
+/** Hand the execution's error to `onError`, as the other callbacks get their outputs. */
+function reportError(execution: Execution, options: RunOptions): Execution {
+  if (execution.error) options.onError?.(execution.error);
+  return execution;
 }
 
 function deliver(output: Output, options: RunOptions): void {
