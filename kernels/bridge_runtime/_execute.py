@@ -30,6 +30,7 @@ import sys
 import uuid
 from typing import Any
 
+from . import _wire
 from .protocol import (
     ATTESTATION,
     EXECUTE,
@@ -371,7 +372,8 @@ class Hooks:
             self.reset_namespace()
         else:
             ns.setdefault("attest", attest)
-        inputs = STATE.meta.get("inputs") or {}
+        # Bytes and arrays come as base64 placeholders (bridge.core.validate.check_inputs).
+        inputs = _wire.decode(STATE.meta.get("inputs") or {}, [])
         STATE.injected = dict(inputs)
         ns.update(inputs)
         path = STATE.meta.get("file")
