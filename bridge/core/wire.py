@@ -48,4 +48,6 @@ PONG: str = protocol.PONG
 REPLY: str = protocol.REPLY
 ATTESTATION: str = protocol.ATTESTATION
 VARIABLES: str = protocol.VARIABLES
+BINARY: str = protocol.BINARY
 REPLY_VALUE: str = protocol.REPLY_VALUE
+REPLY_BINARY: str = protocol.REPLY_BINARY
