@@ -650,14 +650,7 @@ class _Core:
         try:
             try:
                 if call.is_async:  # one at a time: this thread waits for it on the loop
-                    future = asyncio.run_coroutine_threadsafe(
-                        self._run_async(call), self.loop_or_fail()
-                    )
-                    with call.lock:
-                        call.future = future
-                        if call.state == "cancelled":
-                            future.cancel()
-                    value = future.result()
+                    value = self._wait_on_loop(call)
                 else:
                     value = call.fn(**call.kwargs)
                     if inspect.isgenerator(value):
@@ -670,7 +663,7 @@ class _Core:
                         call.state = "done"
                     call.thread = None
                     _raise_in_thread(threading.get_ident(), None)  # one that came too late
-        except (CallInterrupted, concurrent.futures.CancelledError):
+        except (CallInterrupted, concurrent.futures.CancelledError, asyncio.CancelledError):
             self.dropped(call)
         except BaseException as exc:
             self.finish(call, error=exc)
@@ -679,6 +672,23 @@ class _Core:
         finally:
             _CURRENT.reset(token)
             _flush_output()
+
+    def _wait_on_loop(self, call: _Call) -> Any:
+        """Run an async method as a task on the loop and wait until it has ended, however:
+        a cancelled one too (so its finally has run before the next call starts)."""
+        loop = self.loop_or_fail()
+        ended: concurrent.futures.Future[asyncio.Task[Any]] = concurrent.futures.Future()
+
+        def start() -> None:  # on the loop; the task inherits this thread's context (_CURRENT)
+            task = loop.create_task(self._run_async(call))
+            with call.lock:
+                call.future = task  # cancel() cancels it on the loop
+                if call.state == "cancelled":
+                    task.cancel()
+            task.add_done_callback(ended.set_result)
+
+        loop.call_soon_threadsafe(start)
+        return ended.result().result()
 
     async def _run_async(self, call: _Call) -> Any:
         """An async method's value, or an async generator's items (sent, or as a list)."""

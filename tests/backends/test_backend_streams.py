@@ -1,5 +1,8 @@
 """Generator methods as streams: ``async for item in backend.stream(...)``, on real kernels.
 
+Local kernels for all; through each kind of gateway too (its websocket carries the items and
+the acknowledgements) for the breaking-out, binary and 10,000-item tests.
+
 Two toolbox backends are shared by the module: a serial one (a call after a stream runs once
 the stream's generator has finished or been closed, so its state is read without a race) and
 a concurrent one (a call reads the generator's progress while it is suspended).
@@ -14,6 +17,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 import pytest_asyncio
+from gateways import GATEWAY_KINDS, bridge_options
 from paths import TOOLBOX
 
 import bridge
@@ -21,10 +25,15 @@ import bridge
 pytestmark = pytest.mark.asyncio
 
 
-@pytest_asyncio.fixture(scope="module")
-async def abridge() -> AsyncIterator[bridge.AsyncBridge]:
-    async with bridge.AsyncBridge(pool_size=0, timeout=30) as b:
+@pytest_asyncio.fixture(scope="module", params=["local", *GATEWAY_KINDS])
+async def abridge(request: pytest.FixtureRequest) -> AsyncIterator[bridge.AsyncBridge]:
+    """Streams on local kernels and on each kind of gateway (tests/gateways.py)."""
+    options = bridge_options(request, request.param)
+    async with bridge.AsyncBridge(pool_size=0, timeout=30, **options) as b:  # type: ignore[arg-type]
         yield b
+
+
+local_only = pytest.mark.parametrize("abridge", ["local"], indirect=True)
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -39,6 +48,7 @@ async def concurrent_toolbox(abridge: bridge.AsyncBridge) -> AsyncIterator[bridg
         yield backend
 
 
+@local_only
 @pytest.mark.parametrize("method", ["count", "acount"])
 async def test_items_arrive_as_they_are_yielded(toolbox: bridge.AsyncBackend, method: str) -> None:
     # Events and items travel in one ordered channel, and the method sends "count_end" after
@@ -78,6 +88,7 @@ async def test_breaking_out_closes_the_generator_so_its_finally_runs(
     assert state["finally"] is True and state["produced"] < 1_000_000
 
 
+@local_only
 async def test_aclose_waits_until_the_finally_has_run(
     concurrent_toolbox: bridge.AsyncBackend,
 ) -> None:
@@ -91,6 +102,7 @@ async def test_aclose_waits_until_the_finally_has_run(
             await anext(items)  # a closed stream gives no more
 
 
+@local_only
 async def test_cancelling_the_reader_closes_the_generator(toolbox: bridge.AsyncBackend) -> None:
     first = asyncio.Event()
 
@@ -106,6 +118,7 @@ async def test_cancelling_the_reader_closes_the_generator(toolbox: bridge.AsyncB
     assert (await toolbox.call("count_state"))["finally"] is True
 
 
+@local_only
 async def test_the_kernel_stays_within_the_window(
     concurrent_toolbox: bridge.AsyncBackend,
 ) -> None:
@@ -129,6 +142,7 @@ async def test_ten_thousand_items_arrive_in_order_none_lost(
     assert items == list(range(10_000))
 
 
+@local_only
 async def test_an_exception_ends_the_stream_with_a_backend_error(
     toolbox: bridge.AsyncBackend,
 ) -> None:
@@ -152,6 +166,7 @@ async def test_items_may_be_binary(toolbox: bridge.AsyncBackend) -> None:
     assert np.array_equal(arrays[2], np.arange(12, dtype="int16").reshape(3, 4)[:, ::2])
 
 
+@local_only
 async def test_a_timeout_between_items_closes_the_stream(toolbox: bridge.AsyncBackend) -> None:
     items = toolbox.stream("acount", {"n": 3, "delay": 30}, timeout=0.5)
     assert await anext(items) == 0
@@ -160,6 +175,7 @@ async def test_a_timeout_between_items_closes_the_stream(toolbox: bridge.AsyncBa
     assert (await toolbox.call("count_state"))["finally"] is True
 
 
+@local_only
 async def test_call_gathers_a_generator_and_stream_refuses_a_plain_method(
     toolbox: bridge.AsyncBackend,
 ) -> None:
