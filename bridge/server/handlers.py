@@ -74,10 +74,9 @@ class BaseHandler(APIHandler):  # type: ignore[misc]
             body, buffers = m.split(answer.body)
             if buffers:  # bytes and arrays as parts of their own, not base64 (multipart.py)
                 chunks, content_type = multipart.encode(m.encode(body), buffers)
-                self.set_header("Content-Type", content_type)
                 for chunk in chunks:
                     self.write(bytes(chunk) if isinstance(chunk, memoryview) else chunk)
-                self.finish()
+                self.finish(set_content_type=content_type)  # APIHandler's would be JSON
                 return
         self.finish(answer.encode())
 
