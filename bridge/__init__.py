@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from bridge.backends.backend import AsyncBackend
     from bridge.backends.stream import AsyncBackendStream
     from bridge.core.pool import PoolStatus
+    from bridge.core.wire import Encoded
     from bridge.notebooks.handle import AsyncNotebook, Notebook
     from bridge.notebooks.options import NotebookOptions
     from bridge.notebooks.report import NotebookResult
@@ -70,6 +71,7 @@ __all__ = [
     "BridgeClosed",
     "BridgeError",
     "CallTimeout",
+    "Encoded",
     "ErrorInfo",
     "ExecutionError",
     "ExecutionResult",
@@ -106,6 +108,7 @@ _LAZY = {
     "AsyncBridge": "bridge.api.bridge",
     "AsyncNotebook": "bridge.notebooks.handle",
     "AsyncSession": "bridge.api.bridge",
+    "Encoded": "bridge.core.wire",
     "Backend": "bridge.api.sync",
     "BackendStream": "bridge.api.sync",
     "Bridge": "bridge.api.sync",

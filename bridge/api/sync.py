@@ -511,7 +511,7 @@ class BackendStream:
 
     def __next__(self) -> Any:
         if not self._batch:
-            self._batch.extend(self._bridge.call(self._async._next_batch))
+            self._batch.extend(self._bridge.call(self._async.take))
             if not self._batch:
                 raise StopIteration
         return self._batch.popleft()

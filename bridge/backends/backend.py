@@ -109,6 +109,7 @@ class AsyncBackend:
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[asyncio.Future[Any], str]] = {}
         self._streams: dict[int, StreamChannel] = {}  # open streams' items, by request id
+        self._encoded: set[int] = set()  # calls whose result is relayed as it travelled
         self._handlers: dict[str, list[Handler]] = {}
         self._any_handlers: list[Callable[[str, Any], Any]] = []
         self._backlog: dict[str, collections.deque[Any]] = {}
@@ -368,6 +369,9 @@ class AsyncBackend:
             return
         try:
             value = data.get("result")
+            if data["id"] in self._encoded:
+                future.set_result(wire.Encoded(value, list(buffers)) if buffers else value)
+                return
             future.set_result(wire.codec.decode(value, buffers) if buffers else value)
         except Exception as exc:
             future.set_exception(BridgeError(f"the reply of {method}() is unreadable: {exc}"))
@@ -476,9 +480,18 @@ class AsyncBackend:
     # -- calls -----------------------------------------------------------------------------------
 
     async def call(
-        self, method: str, params: Mapping[str, Any] | None = None, *, timeout: float | None = None
+        self,
+        method: str,
+        params: Mapping[str, Any] | wire.Encoded | None = None,
+        *,
+        timeout: float | None = None,
+        encoded: bool = False,
     ) -> Any:
         """Call *method* with *params* as keyword arguments and return its result.
+
+        With *encoded*, the result comes as it travelled, a ``bridge.core.wire.Encoded``
+        (JSON with placeholders, and its buffers): what a front end relays without decoding
+        it; *params* may be one too.
 
         Raises ``BackendError`` if it raised, ``CallTimeout`` past *timeout* (the method is
         interrupted), ``KernelDied`` if the kernel dies, ``BridgeClosed`` once terminated.
@@ -492,6 +505,8 @@ class AsyncBackend:
             async with asyncio.timeout(seconds):
                 kernel, comm_id = await self._connection()
                 self._pending[rid] = (future, method)
+                if encoded:
+                    self._encoded.add(rid)
                 request = {"id": rid, "method": method, "params": data}
                 kernel.send_comm(comm_id, request, buffers or None)
                 sent = kernel, comm_id
@@ -509,11 +524,12 @@ class AsyncBackend:
             raise
         finally:
             self._pending.pop(rid, None)
+            self._encoded.discard(rid)
 
     def stream(
         self,
         method: str,
-        params: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | wire.Encoded | None = None,
         *,
         timeout: float | None = None,
         window: int = DEFAULT_WINDOW,
@@ -543,10 +559,16 @@ class AsyncBackend:
             window_bytes=min(window_bytes, 1 << 30),
         )
 
-    def _request(self, method: str, params: Mapping[str, Any] | None) -> tuple[Any, list[Any]]:
+    def _request(
+        self, method: str, params: Mapping[str, Any] | wire.Encoded | None
+    ) -> tuple[Any, list[Any]]:
         """A call's checked method name and its params, encoded (binary parts as buffers)."""
         if not isinstance(method, str) or not method:
             raise InvalidRequest(f"the method name must be a non-empty str, got {method!r}")
+        if isinstance(params, wire.Encoded):
+            if not isinstance(params.value, dict):
+                raise InvalidRequest(f"{method}(): params must be an object of arguments")
+            return params.value, list(params.buffers)
         if params is None:
             params = {}
         elif not isinstance(params, Mapping):

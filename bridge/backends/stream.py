@@ -207,8 +207,9 @@ class AsyncBackendStream:
             self._state = "closed"
             self._backend._drop_stream(self._rid, cancel=True)
 
-    async def _next_batch(self) -> list[Any]:
-        """The next item and every one already here (the blocking iterator's one trip)."""
+    async def take(self) -> list[Any]:
+        """The next item and every one already here ([] at the end): one trip for a reader that
+        takes them in batches (the blocking iterator, the HTTP stream)."""
         try:
             batch = [await self.__anext__()]
         except StopAsyncIteration:

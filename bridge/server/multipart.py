@@ -20,12 +20,9 @@ searching 64 MB for the boundary; a part without one ends at the next boundary.
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 from typing import Any
-
-from bridge.core import wire
 
 MULTIPART = "multipart/mixed"
 _BOUNDARY = re.compile(r';\s*boundary=(?:"([^"]+)"|([^;\s]+))', re.IGNORECASE)
@@ -50,14 +47,10 @@ def is_multipart(content_type: str | None) -> bool:
     return (content_type or "").split(";")[0].strip().lower() == MULTIPART
 
 
-def encode(answer: Any) -> tuple[list[bytes | memoryview], str] | None:
-    """The chunks of *answer* as a multipart body and its content type; None if it holds no
-    binary value (then it goes as JSON). TypeError or ValueError if it cannot travel."""
-    value, buffers = wire.codec.encode(answer)
-    if not buffers:
-        return None
+def encode(text: bytes, buffers: list[Any]) -> tuple[list[bytes | memoryview], str]:
+    """The chunks of a multipart body, its JSON *text* first, then *buffers*; and its
+    content type."""
     boundary = f"kernel-bridge-{secrets.token_hex(16)}"
-    text = json.dumps(value, separators=(",", ":")).encode()
     chunks: list[bytes | memoryview] = [
         _head(boundary, "application/json", len(text), first=True),
         text,
@@ -109,22 +102,3 @@ def decode(body: bytes, content_type: str) -> tuple[bytes, list[memoryview]]:
     if not parts:
         raise MultipartError("the multipart body has no parts")
     return bytes(parts[0]), parts[1:]
-
-
-def check_placeholders(value: Any, count: int) -> None:
-    """Every placeholder in a request names a part it carries (ValueError naming it if not)."""
-    if isinstance(value, dict):
-        if wire.codec.PLACEHOLDER in value:
-            index = value[wire.codec.PLACEHOLDER]
-            if index is not None and (
-                not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count
-            ):
-                raise MultipartError(
-                    f"a binary value names part {index!r}, but the body has {count} after its JSON"
-                )
-            return
-        for item in value.values():
-            check_placeholders(item, count)
-    elif isinstance(value, list):
-        for item in value:
-            check_placeholders(item, count)

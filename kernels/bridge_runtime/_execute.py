@@ -260,19 +260,6 @@ def send_record(kind: str, payload: dict[str, Any], buffers: list[Any] | None = 
         comm.send({"kind": kind, **payload}, buffers=buffers or None)
 
 
-def _has_binary(obj: Any, _depth: int = 0) -> bool:
-    """Whether *obj* is, or holds in its lists, tuples and dicts, bytes or a NumPy array."""
-    if isinstance(obj, (bytes, bytearray, memoryview)) or _wire._is_ndarray(obj):
-        return True
-    if _depth > 100:
-        return False
-    if isinstance(obj, (list, tuple)):
-        return any(_has_binary(item, _depth + 1) for item in obj)
-    if isinstance(obj, dict):
-        return any(_has_binary(item, _depth + 1) for item in obj.values())
-    return False
-
-
 def _names(value: Any) -> list[Any]:
     if value is None:
         return []
@@ -377,7 +364,7 @@ class Hooks:
             if ok:
                 data = dict(data)
                 data["application/json"] = value
-            STATE.binary = result if not ok and _has_binary(result) else None
+            STATE.binary = result if not ok and _wire.has_binary(result) else None
         return data, md
 
     def pre_run_cell(self, info: Any) -> None:
