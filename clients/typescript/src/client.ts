@@ -26,6 +26,7 @@ import type {
   Attestation,
   BackendInfo,
   BackendRequest,
+  CallEvents,
   CallSuccess,
   ContextInfo,
   ContextRequest,
@@ -438,10 +439,10 @@ export class PythonBackendHandle {
         if (message.event === "item") {
           yield decodeValue(JSON.parse(message.data)) as T;
         } else if (message.event === "end") {
-          const end = JSON.parse(message.data) as { success: boolean } & Partial<FailureAnswer>;
+          const end = JSON.parse(message.data) as CallEvents["end"];
           if (end.success) return;
-          if (end.error_type === "python_error") throw pythonErrorOfCall(end as unknown as CallFailure);
-          const error = failure(end.status ?? 500, end, response.url);
+          if (end.error_type === "python_error") throw pythonErrorOfCall(end as CallFailure);
+          const error = failure((end as FailureAnswer).status ?? 500, end, response.url);
           if (error instanceof KernelDiedError) this.dead = true;
           throw error;
         }

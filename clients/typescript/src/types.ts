@@ -5,6 +5,8 @@
  * @module
  */
 
+import type { CallFailure } from "./errors.js";
+
 /** Any JSON value. */
 export type JSONValue = null | boolean | number | string | JSONValue[] | { [key: string]: JSONValue };
 
@@ -130,7 +132,7 @@ export interface ExecuteAnswer {
   stdout: string;
   /** Everything written to stderr. */
   stderr: string;
-  /** The value (`return X`, or the expression's), as JSON. */
+  /** The value (`return X`, or the expression's), as JSON; bytes and arrays as in {@link CallSuccess}. */
   result: unknown;
   /** The traceback when the code raised, else null. */
   error: string | null;
@@ -260,7 +262,10 @@ export interface CallRequest {
 export interface CallSuccess {
   /** Always true. */
   success: true;
-  /** The method's return value, as JSON (bytes and arrays as base64 placeholders). */
+  /**
+   * The method's return value; bytes and NumPy arrays in it arrive as `Uint8Array` and
+   * {@link NDArray} (on the wire, `BinaryPlaceholder`s: multipart parts, or base64).
+   */
   result: unknown;
   /** Always null. */
   error: null;
@@ -268,6 +273,24 @@ export interface CallSuccess {
   error_type: null;
   /** How long the call took, in milliseconds. */
   duration_ms: number;
+}
+
+/** The `end` event of a generator method's stream (`POST /backends/{id}/call`, SSE) that ended well. */
+export interface StreamEnd {
+  /** Always true (a failure's `end` is a {@link CallFailure} or a {@link FailureAnswer}). */
+  success: true;
+  /** How many items the method yielded. */
+  items: number;
+  /** How long the stream took, in milliseconds. */
+  duration_ms: number;
+}
+
+/** The events of a generator method's stream, by SSE event name. */
+export interface CallEvents {
+  /** One item, as the method yielded it. */
+  item: unknown;
+  /** The last event. */
+  end: StreamEnd | CallFailure | FailureAnswer;
 }
 
 /** One event of a backend's stream: `data: {"type", "data"}`. */
