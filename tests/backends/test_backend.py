@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import pytest
 import pytest_asyncio
-from gateways import GATEWAY_KINDS, bridge_options
 from jupyter_client.asynchronous import AsyncKernelClient
 from paths import ROOT, TOOLBOX
 
@@ -27,32 +26,12 @@ ECHO = ROOT / "kernels" / "examples" / "echo_backend.py"
 pytestmark = pytest.mark.asyncio
 
 
-@pytest_asyncio.fixture(scope="module", params=["local", *GATEWAY_KINDS])
-async def abridge(request: pytest.FixtureRequest) -> AsyncIterator[bridge.AsyncBridge]:
-    """Backends on local kernels and on each kind of gateway (tests/gateways.py)."""
-    options = bridge_options(request, request.param)
-    async with bridge.AsyncBridge(pool_size=0, timeout=30, **options) as b:  # type: ignore[arg-type]
-        yield b
-
-
-local_only = pytest.mark.parametrize("abridge", ["local"], indirect=True)
+local_only = pytest.mark.parametrize("backend_bridge", ["local"], indirect=True)
 
 
 @pytest_asyncio.fixture(scope="module")
-async def echo(abridge: bridge.AsyncBridge) -> AsyncIterator[bridge.AsyncBackend]:
-    async with await abridge.spawn(ECHO, env={"MODE": "test"}, timeout=30.0) as backend:
-        yield backend
-
-
-@pytest_asyncio.fixture(scope="module")
-async def toolbox(abridge: bridge.AsyncBridge) -> AsyncIterator[bridge.AsyncBackend]:
-    async with await abridge.spawn(TOOLBOX) as backend:
-        yield backend
-
-
-@pytest_asyncio.fixture(scope="module")
-async def concurrent_toolbox(abridge: bridge.AsyncBridge) -> AsyncIterator[bridge.AsyncBackend]:
-    async with await abridge.spawn(TOOLBOX, env={"CONCURRENT": "1"}) as backend:
+async def echo(backend_bridge: bridge.AsyncBridge) -> AsyncIterator[bridge.AsyncBackend]:
+    async with await backend_bridge.spawn(ECHO, env={"MODE": "test"}, timeout=30.0) as backend:
         yield backend
 
 
@@ -310,9 +289,9 @@ async def test_print_and_logging_reach_the_host_and_leave_the_result_alone(
     assert any("line 1" in r.getMessage() for r in caplog.records)
 
 
-async def test_script_start_up_output_is_an_event(abridge: bridge.AsyncBridge) -> None:
+async def test_script_start_up_output_is_an_event(backend_bridge: bridge.AsyncBridge) -> None:
     # A fresh backend: its first stdout event is what the script printed while starting.
-    async with await abridge.spawn(TOOLBOX) as backend:
+    async with await backend_bridge.spawn(TOOLBOX) as backend:
         out: list[str] = []
         backend.on("stdout", out.append)
         assert out and out[0].startswith("toolbox starting")

@@ -12,40 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
-import pytest_asyncio
-from gateways import GATEWAY_KINDS, bridge_options
-from paths import TOOLBOX
 
 import bridge
 
 pytestmark = pytest.mark.asyncio
 
 
-@pytest_asyncio.fixture(scope="module", params=["local", *GATEWAY_KINDS])
-async def abridge(request: pytest.FixtureRequest) -> AsyncIterator[bridge.AsyncBridge]:
-    """Streams on local kernels and on each kind of gateway (tests/gateways.py)."""
-    options = bridge_options(request, request.param)
-    async with bridge.AsyncBridge(pool_size=0, timeout=30, **options) as b:  # type: ignore[arg-type]
-        yield b
-
-
-local_only = pytest.mark.parametrize("abridge", ["local"], indirect=True)
-
-
-@pytest_asyncio.fixture(scope="module")
-async def toolbox(abridge: bridge.AsyncBridge) -> AsyncIterator[bridge.AsyncBackend]:
-    async with await abridge.spawn(TOOLBOX) as backend:
-        yield backend
-
-
-@pytest_asyncio.fixture(scope="module")
-async def concurrent_toolbox(abridge: bridge.AsyncBridge) -> AsyncIterator[bridge.AsyncBackend]:
-    async with await abridge.spawn(TOOLBOX, env={"CONCURRENT": "1"}) as backend:
-        yield backend
+local_only = pytest.mark.parametrize("backend_bridge", ["local"], indirect=True)
 
 
 @local_only
