@@ -56,3 +56,4 @@ export {
   type TypedArray,
 } from "./values.js";
 export type * from "./types.js";
+export { errorTypeValues } from "./types.js";
