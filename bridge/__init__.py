@@ -46,9 +46,11 @@ def _publish(value: Any) -> None:
 if TYPE_CHECKING:
     from bridge.api.bridge import AsyncBridge, AsyncSession
     from bridge.api.packages import InstallResult
-    from bridge.api.sync import Backend, Bridge, Session
+    from bridge.api.sync import Backend, BackendStream, Bridge, Session
     from bridge.backends.backend import AsyncBackend
+    from bridge.backends.stream import AsyncBackendStream
     from bridge.core.pool import PoolStatus
+    from bridge.core.wire import Encoded
     from bridge.notebooks.handle import AsyncNotebook, Notebook
     from bridge.notebooks.options import NotebookOptions
     from bridge.notebooks.report import NotebookResult
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AsyncBackend",
+    "AsyncBackendStream",
     "AsyncBridge",
     "AsyncNotebook",
     "AsyncSession",
@@ -63,10 +66,12 @@ __all__ = [
     "BackendError",
     "BackendLost",
     "BackendStartError",
+    "BackendStream",
     "Bridge",
     "BridgeClosed",
     "BridgeError",
     "CallTimeout",
+    "Encoded",
     "ErrorInfo",
     "ExecutionError",
     "ExecutionResult",
@@ -99,10 +104,13 @@ for _name in __all__:  # the ones imported above; the lazy ones as they load
 
 _LAZY = {
     "AsyncBackend": "bridge.backends.backend",
+    "AsyncBackendStream": "bridge.backends.stream",
     "AsyncBridge": "bridge.api.bridge",
     "AsyncNotebook": "bridge.notebooks.handle",
     "AsyncSession": "bridge.api.bridge",
+    "Encoded": "bridge.core.wire",
     "Backend": "bridge.api.sync",
+    "BackendStream": "bridge.api.sync",
     "Bridge": "bridge.api.sync",
     "InstallResult": "bridge.api.packages",
     "Notebook": "bridge.notebooks.handle",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import concurrent.futures
 import contextlib
 import functools
@@ -29,6 +30,7 @@ from bridge.api.bridge import AsyncBridge, AsyncSession
 from bridge.api.outputs import AttestCallback, OutputCallback
 from bridge.api.packages import InstallResult
 from bridge.backends.backend import AsyncBackend, Handler
+from bridge.backends.stream import DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES, AsyncBackendStream
 from bridge.core.errors import BridgeClosed, BridgeError
 from bridge.core.files import DEFAULT_MAX_SCRIPT
 from bridge.core.pool import PoolStatus
@@ -472,6 +474,25 @@ class Backend:
     def methods(self, *, timeout: float | None = None) -> dict[str, dict[str, Any]]:
         return self._bridge.call(self._async.methods, timeout=timeout)
 
+    def stream(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        window: int = DEFAULT_WINDOW,
+        window_bytes: int = DEFAULT_WINDOW_BYTES,
+    ) -> BackendStream:
+        """A generator method's items as it yields them (see ``AsyncBackend.stream``).
+
+        >>> for n in backend.stream("count", {"n": 5}):            # doctest: +SKIP
+        ...     print(n)
+        """
+        stream = self._async.stream(
+            method, params, timeout=timeout, window=window, window_bytes=window_bytes
+        )
+        return BackendStream(self._bridge, stream)
+
     def restart(self) -> None:
         self._bridge.call(self._async.restart)
 
@@ -493,6 +514,46 @@ class Backend:
         check_callable(handler, "the handler")
         undo = self._bridge.call(_on_loop, self._async.on_any, _off_loop(handler, "the handler"))
         return lambda: self._bridge.call(_on_loop, undo)
+
+
+class BackendStream:
+    """The blocking twin of ``AsyncBackendStream``: an iterator of a generator method's items.
+
+    Each trip to the bridge's loop brings every item already there. ``close()`` (or leaving
+    ``with``, or dropping the iterator after ``break``) closes the generator in the kernel.
+    """
+
+    def __init__(self, bridge: Bridge, stream: AsyncBackendStream) -> None:
+        self._bridge = bridge
+        self._async = stream
+        self._batch: collections.deque[Any] = collections.deque()
+
+    def __repr__(self) -> str:
+        return repr(self._async).replace("AsyncBackendStream", "BackendStream", 1)
+
+    def __iter__(self) -> BackendStream:
+        return self
+
+    def __next__(self) -> Any:
+        if not self._batch:
+            self._batch.extend(self._bridge.call(self._async.take))
+            if not self._batch:
+                raise StopIteration
+        return self._batch.popleft()
+
+    def __enter__(self) -> BackendStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the generator in the kernel and wait until its finally has run."""
+        self._batch.clear()
+        try:
+            self._bridge.call(self._async.aclose)
+        except BridgeClosed:
+            pass  # the bridge is closed, and with it the backend
 
 
 async def _on_loop(fn: Callable[..., T], *args: Any) -> T:

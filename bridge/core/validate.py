@@ -58,11 +58,14 @@ def check_inputs(inputs: Mapping[str, Any] | None) -> dict[str, Any]:
     for name in inputs:
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
             raise InvalidRequest(f"inputs: {name!r} is not a valid Python name")
+    from bridge.core import wire  # loads the kernel side's codec: only when inputs are given
+
     try:
-        json.dumps(inputs, allow_nan=False)
+        # Bytes and NumPy arrays travel too, as base64 placeholders the kernel turns back.
+        text = wire.codec.dumps(dict(inputs))
     except (TypeError, ValueError) as exc:
-        raise InvalidRequest(f"inputs must be JSON values: {exc}") from None
-    return dict(inputs)
+        raise InvalidRequest(f"inputs must be JSON values, bytes or NumPy arrays: {exc}") from None
+    return json.loads(text) if wire.codec.PLACEHOLDER in text else dict(inputs)
 
 
 def check_env(env: Mapping[str, str] | None) -> dict[str, str]:

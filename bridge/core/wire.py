@@ -9,9 +9,10 @@ definition of each and no copy to drift.
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 from bridge.core.errors import KernelStartError
 
@@ -48,4 +49,37 @@ PONG: str = protocol.PONG
 REPLY: str = protocol.REPLY
 ATTESTATION: str = protocol.ATTESTATION
 VARIABLES: str = protocol.VARIABLES
+BINARY: str = protocol.BINARY
 REPLY_VALUE: str = protocol.REPLY_VALUE
+REPLY_BINARY: str = protocol.REPLY_BINARY
+
+
+@dataclass
+class Encoded:
+    """A value still in its wire form: JSON with placeholders, and the buffers they name.
+
+    What a front end relays without decoding it (no NumPy needed, no copy): a backend's
+    result taken with ``call(..., encoded=True)``, params passed to ``call`` as they came in a
+    multipart body. ``inline()`` gives its JSON form (the buffers as base64).
+    """
+
+    PLACEHOLDER: ClassVar[str] = codec.PLACEHOLDER  # the key that marks a placeholder
+
+    value: Any
+    buffers: list[Any] = field(default_factory=list)
+
+    def inline(self) -> Any:
+        """The JSON form: each placeholder with its bytes inline as base64."""
+        return codec.inline(self.value, self.buffers) if self.buffers else self.value
+
+    @classmethod
+    def of(cls, value: Any) -> Any:
+        """*value* as an ``Encoded`` if it holds bytes or NumPy arrays, else *value* itself.
+
+        >>> Encoded.of({"a": b"xy"}).value
+        {'a': {'__bridge_buffer__': 0, 'kind': 'bytes'}}
+        """
+        if not codec.has_binary(value):
+            return value
+        data, buffers = codec.encode(value)
+        return cls(data, buffers)

@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import logging
 import re
+import time
 from collections.abc import Awaitable
 from http.client import responses
 from typing import Any
@@ -21,14 +22,15 @@ from jupyter_server.base.handlers import APIHandler
 from tornado import web
 from tornado.iostream import StreamClosedError
 
+from bridge import AsyncBackendStream, BackendError, Encoded
 from bridge.service import dispatch
 from bridge.service import models as m
 from bridge.service.backends import EventStream, HostedBackend
-from bridge.service.errors import ApiError, ErrorType, bad_request, internal
+from bridge.service.errors import ApiError, ErrorType, bad_request, internal, to_api_error
 from bridge.service.events import event_id, output_event
-from bridge.service.service import Service
+from bridge.service.service import Service, call_failure, since
 
-from . import auth
+from . import auth, multipart
 
 log = logging.getLogger("bridge.server")
 
@@ -69,6 +71,14 @@ class BaseHandler(APIHandler):  # type: ignore[misc]
         self.set_status(answer.status)
         for name, value in answer.headers.items():
             self.set_header(name, value)
+        if answer.status < 400 and multipart.accepts(self.request.headers.get("Accept")):
+            body, buffers = m.split(answer.body)
+            if buffers:  # bytes and arrays as parts of their own, not base64 (multipart.py)
+                chunks, content_type = multipart.encode(m.encode(body), buffers)
+                for chunk in chunks:
+                    self.write(bytes(chunk) if isinstance(chunk, memoryview) else chunk)
+                self.finish(set_content_type=content_type)  # APIHandler's would be JSON
+                return
         self.finish(answer.encode())
 
     def send_failure(self, error: ApiError) -> None:
@@ -305,6 +315,9 @@ def _serve(method: str) -> Any:
         if operation.streams and wants_events(self.request.headers.get("Accept", "")):
             await self.stream(operation, request)
             return
+        if operation.items and wants_events(self.request.headers.get("Accept", "")):
+            await self.stream_items(operation, request)
+            return
         await self.answer(operation(self.service, request), operation.status)
 
     serve.__name__ = method.lower()
@@ -382,6 +395,82 @@ class RouteHandler(BodyHandler):
             if not work.done():
                 work.cancel()
 
+    async def stream_items(self, operation: dispatch.Operation, request: dispatch.Request) -> None:
+        """Answer a generator method's call with Server-Sent Events: ``item`` per item as the
+        method yields it (binary values as base64 BinaryValues), then ``end``.
+
+        Items are written as fast as the client reads them (each batch is flushed before the
+        next is taken), and the kernel runs no more than the stream's window ahead: a slow
+        client holds the generator back. As for a streamed execution, a failure before the
+        stream opens (a bad request, an unknown backend or method, a method that is not a
+        generator or raised at once) is the route's JSON answer; after, ``end`` carries it. A
+        client that goes away closes the generator in the kernel (its ``finally`` runs).
+        """
+        self._work = work = asyncio.ensure_future(self._write_items(operation, request))
+        try:
+            await work
+        except asyncio.CancelledError:
+            if not self._gone:
+                raise  # else the client went away; on_connection_close cancelled it
+        except StreamClosedError:
+            pass
+
+    async def _write_items(self, operation: dispatch.Operation, request: dispatch.Request) -> None:
+        started = time.perf_counter()
+        opened = await dispatch.outcome(operation.open_items(self.service, request))
+        if opened.status >= 400:
+            self.send_answer(opened)
+            return
+        items: AsyncBackendStream = opened.body
+        self._items_open = False
+        count = 0
+        end: Any
+        async with items:
+            try:
+                while batch := await self._take(items):
+                    self._items_open = self._open_events(self._items_open)
+                    for item in batch:
+                        self.write(sse("item", Encoded.of(item)))
+                    count += len(batch)
+                    await self.flush()  # the client's pace is the generator's
+            except StreamClosedError:
+                raise
+            except BackendError as exc:  # the method raised: a call's answer, as unstreamed
+                end = call_failure(exc, started)
+                if not self._items_open:
+                    self.send_answer(dispatch.Answer(200, end))
+                    return
+            except Exception as exc:
+                error = to_api_error(exc)
+                if error is None:
+                    log.exception("a streamed call failed")
+                    error = internal()
+                if not self._items_open:
+                    self.send_failure(error)
+                    return
+                end = dispatch.failure_body(error)
+            else:
+                end = m.StreamEnd(success=True, items=count, duration_ms=since(started))
+        self._open_events(self._items_open)
+        self.write(sse("end", end))
+        self.finish(set_content_type="text/event-stream")
+
+    async def _take(self, items: AsyncBackendStream) -> list[Any]:
+        """The next batch of items; the stream opens with a comment after KEEPALIVE seconds of
+        waiting (so a proxy keeps it), and one goes every KEEPALIVE seconds after."""
+        taking = asyncio.ensure_future(items.take())
+        try:
+            while True:
+                done, _ = await asyncio.wait({taking}, timeout=self.KEEPALIVE)
+                if done:
+                    return taking.result()
+                self._items_open = self._open_events(self._items_open)
+                self.write(": keep-alive\n\n")
+                await self.flush()
+        finally:
+            if not taking.done():
+                taking.cancel()  # the client went away: the stream closes the generator
+
     def _open_events(self, opened: bool) -> bool:
         if not opened:
             self.set_status(200)
@@ -400,7 +489,16 @@ class RouteHandler(BodyHandler):
         if self._too_large:  # dropped: the Content-Length said so, or the bytes did
             size = max(size, self.service.max_body_size + 1)
         body = b"" if self._too_large else b"".join(self._chunks)
-        return dispatch.Request(args, query, body, size, self.request.host or "127.0.0.1")
+        buffers: tuple[Any, ...] = ()
+        content_type = self.request.headers.get("Content-Type")
+        if body and multipart.is_multipart(content_type):
+            try:
+                body, parts = multipart.decode(body, content_type or "")
+            except multipart.MultipartError as exc:
+                raise bad_request(str(exc), field="body") from None
+            buffers = tuple(parts)
+        host = self.request.host or "127.0.0.1"
+        return dispatch.Request(args, query, body, size, host, buffers=buffers)
 
 
 def routes(service: Service) -> list[tuple[str, type[BaseHandler], dict[str, Any]]]:

@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from bridge import Encoded
+
 from . import models as m
 from . import openapi
 from .errors import ApiError, ErrorType, bad_request, internal, not_found, to_api_error
@@ -46,6 +48,8 @@ class Request:
     host: str = "127.0.0.1"
     # A streamed answer's listener (HTTP's text/event-stream): each output as it is made.
     on_output: Callable[[dict[str, Any]], None] | None = None
+    # The parts after the JSON of a multipart/mixed body: the bytes its BinaryValues name.
+    buffers: tuple[Any, ...] = ()
 
 
 @dataclass
@@ -61,7 +65,7 @@ class Answer:
 
     def data(self) -> dict[str, Any]:
         """The body as plain JSON values (for a transport that reads fields of it)."""
-        value = msgspec.to_builtins(self.body, enc_hook=str)
+        value = msgspec.to_builtins(m.inline(self.body), enc_hook=str)
         assert isinstance(value, dict)
         return value
 
@@ -98,7 +102,32 @@ def read_body(service: Service, request: Request, model: type[B]) -> B:
         raise too_large(service)
     if not request.body.strip():
         raise bad_request("the body is empty: send a JSON object", field="body")
-    return m.decode(model, request.body)
+    body = m.decode(model, request.body)
+    if request.buffers or Encoded.PLACEHOLDER.encode() in request.body:
+        check_parts(body, len(request.buffers))
+    return body
+
+
+def check_parts(body: Any, count: int, where: str = "") -> None:
+    """Every BinaryValue of *body* names one of the *count* parts the request carries (or is
+    inline): else 400 naming the field."""
+    if isinstance(body, msgspec.Struct):
+        for name in body.__struct_fields__:
+            check_parts(getattr(body, name), count, name)
+    elif isinstance(body, dict):
+        part = body.get(Encoded.PLACEHOLDER, ...)
+        if part is ... or part is None:
+            for key, item in body.items():
+                check_parts(item, count, f"{where}.{key}" if where else str(key))
+        elif isinstance(part, bool) or not isinstance(part, int) or not 0 <= part < count:
+            raise bad_request(
+                f"{where}: a binary value names part {part!r}, but the body has {count} after "
+                "its JSON (send multipart/mixed, or the bytes inline as base64)",
+                field=where or "body",
+            )
+    elif isinstance(body, list):
+        for item in body:
+            check_parts(item, count, where)
 
 
 def optional_body(service: Service, request: Request, model: type[B]) -> B | None:
@@ -118,6 +147,8 @@ def _context(request: Request) -> str | None:
 
 
 async def _execute(service: Service, request: Request, body: m.ExecuteRequest) -> Any:
+    if request.buffers and body.inputs:  # the kernel reads them from JSON: inline, as base64
+        body.inputs = Encoded(body.inputs, list(request.buffers)).inline()
     return await service.execute(body, context=_context(request), on_output=request.on_output)
 
 
@@ -191,7 +222,11 @@ async def _delete_backend(service: Service, request: Request, body: None) -> Any
 
 
 async def _call(service: Service, request: Request, body: m.CallRequest) -> Any:
-    return await service.call(request.args[0], body)
+    return await service.call(request.args[0], body, request.buffers)
+
+
+async def _call_items(service: Service, request: Request, body: m.CallRequest) -> Any:
+    return service.stream_call(request.args[0], body, request.buffers)
 
 
 async def _events(service: Service, request: Request, body: None) -> Any:
@@ -243,6 +278,9 @@ class Operation:
     failures: tuple[ErrorType, ...] = ()
     # Runs code: over HTTP, `Accept: text/event-stream` streams its outputs (handlers.py).
     streams: bool = False
+    # Over HTTP, `Accept: text/event-stream` streams the items of a generator method: this
+    # gives its AsyncBackendStream (handlers.py writes them as they come).
+    items: Callable[[Service, Request, Any], Awaitable[Any]] | None = None
     # Only an event stream over HTTP (models.BackendEvents), never a JSON answer.
     events: Any = None
     query: tuple[Query, ...] = ()
@@ -258,11 +296,18 @@ class Operation:
 
     async def __call__(self, service: Service, request: Request) -> Any:
         """Decode the request's body (if the operation takes one) and run."""
-        body = None
-        if self.body is not None:
-            read = optional_body if self.body_optional else read_body
-            body = read(service, request, self.body)
-        return await self.run(service, request, body)
+        return await self.run(service, request, self._body(service, request))
+
+    async def open_items(self, service: Service, request: Request) -> Any:
+        """Decode the request's body and open the stream of items (``items`` operations)."""
+        assert self.items is not None
+        return await self.items(service, request, self._body(service, request))
+
+    def _body(self, service: Service, request: Request) -> Any:
+        if self.body is None:
+            return None
+        read = optional_body if self.body_optional else read_body
+        return read(service, request, self.body)
 
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: openapi.py caches per table
@@ -443,6 +488,7 @@ ROUTES: tuple[Route, ...] = (
                 body=m.CallRequest,
                 failures=(*RUN, ErrorType.NOT_FOUND),
                 operation_id="callBackend",
+                items=_call_items,
             )
         },
     ),

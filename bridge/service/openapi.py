@@ -26,7 +26,15 @@ if TYPE_CHECKING:
 REF = "#/components/schemas/{name}"
 
 # Shapes the routes do not name but clients need: the event streams' and the failures'.
-_EXTRA_MODELS: tuple[Any, ...] = (m.Failure, m.ExecutionEvents, m.BackendEvents, m.PythonError)
+_EXTRA_MODELS: tuple[Any, ...] = (
+    m.Failure,
+    m.ExecutionEvents,
+    m.BackendEvents,
+    m.CallEvents,
+    m.StreamEnd,
+    m.BinaryValue,
+    m.PythonError,
+)
 
 _WHY = {
     ErrorType.BAD_REQUEST: "malformed JSON, a wrong type, a missing or unknown field "
@@ -62,6 +70,22 @@ EVENTS = (
     "failure before that is the plain JSON answer with its status. Closing the connection "
     "interrupts the code."
 )
+
+ITEMS = (
+    "With 'Accept: text/event-stream' a generator method's items stream as Server-Sent "
+    "Events (components.schemas.CallEvents): one 'item' per item as the method yields it, "
+    "then 'end' (StreamEnd, or the failure). Closing the connection closes the generator."
+)
+
+MULTIPART = (
+    "With 'Accept: multipart/mixed', an answer whose value holds bytes or NumPy arrays is a "
+    "multipart/mixed body: this JSON first, its BinaryValues naming the parts after it, one "
+    "application/octet-stream part per value, each with its Content-Length (docs/http.md)."
+)
+# Answers and requests whose values may hold bytes or arrays (BinaryValue): their routes take
+# and give multipart/mixed too.
+_BINARY = (m.CallAnswer, m.ExecuteAnswer, m.CallRequest, m.ExecuteRequest)
+_MULTIPART_SCHEMA = {"schema": {"type": "string", "format": "binary"}}
 
 # What a created backend's id leads to (OpenAPI links: clients and stateful testers follow
 # them). Not the event stream, which stays open for as long as the backend lives.
@@ -157,6 +181,14 @@ def _operation(route: Route, operation: Operation) -> dict[str, Any]:
             success["content"]["text/event-stream"] = {
                 "schema": {"type": "string", "x-events": _ref(m.ExecutionEvents)}
             }
+        if operation.items:
+            success["description"] += " " + ITEMS
+            success["content"]["text/event-stream"] = {
+                "schema": {"type": "string", "x-events": _ref(m.CallEvents)}
+            }
+        if operation.answer in _BINARY:
+            success["description"] += " " + MULTIPART
+            success["content"]["multipart/mixed"] = _MULTIPART_SCHEMA
     responses[str(operation.status)] = success
     if route.path == "/backends" and operation.status == 201:
         success["links"] = _BACKEND_LINKS
@@ -171,6 +203,8 @@ def _operation(route: Route, operation: Operation) -> dict[str, Any]:
             "required": not operation.body_optional,
             "content": _json(_ref(operation.body)),
         }
+        if operation.body in _BINARY:  # the JSON part first, then one part per BinaryValue
+            op["requestBody"]["content"]["multipart/mixed"] = _MULTIPART_SCHEMA
     parameters = _parameters(route, operation)
     if parameters:
         op["parameters"] = parameters

@@ -23,17 +23,19 @@ from typing import Any, TypeVar, cast
 import msgspec
 
 from bridge import (
+    AsyncBackendStream,
     AsyncBridge,
     AsyncSession,
     BackendError,
     BridgeClosed,
+    Encoded,
     ExecutionResult,
     KernelStartError,
 )
 from bridge._version import __version__
 
 from . import models as m
-from .backends import HostedBackend, to_json
+from .backends import HostedBackend
 from .contexts import HostedContext
 from .errors import ApiError, ErrorType, bad_request, not_found
 from .sessions import NoSessions, SessionRegistry
@@ -80,6 +82,25 @@ return {name: _findable(name) for name in names}
 """
 
 
+def _params(req: m.CallRequest, buffers: Sequence[Any]) -> Any:
+    """A call's params: with a multipart request's parts, as they came (undecoded)."""
+    if buffers:
+        return Encoded(req.params or {}, list(buffers))
+    return req.params
+
+
+def call_failure(exc: BackendError, started: float) -> m.CallAnswer:
+    """The answer of a call whose method raised (a stream's end, too)."""
+    return m.CallAnswer(
+        success=False,
+        result=None,
+        error=str(exc),
+        error_type="python_error",
+        exception=m.PythonError(exc.ename, exc.evalue, exc.traceback),
+        duration_ms=since(started),
+    )
+
+
 def execute_answer(result: ExecutionResult) -> m.ExecuteAnswer:
     """The answer of an execute, evaluate or execute-file."""
     error = result.error
@@ -87,7 +108,7 @@ def execute_answer(result: ExecutionResult) -> m.ExecuteAnswer:
         success=result.success,
         stdout=result.stdout,
         stderr=result.stderr,
-        result=result.value,
+        result=Encoded.of(result.value),  # bytes and arrays: JSON or parts, as asked
         error=None if error is None else error.traceback,
         error_type=None if result.success else "python_error",
         exception=None
@@ -443,7 +464,7 @@ class Service:
     async def backend_info(self, backend_id: str) -> m.BackendInfo:
         return self.backend(backend_id).info()
 
-    async def call(self, backend_id: str, req: m.CallRequest) -> m.CallAnswer:
+    def _callable(self, backend_id: str, req: m.CallRequest) -> HostedBackend:
         hosted = self.backend(backend_id)
         if hosted.gone:
             raise ApiError(
@@ -455,26 +476,36 @@ class Service:
                 f"the backend has no method {req.cmd!r}; it has: {', '.join(hosted.methods)}",
                 field="cmd",
             )
+        return hosted
+
+    async def call(
+        self, backend_id: str, req: m.CallRequest, buffers: Sequence[Any] = ()
+    ) -> m.CallAnswer:
+        """Call a method; its value is relayed as it travelled (bytes and arrays undecoded).
+        *buffers*: the parts a multipart request's params name."""
+        hosted = self._callable(backend_id, req)
         started = time.perf_counter()
         try:
-            value = await hosted.backend.call(req.cmd, req.params, timeout=req.timeout_secs)
-        except BackendError as exc:
-            return m.CallAnswer(
-                success=False,
-                result=None,
-                error=str(exc),
-                error_type="python_error",
-                exception=m.PythonError(exc.ename, exc.evalue, exc.traceback),
-                duration_ms=_since(started),
+            value = await hosted.backend.call(
+                req.cmd, _params(req, buffers), timeout=req.timeout_secs, encoded=True
             )
+        except BackendError as exc:
+            return call_failure(exc, started)
         return m.CallAnswer(
             success=True,
-            result=to_json(value),
+            result=value,  # as it travelled: JSON, or an Encoded with its buffers
             error=None,
             error_type=None,
             exception=None,
-            duration_ms=_since(started),
+            duration_ms=since(started),
         )
+
+    def stream_call(
+        self, backend_id: str, req: m.CallRequest, buffers: Sequence[Any] = ()
+    ) -> AsyncBackendStream:
+        """The items of a generator method, as it yields them (not sent until read)."""
+        hosted = self._callable(backend_id, req)
+        return hosted.backend.stream(req.cmd, _params(req, buffers), timeout=req.timeout_secs)
 
     async def delete_backend(self, backend_id: str) -> m.Deleted:
         hosted = self.backends.pop(backend_id, None)
@@ -618,6 +649,6 @@ class Service:
                         log.exception("culling context %s failed", hosted.id)
 
 
-def _since(started: float) -> float:
+def since(started: float) -> float:
     """Milliseconds since *started* (a perf_counter reading)."""
     return round((time.perf_counter() - started) * 1000, 3)

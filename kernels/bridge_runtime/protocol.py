@@ -11,9 +11,13 @@ Calls and records (comm ``EXECUTE_COMM``, opened by the host once per kernel)::
     kernel -> host  {"kind": "reply", "status": "ok", "value": {"data", "metadata", ...}}
                     (the value as an execute_result's content, in the reply rather than in a
                     message of its own; absent without a value or on ipykernel < 7)
+                    (with "binary": the value, when it holds bytes or NumPy arrays, encoded
+                    as _wire does, its buffers those of the message)
                     or {"kind": "reply", "fallback": True}
                     {"kind": "attestation", "record": {...}}          attest() inside a call
                     {"kind": "variables", "variables": {...}}         capture_variables
+                {"kind": "binary", "value": ...}   the value, when it holds bytes or arrays,
+                                                   of a plain execute_request (ipykernel < 7)
 
 A plain ``execute_request`` carries the same ``meta`` under ``metadata[META_KEY]``.
 
@@ -42,4 +46,6 @@ PONG = "pong"
 REPLY = "reply"
 ATTESTATION = "attestation"
 VARIABLES = "variables"
+BINARY = "binary"
 REPLY_VALUE = "value"  # the key of a reply's value (an execute_result's content)
+REPLY_BINARY = "binary"  # the key of a reply's value itself, when it holds bytes or arrays

@@ -24,7 +24,7 @@ CLIENT = ROOT / "clients" / "typescript"
 BUN = CLIENT / "node_modules" / ".bin" / "bun"
 TSC = CLIENT / "node_modules" / ".bin" / "tsc"
 
-SUITES = ["quickstart", "python", "faults"]
+SUITES = ["quickstart", "python", "faults", "values"]
 NEEDS_ISSUE_11 = ["contexts", "streaming", "packages"]
 TIMEOUT = 280  # seconds for one file under one runtime
 

@@ -30,6 +30,7 @@ export {
   type Execution,
   type RunOptions,
   type SpawnOptions,
+  type StreamOptions,
 } from "./client.js";
 export {
   BackendTerminatedError,
@@ -45,5 +46,14 @@ export {
 export { GRACE_MS, type Endpoint } from "./http.js";
 export { ServiceProcess, type StartOptions } from "./service.js";
 export { readSSE, type SSEMessage } from "./sse.js";
+export {
+  decodeValue,
+  dtypeOf,
+  encodeValue,
+  NDArray,
+  PLACEHOLDER,
+  type BinaryPlaceholder,
+  type TypedArray,
+} from "./values.js";
 export type * from "./types.js";
 export { errorTypeValues } from "./types.js";

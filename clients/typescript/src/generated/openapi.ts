@@ -577,13 +577,14 @@ export interface paths {
                 };
             };
             responses: {
-                /** @description Done (success tells whether the code raised). With 'Accept: text/event-stream' the answer is Server-Sent Events, one per output as the kernel makes it (components.schemas.ExecutionEvents, by event name): 'stdout' and 'stderr', 'display', 'result', 'error', and last 'end' with the whole answer the route gives without streaming (a Failure, such as a timeout, if the call failed after the stream opened). The stream opens at the first output (or after 15 s of silence); a failure before that is the plain JSON answer with its status. Closing the connection interrupts the code. */
+                /** @description Done (success tells whether the code raised). With 'Accept: text/event-stream' the answer is Server-Sent Events, one per output as the kernel makes it (components.schemas.ExecutionEvents, by event name): 'stdout' and 'stderr', 'display', 'result', 'error', and last 'end' with the whole answer the route gives without streaming (a Failure, such as a timeout, if the call failed after the stream opened). The stream opens at the first output (or after 15 s of silence); a failure before that is the plain JSON answer with its status. Closing the connection interrupts the code. With 'Accept: multipart/mixed', an answer whose value holds bytes or NumPy arrays is a multipart/mixed body: this JSON first, its BinaryValues naming the parts after it, one application/octet-stream part per value, each with its Content-Length (docs/http.md). */
                 200: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
                         "application/json": components["schemas"]["ExecuteAnswer"];
+                        "multipart/mixed": string;
                         "text/event-stream": string;
                     };
                 };
@@ -681,16 +682,18 @@ export interface paths {
             requestBody: {
                 content: {
                     "application/json": components["schemas"]["ExecuteRequest"];
+                    "multipart/mixed": string;
                 };
             };
             responses: {
-                /** @description Done (success tells whether the code raised). With 'Accept: text/event-stream' the answer is Server-Sent Events, one per output as the kernel makes it (components.schemas.ExecutionEvents, by event name): 'stdout' and 'stderr', 'display', 'result', 'error', and last 'end' with the whole answer the route gives without streaming (a Failure, such as a timeout, if the call failed after the stream opened). The stream opens at the first output (or after 15 s of silence); a failure before that is the plain JSON answer with its status. Closing the connection interrupts the code. */
+                /** @description Done (success tells whether the code raised). With 'Accept: text/event-stream' the answer is Server-Sent Events, one per output as the kernel makes it (components.schemas.ExecutionEvents, by event name): 'stdout' and 'stderr', 'display', 'result', 'error', and last 'end' with the whole answer the route gives without streaming (a Failure, such as a timeout, if the call failed after the stream opened). The stream opens at the first output (or after 15 s of silence); a failure before that is the plain JSON answer with its status. Closing the connection interrupts the code. With 'Accept: multipart/mixed', an answer whose value holds bytes or NumPy arrays is a multipart/mixed body: this JSON first, its BinaryValues naming the parts after it, one application/octet-stream part per value, each with its Content-Length (docs/http.md). */
                 200: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
                         "application/json": components["schemas"]["ExecuteAnswer"];
+                        "multipart/mixed": string;
                         "text/event-stream": string;
                     };
                 };
@@ -791,13 +794,14 @@ export interface paths {
                 };
             };
             responses: {
-                /** @description Done (success tells whether the code raised). With 'Accept: text/event-stream' the answer is Server-Sent Events, one per output as the kernel makes it (components.schemas.ExecutionEvents, by event name): 'stdout' and 'stderr', 'display', 'result', 'error', and last 'end' with the whole answer the route gives without streaming (a Failure, such as a timeout, if the call failed after the stream opened). The stream opens at the first output (or after 15 s of silence); a failure before that is the plain JSON answer with its status. Closing the connection interrupts the code. */
+                /** @description Done (success tells whether the code raised). With 'Accept: text/event-stream' the answer is Server-Sent Events, one per output as the kernel makes it (components.schemas.ExecutionEvents, by event name): 'stdout' and 'stderr', 'display', 'result', 'error', and last 'end' with the whole answer the route gives without streaming (a Failure, such as a timeout, if the call failed after the stream opened). The stream opens at the first output (or after 15 s of silence); a failure before that is the plain JSON answer with its status. Closing the connection interrupts the code. With 'Accept: multipart/mixed', an answer whose value holds bytes or NumPy arrays is a multipart/mixed body: this JSON first, its BinaryValues naming the parts after it, one application/octet-stream part per value, each with its Content-Length (docs/http.md). */
                 200: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
                         "application/json": components["schemas"]["ExecuteAnswer"];
+                        "multipart/mixed": string;
                         "text/event-stream": string;
                     };
                 };
@@ -1010,13 +1014,14 @@ export interface paths {
                 };
             };
             responses: {
-                /** @description Done (success tells whether the code raised). With 'Accept: text/event-stream' the answer is Server-Sent Events, one per output as the kernel makes it (components.schemas.ExecutionEvents, by event name): 'stdout' and 'stderr', 'display', 'result', 'error', and last 'end' with the whole answer the route gives without streaming (a Failure, such as a timeout, if the call failed after the stream opened). The stream opens at the first output (or after 15 s of silence); a failure before that is the plain JSON answer with its status. Closing the connection interrupts the code. */
+                /** @description Done (success tells whether the code raised). With 'Accept: text/event-stream' the answer is Server-Sent Events, one per output as the kernel makes it (components.schemas.ExecutionEvents, by event name): 'stdout' and 'stderr', 'display', 'result', 'error', and last 'end' with the whole answer the route gives without streaming (a Failure, such as a timeout, if the call failed after the stream opened). The stream opens at the first output (or after 15 s of silence); a failure before that is the plain JSON answer with its status. Closing the connection interrupts the code. With 'Accept: multipart/mixed', an answer whose value holds bytes or NumPy arrays is a multipart/mixed body: this JSON first, its BinaryValues naming the parts after it, one application/octet-stream part per value, each with its Content-Length (docs/http.md). */
                 200: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
                         "application/json": components["schemas"]["ExecuteAnswer"];
+                        "multipart/mixed": string;
                         "text/event-stream": string;
                     };
                 };
@@ -1102,16 +1107,18 @@ export interface paths {
             requestBody: {
                 content: {
                     "application/json": components["schemas"]["ExecuteRequest"];
+                    "multipart/mixed": string;
                 };
             };
             responses: {
-                /** @description Done (success tells whether the code raised). With 'Accept: text/event-stream' the answer is Server-Sent Events, one per output as the kernel makes it (components.schemas.ExecutionEvents, by event name): 'stdout' and 'stderr', 'display', 'result', 'error', and last 'end' with the whole answer the route gives without streaming (a Failure, such as a timeout, if the call failed after the stream opened). The stream opens at the first output (or after 15 s of silence); a failure before that is the plain JSON answer with its status. Closing the connection interrupts the code. */
+                /** @description Done (success tells whether the code raised). With 'Accept: text/event-stream' the answer is Server-Sent Events, one per output as the kernel makes it (components.schemas.ExecutionEvents, by event name): 'stdout' and 'stderr', 'display', 'result', 'error', and last 'end' with the whole answer the route gives without streaming (a Failure, such as a timeout, if the call failed after the stream opened). The stream opens at the first output (or after 15 s of silence); a failure before that is the plain JSON answer with its status. Closing the connection interrupts the code. With 'Accept: multipart/mixed', an answer whose value holds bytes or NumPy arrays is a multipart/mixed body: this JSON first, its BinaryValues naming the parts after it, one application/octet-stream part per value, each with its Content-Length (docs/http.md). */
                 200: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
                         "application/json": components["schemas"]["ExecuteAnswer"];
+                        "multipart/mixed": string;
                         "text/event-stream": string;
                     };
                 };
@@ -1200,13 +1207,14 @@ export interface paths {
                 };
             };
             responses: {
-                /** @description Done (success tells whether the code raised). With 'Accept: text/event-stream' the answer is Server-Sent Events, one per output as the kernel makes it (components.schemas.ExecutionEvents, by event name): 'stdout' and 'stderr', 'display', 'result', 'error', and last 'end' with the whole answer the route gives without streaming (a Failure, such as a timeout, if the call failed after the stream opened). The stream opens at the first output (or after 15 s of silence); a failure before that is the plain JSON answer with its status. Closing the connection interrupts the code. */
+                /** @description Done (success tells whether the code raised). With 'Accept: text/event-stream' the answer is Server-Sent Events, one per output as the kernel makes it (components.schemas.ExecutionEvents, by event name): 'stdout' and 'stderr', 'display', 'result', 'error', and last 'end' with the whole answer the route gives without streaming (a Failure, such as a timeout, if the call failed after the stream opened). The stream opens at the first output (or after 15 s of silence); a failure before that is the plain JSON answer with its status. Closing the connection interrupts the code. With 'Accept: multipart/mixed', an answer whose value holds bytes or NumPy arrays is a multipart/mixed body: this JSON first, its BinaryValues naming the parts after it, one application/octet-stream part per value, each with its Content-Length (docs/http.md). */
                 200: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
                         "application/json": components["schemas"]["ExecuteAnswer"];
+                        "multipart/mixed": string;
                         "text/event-stream": string;
                     };
                 };
@@ -2184,6 +2192,23 @@ export interface components {
             timeout_secs?: number | null;
         };
         /**
+         * BinaryValue
+         * @description A bytes value or NumPy array where a value holds one (docs/http.md, "Binary values"):
+         *     its bytes inline as base64 in JSON, or a part of a ``multipart/mixed`` body.
+         */
+        BinaryValue: {
+            /** @description The part of the multipart/mixed body that holds the bytes, 0 being the first after the JSON; null when they are inline in base64. */
+            __bridge_buffer__: number | null;
+            /** @description The bytes (an array's elements in C order). */
+            base64?: string;
+            /** @description An array's NumPy dtype.str: <f4, |u1, >i4, <c16. */
+            dtype?: string;
+            /** @enum {unknown} */
+            kind: "bytes" | "ndarray";
+            /** @description An array's shape. */
+            shape?: number[];
+        };
+        /**
          * CallAnswer
          * @description What a backend call gives (``success`` tells whether the method raised).
          */
@@ -2192,9 +2217,20 @@ export interface components {
             error: string | null;
             error_type: "python_error" | null;
             exception: components["schemas"]["PythonError"] | null;
-            /** @description The method's value, as JSON. */
+            /** @description The method's value, as JSON; bytes and NumPy arrays in it as BinaryValue placeholders. */
             result: unknown;
             success: boolean;
+        };
+        /**
+         * CallEvents
+         * @description The events of a generator method's call streamed (``Accept: text/event-stream`` on
+         *     ``POST /backends/{id}/call``), by SSE event name.
+         */
+        CallEvents: {
+            /** @description The last event: StreamEnd, or the failure (a CallAnswer of a method that raised, a Failure such as a timeout) if it failed after the stream opened. */
+            end: components["schemas"]["StreamEnd"] | components["schemas"]["CallAnswer"] | components["schemas"]["Failure"];
+            /** @description One item, as the method yielded it (binary values as BinaryValue). */
+            item: unknown;
         };
         /**
          * CallRequest
@@ -2318,7 +2354,7 @@ export interface components {
             error_type: "python_error" | null;
             exception: components["schemas"]["PythonError"] | null;
             outputs: (components["schemas"]["StreamOutput"] | components["schemas"]["DisplayDataOutput"] | components["schemas"]["ExecuteResultOutput"] | components["schemas"]["ErrorOutput"])[];
-            /** @description The value (JSON if it has a JSON form). */
+            /** @description The value (JSON if it has a JSON form; bytes and NumPy arrays in it as BinaryValue placeholders). */
             result: unknown;
             stderr: string;
             stdout: string;
@@ -2497,6 +2533,17 @@ export interface components {
             traceback: string;
         };
         /**
+         * StreamEnd
+         * @description The ``end`` of a generator method's stream that ended well.
+         */
+        StreamEnd: {
+            duration_ms: number;
+            /** @description How many items the method yielded. */
+            items: number;
+            /** @enum {unknown} */
+            success: true;
+        };
+        /**
          * StreamOutput
          * @description An nbformat v4 ``stream`` output: text written to stdout or stderr.
          */
@@ -2647,16 +2694,19 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["CallRequest"];
+                "multipart/mixed": string;
             };
         };
         responses: {
-            /** @description Done. */
+            /** @description Done. With 'Accept: text/event-stream' a generator method's items stream as Server-Sent Events (components.schemas.CallEvents): one 'item' per item as the method yields it, then 'end' (StreamEnd, or the failure). Closing the connection closes the generator. With 'Accept: multipart/mixed', an answer whose value holds bytes or NumPy arrays is a multipart/mixed body: this JSON first, its BinaryValues naming the parts after it, one application/octet-stream part per value, each with its Content-Length (docs/http.md). */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["CallAnswer"];
+                    "multipart/mixed": string;
+                    "text/event-stream": string;
                 };
             };
             /** @description bad_request: malformed JSON, a wrong type, a missing or unknown field (`field` names it). */
@@ -2734,6 +2784,7 @@ type ReadonlyArray<T> = [
     unknown[]
 ] ? Readonly<Exclude<T, undefined>> : Readonly<Exclude<T, undefined>[]>;
 export const backendInfoStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["BackendInfo"]["state"]> = ["alive", "dead", "lost", "restarting"];
+export const binaryValueKindValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["BinaryValue"]["kind"]> = ["bytes", "ndarray"];
 export const callAnswerError_typeAnyOf0Values: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["CallAnswer"]["error_type"]> = ["python_error"];
 export const displayDataOutputOutput_typeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["DisplayDataOutput"]["output_type"]> = ["display_data"];
 export const errorOutputOutput_typeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ErrorOutput"]["output_type"]> = ["error"];
