@@ -460,6 +460,8 @@ class AsyncBridge(_AsyncCalls):
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
         root: str | os.PathLike[str] | None = None,
+        max_file_bytes: int | None = None,
+        max_context_bytes: int | None = None,
     ) -> AsyncSession:
         """One kernel kept for the caller, state and all, until the session closes.
 
@@ -472,10 +474,17 @@ class AsyncBridge(_AsyncCalls):
         gets a kernel started for it with those, instead of a warm one from the pool;
         ``restart()`` starts it again with the same. With *root*, *cwd* must be a folder
         inside it (``ScriptRefused`` otherwise), as a service checks what its clients ask for.
+        *max_file_bytes* and *max_context_bytes* limit its files (default: the bridge's).
         """
         if cwd is not None and root is not None:
             cwd = folder_inside(root, cwd)
-        return AsyncSession(self, env=env, cwd=cwd)
+        return AsyncSession(
+            self,
+            env=env,
+            cwd=cwd,
+            max_file_bytes=max_file_bytes,
+            max_context_bytes=max_context_bytes,
+        )
 
     # -- packages --------------------------------------------------------------------------------
 
@@ -538,9 +547,21 @@ class AsyncSession(_AsyncCalls):
         *,
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
+        max_file_bytes: int | None = None,
+        max_context_bytes: int | None = None,
     ) -> None:
         self._bridge = bridge
         self.env = check_env(env)
+        self.max_file_bytes = (
+            bridge.max_file_bytes
+            if max_file_bytes is None
+            else check_count(max_file_bytes, "max_file_bytes")
+        )
+        self.max_context_bytes = (
+            bridge.max_context_bytes
+            if max_context_bytes is None
+            else check_count(max_context_bytes, "max_context_bytes")
+        )
         self.cwd = None if cwd is None else os.fspath(cwd)
         if self.cwd is not None and not bridge.gateway_url and not os.path.isdir(self.cwd):
             raise InvalidRequest(f"cwd {self.cwd!r} is not a folder")
@@ -687,8 +708,9 @@ class AsyncSession(_AsyncCalls):
         a gateway's kernel gets them the same way; folders on the way are made. The file
         appears whole or not at all. Refused (``FileRefused``): a path out of the folder
         (absolute, ``..``, through a symlink), past ``max_file_bytes`` or, with the session's
-        other uploads, ``max_context_bytes`` (``too_large``). *timeout* bounds each wait for
-        the kernel (one busy running code serves the upload after it); default the bridge's.
+        other uploads still there, ``max_context_bytes`` (``too_large``). *timeout* bounds
+        each wait for the kernel (one busy running code serves the upload after it); default
+        the bridge's.
         """
         target = files_.check_path(path)
         seconds = check_timeout(timeout, self._bridge.timeout)
@@ -697,8 +719,8 @@ class AsyncSession(_AsyncCalls):
             target,
             chunks,
             size=known,
-            max_file=self._bridge.max_file_bytes,
-            max_total=self._bridge.max_context_bytes,
+            max_file=self.max_file_bytes,
+            max_total=self.max_context_bytes,
             timeout=seconds,
         )
 
@@ -712,9 +734,7 @@ class AsyncSession(_AsyncCalls):
         """
         target = files_.check_path(path)
         seconds = check_timeout(timeout, self._bridge.timeout)
-        return self._file_channel().download(
-            target, max_file=self._bridge.max_file_bytes, timeout=seconds
-        )
+        return self._file_channel().download(target, max_file=self.max_file_bytes, timeout=seconds)
 
     @overload
     async def download(

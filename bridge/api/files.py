@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import stat
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
@@ -45,7 +46,7 @@ async def source_chunks(
             raise InvalidRequest(
                 f"no local file {local!r} to upload ({exc}); pass bytes to upload content"
             ) from None
-        if not os.path.isfile(local):
+        if not stat.S_ISREG(info.st_mode):
             raise InvalidRequest(f"{local!r} is not a regular file")
         return _read(local), info.st_size
     if isinstance(source, AsyncIterable):
@@ -75,10 +76,7 @@ async def _read(path: str) -> AsyncIterator[bytes]:
 async def save(stream: FileDownload, dest: str | os.PathLike[str]) -> None:
     """Write what *stream* brings to the local *dest*: a temporary file beside it, renamed
     at the end, so a failed download leaves the old file (or none) in place."""
-    target = os.path.abspath(os.fspath(dest))
-    temp = os.path.join(
-        os.path.dirname(target), f".{os.path.basename(target)}.{secrets.token_hex(6)}.download"
-    )
+    target, temp = _beside(dest)
     try:
         f: Any = await asyncio.to_thread(open, temp, "xb")
     except OSError as exc:
@@ -96,3 +94,10 @@ async def save(stream: FileDownload, dest: str | os.PathLike[str]) -> None:
         except OSError:
             pass
         raise
+
+
+def _beside(dest: str | os.PathLike[str]) -> tuple[str, str]:
+    """*dest* made absolute, and a temporary name in its folder."""
+    target = os.path.abspath(os.fspath(dest))
+    folder, name = os.path.split(target)
+    return target, os.path.join(folder, f".{name}.{secrets.token_hex(6)}.download")

@@ -294,10 +294,21 @@ class Bridge(_BlockingCalls):
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
         root: str | os.PathLike[str] | None = None,
+        max_file_bytes: int | None = None,
+        max_context_bytes: int | None = None,
     ) -> Session:
-        """A blocking session: ``with b.session() as s: s.execute("x = 1")`` (*env*, *cwd* and
-        *root* as for ``AsyncBridge.session``)."""
-        return Session(self, self._async.session(env=env, cwd=cwd, root=root))
+        """A blocking session: ``with b.session() as s: s.execute("x = 1")`` (arguments as
+        for ``AsyncBridge.session``)."""
+        return Session(
+            self,
+            self._async.session(
+                env=env,
+                cwd=cwd,
+                root=root,
+                max_file_bytes=max_file_bytes,
+                max_context_bytes=max_context_bytes,
+            ),
+        )
 
     def install(
         self,
@@ -360,6 +371,12 @@ class Session(_BlockingCalls):
 
     def restart(self) -> None:
         self._bridge.call(self._async.restart)
+
+    @property
+    def async_session(self) -> AsyncSession:
+        """The AsyncSession underneath (for what only it has: ``download_stream``, an upload
+        from an async iterable); its coroutines run on the bridge's loop (``Bridge.call``)."""
+        return self._async
 
     @property
     def kernel_id(self) -> str:

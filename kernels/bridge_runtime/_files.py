@@ -30,7 +30,7 @@ from . import _beneath
 from .protocol import ABORT, ACK, DATA, END, FILES_COMM, GET, LIST, PUT, REMOVE
 
 CHUNK = 1 << 20  # bytes of a download chunk
-WINDOW = 4  # download chunks sent ahead of the host's acks
+WINDOW = 8  # download chunks sent ahead of the host's acks
 MAX_ENTRIES = 10_000  # a listing stops here (and says it was cut short)
 
 
@@ -94,7 +94,8 @@ def _refused(exc: OSError, path: str) -> Refused:
 def _info(name: str, path: str, st: os.stat_result) -> dict[str, Any]:
     kind = _kind(st.st_mode)
     size = st.st_size if kind == "file" else 0
-    return {"name": name, "path": path, "size": size, "kind": kind, "modified": _modified(st.st_mtime)}
+    modified = _modified(st.st_mtime)
+    return {"name": name, "path": path, "size": size, "kind": kind, "modified": modified}
 
 
 def _check_target(folder: int, name: str, path: str) -> None:
