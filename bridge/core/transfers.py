@@ -36,7 +36,7 @@ from bridge.core.kernel import Kernel
 log = logging.getLogger("bridge.files")
 
 CHUNK = 1 << 20  # bytes of an upload chunk (a gateway's websocket takes at most 10 MiB)
-WINDOW = 8  # upload chunks in flight: 1 MiB x 8 was the fastest (docs/files.md)
+WINDOW = 8  # upload chunks in flight: 1 MiB x 8 was the fastest measured (docs/api.md)
 
 
 @dataclass(frozen=True)

@@ -209,6 +209,8 @@ class Files:
             self._fail(rid, exc.reason, str(exc))
         except OSError as exc:
             self._fail(rid, "bad_request", f"{data.get('path', '')}: {exc.strerror or exc}")
+        except Exception as exc:  # a malformed request: answer it, never leave the host waiting
+            self._fail(rid, "bad_request", f"{op}: {type(exc).__name__}: {exc}")
 
     def _fail(self, rid: Any, reason: str, message: str) -> None:
         self._drop(rid)
