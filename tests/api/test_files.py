@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -277,3 +278,24 @@ async def test_without_openat2_the_walk_gives_the_same_answers(
                 await s.upload(b"x", "out/new")
             assert refused.value.reason == "forbidden"
     assert sorted(p.name for p in outside.iterdir()) == ["secret"]
+
+
+@pytest.mark.asyncio
+async def test_a_kernel_dying_mid_upload_fails_it_and_the_next_kernel_serves(
+    abridge: bridge.AsyncBridge, tmp_path: Path
+) -> None:
+    async with abridge.session(cwd=tmp_path) as s:
+        pid = s.kernel.pid
+        assert pid is not None
+
+        async def dies_half_way() -> AsyncIterator[bytes]:
+            yield b"x" * (1 << 20)
+            os.kill(pid, signal.SIGKILL)
+            for _ in range(16):
+                yield b"y" * (1 << 20)
+
+        with pytest.raises(bridge.KernelDied):
+            await s.upload(dies_half_way(), "big.bin", timeout=30)
+        await s.restart()
+        assert (await s.upload(b"fine", "small.bin")).size == 4
+        assert await s.download("small.bin") == b"fine"
