@@ -43,29 +43,37 @@ def disk(source: Path, target: Path) -> tuple[float, float]:
     return written, time.perf_counter() - t
 
 
+def prepare(source: Path, work: Path, mb: int) -> None:
+    with open(source, "wb") as f:
+        for _ in range(mb):
+            f.write(os.urandom(1 << 20))
+    work.mkdir()
+
+
 async def main(mb: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         source = folder / "source.bin"
-        with open(source, "wb") as f:
-            for _ in range(mb):
-                f.write(os.urandom(1 << 20))
         work = folder / "work"
-        work.mkdir()
+        prepare(source, work, mb)
         base = [disk(source, folder / "copy.bin") for _ in range(3)]
         disk_up, disk_down = min(b[0] for b in base), min(b[1] for b in base)
-        async with bridge.AsyncBridge(pool_size=0, gateway_url="") as b:
-            async with b.session(cwd=work) as s:
-                ups, downs, grown = [], [], 0.0
-                for _ in range(3):
-                    before = rss_mb()
-                    t = time.perf_counter()
-                    await s.upload(source, "big.bin")
-                    ups.append(time.perf_counter() - t)
-                    t = time.perf_counter()
-                    await s.download("big.bin", folder / "back.bin")
-                    downs.append(time.perf_counter() - t)
-                    grown = max(grown, rss_mb() - before)
+        ups: list[float] = []
+        downs: list[float] = []
+        grown = 0.0
+        async with (
+            bridge.AsyncBridge(pool_size=0, gateway_url="") as b,
+            b.session(cwd=work) as s,
+        ):
+            for _ in range(3):
+                before = rss_mb()
+                t = time.perf_counter()
+                await s.upload(source, "big.bin")
+                ups.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                await s.download("big.bin", folder / "back.bin")
+                downs.append(time.perf_counter() - t)
+                grown = max(grown, rss_mb() - before)
         up, down = min(ups), min(downs)
         print(f"{mb} MB, best of 3")
         print(f"(a) disk      write {mb / disk_up:7.0f} MB/s   read {mb / disk_down:7.0f} MB/s")
