@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import urllib.parse
 
 from bridge.core import wire
 from bridge.core.errors import InvalidRequest, ScriptRefused
@@ -101,15 +100,8 @@ def _resolve_inside(root: str, path: str) -> str:
     ``..%2f`` is refused like ``../``, and so are forms with backslashes read as separators;
     the real path must equal the root or start with the root plus a separator (a bare prefix
     check would let ``/srv/data-evil`` pass for ``/srv/data``)."""
-    forms = [path]
-    while len(forms) < 4:
-        decoded = urllib.parse.unquote(forms[-1])
-        if decoded == forms[-1]:
-            break
-        forms.append(decoded)
-    forms += [form.replace("\\", "/") for form in forms if "\\" in form]
     resolved = ""
-    for form in forms:
+    for form in wire.beneath.decoded_forms(path):
         if "\x00" in form:
             raise ScriptRefused("bad_request", "path must not contain a NUL character")
         real = os.path.realpath(os.path.join(root, form))

@@ -17,6 +17,7 @@ import platform
 import stat
 import struct
 import sys
+import urllib.parse
 
 # openat2(2): its number is the same on every architecture of the unified syscall table.
 _SYS_OPENAT2 = 437
@@ -27,6 +28,18 @@ _OPENAT2_MACHINES = {"x86_64", "aarch64", "arm64", "riscv64", "ppc64le", "s390x"
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 READ = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
+
+
+def decoded_forms(path: str) -> list[str]:
+    """*path* and what percent-decoding makes of it, up to three times over, and each with its
+    backslashes read as ``/``: a ``..%2f`` must be refused like a ``../``."""
+    forms = [path]
+    while len(forms) < 4:
+        decoded = urllib.parse.unquote(forms[-1])
+        if decoded == forms[-1]:
+            break
+        forms.append(decoded)
+    return forms + [form.replace("\\", "/") for form in forms if "\\" in form]
 
 
 class NoOpenat2(Exception):

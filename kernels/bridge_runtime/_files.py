@@ -23,7 +23,6 @@ import errno
 import os
 import secrets
 import stat
-import urllib.parse
 from typing import Any
 
 from . import _beneath
@@ -63,14 +62,8 @@ def parts_of(path: Any, *, folder: bool = False) -> list[str]:
         raise Refused("bad_request", f"a path must be a string, got {type(path).__name__}")
     if "\x00" in path:
         raise Refused("bad_request", "a path must not contain a NUL character")
-    forms = [path]
-    while len(forms) < 4:
-        decoded = urllib.parse.unquote(forms[-1])
-        if decoded == forms[-1]:
-            break
-        forms.append(decoded)
-    for form in forms:
-        if form.startswith(("/", "\\")) or ".." in form.replace("\\", "/").split("/"):
+    for form in _beneath.decoded_forms(path):
+        if form.startswith("/") or ".." in form.split("/"):
             raise Refused("forbidden", f"path {path!r} is outside the working folder")
     parts = [part for part in path.split("/") if part not in ("", ".")]
     if not parts and not folder:
