@@ -43,7 +43,8 @@ def client(service: ServiceProcess) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def context(client: httpx.Client) -> Iterator[str]:
-    r = client.post("/contexts", json={})
+    # In the service's root (local; a gateway's kernel runs where the gateway says).
+    r = client.post("/contexts", json={"cwd": "."})
     assert r.status_code == 201, r.text
     yield f"/contexts/{r.json()['id']}"
     client.delete(f"/contexts/{r.json()['id']}")
@@ -92,8 +93,10 @@ def test_the_png_the_kernel_wrote_downloads_whole(
     client: httpx.Client, context: str, folder: str
 ) -> None:
     code = (
-        "import hashlib, os\nos.makedirs(folder)\ndata = b'\\x89PNG\\r\\n\\x1a\\n' + os.urandom(50_000)\n"
-        "open(os.path.join(folder, 'out.png'), 'wb').write(data)\nreturn hashlib.sha256(data).hexdigest()"
+        "import hashlib, os\nos.makedirs(folder)\n"
+        "data = b'\\x89PNG\\r\\n\\x1a\\n' + os.urandom(50_000)\n"
+        "open(os.path.join(folder, 'out.png'), 'wb').write(data)\n"
+        "return hashlib.sha256(data).hexdigest()"
     )
     sha = run(client, context, code, folder=folder)
     r = client.get(f"{context}/files/{folder}/out.png")
@@ -123,7 +126,8 @@ def test_out_of_the_folder_is_403_and_nothing_read_or_written(
     outside = run(
         client,
         context,
-        "import os, tempfile\noutside = tempfile.mkdtemp()\nopen(os.path.join(outside, 'secret'), 'w').write('s')\n"
+        "import os, tempfile\noutside = tempfile.mkdtemp()\n"
+        "open(os.path.join(outside, 'secret'), 'w').write('s')\n"
         "os.makedirs(folder)\nos.symlink(outside, os.path.join(folder, 'out'))\nreturn outside",
         folder=folder,
     )
@@ -143,7 +147,10 @@ def test_out_of_the_folder_is_403_and_nothing_read_or_written(
         for path in ("..", "/etc", f"{folder}/out"):
             r = client.get(f"{context}/files", params={"path": path})
             assert r.status_code == 403, (path, r.text)
-        state = "import os\nreturn [sorted(os.listdir(outside)), os.path.lexists('../x'), open(os.path.join(outside, 'secret')).read()]"
+        state = (
+            "import os\nsecret = open(os.path.join(outside, 'secret')).read()\n"
+            "return [sorted(os.listdir(outside)), os.path.lexists('../x'), secret]"
+        )
         assert run(client, context, state, outside=outside) == [["secret"], False, "s"]
     finally:
         run(client, context, "import shutil; shutil.rmtree(p)", p=outside)
@@ -192,7 +199,7 @@ def test_200_mb_up_and_down_does_not_grow_the_service_by_the_file(
     with ServiceProcess("--root", str(root), pool_size=0) as service, service.client() as client:
         assert service.process is not None
         pid = service.process.pid
-        r = client.post("/contexts", json={})
+        r = client.post("/contexts", json={"cwd": "."})
         assert r.status_code == 201, r.text
         context = f"/contexts/{r.json()['id']}"
         block = os.urandom(1024 * 1024)
