@@ -70,6 +70,19 @@ describe("files", () => {
     await refused(context.files.read("in/text.csv"), 404);
   });
 
+  test("the docs' example: a CSV in, pandas on it, a chart out", T, async () => {
+    await context.files.write("sales.csv", "region,amount\nnorth,3\nsouth,5\nnorth,4\n");
+    await context.execute(`
+import matplotlib
+matplotlib.use("Agg")
+import pandas as pd
+df = pd.read_csv("sales.csv")
+df.groupby("region")["amount"].sum().plot.bar().figure.savefig("chart.png")`);
+    const png = await context.files.read("chart.png");
+    assert.deepEqual([...png.subarray(0, 8)], [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+    assert.equal((await context.files.list()).find((f) => f.name === "chart.png")?.size, png.length);
+  });
+
   test("a file the kernel wrote downloads whole", T, async () => {
     const sha = await context.execute("import hashlib, os\ndata = os.urandom(100_000)\nopen('out.png','wb').write(data)\nreturn hashlib.sha256(data).hexdigest()");
     assert.equal(sha256(await context.files.read("out.png")), sha);
