@@ -73,8 +73,6 @@ describe("files", () => {
   test("the docs' example: a CSV in, pandas on it, a chart out", T, async () => {
     await context.files.write("sales.csv", "region,amount\nnorth,3\nsouth,5\nnorth,4\n");
     await context.execute(`
-import matplotlib
-matplotlib.use("Agg")
 import pandas as pd
 df = pd.read_csv("sales.csv")
 df.groupby("region")["amount"].sum().plot.bar().figure.savefig("chart.png")`);
