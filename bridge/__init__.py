@@ -24,6 +24,7 @@ from bridge.core.errors import (
     ExecutionError,
     ExecutionTimeout,
     ExitStatus,
+    FileRefused,
     InstallTimeout,
     InvalidNotebook,
     InvalidRequest,
@@ -31,6 +32,7 @@ from bridge.core.errors import (
     KernelStartError,
     NotebookFailed,
     PackageConflict,
+    PathRefused,
     ScriptRefused,
 )
 from bridge.core.python import has_python, python_version
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
     from bridge.api.sync import Backend, Bridge, Session
     from bridge.backends.backend import AsyncBackend
     from bridge.core.pool import PoolStatus
+    from bridge.core.transfers import FileDownload, FileInfo
     from bridge.notebooks.handle import AsyncNotebook, Notebook
     from bridge.notebooks.options import NotebookOptions
     from bridge.notebooks.report import NotebookResult
@@ -72,6 +75,9 @@ __all__ = [
     "ExecutionResult",
     "ExecutionTimeout",
     "ExitStatus",
+    "FileDownload",
+    "FileInfo",
+    "FileRefused",
     "InstallResult",
     "InstallTimeout",
     "InvalidNotebook",
@@ -83,6 +89,7 @@ __all__ = [
     "NotebookOptions",
     "NotebookResult",
     "PackageConflict",
+    "PathRefused",
     "PoolStatus",
     "ScriptRefused",
     "Session",
@@ -104,6 +111,8 @@ _LAZY = {
     "AsyncSession": "bridge.api.bridge",
     "Backend": "bridge.api.sync",
     "Bridge": "bridge.api.sync",
+    "FileDownload": "bridge.core.transfers",
+    "FileInfo": "bridge.core.transfers",
     "InstallResult": "bridge.api.packages",
     "Notebook": "bridge.notebooks.handle",
     "NotebookOptions": "bridge.notebooks.options",

@@ -197,7 +197,13 @@ def test_the_kernel_runtime_needs_only_ipykernel() -> None:
     assert not wrong, "\n".join(wrong)
 
 
-CONTRACT = ("kernel-bridge", "kernel-bridge.backend", "kernel_bridge", "__methods__")
+CONTRACT = (
+    "kernel-bridge",
+    "kernel-bridge.backend",
+    "kernel-bridge.files",
+    "kernel_bridge",
+    "__methods__",
+)
 
 
 def test_the_wire_contract_is_written_once() -> None:
