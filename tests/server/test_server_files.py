@@ -196,7 +196,7 @@ def test_200_mb_up_and_down_does_not_grow_the_service_by_the_file(
 ) -> None:
     size = 200 * 1024 * 1024
     root = tmp_path_factory.mktemp("files-rss")
-    with ServiceProcess("--root", str(root), pool_size=0) as service, service.client() as client:
+    with ServiceProcess("--root", str(root), pool_size=1) as service, service.client() as client:
         assert service.process is not None
         pid = service.process.pid
         r = client.post("/contexts", json={"cwd": "."})
