@@ -25,7 +25,7 @@ BUN = CLIENT / "node_modules" / ".bin" / "bun"
 TSC = CLIENT / "node_modules" / ".bin" / "tsc"
 
 SUITES = ["quickstart", "python", "faults"]
-NEEDS_ISSUE_11 = ["contexts", "streaming", "packages"]
+NEEDS_ISSUE_11 = ["contexts", "streaming", "packages", "files"]
 TIMEOUT = 280  # seconds for one file under one runtime
 
 

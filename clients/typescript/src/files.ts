@@ -29,10 +29,13 @@ export interface FileOptions {
   signal?: AbortSignal;
 }
 
-/** The URL path of a file: each part percent-encoded, `/` between them. */
+/**
+ * The URL path of a file: the whole path percent-encoded as one segment (its `/` as `%2F`, its
+ * dots as `%2E`), so no URL normalization turns `../x` into another route: the service sees
+ * the path exactly as given, and answers for it (403 out of the folder).
+ */
 export function filePath(base: string, path: string): string {
-  const parts = path.split("/").filter((part) => part !== "");
-  return `${base}/files/${parts.map(encodeURIComponent).join("/")}`;
+  return `${base}/files/${encodeURIComponent(path).replace(/\./g, "%2E")}`;
 }
 
 /**
