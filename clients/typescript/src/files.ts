@@ -5,20 +5,7 @@
  */
 
 import type { RequestOptions, Transport } from "./http.js";
-
-/** A file or folder in a context's working folder. */
-export interface FileInfo {
-  /** Its name. */
-  name: string;
-  /** Its path, relative to the context's working folder. */
-  path: string;
-  /** Bytes (0 but for files). */
-  size: number;
-  /** `file`, `directory`, `symlink` (never followed) or `other`. */
-  kind: "file" | "directory" | "symlink" | "other";
-  /** When it was last modified: ISO 8601, UTC. */
-  modified: string;
-}
+import type { FileInfo, FileList } from "./types.js";
 
 /** What {@link ContextFiles.write} takes: bytes, text (written as UTF-8), a Blob or a stream. */
 export type FileData = Uint8Array | ArrayBuffer | string | Blob | ReadableStream<Uint8Array>;
@@ -92,7 +79,7 @@ export class ContextFiles {
   /** What the folder `path` holds (default: the working folder), sorted by name. */
   async list(path = "", options: FileOptions = {}): Promise<FileInfo[]> {
     const request: RequestOptions = options.signal ? { signal: options.signal } : {};
-    const answer = await this.transport.request<{ entries: FileInfo[] }>(
+    const answer = await this.transport.request<FileList>(
       "GET",
       `${this.base}/files?path=${encodeURIComponent(path)}`,
       undefined,

@@ -42,7 +42,7 @@ export {
   PythonTimeoutError,
   type CallFailure,
 } from "./errors.js";
-export { ContextFiles, type FileData, type FileInfo, type FileOptions } from "./files.js";
+export { ContextFiles, type FileData, type FileOptions } from "./files.js";
 export { GRACE_MS, type Endpoint } from "./http.js";
 export { ServiceProcess, type StartOptions } from "./service.js";
 export { readSSE, type SSEMessage } from "./sse.js";
