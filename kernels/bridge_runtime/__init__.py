@@ -20,6 +20,6 @@ def load_ipython_extension(shell: Any) -> None:
     from ._magic import install as install_magic
 
     install(shell)
-    install_backends(shell)
-    install_files(shell)
+    install_backends()
+    install_files()
     install_magic(shell)

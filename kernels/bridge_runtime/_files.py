@@ -395,7 +395,7 @@ def _on_comm_open(comm: Any, msg: Any) -> None:
     comm.on_close(lambda m: files.close())
 
 
-def install(shell: Any = None) -> None:
+def install() -> None:
     """Open the working folder and listen for the host's file comm (idempotent)."""
     import comm
 
