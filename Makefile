@@ -107,6 +107,7 @@ test: lint $(EG_STAMP) $(CHROMIUM) ts-client
 bench: $(STAMP)
 	$(BIN)/python bench/kernel_start.py
 	$(BIN)/python bench/execute.py
+	$(BIN)/python bench/files.py
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/notebooks.py
 	$(BIN)/python bench/http_service.py

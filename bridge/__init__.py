@@ -24,6 +24,7 @@ from bridge.core.errors import (
     ExecutionError,
     ExecutionTimeout,
     ExitStatus,
+    FileRefused,
     InstallTimeout,
     InvalidNotebook,
     InvalidRequest,
@@ -31,6 +32,7 @@ from bridge.core.errors import (
     KernelStartError,
     NotebookFailed,
     PackageConflict,
+    PathRefused,
     ScriptRefused,
 )
 from bridge.core.python import has_python, python_version
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
     from bridge.backends.backend import AsyncBackend
     from bridge.backends.stream import AsyncBackendStream
     from bridge.core.pool import PoolStatus
+    from bridge.core.transfers import FileDownload, FileInfo
     from bridge.core.wire import Encoded
     from bridge.notebooks.handle import AsyncNotebook, Notebook
     from bridge.notebooks.options import NotebookOptions
@@ -77,6 +80,9 @@ __all__ = [
     "ExecutionResult",
     "ExecutionTimeout",
     "ExitStatus",
+    "FileDownload",
+    "FileInfo",
+    "FileRefused",
     "InstallResult",
     "InstallTimeout",
     "InvalidNotebook",
@@ -88,6 +94,7 @@ __all__ = [
     "NotebookOptions",
     "NotebookResult",
     "PackageConflict",
+    "PathRefused",
     "PoolStatus",
     "ScriptRefused",
     "Session",
@@ -112,6 +119,8 @@ _LAZY = {
     "Backend": "bridge.api.sync",
     "BackendStream": "bridge.api.sync",
     "Bridge": "bridge.api.sync",
+    "FileDownload": "bridge.core.transfers",
+    "FileInfo": "bridge.core.transfers",
     "InstallResult": "bridge.api.packages",
     "Notebook": "bridge.notebooks.handle",
     "NotebookOptions": "bridge.notebooks.options",

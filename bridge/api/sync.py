@@ -22,11 +22,12 @@ import threading
 import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from bridge.api.bridge import AsyncBridge, AsyncSession
+from bridge.api.files import DEFAULT_MAX_CONTEXT, DEFAULT_MAX_FILE
 from bridge.api.outputs import AttestCallback, OutputCallback
 from bridge.api.packages import InstallResult
 from bridge.backends.backend import AsyncBackend, Handler
@@ -35,6 +36,7 @@ from bridge.core.errors import BridgeClosed, BridgeError
 from bridge.core.files import DEFAULT_MAX_SCRIPT
 from bridge.core.pool import PoolStatus
 from bridge.core.results import DEFAULT_MAX_OUTPUT, ExecutionResult
+from bridge.core.transfers import FileInfo
 from bridge.core.validate import check_callable
 
 T = TypeVar("T")
@@ -210,6 +212,8 @@ class Bridge(_BlockingCalls):
         gateway_token: str | None = None,
         gateway_kernel_name: str | None = None,
         fork_server: bool = True,
+        max_file_bytes: int = DEFAULT_MAX_FILE,
+        max_context_bytes: int = DEFAULT_MAX_CONTEXT,
     ) -> None:
         self._async: AsyncBridge = AsyncBridge(
             pool_size=pool_size,
@@ -225,6 +229,8 @@ class Bridge(_BlockingCalls):
             gateway_token=gateway_token,
             gateway_kernel_name=gateway_kernel_name,
             fork_server=fork_server,
+            max_file_bytes=max_file_bytes,
+            max_context_bytes=max_context_bytes,
         )
         self._portal: _Portal | None = None
         self._closing = False
@@ -323,10 +329,21 @@ class Bridge(_BlockingCalls):
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
         root: str | os.PathLike[str] | None = None,
+        max_file_bytes: int | None = None,
+        max_context_bytes: int | None = None,
     ) -> Session:
-        """A blocking session: ``with b.session() as s: s.execute("x = 1")`` (*env*, *cwd* and
-        *root* as for ``AsyncBridge.session``)."""
-        return Session(self, self._async.session(env=env, cwd=cwd, root=root))
+        """A blocking session: ``with b.session() as s: s.execute("x = 1")`` (arguments as
+        for ``AsyncBridge.session``)."""
+        return Session(
+            self,
+            self._async.session(
+                env=env,
+                cwd=cwd,
+                root=root,
+                max_file_bytes=max_file_bytes,
+                max_context_bytes=max_context_bytes,
+            ),
+        )
 
     def install(
         self,
@@ -395,6 +412,12 @@ class Session(_BlockingCalls):
         self._bridge.call(self._async.restart)
 
     @property
+    def async_session(self) -> AsyncSession:
+        """The AsyncSession underneath (for what only it has: ``download_stream``, an upload
+        from an async iterable); its coroutines run on the bridge's loop (``Bridge.call``)."""
+        return self._async
+
+    @property
     def kernel_id(self) -> str:
         return self._async.kernel_id
 
@@ -420,6 +443,47 @@ class Session(_BlockingCalls):
     def run_cell(self, source: str, *, timeout: float | None = None) -> ExecutionResult:
         """Run a notebook cell as a notebook front end does (see ``AsyncSession.run_cell``)."""
         return self._bridge.call(self._async.run_cell, source, timeout=timeout)
+
+    def upload(
+        self,
+        source: bytes | bytearray | memoryview | str | os.PathLike[str],
+        path: str,
+        *,
+        timeout: float | None = None,
+    ) -> FileInfo:
+        """Write *source* (bytes, or a local file's path) to *path* in the kernel's working
+        folder (see ``AsyncSession.upload``)."""
+        return self._bridge.call(self._async.upload, source, path, timeout=timeout)
+
+    @overload
+    def download(self, path: str, dest: None = None, *, timeout: float | None = None) -> bytes: ...
+
+    @overload
+    def download(
+        self, path: str, dest: str | os.PathLike[str], *, timeout: float | None = None
+    ) -> FileInfo: ...
+
+    def download(
+        self,
+        path: str,
+        dest: str | os.PathLike[str] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> bytes | FileInfo:
+        """The file at *path*: its bytes, or written to the local *dest* (streamed) and its
+        FileInfo (see ``AsyncSession.download``)."""
+        result: bytes | FileInfo = self._bridge.call(
+            self._async.download, path, dest, timeout=timeout
+        )
+        return result
+
+    def list_files(self, path: str = ".", *, timeout: float | None = None) -> list[FileInfo]:
+        """What the folder *path* holds (see ``AsyncSession.list_files``)."""
+        return self._bridge.call(self._async.list_files, path, timeout=timeout)
+
+    def remove(self, path: str, *, timeout: float | None = None) -> None:
+        """Remove the file, empty folder or symlink at *path*."""
+        self._bridge.call(self._async.remove, path, timeout=timeout)
 
 
 class Backend:

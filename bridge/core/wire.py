@@ -1,9 +1,9 @@
 """The host's copy of the kernel side's contract, loaded from ``kernels/bridge_runtime``.
 
-The names both ends share (comm targets, metadata keys, message kinds) and the value codec are
-defined once, in the kernel-side package, which needs nothing but ipykernel. The host loads
-those two files by path (the package itself is not importable on the host), so there is one
-definition of each and no copy to drift.
+The names both ends share (comm targets, metadata keys, message kinds), the value codec and
+the confinement of paths beneath a folder are defined once, in the kernel-side package, which
+needs nothing but ipykernel. The host loads those files by path (the package itself is not
+importable on the host), so there is one definition of each and no copy to drift.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def _load(name: str) -> ModuleType:
 
 protocol = _load("protocol")
 codec: Any = _load("_wire")  # encode/decode/dumps/loads of values with binary buffers
+beneath: Any = _load("_beneath")  # opening a path beneath a folder, no symlink followed
 
 EXECUTE_COMM: str = protocol.EXECUTE_COMM
 BACKEND_COMM: str = protocol.BACKEND_COMM
@@ -52,6 +53,15 @@ VARIABLES: str = protocol.VARIABLES
 BINARY: str = protocol.BINARY
 REPLY_VALUE: str = protocol.REPLY_VALUE
 REPLY_BINARY: str = protocol.REPLY_BINARY
+FILES_COMM: str = protocol.FILES_COMM
+PUT: str = protocol.PUT
+DATA: str = protocol.DATA
+END: str = protocol.END
+GET: str = protocol.GET
+ACK: str = protocol.ACK
+ABORT: str = protocol.ABORT
+LIST: str = protocol.LIST
+REMOVE: str = protocol.REMOVE
 
 
 @dataclass

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from http.client import responses
 from typing import Any
 
@@ -115,7 +115,7 @@ class BaseHandler(APIHandler):  # type: ignore[misc]
         """The HTTP methods this route answers."""
         return [
             m
-            for m in ("GET", "POST", "DELETE")
+            for m in ("GET", "POST", "PUT", "DELETE")
             if getattr(cls, m.lower()) is not getattr(web.RequestHandler, m.lower())
         ]
 
@@ -307,6 +307,9 @@ def _serve(method: str) -> Any:
     async def serve(self: RouteHandler, *args: str) -> None:
         self.check_refused()
         operation = self.route.methods[method]
+        if operation.raw_body:
+            await self.finish_upload()
+            return
         try:
             request = self.dispatch_request(args)
         except ApiError as error:
@@ -317,6 +320,9 @@ def _serve(method: str) -> Any:
             return
         if operation.items and wants_events(self.request.headers.get("Accept", "")):
             await self.stream_items(operation, request)
+            return
+        if operation.raw_answer:
+            await self.download(operation, request)
             return
         await self.answer(operation(self.service, request), operation.status)
 
@@ -336,6 +342,93 @@ class RouteHandler(BodyHandler):
             attrs[method.lower()] = _serve(method)
         name = "".join(part.capitalize() for part in re.findall(r"[a-z]+", route.pattern))
         return type(f"{name or 'Root'}Handler", (cls,), attrs)
+
+    # -- files: raw bodies, streamed both ways ---------------------------------------------------
+
+    UPLOAD_WINDOW = 8  # body chunks read ahead of the kernel (tornado's are 64 KiB at most)
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        await super().prepare()
+        self._feed: asyncio.Queue[bytes | None] | None = None
+        operation = self.route.methods.get(self.request.method or "")
+        if operation is None or not operation.raw_body or self._refused is not None:
+            return
+        # A file's bytes go to the kernel as they come, not into memory: the kernel applies
+        # the file's own limit (max_file_bytes), so the JSON body limit does not hold here.
+        # Past the file's limit, a refused body is still read and dropped (up to
+        # max_body_size more), so the client gets its 413 rather than a reset connection.
+        self._too_large = False
+        connection: Any = self.request.connection
+        connection.set_max_body_size(self.service.max_file_bytes + self.service.max_body_size)
+        length = self.request.headers.get("Content-Length", "")
+        self._feed = asyncio.Queue(self.UPLOAD_WINDOW)
+        request = dispatch.Request(
+            tuple(self.path_args),
+            {},
+            host=self.request.host or "127.0.0.1",
+            chunks=_drain(self._feed),
+            length=int(length) if length.isdigit() else None,
+        )
+        self._work = asyncio.ensure_future(
+            dispatch.outcome(operation(self.service, request), operation.status)
+        )
+
+    async def data_received(self, chunk: bytes) -> None:  # type: ignore[override]
+        feed, work = self._feed, self._work
+        if feed is None or work is None:
+            super().data_received(chunk)
+            return
+        if work.done():
+            return  # refused or failed already: the rest of the body is dropped
+        # Wait for room (the kernel takes chunks as it writes them): tornado reads no more
+        # of the body meanwhile, so a fast client cannot fill the service's memory.
+        put = asyncio.ensure_future(feed.put(chunk))
+        await asyncio.wait((put, work), return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():
+            put.cancel()
+
+    async def finish_upload(self) -> None:
+        """The body is in: end the feed and answer with the upload's outcome."""
+        feed, work = self._feed, self._work
+        assert feed is not None and work is not None
+        if not work.done():
+            put = asyncio.ensure_future(feed.put(None))
+            await asyncio.wait((put, work), return_when=asyncio.FIRST_COMPLETED)
+            if not put.done():
+                put.cancel()
+        try:
+            answer = await work
+        except asyncio.CancelledError:
+            if self._gone:
+                return  # the client went away: the upload was cancelled, its file dropped
+            raise
+        self.send_answer(answer)
+
+    async def download(self, operation: dispatch.Operation, request: dispatch.Request) -> None:
+        """Write a file as the kernel sends it: headers once its size is known, then each
+        chunk once the client has taken the one before (at most a few in memory)."""
+        try:
+            stream = await operation(self.service, request)
+        except Exception as exc:
+            self.send_failure(to_api_error(exc) or internal())
+            return
+        try:
+            self.set_status(200)
+            self.set_header("Content-Type", stream.media_type)
+            self.set_header("Content-Length", str(stream.size))
+            async for chunk in stream:
+                self.write(chunk)
+                await self.flush()
+            self.finish()
+        except StreamClosedError:
+            pass  # the client went away: the kernel is told to stop
+        except Exception:
+            # Headers are out: the client sees a body shorter than its Content-Length.
+            log.exception("the download of %s broke off", stream.info.path)
+            connection: Any = self.request.connection
+            connection.close()
+        finally:
+            await stream.aclose()
 
     # -- streamed answers ----------------------------------------------------------------------
 
@@ -499,6 +592,12 @@ class RouteHandler(BodyHandler):
             buffers = tuple(parts)
         host = self.request.host or "127.0.0.1"
         return dispatch.Request(args, query, body, size, host, buffers=buffers)
+
+
+async def _drain(feed: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes]:
+    """An upload's body as the handler hands it over; None ends it."""
+    while (chunk := await feed.get()) is not None:
+        yield chunk
 
 
 def routes(service: Service) -> list[tuple[str, type[BaseHandler], dict[str, Any]]]:

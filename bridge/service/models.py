@@ -460,6 +460,31 @@ class BinaryValue(Struct, rename={"part": "__bridge_buffer__"}):
     ) = UNSET
 
 
+class FileInfo(Struct):
+    """A file or folder in a context's working folder."""
+
+    name: str
+    path: Annotated[str, Meta(description="Relative to the context's working folder.")]
+    size: Annotated[int, Meta(ge=0, description="Bytes (0 but for files).")]
+    kind: Annotated[
+        Literal["file", "directory", "symlink", "other"],
+        Meta(description="A symlink is listed, never followed."),
+    ]
+    modified: Annotated[str, Meta(description="ISO 8601, UTC.")]
+
+
+class FileList(Struct):
+    """``GET /contexts/{id}/files?path=``: a folder's entries, by name (at most 10,000)."""
+
+    path: str
+    entries: list[FileInfo]
+
+
+class FileRemoved(Struct):
+    path: str
+    removed: bool
+
+
 # -- the events of the streams (Server-Sent Events) --------------------------------------------
 
 

@@ -40,13 +40,14 @@ _WHY = {
     ErrorType.BAD_REQUEST: "malformed JSON, a wrong type, a missing or unknown field "
     "(`field` names it)",
     ErrorType.UNAUTHORIZED: "no token, or a wrong one",
-    ErrorType.FORBIDDEN: "a path outside the service's root, a disallowed Host, or installs "
-    "turned off",
+    ErrorType.FORBIDDEN: "a path outside the service's root or a context's working folder "
+    "(or through a symlink), a disallowed Host, or installs turned off",
     ErrorType.NOT_FOUND: "no such backend, context, file or folder",
     ErrorType.METHOD_NOT_ALLOWED: "the route does not take this method (Allow lists those it does)",
     ErrorType.CONFLICT: "a context of that name exists, or an install would change the "
     "service's own dependencies (`conflicts`)",
-    ErrorType.TOO_LARGE: "the request body is larger than the service's limit",
+    ErrorType.TOO_LARGE: "the request body is larger than the service's limit (a file: "
+    "max_file_bytes, or the context's uploads past max_context_bytes)",
     ErrorType.LIMIT_REACHED: "as many backends or contexts as the service allows run already",
     ErrorType.PYTHON_ERROR: "the script raised (`exception`)",
     ErrorType.TIMEOUT: "the code ran past its timeout and was interrupted",
@@ -103,6 +104,13 @@ _BACKEND_LINKS = {
 }
 
 
+_OCTETS = {"type": "string", "format": "binary"}
+_FILE_PATH = (
+    "A file's path, relative to the context's working folder; its slashes are kept (an "
+    "absolute path, '..' or a symlink on the way is 403)."
+)
+
+
 def _ref(model: Any) -> dict[str, Any]:
     return {"$ref": REF.format(name=model.__name__)}
 
@@ -138,7 +146,9 @@ def _parameters(route: Route, operation: Operation) -> list[dict[str, Any]]:
             "in": "path",
             "required": True,
             "schema": {"type": "string"},
-            "description": f"The id POST /{name.split('_')[0]}s gave.",
+            "description": _FILE_PATH
+            if name == "path"
+            else f"The id POST /{name.split('_')[0]}s gave.",
         }
         for name in route.parameters
     ]
@@ -171,6 +181,12 @@ def _operation(route: Route, operation: Operation) -> dict[str, Any]:
                 }
             },
         }
+    elif operation.raw_answer:
+        success = {
+            "description": "The file's bytes, with Content-Length, and a Content-Type from its "
+            "name (application/octet-stream if none fits).",
+            "content": {"application/octet-stream": {"schema": _OCTETS}},
+        }
     else:
         success = {
             "description": "Done.",
@@ -198,7 +214,13 @@ def _operation(route: Route, operation: Operation) -> dict[str, Any]:
     }
     if operation.operation_id:
         op["operationId"] = operation.operation_id
-    if operation.body is not None:
+    if operation.raw_body:
+        op["requestBody"] = {
+            "required": True,
+            "description": "The file's bytes (any content type), streamed.",
+            "content": {"application/octet-stream": {"schema": _OCTETS}},
+        }
+    elif operation.body is not None:
         op["requestBody"] = {
             "required": not operation.body_optional,
             "content": _json(_ref(operation.body)),

@@ -17,7 +17,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 import msgspec
@@ -38,6 +38,7 @@ from . import models as m
 from .backends import HostedBackend
 from .contexts import HostedContext
 from .errors import ApiError, ErrorType, bad_request, not_found
+from .files import FileStream, file_info
 from .sessions import NoSessions, SessionRegistry
 
 log = logging.getLogger("bridge.server")
@@ -146,6 +147,8 @@ class Service:
         context_idle_timeout: float = 3600.0,
         allow_install: bool = True,
         max_body_size: int = 10 * 1024 * 1024,
+        max_file_bytes: int = 1 << 30,
+        max_context_bytes: int = 4 << 30,
         gateway_url: str = "",
         gateway_token: str = "",
         gateway_kernel_name: str | None = None,
@@ -162,6 +165,7 @@ class Service:
         self.context_idle_timeout = context_idle_timeout
         self.allow_install = allow_install
         self.max_body_size = max_body_size
+        self.max_file_bytes = max_file_bytes
         self.bridge = AsyncBridge(
             pool_size=pool_size,
             python=python,
@@ -173,6 +177,8 @@ class Service:
             gateway_url=gateway_url,
             gateway_token=gateway_token,
             gateway_kernel_name=gateway_kernel_name,
+            max_file_bytes=max_file_bytes,
+            max_context_bytes=max_context_bytes,
         )
         self.kernel_python_version = ""
         self._ready: asyncio.Future[None] | None = None
@@ -632,6 +638,73 @@ class Service:
         finally:
             hosted.calls -= 1
             hosted.touch()
+
+    # -- a context's files (through its kernel) ---------------------------------------------------
+
+    def _using(self, context_id: str) -> tuple[HostedContext, Callable[[], None]]:
+        """The context, counted busy (never culled as idle) until the function is called."""
+        hosted = self.context(context_id)
+        hosted.calls += 1
+
+        def done() -> None:
+            hosted.calls -= 1
+            hosted.touch()
+
+        return hosted, done
+
+    def _file_timeout(self, hosted: HostedContext) -> float:
+        """How long a transfer may wait for the kernel without progress (busy running code)."""
+        return hosted.timeout or self.timeout
+
+    async def upload_file(
+        self,
+        context_id: str,
+        path: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        size: int | None,
+    ) -> m.FileInfo:
+        """Write *chunks* to *path* in the context's working folder, whole or not at all.
+
+        The file's limits (``max_file_bytes``, ``max_context_bytes``) are the bridge's; a
+        *size* known beforehand past them is refused before a byte travels."""
+        hosted, done = self._using(context_id)
+        try:
+            info = await hosted.session.upload(
+                chunks, path, size=size, timeout=self._file_timeout(hosted)
+            )
+        finally:
+            done()
+        return file_info(info)
+
+    async def download_file(self, context_id: str, path: str) -> FileStream:
+        """The file at *path*, its info known and its bytes to come: the caller iterates it
+        and must ``aclose()`` it (the context is busy until then)."""
+        hosted, done = self._using(context_id)
+        try:
+            download = hosted.session.download_stream(path, timeout=self._file_timeout(hosted))
+            await download.__aenter__()
+        except BaseException:
+            done()
+            raise
+        return FileStream(download, done)
+
+    async def list_files(self, context_id: str, path: str) -> m.FileList:
+        hosted, done = self._using(context_id)
+        try:
+            entries = await hosted.session.list_files(path, timeout=self._file_timeout(hosted))
+        finally:
+            done()
+        folder = "/".join(part for part in path.split("/") if part not in ("", "."))
+        return m.FileList(path=folder, entries=[file_info(entry) for entry in entries])
+
+    async def remove_file(self, context_id: str, path: str) -> m.FileRemoved:
+        hosted, done = self._using(context_id)
+        try:
+            await hosted.session.remove(path, timeout=self._file_timeout(hosted))
+        finally:
+            done()
+        return m.FileRemoved(path=path, removed=True)
 
     async def _cull_idle_contexts(self) -> None:
         """Delete contexts idle for longer than context_idle_timeout, checking a few times

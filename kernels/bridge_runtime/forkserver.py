@@ -66,6 +66,7 @@ PRELOAD = (
     "bridge_runtime.launch",
     "bridge_runtime._backend",
     "bridge_runtime._execute",
+    "bridge_runtime._files",
 )
 
 

@@ -19,6 +19,7 @@ import {
   pythonErrorOfException,
   PythonTimeoutError,
 } from "./errors.js";
+import { ContextFiles } from "./files.js";
 import { failure, GRACE_MS, Transport } from "./http.js";
 import { ServiceProcess, type StartOptions } from "./service.js";
 import { readSSE } from "./sse.js";
@@ -619,6 +620,8 @@ export class Context {
   readonly kernelId: string;
   /** What the service said when it made it. */
   readonly info: ContextInfo;
+  /** Its files: `write`, `read`, `stream`, `list`, `remove` (relative to its working folder). */
+  readonly files: ContextFiles;
   private readonly transport: Transport;
   private readonly runner: Runner;
   private readonly base: string;
@@ -634,6 +637,7 @@ export class Context {
     this.transport = transport;
     this.runner = new Runner(transport);
     this.base = `contexts/${encodeURIComponent(info.id)}`;
+    this.files = new ContextFiles(transport, this.base);
     this.forget = forget;
   }
 

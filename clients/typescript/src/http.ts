@@ -124,6 +124,33 @@ export class Transport {
     }
   }
 
+  /**
+   * Send a raw body (not JSON) or none, and return the response, a failure status included:
+   * a file's bytes both ways. A `ReadableStream` body is streamed.
+   */
+  async sendRaw(
+    method: string,
+    path: string,
+    body: Uint8Array | ArrayBuffer | Blob | ReadableStream<Uint8Array> | undefined,
+    options: { signal?: AbortSignal } = {},
+  ): Promise<Response> {
+    if (this.closed) throw new BridgeClosedError("the client is closed");
+    const url = this.base + path;
+    const headers: Record<string, string> = { Authorization: this.headers.Authorization as string };
+    const init: RequestInit & { duplex?: "half" } = { method, headers };
+    if (body !== undefined) {
+      headers["Content-Type"] = "application/octet-stream";
+      init.body = body as NonNullable<RequestInit["body"]>;
+      if (body instanceof ReadableStream) init.duplex = "half"; // Node's fetch needs it to stream
+    }
+    if (options.signal) init.signal = options.signal;
+    try {
+      return await fetch(url, init);
+    } catch (err) {
+      throw this.fetchError(err, url, undefined, undefined);
+    }
+  }
+
   /** The JSON of a success, or the error of a failure. */
   async read(response: Response, timer?: AbortSignal, deadline?: number): Promise<unknown> {
     const type = response.headers.get("content-type") ?? "";

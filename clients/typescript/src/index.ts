@@ -43,6 +43,7 @@ export {
   PythonTimeoutError,
   type CallFailure,
 } from "./errors.js";
+export { ContextFiles, type FileData, type FileOptions } from "./files.js";
 export { GRACE_MS, type Endpoint } from "./http.js";
 export { ServiceProcess, type StartOptions } from "./service.js";
 export { readSSE, type SSEMessage } from "./sse.js";

@@ -128,6 +128,12 @@ export type ContextRequest = Schemas["ContextRequest"];
 /** A context as the service describes it. */
 export type ContextInfo = Schemas["ContextInfo"];
 
+/** A file or folder in a context's working folder (`kind`: a symlink is listed, never followed). */
+export type FileInfo = Schemas["FileInfo"];
+
+/** `GET /contexts/{id}/files?path=`: a folder's entries, by name. */
+export type FileList = Schemas["FileList"];
+
 /** `POST /packages/install` (`packages`, or one `package`). */
 export type InstallRequest = Schemas["InstallRequest"];
 

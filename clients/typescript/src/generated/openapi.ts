@@ -110,7 +110,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description too_large: the request body is larger than the service's limit. */
+                /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -355,7 +355,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description forbidden: a path outside the service's root, a disallowed Host, or installs turned off. */
+                /** @description forbidden: a path outside the service's root or a context's working folder (or through a symlink), a disallowed Host, or installs turned off. */
                 403: {
                     headers: {
                         [name: string]: unknown;
@@ -391,7 +391,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description too_large: the request body is larger than the service's limit. */
+                /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -624,7 +624,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description too_large: the request body is larger than the service's limit. */
+                /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -733,7 +733,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description too_large: the request body is larger than the service's limit. */
+                /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -823,7 +823,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description forbidden: a path outside the service's root, a disallowed Host, or installs turned off. */
+                /** @description forbidden: a path outside the service's root or a context's working folder (or through a symlink), a disallowed Host, or installs turned off. */
                 403: {
                     headers: {
                         [name: string]: unknown;
@@ -850,7 +850,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description too_large: the request body is larger than the service's limit. */
+                /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -880,6 +880,42 @@ export interface paths {
             };
         };
         delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/contexts/{context_id}/files": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** What a folder of the context's working folder holds (?path=, default the working folder), by name; symlinks listed, never followed */
+        get: operations["listFiles"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/contexts/{context_id}/files/{path}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Download a file of the context's working folder: its bytes, streamed through the kernel, with Content-Length and a Content-Type from its name */
+        get: operations["downloadFile"];
+        /** Upload a file into the context's working folder (the raw body, streamed through the kernel; folders on the way are made): it appears whole or not at all. 413 past max_file_bytes, or past max_context_bytes with the context's other uploads */
+        put: operations["uploadFile"];
+        post?: never;
+        /** Remove a file, an empty folder or a symlink (the link itself) of the context's working folder */
+        delete: operations["removeFile"];
         options?: never;
         head?: never;
         patch?: never;
@@ -956,7 +992,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description too_large: the request body is larger than the service's limit. */
+                /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -1052,7 +1088,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description too_large: the request body is larger than the service's limit. */
+                /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -1149,7 +1185,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description too_large: the request body is larger than the service's limit. */
+                /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -1236,7 +1272,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description forbidden: a path outside the service's root, a disallowed Host, or installs turned off. */
+                /** @description forbidden: a path outside the service's root or a context's working folder (or through a symlink), a disallowed Host, or installs turned off. */
                 403: {
                     headers: {
                         [name: string]: unknown;
@@ -1263,7 +1299,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description too_large: the request body is larger than the service's limit. */
+                /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -1430,7 +1466,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description too_large: the request body is larger than the service's limit. */
+                /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -1571,7 +1607,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description forbidden: a path outside the service's root, a disallowed Host, or installs turned off. */
+                /** @description forbidden: a path outside the service's root or a context's working folder (or through a symlink), a disallowed Host, or installs turned off. */
                 403: {
                     headers: {
                         [name: string]: unknown;
@@ -1598,7 +1634,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description too_large: the request body is larger than the service's limit. */
+                /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -1693,7 +1729,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description too_large: the request body is larger than the service's limit. */
+                /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -1780,7 +1816,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description forbidden: a path outside the service's root, a disallowed Host, or installs turned off. */
+                /** @description forbidden: a path outside the service's root or a context's working folder (or through a symlink), a disallowed Host, or installs turned off. */
                 403: {
                     headers: {
                         [name: string]: unknown;
@@ -1807,7 +1843,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description too_large: the request body is larger than the service's limit. */
+                /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -1902,7 +1938,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description too_large: the request body is larger than the service's limit. */
+                /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -1989,7 +2025,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description forbidden: a path outside the service's root, a disallowed Host, or installs turned off. */
+                /** @description forbidden: a path outside the service's root or a context's working folder (or through a symlink), a disallowed Host, or installs turned off. */
                 403: {
                     headers: {
                         [name: string]: unknown;
@@ -2016,7 +2052,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description too_large: the request body is larger than the service's limit. */
+                /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -2449,6 +2485,37 @@ export interface components {
             /** @enum {unknown} */
             success: false;
         };
+        /**
+         * FileInfo
+         * @description A file or folder in a context's working folder.
+         */
+        FileInfo: {
+            /**
+             * @description A symlink is listed, never followed.
+             * @enum {unknown}
+             */
+            kind: "directory" | "file" | "other" | "symlink";
+            /** @description ISO 8601, UTC. */
+            modified: string;
+            name: string;
+            /** @description Relative to the context's working folder. */
+            path: string;
+            /** @description Bytes (0 but for files). */
+            size: number;
+        };
+        /**
+         * FileList
+         * @description ``GET /contexts/{id}/files?path=``: a folder's entries, by name (at most 10,000).
+         */
+        FileList: {
+            entries: components["schemas"]["FileInfo"][];
+            path: string;
+        };
+        /** FileRemoved */
+        FileRemoved: {
+            path: string;
+            removed: boolean;
+        };
         /** HealthAnswer */
         HealthAnswer: {
             backends: number;
@@ -2745,7 +2812,7 @@ export interface operations {
                     "application/json": components["schemas"]["Failure"];
                 };
             };
-            /** @description too_large: the request body is larger than the service's limit. */
+            /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -2755,6 +2822,382 @@ export interface operations {
                 };
             };
             /** @description overloaded: no kernel became free in time: retry later; kernel_start_failed: no kernel could be started; kernel_died: the kernel died during the call or before it; shutting_down: the service, or the context of the call, is closing; unavailable: the kernel could not be reached. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description timeout: the code ran past its timeout and was interrupted. */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+        };
+    };
+    listFiles: {
+        parameters: {
+            query?: {
+                /** @description The folder, relative to the working folder. */
+                path?: string;
+            };
+            header?: never;
+            path: {
+                /** @description The id POST /contexts gave. */
+                context_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Done. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FileList"];
+                };
+            };
+            /** @description bad_request: malformed JSON, a wrong type, a missing or unknown field (`field` names it). */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description unauthorized: no token, or a wrong one. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description forbidden: a path outside the service's root or a context's working folder (or through a symlink), a disallowed Host, or installs turned off. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description not_found: no such backend, context, file or folder. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description method_not_allowed: the route does not take this method (Allow lists those it does). */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description kernel_died: the kernel died during the call or before it; shutting_down: the service, or the context of the call, is closing; unavailable: the kernel could not be reached. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description timeout: the code ran past its timeout and was interrupted. */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+        };
+    };
+    downloadFile: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The id POST /contexts gave. */
+                context_id: string;
+                /** @description A file's path, relative to the context's working folder; its slashes are kept (an absolute path, '..' or a symlink on the way is 403). */
+                path: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The file's bytes, with Content-Length, and a Content-Type from its name (application/octet-stream if none fits). */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/octet-stream": string;
+                };
+            };
+            /** @description bad_request: malformed JSON, a wrong type, a missing or unknown field (`field` names it). */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description unauthorized: no token, or a wrong one. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description forbidden: a path outside the service's root or a context's working folder (or through a symlink), a disallowed Host, or installs turned off. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description not_found: no such backend, context, file or folder. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description method_not_allowed: the route does not take this method (Allow lists those it does). */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description kernel_died: the kernel died during the call or before it; shutting_down: the service, or the context of the call, is closing; unavailable: the kernel could not be reached. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description timeout: the code ran past its timeout and was interrupted. */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+        };
+    };
+    uploadFile: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The id POST /contexts gave. */
+                context_id: string;
+                /** @description A file's path, relative to the context's working folder; its slashes are kept (an absolute path, '..' or a symlink on the way is 403). */
+                path: string;
+            };
+            cookie?: never;
+        };
+        /** @description The file's bytes (any content type), streamed. */
+        requestBody: {
+            content: {
+                "application/octet-stream": string;
+            };
+        };
+        responses: {
+            /** @description Done. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FileInfo"];
+                };
+            };
+            /** @description bad_request: malformed JSON, a wrong type, a missing or unknown field (`field` names it). */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description unauthorized: no token, or a wrong one. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description forbidden: a path outside the service's root or a context's working folder (or through a symlink), a disallowed Host, or installs turned off. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description not_found: no such backend, context, file or folder. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description method_not_allowed: the route does not take this method (Allow lists those it does). */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description kernel_died: the kernel died during the call or before it; shutting_down: the service, or the context of the call, is closing; unavailable: the kernel could not be reached. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description timeout: the code ran past its timeout and was interrupted. */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+        };
+    };
+    removeFile: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The id POST /contexts gave. */
+                context_id: string;
+                /** @description A file's path, relative to the context's working folder; its slashes are kept (an absolute path, '..' or a symlink on the way is 403). */
+                path: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Done. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FileRemoved"];
+                };
+            };
+            /** @description bad_request: malformed JSON, a wrong type, a missing or unknown field (`field` names it). */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description unauthorized: no token, or a wrong one. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description forbidden: a path outside the service's root or a context's working folder (or through a symlink), a disallowed Host, or installs turned off. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description not_found: no such backend, context, file or folder. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description method_not_allowed: the route does not take this method (Allow lists those it does). */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description kernel_died: the kernel died during the call or before it; shutting_down: the service, or the context of the call, is closing; unavailable: the kernel could not be reached. */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2791,6 +3234,7 @@ export const errorOutputOutput_typeValues: ReadonlyArray<FlattenedDeepRequired<c
 export const errorTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ErrorType"]> = ["bad_request", "conflict", "forbidden", "internal", "kernel_died", "kernel_start_failed", "limit_reached", "method_not_allowed", "not_found", "overloaded", "python_error", "shutting_down", "timeout", "too_large", "unauthorized", "unavailable"];
 export const executeAnswerError_typeAnyOf0Values: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ExecuteAnswer"]["error_type"]> = ["python_error"];
 export const executeResultOutputOutput_typeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ExecuteResultOutput"]["output_type"]> = ["execute_result"];
+export const fileInfoKindValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["FileInfo"]["kind"]> = ["directory", "file", "other", "symlink"];
 export const healthAnswerStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["HealthAnswer"]["status"]> = ["ok"];
 export const installAnswerInstallerValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["InstallAnswer"]["installer"]> = ["pip", "uv"];
 export const streamOutputNameValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["StreamOutput"]["name"]> = ["stderr", "stdout"];
