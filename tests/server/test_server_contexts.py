@@ -170,6 +170,29 @@ def test_refusals_name_what_is_wrong(client: httpx.Client, root: Path) -> None:
     assert client.get("/contexts").json()["contexts"] == []  # nothing was left behind
 
 
+def test_an_env_too_large_for_exec_is_a_400_naming_env_before_a_kernel_starts(
+    client: httpx.Client,
+) -> None:
+    """Past what exec() takes a launch fails with "Argument list too long": not a busy
+    service (a client would retry forever) but a refusal naming env, before any start."""
+    kernels = {k["id"] for k in client.get("/api/kernels").json()}
+    for env in ({"BIG": "x" * 300_000}, {f"V{i}": "x" * 100_000 for i in range(8)}):
+        r = client.post("/contexts", json={"name": "too-big", "env": env})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"].startswith("env"), r.text
+    assert client.get("/contexts").json()["contexts"] == []
+    assert {k["id"] for k in client.get("/api/kernels").json()} == kernels
+    r = client.post("/contexts", json={"name": "big-enough", "env": {"BIG": "x" * 100_000}})
+    assert r.status_code == 201, r.text
+    try:
+        code = {"content": "import os\nreturn len(os.environ['BIG'])"}
+        assert client.post(f"/contexts/{r.json()['id']}/execute", json=code).json()["result"] == (
+            100_000
+        )
+    finally:
+        client.delete(f"/contexts/{r.json()['id']}")
+
+
 def test_names_are_unique_and_the_limit_answers_429(client: httpx.Client) -> None:
     made = []
     try:
