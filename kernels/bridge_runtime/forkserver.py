@@ -267,11 +267,15 @@ class Server:
             # Closed by the child once it is a group of its own: the host registers the pid
             # as the group's id with its watchdog the moment we answer.
             grouped_r, grouped_w = os.pipe()
+            # A byte once the host has been sent the pid: a child whose server died before
+            # (the host then launches that kernel another way, on the same ports) reads
+            # end-of-file instead and never becomes a kernel.
+            go_r, go_w = os.pipe()
             try:
                 pid = os.fork()
             except BaseException:
-                os.close(grouped_r)
-                os.close(grouped_w)
+                for fd in (grouped_r, grouped_w, go_r, go_w):
+                    os.close(fd)
                 raise
         except Exception as exc:
             _send(self.sock, {"id": rid, "error": f"{type(exc).__name__}: {exc}"})
@@ -280,15 +284,20 @@ class Server:
             code = 1
             try:
                 os.close(grouped_r)
+                os.close(go_w)
                 os.setsid()  # a process group of its own, as jupyter_client's start_new_session
                 os.close(grouped_w)
-                code = self._child(argv, env, str(request["cwd"]), paths, fds, deadline)
+                go = os.read(go_r, 1)
+                os.close(go_r)
+                if go:
+                    code = self._child(argv, env, str(request["cwd"]), paths, fds, deadline)
             except BaseException:
                 traceback.print_exc()
             finally:
                 os._exit(code)
         self.children.add(pid)
         os.close(grouped_w)
+        os.close(go_r)
         try:
             os.read(grouped_r, 1)  # end-of-file: setsid() is done (or the child is gone)
         finally:
@@ -300,7 +309,9 @@ class Server:
             pass
         try:
             _send(self.sock, {"id": rid, "pid": pid}, [pidfd] if pidfd >= 0 else None)
+            os.write(go_w, b"g")
         finally:
+            os.close(go_w)
             if pidfd >= 0:
                 os.close(pidfd)
 

@@ -70,6 +70,16 @@ async def _ready(b: bridge.AsyncBridge, seconds: float = 30) -> None:
         await asyncio.sleep(0.02)
 
 
+async def _ready_server(b: bridge.AsyncBridge) -> forkserver.ForkServer:
+    """The bridge's fork server once it has finished importing (on a loaded machine a pool
+    kernel asked for earlier may have been launched the ordinary way meanwhile)."""
+    factory = b.pool.factory
+    server, reason = forkserver.server_for(factory.python, factory.kernel_env())
+    assert server is not None, reason
+    await asyncio.wait_for(asyncio.wrap_future(server.ready), 60)
+    return server
+
+
 async def test_kernels_are_forked_from_one_server(forked: bridge.AsyncBridge) -> None:
     await _ready(forked)
     kernels = forked.pool.kernels
@@ -252,7 +262,7 @@ async def test_a_stopped_fork_server_is_killed_after_one_timeout_and_replaced(
     monkeypatch.setattr(forkserver, "REPLY_WAIT", 1.0)
     async with bridge.AsyncBridge(pool_size=1, timeout=30) as b:
         factory = b.pool.factory
-        old = _server_pid(b.pool.kernels[0])
+        old = (await _ready_server(b)).process.pid
         os.kill(old, signal.SIGSTOP)
         try:
             fallback = await factory.start()
@@ -264,17 +274,15 @@ async def test_a_stopped_fork_server_is_killed_after_one_timeout_and_replaced(
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(old, signal.SIGCONT)
+        replacement = await _ready_server(b)  # the next start's: a new server
+        assert replacement.process.pid != old and not replacement.dead
+        fresh = await factory.start()
         try:
-            began = time.monotonic()
-            fresh = await factory.start()
-            waited = time.monotonic() - began
             assert fresh.manager.provisioner.forked and _server_pid(fresh) != old
-            assert waited < forkserver.REPLY_WAIT + 5  # no second timeout on the dead server
             assert (await fallback.execute("return 6 * 7", timeout=30)).value == 42
         finally:
             await factory.stop(fallback, now=True)
-            if "fresh" in locals():
-                await factory.stop(fresh, now=True)
+            await factory.stop(fresh, now=True)
 
 
 def test_the_fork_server_never_forks_past_a_requests_deadline() -> None:
@@ -323,9 +331,17 @@ async def test_exec_time_environment_falls_back_to_an_ordinary_launch(
 async def test_a_forked_kernel_shows_its_own_command_line(forked: bridge.AsyncBridge) -> None:
     """`ps` says it is a kernel and names its connection file, as for a launched kernel; the
     file is what `jupyter console --existing` finds and connects with."""
-    await _ready(forked)
-    kernel = forked.pool.kernels[0]
-    assert kernel.manager.provisioner.forked and kernel.pid is not None
+    await _ready_server(forked)
+    kernel = await forked.pool.factory.start()
+    try:
+        assert kernel.manager.provisioner.forked and kernel.pid is not None
+        _shows_its_command_line(kernel)
+    finally:
+        await forked.pool.factory.stop(kernel)
+
+
+def _shows_its_command_line(kernel: Kernel) -> None:
+    assert kernel.pid is not None
     shown = cmdline(kernel.pid)
     assert shown == f"{sys.executable} -m bridge_runtime.launch -f {kernel.connection_file}"
     assert "-m bridge_runtime.forkserver" in cmdline(_server_pid(kernel))

@@ -270,8 +270,14 @@ class ForkServer:
         log.warning("fork server %s: %s; killing it", self.process.pid, reason)
         for reply in pending.values():
             reply.set_exception(ForkServerError(reason))
-        # Its own process group (start_new_session): the server and whatever an interpreter
-        # wrapper ran, never its kernels (a session each). SIGKILL ends a stopped process too.
+        # Its children first: one forked for a request it had not answered yet would start
+        # on the ports of the launch that falls back; the others would follow the server
+        # anyway (ipykernel's parent poller). Then its own process group (start_new_session):
+        # the server and whatever an interpreter wrapper ran. SIGKILL ends a stopped process.
+        server = self.pid or self.process.pid
+        for child in _children_of(server):
+            with contextlib.suppress(OSError):
+                os.kill(child, signal.SIGKILL)
         with contextlib.suppress(OSError):
             os.killpg(self.process.pid, signal.SIGKILL)
 
@@ -377,6 +383,22 @@ class ForkServer:
                 watched.pop(fd)._exited(None)
         with contextlib.suppress(Exception):
             self.process.wait(timeout=5)
+
+
+def _children_of(pid: int) -> list[int]:
+    """The processes whose parent is *pid* (from /proc)."""
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    if int(f.read().rsplit(b")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
 
 
 # -- the servers of this host ----------------------------------------------------------------------
