@@ -9,8 +9,9 @@ folder (connection files) all say so, and say what the clients were told (a cont
 listed until deleted, a name is taken once).
 
 Each step draws one to four operations (create, restart, delete, call and stream on contexts
-and backends; kernel kills; a fork server killed or stopped) from what exists, sends them at
-once from different clients, then waits until the service has settled (a dead kernel cleaned
+and backends; kernel kills; a fork server killed or stopped) from what exists, or a race on
+one target (three restarts, a restart and a delete, three creations of one name...), sends
+them at once from different clients, then waits until the service has settled (a dead kernel cleaned
 up, the pool refilled: polled, with a deadline) and checks the rule. The seed fixes the
 operations; their interleaving is the machine's. ``make test`` runs a fixed seed within a time
 budget; ``make stress`` a random one for longer. A failure prints the seed, the step and the
@@ -104,27 +105,69 @@ def _fork_server(pid: int) -> int | None:
     return None
 
 
-async def _operation(
-    rng: random.Random, model: Model, svc: ServiceProcess, client: httpx.AsyncClient
-) -> tuple[str, Any]:
-    """Draw one operation from what exists; (its name, a coroutine sending it)."""
+# Races on one target, sent at once: the interleavings issue 19 found leaking kernels.
+RACES = (
+    ("ctx_restart", "ctx_restart", "ctx_restart"),
+    ("ctx_restart", "ctx_delete"),
+    ("ctx_execute", "ctx_restart", "ctx_delete"),
+    ("ctx_create", "ctx_create", "ctx_create"),
+    ("ctx_create", "ctx_create", "ctx_delete"),
+    ("be_create", "be_create", "be_create"),
+    ("be_call", "be_delete", "kill_kernel"),
+)
+
+
+def _draw(rng: random.Random, model: Model) -> list[dict[str, Any]]:
+    """The operations of one step: one to four drawn apart, or a race on one target."""
     contexts, backends = list(model.contexts), sorted(model.backends)
-    choices = ["ctx_create", "be_create", "kill_kernel"]
-    if contexts:
-        choices += ["ctx_restart", "ctx_delete", "ctx_execute", "ctx_execute", "ctx_stream"]
-    if backends:
-        choices += ["be_call", "be_call", "be_delete"]
-    if rng.random() < 0.04:
-        choices = ["kill_fork_server"]
-    elif rng.random() < 0.02 and not model.stopped_server:
-        choices = ["stop_fork_server"]
-    op = rng.choice(choices)
-    cid = rng.choice(contexts) if contexts else ""
-    bid = rng.choice(backends) if backends else ""
-    name = rng.choice(NAMES)
-    with_env = rng.random() < 0.5
-    restart = rng.random() < 0.5
-    pick = rng.random()
+    common = {
+        "cid": rng.choice(contexts) if contexts else "",
+        "bid": rng.choice(backends) if backends else "",
+        "name": rng.choice(NAMES),
+        "with_env": rng.random() < 0.5,
+        "restart": rng.random() < 0.5,
+    }
+    if rng.random() < 0.3:
+        race = [
+            op
+            if (contexts or not op.startswith("ctx_") or op == "ctx_create")
+            and (backends or op not in ("be_call", "be_delete"))
+            else "ctx_create"  # nothing to race on yet
+            for op in rng.choice(RACES)
+        ]
+        return [{**common, "op": op, "pick": rng.random()} for op in race]
+    drawn = []
+    for _ in range(rng.randint(1, 4)):
+        choices = ["ctx_create", "be_create", "kill_kernel"]
+        if contexts:
+            choices += ["ctx_restart", "ctx_delete", "ctx_execute", "ctx_execute", "ctx_stream"]
+        if backends:
+            choices += ["be_call", "be_call", "be_delete"]
+        if rng.random() < 0.04:
+            choices = ["kill_fork_server"]
+        elif rng.random() < 0.02 and not model.stopped_server:
+            choices = ["stop_fork_server"]
+            model.stopped_server = True
+        drawn.append(
+            {
+                "op": rng.choice(choices),
+                "cid": rng.choice(contexts) if contexts else "",
+                "bid": rng.choice(backends) if backends else "",
+                "name": rng.choice(NAMES),
+                "with_env": rng.random() < 0.5,
+                "restart": rng.random() < 0.5,
+                "pick": rng.random(),
+            }
+        )
+    return drawn
+
+
+def _operation(
+    drawn: dict[str, Any], model: Model, svc: ServiceProcess, client: httpx.AsyncClient
+) -> Any:
+    """A coroutine sending the operation *drawn*, saying what it got."""
+    op, cid, bid, name = drawn["op"], drawn["cid"], drawn["bid"], drawn["name"]
+    with_env, restart, pick = drawn["with_env"], drawn["restart"], drawn["pick"]
 
     async def send() -> str:
         if op == "ctx_create":
@@ -183,7 +226,6 @@ async def _operation(
             return f"kill_fork_server {server}"
         # Stopped: the next kernel start waits for its answer once, then it is killed and
         # replaced (issue 19, item 4); a context created now must still start.
-        model.stopped_server = True
         _signal(server, signal.SIGSTOP)
         body = {"name": f"after-stop-{server}"}
         r = await client.post("/contexts", json=body, timeout=120)
@@ -192,7 +234,7 @@ async def _operation(
         _signal(server, signal.SIGCONT)
         return _said("ctx_create", r, f"stop_fork_server {server}: ")
 
-    return op, send()
+    return send()
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -308,8 +350,8 @@ async def test_no_interleaving_leaks_a_kernel(service: tuple[ServiceProcess, Pat
             if time.monotonic() - began > SECONDS:
                 break
             ops = [
-                await _operation(rng, model, svc, rng.choice(clients))
-                for _ in range(rng.randint(1, 4))
+                (drawn["op"], _operation(drawn, model, svc, rng.choice(clients)))
+                for drawn in _draw(rng, model)
             ]
             outcomes = await asyncio.gather(*(send for _, send in ops), return_exceptions=True)
             for (op, _), outcome in zip(ops, outcomes, strict=True):
