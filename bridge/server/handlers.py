@@ -1,4 +1,5 @@
-"""The HTTP routes: the operations of dispatch.ROUTES, over Jupyter Server's HTTP.
+"""The HTTP routes: the operations of the service layer's route table (bridge.service.dispatch
+.ROUTES), over Jupyter Server's HTTP.
 
 Handlers are Jupyter Server ``APIHandler``s authenticated on a lean path (auth.py): the
 server's Host check and its identity provider's token logic (``Authorization: token T`` or
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import re
 from collections.abc import Awaitable
@@ -21,14 +21,26 @@ from jupyter_server.base.handlers import APIHandler
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from . import auth, dispatch
-from .backends import EventStream, HostedBackend
-from .errors import ApiError, bad_request
-from .service import Service
+from bridge.service import dispatch
+from bridge.service import models as m
+from bridge.service.backends import EventStream, HostedBackend
+from bridge.service.errors import ApiError, ErrorType, bad_request, internal
+from bridge.service.events import event_id, output_event
+from bridge.service.service import Service
+
+from . import auth
 
 log = logging.getLogger("bridge.server")
 
-_TORNADO_TYPES = {400: "bad_request", 404: "not_found", 405: "bad_request", 413: "too_large"}
+# The error types of tornado's and Jupyter Server's own failures, by status.
+_TORNADO_TYPES = {
+    400: ErrorType.BAD_REQUEST,
+    403: ErrorType.FORBIDDEN,
+    404: ErrorType.NOT_FOUND,
+    405: ErrorType.METHOD_NOT_ALLOWED,
+    409: ErrorType.CONFLICT,
+    413: ErrorType.TOO_LARGE,
+}
 
 
 class BaseHandler(APIHandler):  # type: ignore[misc]
@@ -51,9 +63,6 @@ class BaseHandler(APIHandler):  # type: ignore[misc]
 
     # -- answers -------------------------------------------------------------------------------
 
-    def send(self, body: dict[str, Any], status: int = 200) -> None:
-        self.send_answer(dispatch.Answer(status, body))
-
     def send_answer(self, answer: dispatch.Answer) -> None:
         if answer.status >= 400:
             self.clear()
@@ -70,14 +79,12 @@ class BaseHandler(APIHandler):  # type: ignore[misc]
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if status_code == 403 and not auth.host_allowed(self):
             error = ApiError(
-                403,
-                "forbidden",
+                ErrorType.FORBIDDEN,
                 f"the Host {self.request.host!r} is not allowed (ServerApp.allow_remote_access)",
             )
         elif status_code == 403 and not getattr(self, "_jupyter_current_user", None):
             error = ApiError(
-                401,
-                "unauthorized",
+                ErrorType.UNAUTHORIZED,
                 "a token is required: send 'Authorization: token <token>' "
                 "(or 'Bearer <token>'), or add ?token=<token> to the URL",
             )
@@ -88,12 +95,9 @@ class BaseHandler(APIHandler):  # type: ignore[misc]
                     message = message % exc.args
                 except (TypeError, ValueError):
                     pass
-            kind = _TORNADO_TYPES.get(
-                status_code, "forbidden" if status_code == 403 else "bad_request"
-            )
-            error = ApiError(status_code, kind, message)
+            error = ApiError(_TORNADO_TYPES.get(status_code, ErrorType.BAD_REQUEST), message)
         else:
-            error = dispatch.internal()
+            error = internal()
         self.send_failure(error)
 
     @classmethod
@@ -105,7 +109,7 @@ class BaseHandler(APIHandler):  # type: ignore[misc]
             if getattr(cls, m.lower()) is not getattr(web.RequestHandler, m.lower())
         ]
 
-    async def answer(self, work: Awaitable[dict[str, Any]], status: int = 200) -> None:
+    async def answer(self, work: Awaitable[Any], status: int = 200) -> None:
         """Await *work* and write its result or its failure; a gone client cancels it."""
         self._work = asyncio.ensure_future(dispatch.outcome(work, status))
         try:
@@ -130,7 +134,7 @@ class BaseHandler(APIHandler):  # type: ignore[misc]
         try:
             return values[-1].decode("utf-8")
         except UnicodeDecodeError:
-            raise bad_request(f"query parameter {name!r} is not UTF-8") from None
+            raise bad_request(f"query parameter {name!r} is not UTF-8", field=name) from None
 
 
 @web.stream_request_body
@@ -216,7 +220,7 @@ class EventsHandler(BaseHandler):
                     stream.cursor = batch[-1][0]
                     overflowed = not await self._flush_while_kept(hosted, stream)
                 if overflowed:
-                    body = dispatch.encode({"last_event_id": stream.cursor}).decode()
+                    body = m.encode(m.OverflowEvent(stream.cursor)).decode()
                     self.write(f"event: overflow\ndata: {body}\n\n")
                     overflow = True
                     break
@@ -285,15 +289,6 @@ def _retrieved(future: asyncio.Future[Any]) -> None:
         future.exception()  # a write to a closed connection: known, nothing to log
 
 
-def event_id(text: str | None) -> int | None:
-    """A Last-Event-ID as a number; 400 for anything but a short run of digits."""
-    if text is None:
-        return None
-    if not text.isascii() or not text.isdigit() or len(text) > 18:
-        raise bad_request("Last-Event-ID must be an event number (at most 18 digits)")
-    return int(text)
-
-
 def wants_events(accept: str) -> bool:
     """Whether an Accept header asks for text/event-stream (and does not refuse it, q=0)."""
     for item in accept.split(","):
@@ -303,22 +298,8 @@ def wants_events(accept: str) -> bool:
     return False
 
 
-# The event each nbformat output type is streamed as (docs/http.md, "Output as it happens").
-_EVENTS = {"display_data": "display", "execute_result": "result", "error": "error"}
-
-
-def output_event(output: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(event name, data) of one output: stdout/stderr ``{"text"}``; display, result and
-    error the nbformat output itself."""
-    kind = output.get("output_type", "")
-    if kind == "stream":
-        name = "stderr" if output.get("name") == "stderr" else "stdout"
-        return name, {"text": output.get("text", "")}
-    return _EVENTS.get(kind, kind), output
-
-
-def sse(event: str, data: dict[str, Any]) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+def sse(event: str, data: Any) -> str:
+    return f"event: {event}\ndata: {m.encode(data).decode()}\n\n"
 
 
 def _serve(method: str) -> Any:
@@ -334,14 +315,14 @@ def _serve(method: str) -> Any:
         if operation.streams and wants_events(self.request.headers.get("Accept", "")):
             await self.stream(operation, request)
             return
-        await self.answer(operation.run(self.service, request), operation.status)
+        await self.answer(operation(self.service, request), operation.status)
 
     serve.__name__ = method.lower()
     return serve
 
 
 class RouteHandler(BodyHandler):
-    """A route of dispatch.ROUTES: the same operations QNTX's HandleHTTP answers."""
+    """A route of the route table: the same operations QNTX's HandleHTTP answers."""
 
     route: dispatch.Route
 
@@ -370,7 +351,7 @@ class RouteHandler(BodyHandler):
         outputs: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         request = dataclasses.replace(request, on_output=outputs.put_nowait)
         self._work = work = asyncio.ensure_future(
-            dispatch.outcome(operation.run(self.service, request), operation.status)
+            dispatch.outcome(operation(self.service, request), operation.status)
         )
         opened = False
         try:
@@ -433,9 +414,15 @@ class RouteHandler(BodyHandler):
 
 
 def routes(service: Service) -> list[tuple[str, type[BaseHandler], dict[str, Any]]]:
-    """The service's routes, for ExtensionApp.handlers (the server adds its base_url)."""
+    """The service's routes, for ExtensionApp.handlers (the server adds its base_url): a
+    backend's event stream is EventsHandler, every other route a RouteHandler."""
     table: list[tuple[str, type[BaseHandler]]] = [
-        (route.pattern, RouteHandler.made_for(route)) for route in dispatch.ROUTES
+        (
+            route.pattern,
+            EventsHandler
+            if any(op.events for op in route.methods.values())
+            else RouteHandler.made_for(route),
+        )
+        for route in dispatch.ROUTES
     ]
-    table.append((r"/backends/([^/]+)/events", EventsHandler))
     return [(pattern, handler, {"service": service}) for pattern, handler in table]
