@@ -40,7 +40,7 @@ from service_process import ServiceProcess
 
 SEED = int(os.environ.get("KB_RANDOM_SEED", "1919"))
 STEPS = int(os.environ.get("KB_RANDOM_STEPS", "70"))  # of 1-4 operations each
-SECONDS = float(os.environ.get("KB_RANDOM_SECONDS", "50"))  # no new step after this
+SECONDS = float(os.environ.get("KB_RANDOM_SECONDS", "40"))  # no new step after this
 POOL_SIZE = 1
 MAX_CONTEXTS = 4
 MAX_BACKENDS = 3
