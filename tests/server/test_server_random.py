@@ -263,13 +263,21 @@ def _machine(svc: ServiceProcess, runtime: Path) -> tuple[list[str], list[str]]:
 
 async def _state(client: httpx.AsyncClient, svc: ServiceProcess, runtime: Path) -> dict[str, Any]:
     """Everything that can see a kernel, read back to back."""
-    contexts = (await client.get("/contexts")).json()["contexts"]
-    backends = (await client.get("/backends")).json()["backends"]
-    health = (await client.get("/health")).json()
-    kernels = [k["id"] for k in (await client.get("/api/kernels")).json()]
-    sessions = (await client.get("/api/sessions")).json()
+    answers = {}
+    errors = []
+    for path in ("/contexts", "/backends", "/health", "/api/kernels", "/api/sessions"):
+        r = await client.get(path)
+        if r.status_code != 200:  # a listing that fails is a finding too (if it persists)
+            errors.append(f"GET {path} -> {r.status_code}: {r.text[:300]}")
+        answers[path] = r.json() if r.status_code == 200 else None
+    contexts = (answers["/contexts"] or {"contexts": []})["contexts"]
+    backends = (answers["/backends"] or {"backends": []})["backends"]
+    health = answers["/health"] or {"kernels": -1, "contexts": -1}
+    kernels = [k["id"] for k in answers["/api/kernels"] or []]
+    sessions = answers["/api/sessions"] or []
     files, procs = await asyncio.to_thread(_machine, svc, runtime)
     return {
+        "errors": errors,
         "contexts": contexts,
         "backends": backends,
         "health": health,
@@ -282,7 +290,7 @@ async def _state(client: httpx.AsyncClient, svc: ServiceProcess, runtime: Path) 
 
 def _broken(state: dict[str, Any], model: Model) -> list[str]:
     """What of the rule does not hold in *state* (empty: it all holds)."""
-    wrong = []
+    wrong = list(state["errors"])
     contexts, backends = state["contexts"], state["backends"]
     if {c["id"] for c in contexts} != set(model.contexts):
         wrong.append(f"contexts listed {[c['id'] for c in contexts]} != {model.contexts}")
