@@ -448,7 +448,7 @@ async def _run(
     if not success and constraints is not None:
         # The resolver refused because a guarded distribution would have had to change.
         said = (result.stdout + result.stderr).lower().replace("_", "-")
-        named = sorted(g.name for key, g in own.items() if _refused(said, key, g.version))
+        named = sorted(g.name for key, g in own.items() if _refused(said, key))
         if named:
             raise PackageConflict(
                 "refused: the kernels run in kernel-bridge's own environment and the install "
@@ -459,8 +459,8 @@ async def _run(
     return result
 
 
-def _refused(said: str, key: str, version: str) -> bool:
+def _refused(said: str, key: str) -> bool:
     """Whether the installer's message says the constraint on *key* blocked it."""
-    # pip: "The user requested (constraint) tornado==6.4.1"; uv: "you require tornado==6.4.1"
-    # or "depends on tornado>=999 and tornado==6.4.1": the pin, as the constraints say it.
-    return f"(constraint) {key}==" in said or f"{key}=={version.lower()}" in said
+    # pip: "The user requested (constraint) tornado==6.4.1"; uv: "you require tornado==6.4.1",
+    # or (uv 0.13) "kb-needy==1.0 depends on tornado>=999 and tornado==6.4.1".
+    return any(f"{how} {key}==" in said for how in ("(constraint)", "you require", "and"))
