@@ -266,7 +266,7 @@ async def test_a_stopped_fork_server_is_killed_after_one_timeout_and_replaced(
         os.kill(old, signal.SIGSTOP)
         try:
             fallback = await factory.start()
-            assert not fallback.manager.provisioner.forked
+            assert not fallback.transport.manager.provisioner.forked
             deadline = time.monotonic() + 10
             while alive(old):
                 assert time.monotonic() < deadline, "the stopped fork server was not killed"
@@ -278,7 +278,7 @@ async def test_a_stopped_fork_server_is_killed_after_one_timeout_and_replaced(
         assert replacement.process.pid != old and not replacement.dead
         fresh = await factory.start()
         try:
-            assert fresh.manager.provisioner.forked and _server_pid(fresh) != old
+            assert fresh.transport.manager.provisioner.forked and _server_pid(fresh) != old
             assert (await fallback.execute("return 6 * 7", timeout=30)).value == 42
         finally:
             await factory.stop(fallback, now=True)
@@ -325,7 +325,7 @@ async def test_exec_time_environment_falls_back_to_an_ordinary_launch(
     assert library not in (await forked.execute(maps)).value
     async with forked.session(env={"LD_PRELOAD": library}) as s:
         assert library in (await s.execute(maps)).value
-        assert not s.kernel.manager.provisioner.forked
+        assert not s.kernel.transport.manager.provisioner.forked
 
 
 async def test_a_forked_kernel_shows_its_own_command_line(forked: bridge.AsyncBridge) -> None:
@@ -334,7 +334,7 @@ async def test_a_forked_kernel_shows_its_own_command_line(forked: bridge.AsyncBr
     await _ready_server(forked)
     kernel = await forked.pool.factory.start()
     try:
-        assert kernel.manager.provisioner.forked and kernel.pid is not None
+        assert kernel.transport.manager.provisioner.forked and kernel.pid is not None
         _shows_its_command_line(kernel)
     finally:
         await forked.pool.factory.stop(kernel)
