@@ -572,7 +572,11 @@ class AsyncSession(_AsyncCalls):
         self._kernel: Kernel | None = None
         self._lost: str | None = None
         self._closed = False
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # one call at a time
+        # One start or restart at a time: two at once would each take a kernel and keep one.
+        # aclose() does not wait for it: it marks the session closed, and a start that ends
+        # after that shuts the kernel it took down.
+        self._life = asyncio.Lock()
         self._files: FileChannel | None = None
 
     async def __aenter__(self) -> AsyncSession:
@@ -583,12 +587,20 @@ class AsyncSession(_AsyncCalls):
         await self.aclose()
 
     async def start(self) -> None:
+        async with self._life:
+            await self._start()
+
+    async def _start(self) -> None:
         if self._closed:
             raise BridgeClosed("the session is closed")
         if self._kernel is None:
             own = bool(self.env) or self.cwd is not None
             pool = self._bridge.pool
-            self._kernel = await (pool.take(env=self.env, cwd=self.cwd) if own else pool.take())
+            kernel = await (pool.take(env=self.env, cwd=self.cwd) if own else pool.take())
+            if self._closed:  # closed while its kernel started: no one else will stop it
+                await pool.retire(kernel)
+                raise BridgeClosed("the session was closed while its kernel started")
+            self._kernel = kernel
             self._lost = None
 
     @property
@@ -614,11 +626,16 @@ class AsyncSession(_AsyncCalls):
         return dict(self.kernel.kernel_info)
 
     async def restart(self) -> None:
-        """Replace the kernel with a fresh one from the pool: an empty namespace, alive again."""
-        old, self._kernel = self._kernel, None
-        if old is not None:
-            await self._bridge.pool.retire(old)
-        await self.start()
+        """Replace the kernel with a fresh one from the pool: an empty namespace, alive again.
+
+        Restarts of one session run one after the other; calls made meanwhile wait for it."""
+        async with self._life:
+            if self._closed:
+                raise BridgeClosed("the session is closed")
+            old, self._kernel = self._kernel, None
+            if old is not None:
+                await self._bridge.pool.retire(old)
+            await self._start()
 
     async def aclose(self, *, wait: bool = True) -> None:
         """Shut the session's kernel down; idempotent.
@@ -671,6 +688,9 @@ class AsyncSession(_AsyncCalls):
     ) -> ExecutionResult:
         seconds = check_timeout(timeout, self._bridge.timeout)
         async with self._lock:  # one call at a time: a timeout interrupts only its own call
+            if self._kernel is None and self._life.locked():
+                async with self._life:  # a restart is under way: the call runs after it
+                    pass
             kernel = self.kernel
             await kernel.settle()  # a cancelled call before this one may still be stopping
             self._check_alive(kernel)

@@ -197,7 +197,12 @@ class EventsHandler(BaseHandler):
 
     KEEPALIVE = 15.0  # seconds between comments that keep proxies from closing the stream
     BATCH = 256 * 1024  # bytes of events written before waiting for the client to take them
-    OVERFLOW_GRACE = 1.0  # seconds a stalled client gets to take the overflow event
+    # Seconds a stalled client gets to take the end of an overflowed stream (what was unsent,
+    # the overflow event, the last chunk) before it is disconnected: what it holds meanwhile is
+    # bounded (BATCH and the socket's buffers), so this only frees the connection of a client
+    # that is gone. Cutting a merely slow one (a loaded machine) mid-chunk left it unable to read
+    # the overflow and resume.
+    OVERFLOW_GRACE = 60.0
 
     @web.authenticated
     async def get(self, backend_id: str) -> None:
@@ -213,6 +218,7 @@ class EventsHandler(BaseHandler):
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
+        overflow = False
         try:
             self.write(": kernel-bridge events\n\n")
             await self.flush()
@@ -226,7 +232,7 @@ class EventsHandler(BaseHandler):
                 if overflowed:
                     body = m.encode(m.OverflowEvent(stream.cursor)).decode()
                     self.write(f"event: overflow\ndata: {body}\n\n")
-                    await self._flush_or_drop()
+                    overflow = True
                     break
                 if batch or self._gone:
                     continue
@@ -242,8 +248,10 @@ class EventsHandler(BaseHandler):
         except StreamClosedError:
             return
         finally:
-            hosted.unsubscribe(stream)
-        if not self._gone:
+            hosted.unsubscribe(stream)  # the log keeps nothing for it from here on
+        if overflow:
+            await self._finish_or_drop()
+        elif not self._gone:
             self.finish(set_content_type="text/event-stream")
 
     async def _flush_while_kept(self, hosted: HostedBackend, stream: EventStream) -> bool:
@@ -263,9 +271,11 @@ class EventsHandler(BaseHandler):
         stream.wake.set()  # look again: events may have come meanwhile
         return True
 
-    async def _flush_or_drop(self) -> None:
-        """Send the last words; a client that does not take them in time is disconnected."""
-        flushes = [getattr(self, "_unflushed", None), asyncio.ensure_future(self.flush())]
+    async def _finish_or_drop(self) -> None:
+        """End the response at once (the overflow event and the last chunk queue behind what is
+        unsent), so that a client that reads on gets a whole response; one that takes none of
+        it within OVERFLOW_GRACE is disconnected."""
+        flushes = [getattr(self, "_unflushed", None), self.finish()]
         try:
             async with asyncio.timeout(self.OVERFLOW_GRACE):
                 for flushed in flushes:

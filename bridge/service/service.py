@@ -190,6 +190,10 @@ class Service:
         self._starting_contexts = 0
         self._culler: asyncio.Task[None] | None = None
         self._dropping: set[asyncio.Future[None]] = set()  # contexts' kernels shutting down
+        # Names of contexts that exist or are starting: taken the moment a creation asks for
+        # one, so that two creations of one name cannot both start.
+        self._context_names: set[str] = set()
+        self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -230,6 +234,7 @@ class Service:
             raise KernelStartError(f"the service could not start: {ready.exception()}")
 
     async def close(self) -> None:
+        self._closed = True  # a context or backend still starting is stopped once started
         ready = self._ready_future()
         if not ready.done():
             ready.set_exception(BridgeClosed("the service was stopped"))
@@ -448,8 +453,10 @@ class Service:
                 raise
             try:
                 methods = sorted(await backend.methods())
+                if self._closed:
+                    raise BridgeClosed("the service was stopped while the backend started")
             except BaseException:
-                await backend.terminate()
+                await asyncio.shield(asyncio.ensure_future(backend.terminate()))
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
             if (
@@ -531,27 +538,34 @@ class Service:
     async def create_context(self, req: m.ContextRequest) -> m.ContextInfo:
         """Start a context: a session with a kernel of its own (the one place contexts are
         made; ``_drop_context`` is the one place they go)."""
-        name = req.name
         # A bad cwd (outside the root, missing, not a folder) is refused before anything waits.
         session = self.bridge.session(env=req.env, cwd=req.cwd, root=self.root)
         await self.wait_ready()
-        if name is not None and any(c.name == name for c in self.contexts.values()):
-            raise ApiError(ErrorType.CONFLICT, f"a context named {name!r} exists already")
+        hosted = HostedContext(session, name=req.name, timeout=req.timeout_secs, cwd=session.cwd)
+        # Checked and taken in one step (nothing runs between them): the name is this
+        # creation's until it fails or the context is deleted.
+        if hosted.name in self._context_names:
+            raise ApiError(ErrorType.CONFLICT, f"a context named {hosted.name!r} exists already")
         if len(self.contexts) + self._starting_contexts >= self.max_contexts:
             raise ApiError(
                 ErrorType.LIMIT_REACHED,
                 f"{self.max_contexts} contexts exist, the service's limit: delete one first",
             )
+        self._context_names.add(hosted.name)
         self._starting_contexts += 1
         try:
             try:
                 await self._start_session(session, req.timeout_secs)
+                if self._closed:
+                    raise BridgeClosed("the service was stopped while the context started")
             except BaseException:
-                await session.aclose()
+                await asyncio.shield(asyncio.ensure_future(session.aclose()))
                 raise
+        except BaseException:
+            self._context_names.discard(hosted.name)
+            raise
         finally:
             self._starting_contexts -= 1
-        hosted = HostedContext(session, name=name, timeout=req.timeout_secs, cwd=session.cwd)
         self.contexts[hosted.id] = hosted
         hosted.session_id = await self.sessions.register(session.kernel_id, hosted.session_name)
         log.info("context %s (%s) started in kernel %s", hosted.id, hosted.name, session.kernel_id)
@@ -572,19 +586,29 @@ class Service:
             ) from None
 
     async def _drop_context(self, context_id: str) -> HostedContext | None:
-        """Forget a context and shut its kernel down."""
-        hosted = self.contexts.pop(context_id, None)
-        if hosted is not None:
+        """Forget a context and shut its kernel down, once a restart under way is over."""
+        hosted = self.contexts.get(context_id)
+        if hosted is None or hosted.deleted:
+            return None
+        hosted.deleted = True  # a second deletion, or a restart that comes next, finds it gone
+        # A task of its own: a request that goes away must not cut a kernel's shutdown short,
+        # which would leave it half-known to the server's kernel manager.
+        closing = asyncio.ensure_future(self._close_context(hosted))
+        self._dropping.add(closing)
+        closing.add_done_callback(self._dropping.discard)
+        await asyncio.shield(closing)
+        log.info("context %s (%s) deleted", hosted.id, hosted.name)
+        return hosted
+
+    async def _close_context(self, hosted: HostedContext) -> None:
+        async with hosted.owner:
+            self.contexts.pop(hosted.id, None)
             session_id, hosted.session_id = hosted.session_id, None
             await self.sessions.unregister(session_id)  # before its kernel goes, as backends do
-            # A task of its own: a request that goes away must not cut a kernel's shutdown
-            # short, which would leave it half-known to the server's kernel manager.
-            closing = asyncio.ensure_future(hosted.session.aclose())
-            self._dropping.add(closing)
-            closing.add_done_callback(self._dropping.discard)
-            await asyncio.shield(closing)
-            log.info("context %s (%s) deleted", hosted.id, hosted.name)
-        return hosted
+            try:
+                await hosted.session.aclose()
+            finally:
+                self._context_names.discard(hosted.name)
 
     async def list_contexts(self) -> m.ContextList:
         return m.ContextList([hosted.info() for hosted in self.contexts.values()])
@@ -602,18 +626,26 @@ class Service:
         hosted = self.context(context_id)
         hosted.calls += 1
         try:
-            session_id, hosted.session_id = hosted.session_id, None
-            await self.sessions.unregister(session_id)
             # Shielded as a deletion is: a client gone mid-restart leaves a whole kernel.
-            await asyncio.shield(asyncio.ensure_future(hosted.session.restart()))
-            hosted.session_id = await self.sessions.register(
-                hosted.session.kernel_id, hosted.session_name
-            )
+            await asyncio.shield(asyncio.ensure_future(self._restart_context(hosted)))
         finally:
             hosted.calls -= 1
             hosted.touch()
         log.info("context %s (%s) restarted", hosted.id, hosted.name)
         return hosted.info()
+
+    async def _restart_context(self, hosted: HostedContext) -> None:
+        """Restart under the context's owner lock: one restart at a time, none after (or
+        during) its deletion."""
+        async with hosted.owner:
+            if hosted.deleted:
+                raise not_found(f"context {hosted.id!r} was deleted")
+            session_id, hosted.session_id = hosted.session_id, None
+            await self.sessions.unregister(session_id)
+            await hosted.session.restart()
+            hosted.session_id = await self.sessions.register(
+                hosted.session.kernel_id, hosted.session_name
+            )
 
     async def _in_context(
         self, context_id: str, call: Callable[[AsyncSession, float | None], Awaitable[T]]
