@@ -102,6 +102,28 @@ def _output_size(content: dict[str, Any]) -> int:
     return _size(content.get("data") or {}) + _size(content.get("metadata") or {})
 
 
+class _Text:
+    """Text that comes in many chunks, kept as few strings: every JOIN chunks appended are
+    joined into one, so a flood of small prints costs its characters (which ``max_output``
+    bounds) and not an object per message."""
+
+    JOIN = 256
+
+    def __init__(self, text: str = "") -> None:
+        self._parts = [text] if text else []
+        self._loose = len(self._parts)  # parts appended since the last join
+
+    def append(self, text: str) -> None:
+        self._parts.append(text)
+        self._loose += 1
+        if self._loose >= self.JOIN:
+            self._parts[-self._loose :] = ["".join(self._parts[-self._loose :])]
+            self._loose = 0
+
+    def __str__(self) -> str:
+        return "".join(self._parts)
+
+
 class OutputCollector:
     """Builds nbformat v4 outputs from the IOPub messages of one request, in arrival order.
 
@@ -127,8 +149,8 @@ class OutputCollector:
         self.size = 0
         self.truncated = False
         self.outputs: list[dict[str, Any]] = []
-        self._chunks: dict[int, list[str]] = {}  # id(stream output) -> its text pieces
-        self._streams: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self._chunks: dict[int, _Text] = {}  # id(stream output) -> its text
+        self._streams: dict[str, _Text] = {"stdout": _Text(), "stderr": _Text()}
         self._display_ids: dict[str, list[dict[str, Any]]] = {}
         self._clear_pending = False
         self._value_output: dict[str, Any] | None = None  # the last result's output
@@ -177,14 +199,14 @@ class OutputCollector:
                 log.exception("an on_output callback failed")
 
     def _append_stream(self, name: str, text: str) -> None:
-        self._streams.setdefault(name, []).append(text)
+        self._streams.setdefault(name, _Text()).append(text)
         last = self.outputs[-1] if self.outputs else None
         if last is not None and last["output_type"] == "stream" and last["name"] == name:
             self._chunks[id(last)].append(text)
         else:
             output: dict[str, Any] = {"output_type": "stream", "name": name, "text": ""}
             self.outputs.append(output)
-            self._chunks[id(output)] = [text]
+            self._chunks[id(output)] = _Text(text)
         self._emit({"output_type": "stream", "name": name, "text": text})
 
     def _on_stream(self, content: dict[str, Any]) -> None:
@@ -296,7 +318,7 @@ class OutputCollector:
     # -- result --------------------------------------------------------------------------------
 
     def stream_text(self, name: str) -> str:
-        return "".join(self._streams.get(name, ()))
+        return str(self._streams.get(name, ""))
 
     def result(
         self,
@@ -309,7 +331,7 @@ class OutputCollector:
         for output in self.outputs:
             chunks = self._chunks.get(id(output))
             if chunks is not None:
-                output["text"] = "".join(chunks)
+                output["text"] = str(chunks)
         content = reply or {}
         success = content.get("status") == "ok"
         error = None

@@ -17,8 +17,9 @@ Every DATA is one JSON object. A client sends requests, each with a ``ref`` of i
 
 The plugin answers with frames ``{"ref", "event", "data"}`` carrying the HTTP service's SSE
 events, the same names and the same data (one definition: ``output_event``): ``stdout``,
-``stderr``, ``display``, ``result``, ``error`` as the code makes them, then ``end`` with the
-whole answer (a failure body with its status if it failed). A backend's events come as
+``stderr``, ``display``, ``result``, ``error`` as the code makes them (``skipped`` for those
+left out while the reader fell more than OutputBacklog.LIMIT characters behind), then ``end``
+with the whole answer (a failure body with its status if it failed). A backend's events come as
 ``{"ref", "event": "message", "id": N, "data": {"type", "data"}}``, as the SSE stream's
 ``id:`` and ``data:``; ``overflow`` when the reader fell behind the backend's event log,
 ``end`` when the backend is gone. Every request ends with exactly one ``end`` (a refused
@@ -53,7 +54,7 @@ from bridge.service.errors import (
     not_found,
     to_api_error,
 )
-from bridge.service.events import event_id, output_event
+from bridge.service.events import OutputBacklog, event_id
 from bridge.service.service import Service
 
 from .protocol import domain_pb
@@ -253,20 +254,18 @@ class Session:
             await self.refuse(ref, to_api_error(exc) or internal())
             return
         body = json.dumps(request.get("body"), default=str).encode()
-        outputs: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        call = dataclasses.replace(call, body=body, size=len(body), on_output=outputs.put_nowait)
+        outputs = OutputBacklog()  # what a reader that falls behind costs: as over HTTP
+        call = dataclasses.replace(call, body=body, size=len(body), on_output=outputs.put)
         work = asyncio.ensure_future(dispatch.outcome(operation(service, call), operation.status))
         try:
-            while not work.done():
-                waiting = asyncio.ensure_future(outputs.get())
+            while not work.done() or outputs.pending:  # outputs made come before `end`
+                waiting = asyncio.ensure_future(outputs.wait())
                 try:
                     await asyncio.wait({waiting, work}, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     waiting.cancel()
-                if waiting.done() and not waiting.cancelled():
-                    await self.send(ref, *output_event(waiting.result()))
-            while not outputs.empty():  # made before the call ended: they come before `end`
-                await self.send(ref, *output_event(outputs.get_nowait()))
+                for event in outputs.drain():
+                    await self.send(ref, *event)
             await self.send(ref, "end", work.result().body)
         finally:
             if not work.done():

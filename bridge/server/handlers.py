@@ -27,7 +27,7 @@ from bridge.service import dispatch
 from bridge.service import models as m
 from bridge.service.backends import EventStream, HostedBackend
 from bridge.service.errors import ApiError, ErrorType, bad_request, internal, to_api_error
-from bridge.service.events import event_id, output_event
+from bridge.service.events import OutputBacklog, event_id
 from bridge.service.service import Service, call_failure, since
 
 from . import auth, multipart
@@ -452,17 +452,19 @@ class RouteHandler(BodyHandler):
         a failure found before that (a bad request, an unknown context, no free kernel, a
         timeout of silent code) is the JSON answer with its status, as without streaming;
         after it, ``end`` carries the failure body. A client that goes away cancels the call,
-        which interrupts its code.
+        which interrupts its code. A client that reads more slowly than the code prints costs
+        at most OutputBacklog.LIMIT characters of unsent outputs: the rest is left out of the
+        stream and said in a ``skipped`` event (``end`` has every output all the same).
         """
-        outputs: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        request = dataclasses.replace(request, on_output=outputs.put_nowait)
+        outputs = OutputBacklog()
+        request = dataclasses.replace(request, on_output=outputs.put)
         self._work = work = asyncio.ensure_future(
             dispatch.outcome(operation(self.service, request), operation.status)
         )
         opened = False
         try:
             while not work.done():
-                waiting = asyncio.ensure_future(outputs.get())
+                waiting = asyncio.ensure_future(outputs.wait())
                 try:
                     await asyncio.wait(
                         {waiting, work}, timeout=self.KEEPALIVE, return_when="FIRST_COMPLETED"
@@ -470,9 +472,10 @@ class RouteHandler(BodyHandler):
                 finally:
                     if not waiting.done():
                         waiting.cancel()
-                if waiting.done() and not waiting.cancelled():
+                if outputs.pending:
                     opened = self._open_events(opened)
-                    self.write(sse(*output_event(waiting.result())))
+                    for event in outputs.drain():
+                        self.write(sse(*event))
                 elif work.done():
                     break
                 elif opened:
@@ -484,9 +487,10 @@ class RouteHandler(BodyHandler):
                 answer = work.result()
             except asyncio.CancelledError:
                 return  # the client went away; on_connection_close cancelled the call
-            while not outputs.empty():  # made before the call ended: they come before `end`
+            if outputs.pending:  # made before the call ended: they come before `end`
                 opened = self._open_events(opened)
-                self.write(sse(*output_event(outputs.get_nowait())))
+                for event in outputs.drain():
+                    self.write(sse(*event))
             if not opened:
                 if answer.status >= 400:
                     self.send_answer(answer)

@@ -494,6 +494,17 @@ class TextEvent(Struct):
     text: str
 
 
+class SkippedEvent(Struct):
+    """``event: skipped``: outputs left out of this stream because its reader fell more than
+    the stream's backlog (1 MiB of outputs) behind; the stream goes on, and ``end`` has every
+    output all the same (up to max_output)."""
+
+    outputs: Annotated[int, Meta(description="How many outputs were left out here.")]
+    characters: Annotated[
+        int, Meta(description="Their size: stream text, or the JSON of the others.")
+    ]
+
+
 class ExecutionEvents(Struct):
     """The events of a streamed execution (``Accept: text/event-stream``), by SSE event name."""
 
@@ -502,6 +513,7 @@ class ExecutionEvents(Struct):
     display: DisplayDataOutput
     result: ExecuteResultOutput
     error: ErrorOutput
+    skipped: SkippedEvent
     # ExecuteAnswer | Failure (msgspec unions only tagged Structs: said in JSON Schema here).
     end: Annotated[
         Any,

@@ -41,6 +41,7 @@ import type {
   MimeBundle,
   ModulesAnswer,
   Output,
+  SkippedEvent,
   VersionAnswer,
 } from "./types.js";
 
@@ -92,6 +93,12 @@ export interface RunOptions extends ExecuteOptions {
    * the same error in {@link Execution.error}); not called for a failure of the service.
    */
   onError?: (error: PythonError) => void;
+  /**
+   * Outputs the service left out of the stream because this client read more slowly than
+   * the code printed (more than 1 MiB of outputs waiting): the other callbacks did not get
+   * them, but the {@link Execution} `run()` resolves with has every output all the same.
+   */
+  onSkipped?: (skipped: SkippedEvent) => void;
   /** Stops the call (the service interrupts the code). */
   signal?: AbortSignal;
 }
@@ -240,6 +247,9 @@ class Runner {
               break;
             case "result":
               options.onResult?.(data as unknown as ExecuteResultOutput);
+              break;
+            case "skipped":
+              options.onSkipped?.(data as unknown as SkippedEvent);
               break;
             case "end":
               end = data as unknown as ExecuteAnswer | FailureAnswer;

@@ -145,3 +145,10 @@ export type InstallAnswer = Schemas["InstallAnswer"];
  * by SSE event name.
  */
 export type ExecutionEvents = Schemas["ExecutionEvents"];
+
+/**
+ * The `skipped` event of a streamed execution: outputs left out of the stream because its
+ * reader fell more than the service's backlog (1 MiB of outputs) behind. The stream goes on,
+ * and the end answer has every output all the same.
+ */
+export type SkippedEvent = Schemas["SkippedEvent"];

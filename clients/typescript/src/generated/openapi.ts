@@ -2458,6 +2458,7 @@ export interface components {
             end: components["schemas"]["ExecuteAnswer"] | components["schemas"]["Failure"];
             error: components["schemas"]["ErrorOutput"];
             result: components["schemas"]["ExecuteResultOutput"];
+            skipped: components["schemas"]["SkippedEvent"];
             stderr: components["schemas"]["TextEvent"];
             stdout: components["schemas"]["TextEvent"];
         };
@@ -2598,6 +2599,18 @@ export interface components {
             evalue: string;
             /** @description The traceback, as plain text. */
             traceback: string;
+        };
+        /**
+         * SkippedEvent
+         * @description ``event: skipped``: outputs left out of this stream because its reader fell more than
+         *     the stream's backlog (1 MiB of outputs) behind; the stream goes on, and ``end`` has every
+         *     output all the same (up to max_output).
+         */
+        SkippedEvent: {
+            /** @description Their size: stream text, or the JSON of the others. */
+            characters: number;
+            /** @description How many outputs were left out here. */
+            outputs: number;
         };
         /**
          * StreamEnd
