@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,3 +179,69 @@ def test_a_client_that_goes_away_interrupts_the_code(
     assert time.monotonic() - started < 3.5
     time.sleep(max(0.0, started + 5 - time.monotonic()))
     assert not marker.exists()
+
+
+# -- a reader that reads nothing ---------------------------------------------------------------
+
+FLOOD = 10_000  # prints, each its own message (flush=True): 5 MB of text, more than loopback's
+# socket buffers (4 MB at most) and the stream's backlog (OutputBacklog.LIMIT) take
+
+
+def read_chunked(sock: socket.socket) -> str:
+    """The body of a chunked HTTP answer (Connection: close) read to its end."""
+    raw = b""
+    while chunk := sock.recv(1 << 16):
+        raw += chunk
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert b" 200 " in head.split(b"\r\n")[0], head
+    body = b""
+    while (size := int(rest.partition(b"\r\n")[0], 16)) > 0:
+        rest = rest.partition(b"\r\n")[2]
+        body, rest = body + rest[:size], rest[size + 2 :]
+    return body.decode()
+
+
+def test_a_reader_that_reads_nothing_is_told_what_was_skipped_and_end_has_it_all(
+    service: ServiceProcess,
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as done:
+        done.settimeout(120)
+        # The code says it has printed everything by connecting to `done`: the flood is a
+        # size, whatever the machine's speed, and the test waits on that event.
+        code = (
+            "import socket\n"
+            f"for i in range({FLOOD}):\n    print(f'{{i:0499}}', flush=True)\n"
+            f"socket.create_connection(('127.0.0.1', {done.getsockname()[1]})).close()\n"
+            "return 'ok'"
+        )
+        body = json.dumps({"content": code}).encode()
+        host, port = service.url.removeprefix("http://").rsplit(":", 1)
+        request = (
+            f"POST /execute HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Authorization: token {service.token}\r\nAccept: text/event-stream\r\n"
+            "Content-Type: application/json\r\nConnection: close\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        with socket.socket() as reader:
+            # A small receive buffer: the service's writes stall at once (over loopback the
+            # kernel's buffers would take megabytes first).
+            reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            reader.connect((host, int(port)))
+            reader.sendall(request)
+            done.accept()[0].close()  # the whole flood is in the service: now read
+            text = read_chunked(reader)
+    named = [block.split("\n", 2) for block in text.split("\n\n") if block.startswith("event: ")]
+    found = {name[7:]: json.loads(data[6:]) for name, data, *_ in named}
+    chunks = [json.loads(data[6:])["text"] for name, data, *_ in named if name == "event: stdout"]
+    skipped = [json.loads(data[6:]) for name, data, *_ in named if name == "event: skipped"]
+    stdout = "".join(f"{i:0499}\n" for i in range(FLOOD))
+    # What was streamed came in order; the rest (and the result's output) is said skipped,
+    # and `end` has it all.
+    at = 0
+    for chunk in chunks:
+        at = stdout.index(chunk, at) + len(chunk)
+    streamed = sum(map(len, chunks))
+    assert skipped and streamed < len(stdout)
+    assert sum(event["characters"] for event in skipped) >= len(stdout) - streamed
+    assert found["end"]["success"] and found["end"]["result"] == "ok"
+    assert found["end"]["stdout"] == stdout
