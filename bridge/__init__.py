@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from bridge.api.packages import InstallResult
     from bridge.api.sync import Backend, Bridge, Session
     from bridge.backends.backend import AsyncBackend
+    from bridge.core.limits import KernelLimits
     from bridge.core.pool import PoolStatus
     from bridge.notebooks.handle import AsyncNotebook, Notebook
     from bridge.notebooks.options import NotebookOptions
@@ -77,6 +78,7 @@ __all__ = [
     "InvalidNotebook",
     "InvalidRequest",
     "KernelDied",
+    "KernelLimits",
     "KernelStartError",
     "Notebook",
     "NotebookFailed",
@@ -105,6 +107,7 @@ _LAZY = {
     "Backend": "bridge.api.sync",
     "Bridge": "bridge.api.sync",
     "InstallResult": "bridge.api.packages",
+    "KernelLimits": "bridge.core.limits",
     "Notebook": "bridge.notebooks.handle",
     "NotebookOptions": "bridge.notebooks.options",
     "NotebookResult": "bridge.notebooks.report",

@@ -14,6 +14,7 @@ from bridge.backends.backend import AsyncBackend
 from bridge.core.errors import BridgeClosed, ExecutionTimeout, InvalidRequest, KernelDied
 from bridge.core.files import DEFAULT_MAX_SCRIPT, folder_inside, read_script
 from bridge.core.kernel import Kernel
+from bridge.core.limits import KernelLimits
 from bridge.core.pool import Factory, KernelPool, PoolStatus
 from bridge.core.python import resolve_python
 from bridge.core.results import DEFAULT_MAX_OUTPUT, ExecutionResult
@@ -29,6 +30,7 @@ from bridge.transports.gateway.settings import check_gateway_manager, gateway_se
 from bridge.transports.local.factory import KernelFactory
 
 AttestCallback = Callable[[dict[str, Any]], Any]
+Limits = KernelLimits | Mapping[str, Any]
 
 
 def _request(
@@ -72,7 +74,7 @@ def _gateway_options(
         "env": options["env"],
         "python_paths": options["python_paths"],
         "startup_timeout": options["startup_timeout"],
-    }
+    }  # no limits: a gateway's operator bounds its kernels
 
 
 class _AsyncCalls:
@@ -195,6 +197,10 @@ class AsyncBridge(_AsyncCalls):
     Local kernels are forked from a fork server that has imported IPython and ipykernel once
     (about 0.1 of a kernel start); ``fork_server=False`` starts a new interpreter per kernel,
     as jupyter_client does by default (docs/kernels.md#fork-server).
+
+    *limits* bound what each local kernel may take (memory, CPU seconds, processes, open
+    files, file size: ``bridge.KernelLimits``; a mapping changes the defaults' entries, a null
+    entry lifts one); sessions and backends may ask for tighter ones (docs/kernels.md#limits).
     """
 
     def __init__(
@@ -213,8 +219,10 @@ class AsyncBridge(_AsyncCalls):
         gateway_token: str | None = None,
         gateway_kernel_name: str | None = None,
         fork_server: bool = True,
+        limits: Limits | None = None,
     ) -> None:
         check_count(pool_size, "pool_size")
+        self.limits = KernelLimits.of(limits)
         self.max_output = check_count(max_output, "max_output")
         self.timeout = check_timeout(timeout, 30.0)
         self.on_attest = on_attest
@@ -225,6 +233,7 @@ class AsyncBridge(_AsyncCalls):
             "startup_timeout": check_timeout(startup_timeout, 60.0),
             "kernel_manager": kernel_manager,
             "fork_server": fork_server,
+            "limits": self.limits,
         }
         self.gateway_url, gateway_token = gateway_settings(gateway_url, gateway_token)
         if self.gateway_url:
@@ -408,6 +417,7 @@ class AsyncBridge(_AsyncCalls):
         timeout: float | None = None,
         restart: bool = False,
         name: str | None = None,
+        limits: Limits | None = None,
     ) -> AsyncBackend:
         """Run a backend script in a kernel of its own and return it, ready for calls.
 
@@ -418,12 +428,13 @@ class AsyncBridge(_AsyncCalls):
         *timeout* is the default for its calls and the limit for running the script;
         *restart* brings a dead kernel back with the script run again; *name* is what people
         see it as (default: the script's file name; the service's JupyterLab session is
-        ``backends/<name>``). Raises ``BackendStartError`` if the script raises or never
-        calls ``run()``.
+        ``backends/<name>``); *limits* tighten the bridge's for its kernel. Raises
+        ``BackendStartError`` if the script raises or never calls ``run()``.
         """
         if self._closed:
             raise BridgeClosed("the bridge is closed")
         seconds = check_timeout(timeout, self.timeout)
+        kernel_limits = self._tighter(limits)
         backend = AsyncBackend(
             self.factory,
             script,
@@ -433,6 +444,7 @@ class AsyncBridge(_AsyncCalls):
             restart=restart,
             max_output=self.max_output,
             name=name,
+            limits=kernel_limits,
         )
         self._backends.add(backend)
         backend.on_terminate(lambda: self._backends.discard(backend))
@@ -451,6 +463,7 @@ class AsyncBridge(_AsyncCalls):
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
         root: str | os.PathLike[str] | None = None,
+        limits: Limits | None = None,
     ) -> AsyncSession:
         """One kernel kept for the caller, state and all, until the session closes.
 
@@ -463,10 +476,22 @@ class AsyncBridge(_AsyncCalls):
         gets a kernel started for it with those, instead of a warm one from the pool;
         ``restart()`` starts it again with the same. With *root*, *cwd* must be a folder
         inside it (``ScriptRefused`` otherwise), as a service checks what its clients ask for.
+        With *limits* (tighter than the bridge's, ``InvalidRequest`` otherwise) it gets a
+        kernel started with them: ``b.session(limits={"memory_mb": 256})``.
         """
         if cwd is not None and root is not None:
             cwd = folder_inside(root, cwd)
-        return AsyncSession(self, env=env, cwd=cwd)
+        return AsyncSession(self, env=env, cwd=cwd, limits=self._tighter(limits))
+
+    def _tighter(self, limits: Limits | None) -> KernelLimits | None:
+        """A session's or backend's own limits (None: the bridge's)."""
+        if limits is None:
+            return None
+        if self.gateway_url:
+            raise InvalidRequest(
+                "limits apply to local kernels; a gateway's kernels are bounded by its operator"
+            )
+        return self.limits.tighten(limits)
 
     # -- packages --------------------------------------------------------------------------------
 
@@ -529,9 +554,11 @@ class AsyncSession(_AsyncCalls):
         *,
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
+        limits: KernelLimits | None = None,
     ) -> None:
         self._bridge = bridge
         self.env = check_env(env)
+        self.limits = limits  # None: the bridge's, and a warm kernel
         self.cwd = None if cwd is None else os.fspath(cwd)
         if self.cwd is not None and not bridge.gateway_url and not os.path.isdir(self.cwd):
             raise InvalidRequest(f"cwd {self.cwd!r} is not a folder")
@@ -551,9 +578,11 @@ class AsyncSession(_AsyncCalls):
         if self._closed:
             raise BridgeClosed("the session is closed")
         if self._kernel is None:
-            own = bool(self.env) or self.cwd is not None
+            own = bool(self.env) or self.cwd is not None or self.limits is not None
             pool = self._bridge.pool
-            self._kernel = await (pool.take(env=self.env, cwd=self.cwd) if own else pool.take())
+            self._kernel = await (
+                pool.take(env=self.env, cwd=self.cwd, limits=self.limits) if own else pool.take()
+            )
             self._lost = None
 
     @property
@@ -635,6 +664,7 @@ class AsyncSession(_AsyncCalls):
                     f"the session's kernel is gone ({self._lost or kernel.exit_status}); "
                     "its state is lost: call restart()",
                     status=kernel.exit_status,
+                    reason=kernel.death_reason,
                 )
             try:
                 return await self._bridge.run_on(kernel, code, meta, seconds, capture, on_output)

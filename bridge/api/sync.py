@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from bridge.api.bridge import AsyncBridge, AsyncSession, AttestCallback
+from bridge.api.bridge import AsyncBridge, AsyncSession, AttestCallback, Limits
 from bridge.api.outputs import OutputCallback
 from bridge.api.packages import InstallResult
 from bridge.backends.backend import AsyncBackend, Handler
@@ -186,6 +186,7 @@ class Bridge(_BlockingCalls):
         gateway_token: str | None = None,
         gateway_kernel_name: str | None = None,
         fork_server: bool = True,
+        limits: Limits | None = None,
     ) -> None:
         self._async: AsyncBridge = AsyncBridge(
             pool_size=pool_size,
@@ -200,6 +201,7 @@ class Bridge(_BlockingCalls):
             gateway_token=gateway_token,
             gateway_kernel_name=gateway_kernel_name,
             fork_server=fork_server,
+            limits=limits,
         )
         self._portal: Portal | None = None
         self._closing = False
@@ -288,10 +290,11 @@ class Bridge(_BlockingCalls):
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
         root: str | os.PathLike[str] | None = None,
+        limits: Limits | None = None,
     ) -> Session:
-        """A blocking session: ``with b.session() as s: s.execute("x = 1")`` (*env*, *cwd* and
-        *root* as for ``AsyncBridge.session``)."""
-        return Session(self, self._async.session(env=env, cwd=cwd, root=root))
+        """A blocking session: ``with b.session() as s: s.execute("x = 1")`` (*env*, *cwd*,
+        *root* and *limits* as for ``AsyncBridge.session``)."""
+        return Session(self, self._async.session(env=env, cwd=cwd, root=root, limits=limits))
 
     def install(
         self,
@@ -317,6 +320,7 @@ class Bridge(_BlockingCalls):
         timeout: float | None = None,
         restart: bool = False,
         name: str | None = None,
+        limits: Limits | None = None,
     ) -> Backend:
         """A blocking backend: ``b.spawn("echo_backend.py").call("echo", {"data": 1})``."""
         backend = self.call(
@@ -327,6 +331,7 @@ class Bridge(_BlockingCalls):
             timeout=timeout,
             restart=restart,
             name=name,
+            limits=limits,
         )
         return Backend(self, backend)
 

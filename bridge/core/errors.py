@@ -68,7 +68,11 @@ class ExitStatus:
 
 
 class KernelDied(BridgeError):
-    """The kernel died during the call (or before it). Carries the output produced before death."""
+    """The kernel died during the call (or before it). Carries the output produced before death.
+
+    ``reason`` names the limit it ran into when that is what ended it (``"cpu limit 10 s"``,
+    ``"memory limit 256 MB"``), else None.
+    """
 
     def __init__(
         self,
@@ -76,10 +80,12 @@ class KernelDied(BridgeError):
         *,
         status: ExitStatus | None = None,
         result: ExecutionResult | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status or ExitStatus()
         self.result = result
+        self.reason = reason
 
     @property
     def exit_code(self) -> int | None:

@@ -19,7 +19,7 @@ import signal
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bridge.core import wire
 from bridge.core.errors import (
@@ -37,6 +37,9 @@ from bridge.core.results import (
     OutputListener,
 )
 from bridge.core.translate import jupyter_client_errors
+
+if TYPE_CHECKING:
+    from bridge.core.limits import KernelLimits
 
 log = logging.getLogger("bridge.kernel")
 
@@ -146,6 +149,7 @@ class Kernel:
         pgid: int | None,
         group_started: int | None = None,
         log_path: str | None = None,
+        limits: KernelLimits | None = None,
     ) -> None:
         self.manager = manager
         self.kernel_manager = kernel_manager
@@ -153,6 +157,7 @@ class Kernel:
         self.pgid = pgid  # None once the kernel is dead and its group ended: never reused
         self.group_started = group_started  # the leader's start time (see kill_group)
         self.log_path = log_path
+        self.limits = limits  # what its process may take: a death may be one of them
         # A Session of our own: one shared with another client of this kernel (km.client()
         # hands out the manager's) means one ZeroMQ identity, so replies can go to the other
         # socket, and one replay-check history, so each client rejects the other's messages.
@@ -163,6 +168,7 @@ class Kernel:
         self.kernel_info: dict[str, Any] = {}
         self.runtime_info: dict[str, Any] = {}
         self.exit_status: ExitStatus | None = None
+        self.death_reason: str | None = None  # the limit it ran into, if one ended it
         self.closing = False
         self._calls: dict[str, _Call] = {}
         self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -632,7 +638,9 @@ class Kernel:
         if not self._exited.done():
             self._exited.set_result(None)
         if not self.closing:
-            log.warning("%s died: %s", self.name, status)
+            if self.limits is not None:
+                self.death_reason = self.limits.death_reason(status, self._log_tail())
+            log.warning("%s died: %s%s", self.name, status, self._reason_text())
         for call in list(self._calls.values()):
             call.fail(self._died_error(call))
         for future in self._replies.values():
@@ -644,13 +652,29 @@ class Kernel:
             except Exception:
                 log.exception("%s: exit callback failed", self.name)
 
+    def _reason_text(self) -> str:
+        return f": it ran into its {self.death_reason}" if self.death_reason else ""
+
+    def _log_tail(self, limit: int = 4000) -> str:
+        """The end of the kernel's own output (what a C library said as it failed)."""
+        if not self.log_path:
+            return ""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - limit))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
     def _died_error(self, call: _Call | None = None) -> KernelDied:
         status = self.exit_status or ExitStatus()
-        how = "was shut down" if self.closing else f"died ({status})"
+        how = "was shut down" if self.closing else f"died ({status}){self._reason_text()}"
         result = call.result() if call is not None else None
         if result is not None:
             result.success = False
-        return KernelDied(f"{self.name} {how}", status=status, result=result)
+        return KernelDied(
+            f"{self.name} {how}", status=status, result=result, reason=self.death_reason
+        )
 
     # -- shutdown --------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from bridge.core.errors import BridgeClosed, ExitStatus, InvalidRequest, KernelStartError
 from bridge.core.kernel import Kernel
+from bridge.core.limits import KernelLimits
 
 log = logging.getLogger("bridge.pool")
 
@@ -30,7 +31,11 @@ class Factory(Protocol):
     def kernel_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]: ...
 
     async def start(
-        self, *, env: Mapping[str, str] | None = None, cwd: str | None = None
+        self,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        limits: KernelLimits | None = None,
     ) -> Kernel: ...
 
     async def stop(self, kernel: Kernel, *, now: bool = False) -> None: ...
@@ -149,16 +154,22 @@ class KernelPool:
             # the next acquire(), which would start a surplus kernel to make up for it.
             self._put(kernel)
 
-    async def take(self, *, env: Mapping[str, str] | None = None, cwd: str | None = None) -> Kernel:
+    async def take(
+        self,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        limits: KernelLimits | None = None,
+    ) -> Kernel:
         """A kernel for a session's own use; the pool starts another to stay warm.
 
-        With *env* or *cwd* (or no warm kernels at all), a kernel is started for the session
-        with them instead; the pool closes it with the others all the same.
+        With *env*, *cwd* or *limits* (or no warm kernels at all), a kernel is started for the
+        session with them instead; the pool closes it with the others all the same.
         """
-        if self.size == 0 or env or cwd is not None:
+        if self.size == 0 or env or cwd is not None or limits is not None:
             if self._closed:
                 raise BridgeClosed("the bridge is closed")
-            kernel = await self.factory.start(env=env, cwd=cwd)
+            kernel = await self.factory.start(env=env, cwd=cwd, limits=limits)
             if self._closed:  # closed while it started: close() did not see it
                 await self.factory.stop(kernel, now=True)
                 raise BridgeClosed("the bridge was closed while the session's kernel started")

@@ -115,3 +115,26 @@ def read_script(path: str | os.PathLike[str]) -> tuple[str, str]:
     Opened once without blocking and checked as opened (files.py): a FIFO or a device is
     refused, not waited on; blocking file I/O, so async code runs it in a thread."""
     return _read_script(path)
+
+
+def check_limits(limits: Mapping[str, Any], fields: Mapping[str, int]) -> dict[str, int | None]:
+    """Kernel limits: each key one of *fields*, each value a whole number >= the field's
+    minimum, or None (not limited)."""
+    if not isinstance(limits, Mapping):
+        raise InvalidRequest(f"limits must be a mapping of limit names to numbers, got {limits!r}")
+    checked: dict[str, int | None] = {}
+    for name, value in limits.items():
+        if name not in fields:
+            raise InvalidRequest(
+                f"limits.{name}: unknown limit; the limits are {', '.join(sorted(fields))}"
+            )
+        if value is None:
+            checked[name] = None
+            continue
+        least = fields[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise InvalidRequest(
+                f"limits.{name} must be a whole number >= {least} or null, got {value!r}"
+            )
+        checked[name] = value
+    return checked

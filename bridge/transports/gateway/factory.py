@@ -11,8 +11,9 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bridge.core.errors import BridgeError
+from bridge.core.errors import BridgeError, InvalidRequest
 from bridge.core.kernel import Kernel
+from bridge.core.limits import KernelLimits
 from bridge.core.validate import check_env, check_paths
 from bridge.transports.gateway.kernel import GatewayKernel
 from bridge.transports.gateway.rest import Gateway
@@ -64,12 +65,21 @@ class GatewayFactory:
         return env
 
     async def start(
-        self, *, env: Mapping[str, str] | None = None, cwd: str | None = None
+        self,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        limits: KernelLimits | None = None,
     ) -> Kernel:
         """Start a kernel on the gateway; return it once it answers and runs the runtime.
 
-        *cwd* is ignored: the gateway decides where its kernels run.
+        *cwd* is ignored: the gateway decides where its kernels run. *limits* are refused:
+        the gateway's operator bounds its kernels (docs/kernels.md#limits).
         """
+        if limits is not None:
+            raise InvalidRequest(
+                "limits apply to local kernels; a gateway's kernels are bounded by its operator"
+            )
         kernel_id = await self.gateway.start_kernel(
             self.kernel_name, self.kernel_env(env), self.startup_timeout
         )

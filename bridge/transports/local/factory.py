@@ -26,6 +26,7 @@ from jupyter_core.utils import ensure_dir_exists
 
 from bridge.core.errors import KernelStartError
 from bridge.core.kernel import Kernel, kill_group
+from bridge.core.limits import KernelLimits
 from bridge.core.python import diagnose, resolve_python
 from bridge.core.translate import jupyter_client_errors
 from bridge.core.validate import check_env, check_paths
@@ -104,8 +105,10 @@ class KernelFactory:
         startup_timeout: float = 60.0,
         kernel_manager: Any = None,
         fork_server: bool = True,
+        limits: KernelLimits | None = None,
     ) -> None:
         self.python = resolve_python(python)
+        self.limits = limits if limits is not None else KernelLimits()
         self.env = check_env(env)
         self.python_paths = check_paths(python_paths)
         self.startup_timeout = startup_timeout
@@ -152,9 +155,19 @@ class KernelFactory:
         return env
 
     async def start(
-        self, *, env: Mapping[str, str] | None = None, cwd: str | None = None
+        self,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        limits: KernelLimits | None = None,
     ) -> Kernel:
-        """Start a kernel and return it once it answers and its IOPub delivers."""
+        """Start a kernel and return it once it answers and its IOPub delivers.
+
+        *limits* (at most the factory's: ``KernelLimits.tighten``) apply to it instead of the
+        factory's own, in its process before it runs anything.
+        """
+        limits = limits if limits is not None else self.limits
+        kernel_env = {**self.kernel_env(env), **limits.env()}
         fd, log_path = tempfile.mkstemp(prefix="kernel-bridge-", suffix=".log")
         kernel_id = str(uuid.uuid4())
         group: list[tuple[int, int | None]] = []  # (pgid, start time) once launched
@@ -177,7 +190,7 @@ class KernelFactory:
                     self.kernel_manager.start_kernel(
                         kernel_name=KERNEL_NAME,
                         kernel_id=kernel_id,
-                        env=self.kernel_env(env),
+                        env=kernel_env,
                         cwd=cwd or os.getcwd(),
                         stdout=fd,
                         stderr=fd,
@@ -227,6 +240,7 @@ class KernelFactory:
             pgid=pgid,
             group_started=started,
             log_path=log_path,
+            limits=limits,
         )
         if pgid is not None:
             # A dead kernel's group is ended by Kernel at its death and forgotten here at
