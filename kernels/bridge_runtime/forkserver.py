@@ -302,7 +302,7 @@ class Server:
         os.environ.update(env)
         _refresh_import_time_env(env)
         sys.path[:] = [os.getcwd(), *paths, *self.base_path]
-        from bridge_runtime import limits
+        from . import limits
 
         limits.apply(limits.from_env(env))  # before the kernel runs anything (limits.py)
         import random
