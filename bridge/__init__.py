@@ -30,6 +30,7 @@ from bridge.core.errors import (
     KernelDied,
     KernelStartError,
     NotebookFailed,
+    Overloaded,
     PackageConflict,
     ScriptRefused,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "NotebookFailed",
     "NotebookOptions",
     "NotebookResult",
+    "Overloaded",
     "PackageConflict",
     "PoolStatus",
     "ScriptRefused",

@@ -201,6 +201,10 @@ class AsyncBridge(_AsyncCalls):
     *limits* bound what each local kernel may take (memory, CPU seconds, processes, open
     files, file size: ``bridge.KernelLimits``; a mapping changes the defaults' entries, a null
     entry lifts one); sessions and backends may ask for tighter ones (docs/kernels.md#limits).
+
+    One-off calls wait for a free pool kernel in a queue of at most *max_waiting* calls
+    (default 32 per pool kernel); beyond it a call raises ``bridge.Overloaded`` at once, with
+    ``retry_after`` seconds. The wait counts against the call's timeout.
     """
 
     def __init__(
@@ -220,9 +224,11 @@ class AsyncBridge(_AsyncCalls):
         gateway_kernel_name: str | None = None,
         fork_server: bool = True,
         limits: Limits | None = None,
+        max_waiting: int | None = None,
     ) -> None:
         check_count(pool_size, "pool_size")
         self.limits = KernelLimits.of(limits)
+        self.max_waiting = None if max_waiting is None else check_count(max_waiting, "max_waiting")
         self.max_output = check_count(max_output, "max_output")
         self.timeout = check_timeout(timeout, 30.0)
         self.on_attest = on_attest
@@ -274,7 +280,7 @@ class AsyncBridge(_AsyncCalls):
                 factory = GatewayFactory(**self._options)
             else:
                 factory = KernelFactory(**self._options)
-            pool = KernelPool(factory, self._pool_size)
+            pool = KernelPool(factory, self._pool_size, max_waiting=self.max_waiting)
             try:
                 await pool.start()
             except BaseException:
@@ -360,9 +366,11 @@ class AsyncBridge(_AsyncCalls):
     ) -> ExecutionResult:
         seconds = check_timeout(timeout, self.timeout)
         pool = self.pool
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
         try:
-            # Waiting for a free kernel is bounded too (all busy, or the only one being
-            # replaced); the code then gets its full timeout to run.
+            # The wait for a free kernel (all busy, or the only one being replaced) counts
+            # against the call's timeout; a full queue refuses at once (Overloaded).
             async with asyncio.timeout(seconds):
                 kernel = await pool.acquire()
         except TimeoutError:
@@ -373,9 +381,12 @@ class AsyncBridge(_AsyncCalls):
                 restarted=False,
                 result=ExecutionResult(success=False, code=code),
             ) from None
+        started = loop.time()
+        left = max(seconds - (started - asked), 0.001)
         try:
-            return await self.run_on(kernel, code, meta, seconds, capture, on_output)
+            return await self.run_on(kernel, code, meta, left, capture, on_output)
         finally:
+            pool.record_call(loop.time() - started)
             pool.release(kernel)
 
     async def run_on(

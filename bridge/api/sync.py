@@ -187,6 +187,7 @@ class Bridge(_BlockingCalls):
         gateway_kernel_name: str | None = None,
         fork_server: bool = True,
         limits: Limits | None = None,
+        max_waiting: int | None = None,
     ) -> None:
         self._async: AsyncBridge = AsyncBridge(
             pool_size=pool_size,
@@ -202,6 +203,7 @@ class Bridge(_BlockingCalls):
             gateway_kernel_name=gateway_kernel_name,
             fork_server=fork_server,
             limits=limits,
+            max_waiting=max_waiting,
         )
         self._portal: Portal | None = None
         self._closing = False

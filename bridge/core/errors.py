@@ -96,6 +96,15 @@ class KernelDied(BridgeError):
         return self.status.signal
 
 
+class Overloaded(BridgeError):
+    """Every pool kernel is busy and the wait queue is full: the call was not run. Try again
+    after ``retry_after`` seconds (the service answers 503 with ``Retry-After``)."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class ExecutionTimeout(BridgeError, TimeoutError):
     """The call ran past its timeout. ``restarted`` says whether an interrupt was enough.
 

@@ -7,11 +7,18 @@ import collections
 import contextlib
 import functools
 import logging
+import math
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from bridge.core.errors import BridgeClosed, ExitStatus, InvalidRequest, KernelStartError
+from bridge.core.errors import (
+    BridgeClosed,
+    ExitStatus,
+    InvalidRequest,
+    KernelStartError,
+    Overloaded,
+)
 from bridge.core.kernel import Kernel
 from bridge.core.limits import KernelLimits
 
@@ -50,7 +57,8 @@ class PoolStatus:
     """How a bridge's kernels are doing: ``b.status().idle``.
 
     ``size`` warm kernels are wanted; ``idle`` wait for a call, ``busy`` run one, ``starting``
-    are on their way (replacements included), ``sessions`` are kernels taken by sessions.
+    are on their way (replacements included), ``sessions`` are kernels taken by sessions;
+    ``waiting`` calls wait for a kernel, at most ``max_waiting``.
     """
 
     size: int
@@ -58,11 +66,19 @@ class PoolStatus:
     busy: int
     starting: int
     sessions: int
+    waiting: int = 0
+    max_waiting: int = 0
 
     @property
     def ready(self) -> int:
         """Live pool kernels, idle or busy."""
         return self.idle + self.busy
+
+
+def default_max_waiting(size: int) -> int:
+    """Calls that may wait for a pool of *size*: 32 per kernel (a warm call takes a few ms,
+    so a full queue drains within a second or so), at least 16."""
+    return max(16, 32 * size)
 
 
 class KernelPool:
@@ -73,9 +89,13 @@ class KernelPool:
     a warm kernel is free.
     """
 
-    def __init__(self, factory: Factory, size: int) -> None:
+    def __init__(self, factory: Factory, size: int, *, max_waiting: int | None = None) -> None:
         self.factory = factory
         self.size = size
+        # Calls beyond this many waiting are refused at once (Overloaded) instead of queueing
+        # without bound: latency stays bounded by the queue and the host learns to back off.
+        self.max_waiting = default_max_waiting(size) if max_waiting is None else max_waiting
+        self._call_time = 0.01  # seconds a call holds a kernel, a moving average (Retry-After)
         self._free: collections.deque[Kernel] = collections.deque()
         self._busy: set[Kernel] = set()
         self._taken: set[Kernel] = set()  # given to sessions; not ours to reuse
@@ -97,6 +117,27 @@ class KernelPool:
             busy=sum(1 for k in self._busy if k.alive),
             starting=self._starting,
             sessions=sum(1 for k in self._taken if k.alive),
+            waiting=self.waiting,
+            max_waiting=self.max_waiting,
+        )
+
+    @property
+    def waiting(self) -> int:
+        """Calls waiting for a kernel now."""
+        return sum(1 for f in self._waiters if not f.done())
+
+    def record_call(self, seconds: float) -> None:
+        """A call held a kernel for *seconds*: the estimate behind ``Retry-After``."""
+        self._call_time += 0.1 * (seconds - self._call_time)
+
+    def _overloaded(self) -> Overloaded:
+        waiting = self.waiting
+        # How long until the queue has drained to half: at least a second (HTTP's unit).
+        drain = (waiting / 2 + 1) * self._call_time / max(1, self.size)
+        return Overloaded(
+            f"all {self.size} pool kernels are busy and {waiting} calls wait already "
+            f"(max_waiting={self.max_waiting}); try again later",
+            retry_after=max(1.0, float(math.ceil(drain))),
         )
 
     async def start(self) -> None:
@@ -127,6 +168,8 @@ class KernelPool:
                 self._discard(kernel)
             if len(self._busy) + self._starting < self.size:
                 self._replace()  # after a failed start, try again now that someone needs one
+            if self.waiting >= self.max_waiting:
+                raise self._overloaded()
             future: asyncio.Future[Kernel] = asyncio.get_running_loop().create_future()
             self._waiters.append(future)
             try:
