@@ -6,6 +6,7 @@ import asyncio
 import os
 import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -41,7 +42,7 @@ async def test_a_full_queue_refuses_at_once_and_the_queued_calls_run(
         with pytest.raises(bridge.Overloaded, match=r"max_waiting=2") as caught:
             await one.evaluate("'refused'")
         assert caught.value.retry_after >= 1
-        open(path, "w").close()
+        await asyncio.to_thread(Path(path).touch)
         assert (await held).value == "held"
         assert [(await q).value for q in queued] == [1, 2]
     assert one.status().waiting == 0
@@ -57,7 +58,7 @@ async def test_the_wait_for_a_kernel_counts_against_the_timeout(one: bridge.Asyn
         asked = loop.time()
         late = asyncio.ensure_future(one.execute("import time\ntime.sleep(1.5)", timeout=2))
         await _until(lambda: loop.time() - asked >= 1.0)  # it has waited half its timeout
-        open(path, "w").close()
+        await asyncio.to_thread(Path(path).touch)
         await held
         with pytest.raises(bridge.ExecutionTimeout, match="interrupted"):
             await late  # 1.5 s of code in the 1 s left
