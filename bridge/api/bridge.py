@@ -15,6 +15,7 @@ from bridge.core.errors import BridgeClosed, ExecutionTimeout, InvalidRequest, K
 from bridge.core.files import DEFAULT_MAX_SCRIPT, folder_inside, read_script
 from bridge.core.kernel import Kernel
 from bridge.core.limits import KernelLimits
+from bridge.core.metrics import OUTPUT_BYTES
 from bridge.core.pool import Factory, KernelPool, PoolStatus
 from bridge.core.python import resolve_python
 from bridge.core.results import DEFAULT_MAX_OUTPUT, ExecutionResult
@@ -415,6 +416,7 @@ class AsyncBridge(_AsyncCalls):
                 on_output=listener,
             ),
         )
+        OUTPUT_BYTES.inc(len(result.stdout) + len(result.stderr))
         return result
 
     # -- backends --------------------------------------------------------------------------------

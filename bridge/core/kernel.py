@@ -30,6 +30,7 @@ from bridge.core.errors import (
     KernelDied,
     KernelStartError,
 )
+from bridge.core.metrics import KERNEL_DEATHS
 from bridge.core.results import (
     DEFAULT_MAX_OUTPUT,
     ExecutionResult,
@@ -169,6 +170,7 @@ class Kernel:
         self.runtime_info: dict[str, Any] = {}
         self.exit_status: ExitStatus | None = None
         self.death_reason: str | None = None  # the limit it ran into, if one ended it
+        self.killed_after_timeout = False
         self.closing = False
         self._calls: dict[str, _Call] = {}
         self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -518,6 +520,7 @@ class Kernel:
         except _Fallback:
             pass  # the runtime ran nothing (top-level await) and the time is up: interrupted
         except (TimeoutError, BridgeError):
+            self.killed_after_timeout = True
             await self.kill()
             return ExecutionTimeout(
                 f"code ran past its timeout of {timeout:g} s and ignored the interrupt; "
@@ -542,6 +545,7 @@ class Kernel:
         except _Fallback:
             pass  # nothing ran
         except (TimeoutError, BridgeError):
+            self.killed_after_timeout = True
             await self.kill()
         finally:
             self._forget(call)
@@ -641,6 +645,9 @@ class Kernel:
             if self.limits is not None:
                 self.death_reason = self.limits.death_reason(status, self._log_tail())
             log.warning("%s died: %s%s", self.name, status, self._reason_text())
+            KERNEL_DEATHS.labels("limit" if self.death_reason else "crash").inc()
+        elif self.killed_after_timeout:
+            KERNEL_DEATHS.labels("timeout_kill").inc()
         for call in list(self._calls.values()):
             call.fail(self._died_error(call))
         for future in self._replies.values():

@@ -21,6 +21,7 @@ from bridge.core.errors import (
 )
 from bridge.core.kernel import Kernel
 from bridge.core.limits import KernelLimits
+from bridge.core.metrics import OVERLOADED, QUEUE_WAIT, watch_pool
 
 log = logging.getLogger("bridge.pool")
 
@@ -96,6 +97,7 @@ class KernelPool:
         # without bound: latency stays bounded by the queue and the host learns to back off.
         self.max_waiting = default_max_waiting(size) if max_waiting is None else max_waiting
         self._call_time = 0.01  # seconds a call holds a kernel, a moving average (Retry-After)
+        watch_pool(self)
         self._free: collections.deque[Kernel] = collections.deque()
         self._busy: set[Kernel] = set()
         self._taken: set[Kernel] = set()  # given to sessions; not ours to reuse
@@ -131,6 +133,7 @@ class KernelPool:
         self._call_time += 0.1 * (seconds - self._call_time)
 
     def _overloaded(self) -> Overloaded:
+        OVERLOADED.inc()
         waiting = self.waiting
         # How long until the queue has drained to half: at least a second (HTTP's unit).
         drain = (waiting / 2 + 1) * self._call_time / max(1, self.size)
@@ -170,10 +173,13 @@ class KernelPool:
                 self._replace()  # after a failed start, try again now that someone needs one
             if self.waiting >= self.max_waiting:
                 raise self._overloaded()
-            future: asyncio.Future[Kernel] = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[Kernel] = loop.create_future()
             self._waiters.append(future)
+            asked = loop.time()
             try:
                 kernel = await future
+                QUEUE_WAIT.observe(loop.time() - asked)
             except asyncio.CancelledError:
                 if future.done() and not future.cancelled() and future.exception() is None:
                     self._put(future.result())  # handed over just as we gave up: pass it on

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import tempfile
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -27,6 +28,7 @@ from jupyter_core.utils import ensure_dir_exists
 from bridge.core.errors import KernelStartError
 from bridge.core.kernel import Kernel, kill_group
 from bridge.core.limits import KernelLimits
+from bridge.core.metrics import KERNEL_STARTS
 from bridge.core.python import diagnose, resolve_python
 from bridge.core.translate import jupyter_client_errors
 from bridge.core.validate import check_env, check_paths
@@ -168,6 +170,7 @@ class KernelFactory:
         """
         limits = limits if limits is not None else self.limits
         kernel_env = {**self.kernel_env(env), **limits.env()}
+        asked = time.monotonic()
         fd, log_path = tempfile.mkstemp(prefix="kernel-bridge-", suffix=".log")
         kernel_id = str(uuid.uuid4())
         group: list[tuple[int, int | None]] = []  # (pgid, start time) once launched
@@ -262,7 +265,9 @@ class KernelFactory:
                     message += f"\n--- kernel log ---\n{detail}"
                 raise KernelStartError(message) from None
             raise
-        log.debug("started %s (pid %s)", kernel.name, kernel.pid)
+        path = "fork" if getattr(manager.provisioner, "forked", False) else "launch"
+        KERNEL_STARTS.labels(path).observe(time.monotonic() - asked)
+        log.debug("started %s (pid %s, %s)", kernel.name, kernel.pid, path)
         return kernel
 
     async def _abandon(
