@@ -1,0 +1,42 @@
+-- wrk script of bench/load.py: POST /execute with the token, answers counted by status.
+-- The body and token come from the environment (KB_BODY, KB_TOKEN); load.py reads the
+-- per-status counts from the last line ("statuses {...}").
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  wrk.method = "POST"
+  wrk.body = os.getenv("KB_BODY")
+  wrk.headers["Content-Type"] = "application/json"
+  wrk.headers["Authorization"] = "token " .. os.getenv("KB_TOKEN")
+  counts = {}
+end
+
+function response(status, headers, body)
+  counts[status] = (counts[status] or 0) + 1
+end
+
+function done(summary, latency, requests)
+  local total = {}
+  for _, thread in ipairs(threads) do
+    local c = thread:get("counts")
+    for status, n in pairs(c) do
+      total[status] = (total[status] or 0) + n
+    end
+  end
+  local parts = {}
+  for status, n in pairs(total) do
+    table.insert(parts, string.format('"%d": %d', status, n))
+  end
+  io.write(string.format(
+    'result {"requests": %d, "seconds": %f, "p50_ms": %f, "p99_ms": %f, "max_ms": %f, ' ..
+    '"connect_errors": %d, "read_errors": %d, "write_errors": %d, "timeouts": %d, ' ..
+    '"non_2xx": %d, "statuses": {%s}}\n',
+    summary.requests, summary.duration / 1e6, latency:percentile(50) / 1e3,
+    latency:percentile(99) / 1e3, latency.max / 1e3, summary.errors.connect,
+    summary.errors.read, summary.errors.write, summary.errors.timeout, summary.errors.status,
+    table.concat(parts, ", ")))
+end
