@@ -152,7 +152,7 @@ def table(levels: list[int], seconds: int) -> None:
     best = max(r["rate"] for _, r in rows)
     print(f"\nPOST /execute {{'content': 'return 1'}}, pool of 2, wrk -t2, {seconds} s per level")
     print(
-        "| connections | calls/s | × best | p50 ms | p99 ms | max ms | answers by status "
+        "| connections | calls/s | x best | p50 ms | p99 ms | max ms | answers by status "
         "| failed connections | CPU/s: service, kernels, wrk |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
@@ -205,7 +205,7 @@ async def many_backends(count: int) -> None:
     print("| backends alive | service RSS MB | one call p50 ms |")
     print("|---|---|---|")
     print(f"| 1 | {rss_one:.0f} | {one:.2f} |")
-    print(f"| {count} | {rss_many:.0f} | {many:.2f} ({many / one:.2f}×) |")
+    print(f"| {count} | {rss_many:.0f} | {many:.2f} ({many / one:.2f}x) |")
     print(f"({count - 1} spawned one after another in {spawned:.1f} s)")
 
 
@@ -265,9 +265,8 @@ async def soak(seconds: int, clients: int = 8, rate: float = 40.0) -> None:
     print("|---|---|---|---|")
     print(f"| start | {first[1]:.0f} | {first[2]} | {first[3]} |")
     print(f"| end | {last[1]:.0f} | {last[2]} | {last[3]} |")
-    print(
-        f"| growth | {last[1] - first[1]:+.1f} | {last[2] - first[2]:+d} | {last[3] - first[3]:+d} |"
-    )
+    rss, fds, kernels = last[1] - first[1], last[2] - first[2], last[3] - first[3]
+    print(f"| growth | {rss:+.1f} | {fds:+d} | {kernels:+d} |")
     print(f"connection files left after the service stopped: {len(left)}; failures: {failures}")
 
 
