@@ -190,6 +190,7 @@ async def many_backends(count: int) -> None:
     try:
         async with service.client() as client:
             first = await _backend(client, "b0")
+            await _call_times(client, first, 50)  # warm
             one = await _call_times(client, first, 200)
             rss_one = service.rss_mb()
             t = time.perf_counter()
