@@ -17,7 +17,7 @@ import {
   pythonErrorOf,
   pythonErrorOfCall,
 } from "./errors.js";
-import { failure, GRACE_MS, Transport } from "./http.js";
+import { failure, GRACE_MS, type OverloadRetry, Transport } from "./http.js";
 import { ServiceProcess, type StartOptions } from "./service.js";
 import { readSSE } from "./sse.js";
 import type {
@@ -33,6 +33,7 @@ import type {
   FailureAnswer,
   HealthAnswer,
   InstallAnswer,
+  KernelLimits,
   MimeBundle,
   ModulesAnswer,
   Output,
@@ -49,6 +50,11 @@ export interface ClientOptions {
    * Default: `console.error`.
    */
   onHandlerError?: (error: unknown, event: string) => void;
+  /**
+   * Retrying a call the service refused as `overloaded` (all pool kernels busy, its queue
+   * full): with backoff until the call's timeout is spent (default: on); `false` never retries.
+   */
+  overloadRetry?: OverloadRetry | false;
 }
 
 /** Options of {@link KernelBridge.connect}. */
@@ -115,6 +121,8 @@ export interface SpawnOptions {
   timeout?: number;
   /** Bring the kernel back (running the script anew) when it dies. */
   restart?: boolean;
+  /** Limits for the backend's kernel, tighter than the service's (`{ memory_mb: 512 }`). */
+  limits?: KernelLimits;
 }
 
 /** Options of {@link PythonAPI.context}. */
@@ -127,6 +135,8 @@ export interface ContextOptions {
   cwd?: string;
   /** Milliseconds it gets to start. */
   timeout?: number;
+  /** Limits for its kernel, tighter than the service's (`{ memory_mb: 256, cpu_seconds: 60 }`). */
+  limits?: KernelLimits;
 }
 
 /** An event handler: the event's data (and its type, for handlers shared between types). */
@@ -724,6 +734,7 @@ export class PythonAPI {
     const body: BackendRequest = { script: source, name: basename(path), timeout_secs: secs(timeout) };
     if (options.env) body.env = options.env;
     if (options.restart) body.restart = true;
+    if (options.limits) body.limits = options.limits;
     const info = await this.transport.request<BackendInfo>("POST", "backends", body, { deadline: timeout + 60_000 });
     let handle: PythonBackendHandle | undefined;
     handle = new PythonBackendHandle(info, path, this.transport, timeout, this.onHandlerError, () => {
@@ -826,6 +837,7 @@ export class PythonAPI {
     if (options.env !== undefined) body.env = options.env;
     if (options.cwd !== undefined) body.cwd = options.cwd;
     if (options.timeout !== undefined) body.timeout_secs = secs(options.timeout);
+    if (options.limits !== undefined) body.limits = options.limits;
     const info = await this.transport.request<ContextInfo>("POST", "contexts", body, {
       deadline: (options.timeout ?? 60_000) + 60_000,
     });
@@ -876,7 +888,8 @@ export class KernelBridge {
    */
   static async start(options: StartOptions & ClientOptions = {}): Promise<KernelBridge> {
     const service = await ServiceProcess.start(options);
-    return new KernelBridge(new Transport({ url: service.url, token: service.token }), service, options);
+    const endpoint = { url: service.url, token: service.token, overloadRetry: options.overloadRetry };
+    return new KernelBridge(new Transport(endpoint), service, options);
   }
 
   /**

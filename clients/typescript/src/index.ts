@@ -42,7 +42,7 @@ export {
   PythonTimeoutError,
   type CallFailure,
 } from "./errors.js";
-export { GRACE_MS, type Endpoint } from "./http.js";
+export { GRACE_MS, type Endpoint, type OverloadRetry } from "./http.js";
 export { ServiceProcess, type StartOptions } from "./service.js";
 export { readSSE, type SSEMessage } from "./sse.js";
 export type * from "./types.js";

@@ -69,6 +69,7 @@ export type ErrorType =
   | "not_found"
   | "too_large"
   | "busy"
+  | "overloaded"
   | "kernel_died"
   | "timeout"
   | "internal";
@@ -188,6 +189,24 @@ export interface HealthAnswer {
   backends: number;
 }
 
+/**
+ * What one kernel may take (docs/kernels.md#limits); each at most the service's, `null`: as
+ * the service allows. A kernel that runs into one dies with `kernel_died` and a `reason`
+ * naming it (memory: a Python `MemoryError` first, where Python can raise one).
+ */
+export interface KernelLimits {
+  /** Megabytes of data segment (heap and private mappings); at least 192. */
+  memory_mb?: number | null;
+  /** CPU seconds over the kernel's life. */
+  cpu_seconds?: number | null;
+  /** Processes and threads of the kernel's user (not enforced for a service run as root). */
+  processes?: number | null;
+  /** Open files. */
+  open_files?: number | null;
+  /** The largest file it may write, in megabytes. */
+  file_size_mb?: number | null;
+}
+
 /** `POST /backends`: start a backend from its source. */
 export interface BackendRequest {
   /** The script's source. */
@@ -200,6 +219,8 @@ export interface BackendRequest {
   timeout_secs?: number;
   /** Bring the kernel back (and run the script anew) when it dies. */
   restart?: boolean;
+  /** Limits for its kernel, tighter than the service's. */
+  limits?: KernelLimits;
 }
 
 /** A backend as the service describes it. */
@@ -280,6 +301,8 @@ export interface ContextRequest {
   cwd?: string;
   /** Seconds it gets to start. */
   timeout_secs?: number;
+  /** Limits for its kernel, tighter than the service's. */
+  limits?: KernelLimits;
 }
 
 /** A context as the service describes it. */
