@@ -142,15 +142,48 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def table(levels: list[int], seconds: int) -> None:
+def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One level's rounds as one row: counts and CPU summed, p50 the median, p99/max the worst."""
+    span = sum(r["seconds"] for r in runs)
+    statuses: dict[str, int] = {}
+    for r in runs:
+        for k, v in r["statuses"].items():
+            statuses[k] = statuses.get(k, 0) + v
+    merged = {k: sum(r[k] for r in runs) for k in ("requests", "seconds")}
+    for k in ("connect_errors", "read_errors", "write_errors", "timeouts"):
+        merged[k] = sum(r[k] for r in runs)
+    merged.update(
+        rate=merged["requests"] / span,
+        p50_ms=statistics.median(r["p50_ms"] for r in runs),
+        p99_ms=max(r["p99_ms"] for r in runs),
+        max_ms=max(r["max_ms"] for r in runs),
+        statuses=statuses,
+        cpu={
+            part: round(sum(r["cpu"][part] * r["seconds"] for r in runs) / span, 2)
+            for part in ("service", "kernels", "wrk")
+        },
+    )
+    return merged
+
+
+def table(levels: list[int], seconds: int, rounds: int) -> None:
+    """Each level for *seconds*, in *rounds* interleaved slices (2, 16, 64, 256, 2, 16, ...),
+    so that the machine's drift (other load) falls on every level alike."""
     service = Service("--BridgeApp.max_contexts=64")
+    runs: dict[int, list[dict[str, Any]]] = {c: [] for c in levels}
     try:
         wrk(service, 2, 2)  # warm: the first calls start nothing, but fill caches
-        rows = [(c, wrk(service, c, seconds)) for c in levels]
+        for _ in range(rounds):
+            for c in levels:
+                runs[c].append(wrk(service, c, max(1, seconds // rounds)))
     finally:
         service.stop()
+    rows = [(c, merge(runs[c])) for c in levels]
     best = max(r["rate"] for _, r in rows)
-    print(f"\nPOST /execute {{'content': 'return 1'}}, pool of 2, wrk -t2, {seconds} s per level")
+    print(
+        f"\nPOST /execute {{'content': 'return 1'}}, pool of 2, wrk -t2, {seconds} s per level "
+        f"in {rounds} interleaved rounds"
+    )
     print(
         "| connections | calls/s | x best | p50 ms | p99 ms | max ms | answers by status "
         "| failed connections | CPU/s: service, kernels, wrk |"
@@ -304,12 +337,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per level")
     parser.add_argument("--concurrency", default="2,16,64,256")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved slices per level")
     parser.add_argument("--soak", type=int, default=0, help="seconds of soak (0: none)")
     parser.add_argument("--backends", type=int, default=0, help="backends alive (0: none)")
     parser.add_argument("--all", action="store_true", help="the table, then soak and backends")
     args = parser.parse_args()
     if not (args.soak or args.backends) or args.all:
-        table([int(c) for c in args.concurrency.split(",")], args.duration)
+        table([int(c) for c in args.concurrency.split(",")], args.duration, args.rounds)
     if args.soak:
         asyncio.run(soak(args.soak))
     if args.backends:

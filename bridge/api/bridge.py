@@ -14,7 +14,7 @@ from bridge.backends.backend import AsyncBackend
 from bridge.core.errors import BridgeClosed, ExecutionTimeout, InvalidRequest, KernelDied
 from bridge.core.files import DEFAULT_MAX_SCRIPT, folder_inside, read_script
 from bridge.core.kernel import Kernel
-from bridge.core.limits import KernelLimits
+from bridge.core.limits import KernelLimits, enforcement
 from bridge.core.metrics import OUTPUT_BYTES
 from bridge.core.pool import Factory, KernelPool, PoolStatus
 from bridge.core.python import resolve_python
@@ -328,6 +328,17 @@ class AsyncBridge(_AsyncCalls):
     def status(self) -> PoolStatus:
         """The pool's kernels now: ``b.status().ready`` live ones, ``busy``, ``starting``..."""
         return self.pool.status()
+
+    def limits_in_force(self) -> dict[str, Any]:
+        """What bounds each kernel, for a health check: the limits, and how they are enforced
+        here (``mechanism``; ``processes`` and ``cgroup_v2`` say what rlimits cannot do).
+
+        >>> b.limits_in_force()["limits"]["memory_mb"]           # doctest: +SKIP
+        4096
+        """
+        if self.gateway_url:
+            return {"limits": {}, "mechanism": "none: a gateway's operator bounds its kernels"}
+        return {"limits": self.limits.as_dict(), **enforcement()}
 
     async def kernel_language(self, name: str) -> str | None:
         """The language of the kernel spec *name* where this bridge's kernels run; None if
