@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -169,3 +170,51 @@ def test_a_fork_bomb_stops_at_its_process_limit_and_another_context_answers() ->
     assert seen["ename"] == "BlockingIOError", seen  # fork() failed: EAGAIN
     assert limit - 10 <= seen["held"] <= limit, seen  # the bomb filled the limit, no more
     assert seen["answer"] == 42 and seen["after"] == 2
+
+
+@pytest.mark.asyncio
+async def test_a_pool_kernel_past_its_limit_is_replaced() -> None:
+    async with bridge.AsyncBridge(pool_size=1, limits={"cpu_seconds": 2}) as b:
+        with pytest.raises(bridge.KernelDied) as caught:
+            await b.execute("while True:\n    pass", timeout=60)
+        assert caught.value.reason == "cpu limit 2 s"
+        assert (await b.evaluate("6 * 7")).value == 42  # on the replacement
+
+
+SPINNER = """
+from bridge_runtime import PythonBridge
+
+
+class Spinner(PythonBridge):
+    def spin(self):
+        while True:
+            pass
+
+    def ping(self):
+        return "pong"
+
+
+Spinner().run()
+"""
+
+
+@pytest.mark.asyncio
+async def test_a_backend_past_its_limit_reports_it_dead_naming_the_limit(
+    abridge: bridge.AsyncBridge, tmp_path: Path
+) -> None:
+    script = tmp_path / "spinner.py"
+    script.write_text(SPINNER)
+    exits: list[dict[str, object]] = []
+    backend = await abridge.spawn(script, limits={"cpu_seconds": 2})
+    try:
+        backend.on("exit", exits.append)
+        assert await backend.call("ping") == "pong"
+        with pytest.raises(bridge.KernelDied) as caught:
+            await backend.call("spin", timeout=60)
+        assert caught.value.reason == "cpu limit 2 s"
+        with pytest.raises(bridge.KernelDied, match="cpu limit 2 s"):
+            await backend.call("ping")
+        assert exits and exits[0]["reason"] == "cpu limit 2 s"
+        assert (await abridge.evaluate("1 + 1")).value == 2
+    finally:
+        await backend.terminate()
