@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test lint bench bench-ts clean ts-client
+.PHONY: run demo test lint bench bench-ts stress clean ts-client
 
 RUN_STAMP := $(VENV)/.installed-run
 
@@ -104,7 +104,14 @@ bench: $(STAMP)
 	$(BIN)/python bench/http_service.py
 	$(BIN)/python bench/backend.py
 	$(BIN)/python bench/qntx.py
+	$(BIN)/python bench/load.py --duration 12 --soak 60 --backends 20
 	$(MAKE) bench-ts
+
+# Load as issue 20 asks (needs wrk: Debian's `wrk`): 60 s per concurrency level, a 10-minute
+# mixed soak and 100 backends alive; about 20 minutes. The figures go in docs/performance.md.
+stress: $(STAMP)
+	@command -v wrk >/dev/null || { echo "make stress needs wrk (Debian: apt-get install wrk)" >&2; exit 1; }
+	$(BIN)/python bench/load.py --duration 60 --soak 600 --backends 100 --all
 
 # The TypeScript client against a raw fetch of the same routes, under Bun and under Node.
 bench-ts: $(STAMP) ts-client
