@@ -104,7 +104,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/http_service.py
 	$(BIN)/python bench/backend.py
 	$(BIN)/python bench/qntx.py
-	$(BIN)/python bench/load.py --duration 12 --soak 60 --backends 20
+	$(BIN)/python bench/load.py --duration 12 --soak 60 --backends 20 --all
 	$(MAKE) bench-ts
 
 # Load as issue 20 asks (needs wrk: Debian's `wrk`): 60 s per concurrency level, a 10-minute
