@@ -218,6 +218,15 @@ async def _call_times(client: httpx.AsyncClient, backend: str, n: int) -> float:
     return statistics.median(times) * 1000
 
 
+async def _idle_cpu(service: Service, seconds: float = 3.0) -> tuple[float, float]:
+    """CPU per second the service and its kernels use while no call comes."""
+    kernels = service.kernel_pids()
+    before = cpu_seconds([service.process.pid]), cpu_seconds(kernels)
+    await asyncio.sleep(seconds)
+    after = cpu_seconds([service.process.pid]), cpu_seconds(kernels)
+    return (after[0] - before[0]) / seconds, (after[1] - before[1]) / seconds
+
+
 async def many_backends(count: int) -> None:
     service = Service(f"--BridgeApp.max_backends={count + 4}")
     try:
@@ -226,20 +235,26 @@ async def many_backends(count: int) -> None:
             await _call_times(client, first, 50)  # warm
             one = await _call_times(client, first, 200)
             rss_one = service.rss_mb()
+            idle_one = await _idle_cpu(service)
             t = time.perf_counter()
             for i in range(1, count):
                 await _backend(client, f"b{i}")
             spawned = time.perf_counter() - t
+            await _call_times(client, first, 50)  # warm again
             many = await _call_times(client, first, 200)
             rss_many = service.rss_mb()
+            idle_many = await _idle_cpu(service)
             kernels = len(service.kernel_pids())
     finally:
         service.stop()
     print(f"\n{count} backends alive (echo_backend.py), pool of 2; {kernels} kernels")
-    print("| backends alive | service RSS MB | one call p50 ms |")
-    print("|---|---|---|")
-    print(f"| 1 | {rss_one:.0f} | {one:.2f} |")
-    print(f"| {count} | {rss_many:.0f} | {many:.2f} ({many / one:.2f}x) |")
+    print("| backends alive | service RSS MB | one call p50 ms | idle CPU/s: service, kernels |")
+    print("|---|---|---|---|")
+    print(f"| 1 | {rss_one:.0f} | {one:.2f} | {idle_one[0]:.3f}, {idle_one[1]:.3f} |")
+    print(
+        f"| {count} | {rss_many:.0f} | {many:.2f} ({many / one:.2f}x) "
+        f"| {idle_many[0]:.3f}, {idle_many[1]:.3f} |"
+    )
     print(f"({count - 1} spawned one after another in {spawned:.1f} s)")
 
 
@@ -249,6 +264,7 @@ async def soak(seconds: int, clients: int = 8, rate: float = 40.0) -> None:
     samples: list[tuple[float, float, int, int]] = []
     failures: dict[str, int] = {}
     done = 0
+    peak = 0
     try:
         async with service.client() as client:
             backends = [await _backend(client, f"soak{i}") for i in range(2)]
@@ -286,7 +302,12 @@ async def soak(seconds: int, clients: int = 8, rate: float = 40.0) -> None:
             await asyncio.sleep(2)  # the pool's replacements settle after the backends started
             sample()
             await asyncio.gather(sampler(), *(worker(n) for n in range(clients)))
+            # Traffic stopped: the last contexts' kernels may still be shutting down.
+            settle = time.monotonic() + 15
+            while len(service.kernel_pids()) > samples[1][3] and time.monotonic() < settle:
+                await asyncio.sleep(0.2)
             sample()
+            peak = max(x[3] for x in samples)
             for task in streams:
                 task.cancel()
     finally:
@@ -301,6 +322,7 @@ async def soak(seconds: int, clients: int = 8, rate: float = 40.0) -> None:
     print(f"| end | {last[1]:.0f} | {last[2]} | {last[3]} |")
     rss, fds, kernels = last[1] - first[1], last[2] - first[2], last[3] - first[3]
     print(f"| growth | {rss:+.1f} | {fds:+d} | {kernels:+d} |")
+    print(f"(kernels at most {peak} during the run; the end is sampled once traffic stopped)")
     print(f"connection files left after the service stopped: {len(left)}; failures: {failures}")
 
 
