@@ -1,7 +1,9 @@
 """The house rules of docs/architecture.md, checked on the source (imports read with ``ast``).
 
-- Layers, bottom up: core; transports and backends (on core); api (on those); front ends
-  (cli, notebooks, server, qntx) on the public ``bridge`` API only.
+- Layers, bottom up: core; transports and backends (on core); api (on those); the service
+  layer (``bridge.service``) on the public ``bridge`` API only; front ends (cli, notebooks,
+  server, qntx) on the public API and the service layer, never on each other (the CLI
+  dispatches to the other front ends' entry points).
 - No import cycle among bridge's modules, counting imports inside functions.
 - ``kernels/bridge_runtime`` needs nothing but the standard library and ipykernel.
 - The wire contract's names are written once, in ``kernels/bridge_runtime/protocol.py``.
@@ -31,14 +33,17 @@ ALLOWED = {
     "bridge.backends": (*CORE, "bridge.backends"),
     "bridge.api": (*CORE, "bridge.transports", "bridge.backends", "bridge.api"),
 }
-# Front ends reach kernels through the public API (``bridge`` itself) only. The CLI dispatches
-# to the other front ends' entry points; the QNTX plugin shares the HTTP service's layer.
+# The service layer every front end shares sits on the public API (``bridge`` itself) only.
+SERVICE = "bridge.service"
+# Front ends reach kernels through the public API and the service layer. They never import
+# each other; the CLI dispatches to the other front ends' entry points.
 FRONT_ENDS = {
-    "bridge.cli": ("bridge.cli", "bridge.server", "bridge.notebooks"),
-    "bridge.notebooks": ("bridge.notebooks",),
-    "bridge.server": ("bridge.server",),
-    "bridge.qntx": ("bridge.qntx", "bridge.server"),
+    "bridge.cli": ("bridge.cli", "bridge.server", "bridge.notebooks", "bridge.qntx", SERVICE),
+    "bridge.notebooks": ("bridge.notebooks", SERVICE),
+    "bridge.server": ("bridge.server", SERVICE),
+    "bridge.qntx": ("bridge.qntx", SERVICE),
 }
+ABOVE_API = {SERVICE: (SERVICE,), **FRONT_ENDS}
 
 
 def module_name(path: Path) -> str:
@@ -110,18 +115,37 @@ def test_each_layer_imports_only_the_layers_below_it() -> None:
     for name, path in known.items():
         if name in ("bridge", "bridge.__main__", "bridge._version"):
             continue
-        layer = next((p for p in {**ALLOWED, **FRONT_ENDS} if within(name, (p,))), None)
+        layer = next((p for p in {**ALLOWED, **ABOVE_API} if within(name, (p,))), None)
         assert layer is not None, f"{name} is in no layer: put it in one (docs/architecture.md)"
         for target, line in bridge_imports(path, known):
             if target in (name, "bridge._version"):
                 continue
-            if layer in FRONT_ENDS:
-                ok = target == "bridge" or within(target, FRONT_ENDS[layer])
+            if layer in ABOVE_API:
+                ok = target == "bridge" or within(target, ABOVE_API[layer])
             else:
                 ok = within(target, ALLOWED[layer])
             if not ok:
                 wrong.append(f"{path.relative_to(ROOT)}:{line} ({layer}) imports {target}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_front_ends_share_the_service_layer_and_never_import_each_other() -> None:
+    known = modules()
+    front = {"bridge.server", "bridge.qntx"}
+    wrong = []
+    uses_service = set()
+    for name, path in known.items():
+        mine = next((f for f in front if within(name, (f,))), None)
+        if mine is None:
+            continue
+        for target, line in bridge_imports(path, known):
+            if within(target, (SERVICE,)):
+                uses_service.add(mine)
+            other = next((f for f in front if f != mine and within(target, (f,))), None)
+            if other is not None:
+                wrong.append(f"{path.relative_to(ROOT)}:{line} ({mine}) imports {target}")
+    assert not wrong, "\n".join(wrong)
+    assert uses_service == front, f"front ends on the service layer: {sorted(uses_service)}"
 
 
 def test_no_import_cycles_even_inside_functions() -> None:

@@ -278,6 +278,8 @@ class AsyncBackend:
             err = result.error
             raise BackendStartError(
                 f"{self._label}: the script raised {err.ename}: {err.evalue}\n{err.traceback}",
+                ename=err.ename,
+                evalue=err.evalue,
                 traceback=err.traceback,
             )
 

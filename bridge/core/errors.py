@@ -170,11 +170,15 @@ class BackendError(BridgeError):
 
 
 class BackendStartError(BridgeError):
-    """A backend did not start: its script raised (``traceback`` holds it), never called
-    ``run()``, or its kernel did not start."""
+    """A backend did not start: its script raised (``ename``, ``evalue`` and ``traceback``
+    hold it), never called ``run()``, or its kernel did not start."""
 
-    def __init__(self, message: str, *, traceback: str = "") -> None:
+    def __init__(
+        self, message: str, *, ename: str = "", evalue: str = "", traceback: str = ""
+    ) -> None:
         super().__init__(message)
+        self.ename = ename
+        self.evalue = evalue
         self.traceback = traceback
 
 

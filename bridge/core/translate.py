@@ -2,8 +2,8 @@
 
 ZeroMQ (the kernel's sockets) and jupyter_client (launch, signals, sessions) are the core's and
 the local transport's lower libraries; tornado's errors are mapped in
-``bridge/transports/gateway/errors.py``, and the HTTP service maps BridgeErrors to answers in
-``bridge/server/errors.py``. Only what those libraries raise is translated: a bug of ours
+``bridge/transports/gateway/errors.py``, and the service layer maps BridgeErrors to answers in
+``bridge/service/errors.py``. Only what those libraries raise is translated: a bug of ours
 (an AttributeError, a RuntimeError of our own) passes through unchanged.
 """
 

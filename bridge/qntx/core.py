@@ -1,4 +1,4 @@
-"""What the plugin does, on the HTTP service's own service layer (imported once it listens).
+"""What the plugin does, on the service layer the HTTP service shares (imported once it listens).
 
 ``Plugin`` holds the settings Initialize gave, the Service (a pool of warm kernels) and the
 forwarder that stores attest() records in QNTX; the gRPC methods in servicer.py call it.
@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bridge
-from bridge.server import dispatch
-from bridge.server.errors import ApiError, bad_request, to_api_error
-from bridge.server.service import Service
+from bridge.service import dispatch
+from bridge.service import models as m
+from bridge.service.errors import ApiError, bad_request, internal, to_api_error
+from bridge.service.service import Service
 
 from .ats import AtsForwarder
 
@@ -217,11 +218,11 @@ class Plugin:
     # -- the calls -------------------------------------------------------------------------------
 
     async def http(self, method: str, path: str, body: bytes, host: str) -> dispatch.Answer:
-        """A tunnelled request, answered by the HTTP service's own operations."""
+        """A tunnelled request, answered by the route table the HTTP service serves."""
         try:
             service = await self.running()
         except Exception as exc:
-            return dispatch.failure(to_api_error(exc) or dispatch.internal())
+            return dispatch.failure(to_api_error(exc) or internal())
         answer = await dispatch.respond(service, method, path, body, host=host)
         await self.flush()
         return answer
@@ -240,10 +241,9 @@ class Plugin:
         service = await self.running()
         answer = await dispatch.outcome(
             service.execute(
-                code,
-                timeout=JOB_TIMEOUT if timeout is None else timeout,
-                capture_variables=False,
-                inputs=None,
+                m.ExecuteRequest(
+                    code=code, timeout_secs=JOB_TIMEOUT if timeout is None else timeout
+                )
             )
         )
         await self.flush()
@@ -254,10 +254,9 @@ class Plugin:
         service = await self.running()
         answer = await dispatch.outcome(
             service.execute(
-                code,
-                timeout=EXECUTE_TIMEOUT,
-                capture_variables=False,
-                inputs={"upstream": upstream},
+                m.ExecuteRequest(
+                    code=code, timeout_secs=EXECUTE_TIMEOUT, inputs={"upstream": upstream}
+                )
             )
         )
         await self.flush()

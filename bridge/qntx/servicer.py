@@ -172,7 +172,7 @@ class DomainPlugin(domain_rpc.DomainPluginServiceServicer):  # type: ignore[misc
             answer = await plugin.job(request.payload, timeout)
         except ApiError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
-        body = answer.body
+        body = answer.data()
         success = answer.status == 200 and bool(body.get("success"))
         log.info("job %s: %s", request.job_id or "-", "done" if success else "failed")
         return domain_pb.ExecuteJobResponse(
@@ -205,7 +205,7 @@ class PythonService(python_rpc.PythonServiceServicer):  # type: ignore[misc]
                 )
         plugin = await self.core.plugin()
         answer = await plugin.execute(request.code, upstream)
-        body = answer.body
+        body = answer.data()
         ok = answer.status == 200
         success = ok and bool(body.get("success"))
         return python_pb.PythonExecuteResponse(

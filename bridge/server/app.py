@@ -24,9 +24,10 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Float, Int, List, TraitError, Unicode, default, validate
 
 from bridge._version import __version__
+from bridge.service.service import Service
 
 from .handlers import routes
-from .service import Service
+from .sessions import Sessions
 
 
 class BridgeApp(ExtensionApp):  # type: ignore[misc]
@@ -125,7 +126,7 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
             context_idle_timeout=self.context_idle_timeout,
             allow_install=self.allow_install,
             max_body_size=self.max_body_size,
-            session_manager=serverapp.session_manager,
+            sessions=Sessions(serverapp.session_manager),
         )
 
     def initialize_handlers(self) -> None:

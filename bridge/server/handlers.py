@@ -1,4 +1,5 @@
-"""The HTTP routes: the operations of dispatch.ROUTES, over Jupyter Server's HTTP.
+"""The HTTP routes: the operations of the service layer's route table (bridge.service.dispatch
+.ROUTES), over Jupyter Server's HTTP.
 
 Handlers are Jupyter Server ``APIHandler``s authenticated on a lean path (auth.py): the
 server's Host check and its identity provider's token logic (``Authorization: token T`` or
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import re
 from collections.abc import Awaitable
@@ -21,14 +21,25 @@ from jupyter_server.base.handlers import APIHandler
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from . import auth, dispatch
-from .backends import EventStream, HostedBackend
-from .errors import ApiError, bad_request
-from .service import Service
+from bridge.service import dispatch
+from bridge.service import models as m
+from bridge.service.backends import EventStream, HostedBackend
+from bridge.service.errors import ApiError, ErrorType, bad_request, internal
+from bridge.service.service import Service
+
+from . import auth
 
 log = logging.getLogger("bridge.server")
 
-_TORNADO_TYPES = {400: "bad_request", 404: "not_found", 405: "bad_request", 413: "too_large"}
+# The error types of tornado's and Jupyter Server's own failures, by status.
+_TORNADO_TYPES = {
+    400: ErrorType.BAD_REQUEST,
+    403: ErrorType.FORBIDDEN,
+    404: ErrorType.NOT_FOUND,
+    405: ErrorType.METHOD_NOT_ALLOWED,
+    409: ErrorType.CONFLICT,
+    413: ErrorType.TOO_LARGE,
+}
 
 
 class BaseHandler(APIHandler):  # type: ignore[misc]
@@ -51,9 +62,6 @@ class BaseHandler(APIHandler):  # type: ignore[misc]
 
     # -- answers -------------------------------------------------------------------------------
 
-    def send(self, body: dict[str, Any], status: int = 200) -> None:
-        self.send_answer(dispatch.Answer(status, body))
-
     def send_answer(self, answer: dispatch.Answer) -> None:
         if answer.status >= 400:
             self.clear()
@@ -70,14 +78,12 @@ class BaseHandler(APIHandler):  # type: ignore[misc]
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if status_code == 403 and not auth.host_allowed(self):
             error = ApiError(
-                403,
-                "forbidden",
+                ErrorType.FORBIDDEN,
                 f"the Host {self.request.host!r} is not allowed (ServerApp.allow_remote_access)",
             )
         elif status_code == 403 and not getattr(self, "_jupyter_current_user", None):
             error = ApiError(
-                401,
-                "unauthorized",
+                ErrorType.UNAUTHORIZED,
                 "a token is required: send 'Authorization: token <token>' "
                 "(or 'Bearer <token>'), or add ?token=<token> to the URL",
             )
@@ -88,12 +94,9 @@ class BaseHandler(APIHandler):  # type: ignore[misc]
                     message = message % exc.args
                 except (TypeError, ValueError):
                     pass
-            kind = _TORNADO_TYPES.get(
-                status_code, "forbidden" if status_code == 403 else "bad_request"
-            )
-            error = ApiError(status_code, kind, message)
+            error = ApiError(_TORNADO_TYPES.get(status_code, ErrorType.BAD_REQUEST), message)
         else:
-            error = dispatch.internal()
+            error = internal()
         self.send_failure(error)
 
     @classmethod
@@ -105,7 +108,7 @@ class BaseHandler(APIHandler):  # type: ignore[misc]
             if getattr(cls, m.lower()) is not getattr(web.RequestHandler, m.lower())
         ]
 
-    async def answer(self, work: Awaitable[dict[str, Any]], status: int = 200) -> None:
+    async def answer(self, work: Awaitable[Any], status: int = 200) -> None:
         """Await *work* and write its result or its failure; a gone client cancels it."""
         self._work = asyncio.ensure_future(dispatch.outcome(work, status))
         try:
@@ -130,7 +133,7 @@ class BaseHandler(APIHandler):  # type: ignore[misc]
         try:
             return values[-1].decode("utf-8")
         except UnicodeDecodeError:
-            raise bad_request(f"query parameter {name!r} is not UTF-8") from None
+            raise bad_request(f"query parameter {name!r} is not UTF-8", field=name) from None
 
 
 @web.stream_request_body
@@ -210,7 +213,7 @@ class EventsHandler(BaseHandler):
                     stream.cursor = batch[-1][0]
                     overflowed = not await self._flush_while_kept(hosted, stream)
                 if overflowed:
-                    body = dispatch.encode({"last_event_id": stream.cursor}).decode()
+                    body = m.encode(m.OverflowEvent(stream.cursor)).decode()
                     self.write(f"event: overflow\ndata: {body}\n\n")
                     await self._flush_or_drop()
                     break
@@ -280,7 +283,9 @@ def event_id(text: str | None) -> int | None:
     if text is None:
         return None
     if not text.isascii() or not text.isdigit() or len(text) > 18:
-        raise bad_request("Last-Event-ID must be an event number (at most 18 digits)")
+        raise bad_request(
+            "Last-Event-ID must be an event number (at most 18 digits)", field="last_event_id"
+        )
     return int(text)
 
 
@@ -307,8 +312,8 @@ def output_event(output: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return _EVENTS.get(kind, kind), output
 
 
-def sse(event: str, data: dict[str, Any]) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+def sse(event: str, data: Any) -> str:
+    return f"event: {event}\ndata: {m.encode(data).decode()}\n\n"
 
 
 def _serve(method: str) -> Any:
@@ -324,14 +329,14 @@ def _serve(method: str) -> Any:
         if operation.streams and wants_events(self.request.headers.get("Accept", "")):
             await self.stream(operation, request)
             return
-        await self.answer(operation.run(self.service, request), operation.status)
+        await self.answer(operation(self.service, request), operation.status)
 
     serve.__name__ = method.lower()
     return serve
 
 
 class RouteHandler(BodyHandler):
-    """A route of dispatch.ROUTES: the same operations QNTX's HandleHTTP answers."""
+    """A route of the route table: the same operations QNTX's HandleHTTP answers."""
 
     route: dispatch.Route
 
@@ -360,7 +365,7 @@ class RouteHandler(BodyHandler):
         outputs: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         request = dataclasses.replace(request, on_output=outputs.put_nowait)
         self._work = work = asyncio.ensure_future(
-            dispatch.outcome(operation.run(self.service, request), operation.status)
+            dispatch.outcome(operation(self.service, request), operation.status)
         )
         opened = False
         try:
@@ -423,9 +428,15 @@ class RouteHandler(BodyHandler):
 
 
 def routes(service: Service) -> list[tuple[str, type[BaseHandler], dict[str, Any]]]:
-    """The service's routes, for ExtensionApp.handlers (the server adds its base_url)."""
+    """The service's routes, for ExtensionApp.handlers (the server adds its base_url): a
+    backend's event stream is EventsHandler, every other route a RouteHandler."""
     table: list[tuple[str, type[BaseHandler]]] = [
-        (route.pattern, RouteHandler.made_for(route)) for route in dispatch.ROUTES
+        (
+            route.pattern,
+            EventsHandler
+            if any(op.events for op in route.methods.values())
+            else RouteHandler.made_for(route),
+        )
+        for route in dispatch.ROUTES
     ]
-    table.append((r"/backends/([^/]+)/events", EventsHandler))
     return [(pattern, handler, {"service": service}) for pattern, handler in table]

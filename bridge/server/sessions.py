@@ -23,10 +23,9 @@ SESSION_TYPE = "console"  # JupyterLab opens a console for it, attached to the k
 
 
 class Sessions:
-    """Sessions for the kernels the service runs for someone, on Jupyter Server's manager.
-
-    With no session manager (the QNTX plugin runs the service without Jupyter Server), every
-    method does nothing.
+    """Sessions for the kernels the service runs for someone, on Jupyter Server's manager
+    (the service layer's ``SessionRegistry``). With no session manager, every method does
+    nothing.
 
     >>> sessions = Sessions(serverapp.session_manager)  # doctest: +SKIP
     >>> sid = await sessions.register(backend.kernel_id, "backends/echo_backend.py")
@@ -36,16 +35,16 @@ class Sessions:
     def __init__(self, session_manager: Any = None) -> None:
         self.manager = session_manager
 
-    async def register(self, kernel_id: str, name: str, *, path: str | None = None) -> str | None:
+    async def register(self, kernel_id: str, name: str) -> str | None:
         """Make *kernel_id* a session called *name*; returns its id (None without a server).
 
-        *path* (default: *name*) is how JupyterLab finds the session when it opens its
-        console, so it is made unique with a `` (2)``, `` (3)``... suffix when taken.
+        The session's path (how JupyterLab finds it when it opens its console) is *name*,
+        made unique with a `` (2)``, `` (3)``... suffix when taken.
         """
         manager = self.manager
         if manager is None:
             return None
-        base = path or name
+        base = name
         path = base
         n = 1
         while await manager.session_exists(path):

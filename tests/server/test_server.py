@@ -17,7 +17,7 @@ from procs import alive, descendants, kernels_below
 from service_process import ServiceProcess
 
 from bridge.server.handlers import routes
-from bridge.server.openapi import document
+from bridge.service.dispatch import document
 
 
 @pytest.fixture(scope="module")
@@ -287,54 +287,58 @@ def test_execute_file_missing_dir_and_bad_text(client: httpx.Client) -> None:
 
 # -- bad input -------------------------------------------------------------------------------------
 
+# (body, the field the answer names, words of its message)
 BAD_BODIES = [
-    (b"{", "not JSON"),
-    (b"", "empty"),
-    (b"[1, 2]", "JSON object"),
-    (b'"code"', "JSON object"),
-    (b"\xff\xfe{}", "UTF-8"),
-    (b"[" * 100_000 + b"]" * 100_000, "nested"),
-    (b'{"code": "1", "inputs": {"x": ' + b"[" * 70 + b"1" + b"]" * 70 + b"}}", "nested"),
-    (b'{"code": "1", "timeout_secs": NaN}', "finite"),
-    (b'{"code": "1", "timeout_secs": Infinity}', "finite"),
-    (b"{}", "exactly one"),
-    (b'{"code": "1", "content": "2"}', "exactly one"),
-    (b'{"code": 1}', "code must be a string"),
-    (b'{"code": null}', "code must be a string"),
-    (b'{"content": ["x"]}', "content must be a string"),
-    (b'{"code": "1", "timeout_secs": "10"}', "timeout_secs must be a number"),
-    (b'{"code": "1", "timeout_secs": true}', "timeout_secs must be a number"),
-    (b'{"code": "1", "timeout_secs": 0}', "timeout_secs must be greater than 0"),
-    (b'{"code": "1", "timeout_secs": -5}', "timeout_secs must be greater than 0"),
-    (b'{"code": "1", "timeout_secs": 1e9}', "timeout_secs must be at most"),
-    (b'{"code": "1", "capture_variables": "yes"}', "capture_variables must be a boolean"),
-    (b'{"code": "1", "inputs": [1]}', "inputs must be an object"),
-    (b'{"code": "1", "inputs": {"not a name": 1}}', "not a valid Python name"),
-    (b'{"code": "1", "inputs": {"class": 1}}', "not a valid Python name"),
-    (b'{"code": "1", "python_paths": ["/tmp"]}', "unknown field 'python_paths'"),
-    (b'{"code": "\\ud800"}', "lone surrogate"),
-    (b'{"code": "1", "inputs": {"\\udfff": 1}}', "lone surrogate"),
+    (b"{", "body", "not JSON"),
+    (b"", "body", "empty"),
+    (b"[1, 2]", "body", "Expected `object`, got `array`"),
+    (b'"code"', "body", "Expected `object`, got `str`"),
+    (b"\xff\xfe{}", "body", "not JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, "body", "nested"),
+    (b'{"code": "1", "inputs": {"x": ' + b"[" * 70 + b"1" + b"]" * 70 + b"}}", "body", "nested"),
+    (b'{"code": "1", "timeout_secs": NaN}', "body", "not JSON"),
+    (b'{"code": "1", "timeout_secs": Infinity}', "body", "not JSON"),
+    (b"{}", "body", "exactly one"),
+    (b'{"code": "1", "content": "2"}', "body", "exactly one"),
+    (b'{"code": 1}', "code", "Expected `str`, got `int`"),
+    (b'{"code": null}', "code", "Expected `str`, got `null`"),
+    (b'{"content": ["x"]}', "content", "Expected `str`, got `array`"),
+    (b'{"code": "1", "timeout_secs": "10"}', "timeout_secs", "got `str`"),
+    (b'{"code": "1", "timeout_secs": true}', "timeout_secs", "got `bool`"),
+    (b'{"code": "1", "timeout_secs": 0}', "timeout_secs", "> 0"),
+    (b'{"code": "1", "timeout_secs": -5}', "timeout_secs", "> 0"),
+    (b'{"code": "1", "timeout_secs": 1e9}', "timeout_secs", "<= 86400"),
+    (b'{"code": "1", "capture_variables": "yes"}', "capture_variables", "Expected `bool`"),
+    (b'{"code": "1", "inputs": [1]}', "inputs", "got `array`"),
+    (b'{"code": "1", "inputs": {"not a name": 1}}', None, "not a valid Python name"),
+    (b'{"code": "1", "inputs": {"class": 1}}', None, "not a valid Python name"),
+    (b'{"code": "1", "python_paths": ["/tmp"]}', "python_paths", "unknown field `python_paths`"),
+    (b'{"code": "\\ud800"}', "body", "lone surrogate"),
+    (b'{"code": "1", "inputs": {"\\udfff": 1}}', "body", "lone surrogate"),
 ]
 
 
-@pytest.mark.parametrize(("body", "names"), BAD_BODIES, ids=[n for _, n in BAD_BODIES])
-def test_bad_execute_bodies_are_400_naming_the_problem(
-    client: httpx.Client, body: bytes, names: str
+@pytest.mark.parametrize(
+    ("body", "field", "names"), BAD_BODIES, ids=[f"{f}: {n}" for _, f, n in BAD_BODIES]
+)
+def test_bad_execute_bodies_are_400_naming_the_field(
+    client: httpx.Client, body: bytes, field: str | None, names: str
 ) -> None:
     r = client.post("/execute", content=body, headers={"Content-Type": "application/json"})
-    error = assert_failure(r, 400, "bad_request")["error"]
-    assert names in str(error)
+    answer = assert_failure(r, 400, "bad_request")
+    assert names in str(answer["error"])
+    assert answer.get("field") == field
 
 
 @pytest.mark.parametrize(
     ("route", "body", "names"),
     [
-        ("/evaluate", {}, "missing field 'expr'"),
-        ("/evaluate", {"expr": "1", "code": "2"}, "unknown field 'code'"),
-        ("/evaluate", {"expr": 5}, "expr must be a string"),
-        ("/execute-file", {}, "missing field 'path'"),
-        ("/execute-file", {"path": ""}, "path must not be empty"),
-        ("/execute-file", {"path": ["a"]}, "path must be a string"),
+        ("/evaluate", {}, "expr: Object missing required field `expr`"),
+        ("/evaluate", {"expr": "1", "code": "2"}, "code: Object contains unknown field `code`"),
+        ("/evaluate", {"expr": 5}, "expr: Expected `str`, got `int`"),
+        ("/execute-file", {}, "path: Object missing required field `path`"),
+        ("/execute-file", {"path": ""}, "path: Expected `str` of length >= 1"),
+        ("/execute-file", {"path": ["a"]}, "path: Expected `str`, got `array`"),
     ],
 )
 def test_bad_bodies_of_other_routes(
@@ -365,10 +369,10 @@ def test_body_limit_is_413(client: httpx.Client) -> None:
 
 def test_wrong_method_is_405_in_the_error_shape(client: httpx.Client) -> None:
     r = client.get("/execute")
-    assert_failure(r, 405, "bad_request")
+    assert_failure(r, 405, "method_not_allowed")
     assert r.headers["Allow"] == "POST"
     r = client.delete("/backends")
-    assert_failure(r, 405, "bad_request")
+    assert_failure(r, 405, "method_not_allowed")
     assert r.headers["Allow"] == "GET, POST"
 
 

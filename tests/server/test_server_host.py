@@ -61,22 +61,23 @@ def test_without_watch_stdin_a_closed_stdin_changes_nothing() -> None:
         service.close()
 
 
-def test_a_failed_call_carries_ename_evalue_and_traceback() -> None:
+def test_a_failed_call_carries_the_exception_as_ename_evalue_and_traceback() -> None:
     with ServiceProcess(pool_size=1) as service, service.client() as client:
         created = client.post("/backends", json={"script": FAILING}).json()
         body = client.post(
             f"/backends/{created['id']}/call", json={"cmd": "divide", "params": {"a": 1, "b": 0}}
         ).json()
         assert body["success"] is False and body["error_type"] == "python_error"
-        assert body["ename"] == "ZeroDivisionError"
-        assert body["evalue"] == "division by zero"
-        assert body["traceback"].startswith("Traceback")
-        assert "return a / b" in body["traceback"]
+        raised = body["exception"]
+        assert raised["ename"] == "ZeroDivisionError"
+        assert raised["evalue"] == "division by zero"
+        assert raised["traceback"].startswith("Traceback")
+        assert "return a / b" in raised["traceback"]
         assert "ZeroDivisionError: division by zero" in body["error"]
         ok = client.post(
             f"/backends/{created['id']}/call", json={"cmd": "divide", "params": {"a": 1, "b": 2}}
         ).json()
-        assert ok["success"] is True and ok["result"] == 0.5 and "ename" not in ok
+        assert ok["success"] is True and ok["result"] == 0.5 and ok["exception"] is None
         assert client.delete(f"/backends/{created['id']}").status_code == 200
 
 

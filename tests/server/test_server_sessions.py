@@ -165,9 +165,9 @@ def test_a_dead_kernel_ends_its_session_and_a_restart_opens_one(client: httpx.Cl
 @pytest.mark.parametrize(
     ("name", "says"),
     [
-        ("", "name must not be empty"),
-        (5, "name must be a string"),
-        ("x" * 256, "name is longer than 255 characters"),
+        ("", "name: Expected `str` of length >= 1"),
+        (5, "name: Expected `str | null`, got `int`"),
+        ("x" * 256, "name: Expected `str` of length <= 255"),
         ("two\nlines", "printable"),
     ],
 )

@@ -16,6 +16,7 @@ import {
   PythonError,
   pythonErrorOf,
   pythonErrorOfCall,
+  pythonErrorOfException,
 } from "./errors.js";
 import { failure, GRACE_MS, type OverloadRetry, Transport } from "./http.js";
 import { ServiceProcess, type StartOptions } from "./service.js";
@@ -735,7 +736,13 @@ export class PythonAPI {
     if (options.env) body.env = options.env;
     if (options.restart) body.restart = true;
     if (options.limits) body.limits = options.limits;
-    const info = await this.transport.request<BackendInfo>("POST", "backends", body, { deadline: timeout + 60_000 });
+    const answer = await this.transport.request<BackendInfo | FailureAnswer>("POST", "backends", body, { deadline: timeout + 60_000 });
+    if ("success" in answer) {
+      // The script raised: a Python error is 200 on every route, with its exception.
+      if (answer.exception) throw pythonErrorOfException(answer.exception, answer);
+      throw failure(answer.status, answer);
+    }
+    const info: BackendInfo = answer;
     let handle: PythonBackendHandle | undefined;
     handle = new PythonBackendHandle(info, path, this.transport, timeout, this.onHandlerError, () => {
       const entry = this.backends.get(path);

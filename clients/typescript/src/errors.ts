@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { ErrorType, ExecuteAnswer, FailureAnswer, Output } from "./types.js";
+import type { ErrorType, ExecuteAnswer, FailureAnswer, Output, PythonException } from "./types.js";
 
 /** The base class of every error this package throws. */
 export class KernelBridgeError extends Error {
@@ -23,7 +23,7 @@ export class KernelBridgeError extends Error {
 export class BridgeHTTPError extends KernelBridgeError {
   /** The HTTP status; 0 when no answer came (refused connection, network failure). */
   readonly status: number;
-  /** The service's `error_type` (`bad_request`, `not_found`, `busy`, ...), or `unreachable`. */
+  /** The service's `error_type` (`bad_request`, `not_found`, `overloaded`, ...), or `unreachable`. */
   readonly errorType: ErrorType | "unreachable" | "http";
   /** The same as {@link BridgeHTTPError.errorType}, under the wire's name. */
   readonly error_type: ErrorType | "unreachable" | "http";
@@ -113,7 +113,7 @@ export class PythonError extends KernelBridgeError {
   /** The Python traceback, as text. */
   readonly traceback: string;
   /** The whole answer of the call that raised. */
-  readonly result: ExecuteAnswer | CallFailure;
+  readonly result: ExecuteAnswer | CallFailure | FailureAnswer;
 
   /**
    * @param pythonType - the exception's class name
@@ -125,7 +125,7 @@ export class PythonError extends KernelBridgeError {
     pythonType: string,
     pythonValue: string,
     traceback: string,
-    result: ExecuteAnswer | CallFailure,
+    result: ExecuteAnswer | CallFailure | FailureAnswer,
   ) {
     super(pythonValue ? `${pythonType}: ${pythonValue}` : pythonType);
     this.pythonType = pythonType;
@@ -150,7 +150,9 @@ export interface CallFailure {
   error_type: "python_error";
   /** How long the call took, in milliseconds. */
   duration_ms: number;
-  /** The exception's class (services from this version on). */
+  /** The exception (services from this version on). */
+  exception?: PythonException | null;
+  /** The exception's class (older services). */
   ename?: string;
   /** The exception's message (services from this version on). */
   evalue?: string;
@@ -190,8 +192,17 @@ export function stripAnsi(text: string): string {
   return text.replace(ANSI, "");
 }
 
+/** The PythonError of any answer that carries the exception (`{ename, evalue, traceback}`). */
+export function pythonErrorOfException(
+  exception: PythonException,
+  answer: ExecuteAnswer | CallFailure | FailureAnswer,
+): PythonError {
+  return new PythonError(exception.ename, exception.evalue, exception.traceback, answer);
+}
+
 /** The PythonError of an execution answer with `success: false`. */
 export function pythonErrorOf(answer: ExecuteAnswer): PythonError {
+  if (answer.exception) return pythonErrorOfException(answer.exception, answer);
   const out = answer.outputs?.find((o) => o.output_type === "error");
   let ename = "";
   let evalue = "";
@@ -208,6 +219,7 @@ export function pythonErrorOf(answer: ExecuteAnswer): PythonError {
 
 /** The PythonError of a failed backend call. */
 export function pythonErrorOfCall(answer: CallFailure): PythonError {
+  if (answer.exception) return pythonErrorOfException(answer.exception, answer);
   if (answer.ename !== undefined) {
     return new PythonError(answer.ename, answer.evalue ?? "", answer.traceback ?? "", answer);
   }

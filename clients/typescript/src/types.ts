@@ -62,17 +62,32 @@ export type Output = StreamOutput | DisplayDataOutput | ExecuteResultOutput | Er
 
 /** The `error_type` of a failure answer. */
 export type ErrorType =
-  | "python_error"
   | "bad_request"
   | "unauthorized"
   | "forbidden"
   | "not_found"
+  | "method_not_allowed"
+  | "conflict"
   | "too_large"
-  | "busy"
-  | "overloaded"
-  | "kernel_died"
+  | "limit_reached"
+  | "python_error"
   | "timeout"
+  | "kernel_died"
+  | "kernel_start_failed"
+  | "overloaded"
+  | "shutting_down"
+  | "unavailable"
   | "internal";
+
+/** A Python exception, the same in every answer that carries one. */
+export interface PythonException {
+  /** The exception's class, for example `"ZeroDivisionError"`. */
+  ename: string;
+  /** The exception's message. */
+  evalue: string;
+  /** The traceback, as plain text. */
+  traceback: string;
+}
 
 /** Where an attestation says an output came from (the service's provenance records). */
 export type Attestation = Record<string, unknown>;
@@ -121,6 +136,8 @@ export interface ExecuteAnswer {
   error: string | null;
   /** `"python_error"` when the code raised, else null. */
   error_type: "python_error" | null;
+  /** The exception when the code raised, else null. */
+  exception: PythonException | null;
   /** How long the code ran, in milliseconds. */
   duration_ms: number;
   /** The outputs in order, nbformat v4. */
@@ -151,8 +168,12 @@ export interface FailureAnswer {
   stderr?: string;
   /** With `timeout` and `kernel_died`: the outputs made before. */
   outputs?: Output[];
-  /** A backend script that raised at start: its traceback. */
-  traceback?: string;
+  /** With `python_error` (a backend script that raised at start): the exception. */
+  exception?: PythonException;
+  /** With `bad_request`: the field at fault. */
+  field?: string;
+  /** With `conflict` on an install: the distributions it would change. */
+  conflicts?: string[];
 }
 
 /** `GET /version`. */

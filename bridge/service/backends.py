@@ -26,17 +26,17 @@ import asyncio
 import collections
 import contextlib
 import itertools
-import json
 import logging
 import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from bridge import AsyncBackend
 
-from .sessions import Sessions
+from . import models as m
+from .sessions import NoSessions, SessionRegistry
 
 log = logging.getLogger("bridge.server")
 
@@ -71,13 +71,13 @@ class HostedBackend:
         script_dir: str,
         methods: list[str],
         *,
-        sessions: Sessions | None = None,
+        sessions: SessionRegistry | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex
         self.backend = backend
         self.script_dir = script_dir
         self.methods = methods
-        self.sessions = sessions or Sessions()
+        self.sessions: SessionRegistry = sessions or NoSessions()
         self.session_id: str | None = None
         self._session_tasks: set[asyncio.Future[None]] = set()
         self._ending = False
@@ -108,7 +108,7 @@ class HostedBackend:
         return self.dead or self._reaping is not None
 
     @property
-    def state(self) -> str:
+    def state(self) -> Literal["alive", "restarting", "lost", "dead"]:
         """alive, restarting, lost (its kernel lives but closed the connection), or dead."""
         if self.gone:
             return "dead"
@@ -118,16 +118,16 @@ class HostedBackend:
             return "lost"
         return "restarting" if self.backend.restart_on_exit else "dead"
 
-    def info(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "session_id": self.session_id,
-            "kernel_id": self.backend.kernel_id,
-            "methods": self.methods,
-            "alive": self.backend.alive and not self.gone,
-            "state": self.state,
-        }
+    def info(self) -> m.BackendInfo:
+        return m.BackendInfo(
+            id=self.id,
+            name=self.name,
+            session_id=self.session_id,
+            kernel_id=self.backend.kernel_id,
+            methods=self.methods,
+            alive=self.backend.alive and not self.gone,
+            state=self.state,
+        )
 
     # -- events ----------------------------------------------------------------------------------
 
@@ -137,7 +137,7 @@ class HostedBackend:
         elif event == "restart" and isinstance(data, dict) and data.get("ok"):
             self._in_background(self.open_session())
         self._seq += 1
-        item = (self._seq, json.dumps({"type": event, "data": to_json(data)}))
+        item = (self._seq, m.encode(m.BackendEvent(event, to_json(data))).decode())
         self._log.append(item)
         self._log_bytes += len(item[1])
         self._trim()

@@ -11,9 +11,10 @@ import asyncio
 import datetime
 import time
 import uuid
-from typing import Any
 
 from bridge import AsyncSession, BridgeClosed
+
+from . import models as m
 
 
 def _now() -> str:
@@ -50,20 +51,19 @@ class HostedContext:
         """Seconds since its last call ended (0 while one runs)."""
         return 0.0 if self.calls else time.monotonic() - self._idle_since
 
-    def info(self) -> dict[str, Any]:
-        """``{id, name, kernel_id, created, last_activity, alive, busy, cwd, session_id}``."""
+    def info(self) -> m.ContextInfo:
         try:
             kernel_id = self.session.kernel_id
         except BridgeClosed:  # closed, or between kernels (a restart that failed)
             kernel_id = ""
-        return {
-            "id": self.id,
-            "name": self.name,
-            "kernel_id": kernel_id,
-            "created": self.created,
-            "last_activity": self.last_activity,
-            "alive": self.session.alive,
-            "busy": self.calls > 0,
-            "cwd": self.cwd,
-            "session_id": self.session_id,
-        }
+        return m.ContextInfo(
+            id=self.id,
+            name=self.name,
+            kernel_id=kernel_id,
+            created=self.created,
+            last_activity=self.last_activity,
+            alive=self.session.alive,
+            busy=self.calls > 0,
+            cwd=self.cwd,
+            session_id=self.session_id,
+        )

@@ -1,8 +1,12 @@
-"""What the HTTP routes do, without HTTP: the service's bridge, its limits, its root folder.
+"""What the routes do, whatever the transport: the service's bridge, its limits, its root.
 
-Handlers parse and validate a request, call one method here and write what it returns; every
-call goes through the same AsyncBridge as the Python API, on Jupyter Server's own
-MultiKernelManager, so the server's ``/api/kernels`` lists every kernel the service runs.
+Front ends (HTTP, gRPC) decode a request into its model (models.py), call one method here and
+write the answer model it returns; every call goes through the same AsyncBridge as the Python
+API (on Jupyter Server's own MultiKernelManager under the HTTP service, so the server's
+``/api/kernels`` lists every kernel the service runs).
+
+Execute, evaluate and execute-file exist once: ``context`` names where they run (None: a pool
+kernel), resolved in one place (``_run``).
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import shutil
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
+
+import msgspec
 
 from bridge import (
     AsyncBridge,
@@ -26,17 +32,18 @@ from bridge import (
 )
 from bridge._version import __version__
 
+from . import models as m
 from .backends import HostedBackend, to_json
 from .contexts import HostedContext
-from .errors import ApiError, bad_request, not_found
-from .sessions import Sessions
+from .errors import ApiError, ErrorType, bad_request, not_found
+from .sessions import NoSessions, SessionRegistry
 
 log = logging.getLogger("bridge.server")
 
 T = TypeVar("T")
 OutputListener = Callable[[dict[str, Any]], None]
 
-MAX_MODULES = 100
+MAX_MODULES = m.MAX_MODULES
 DEFAULT_MODULES = ("numpy", "pandas", "requests", "json", "os", "sys")
 
 # Runs in a pool kernel: which of `names` (an input) the kernel can import, importing nothing
@@ -73,13 +80,29 @@ return {name: _findable(name) for name in names}
 """
 
 
-def result_body(result: ExecutionResult) -> dict[str, Any]:
-    """The QNTX plugin's answer shape, plus error_type when the code raised."""
-    body = result.to_dict()
-    if body["variables"] is None:
-        del body["variables"]
-    body["error_type"] = None if result.success else "python_error"
-    return body
+def execute_answer(result: ExecutionResult) -> m.ExecuteAnswer:
+    """The answer of an execute, evaluate or execute-file."""
+    error = result.error
+    return m.ExecuteAnswer(
+        success=result.success,
+        stdout=result.stdout,
+        stderr=result.stderr,
+        result=result.value,
+        error=None if error is None else error.traceback,
+        error_type=None if result.success else "python_error",
+        exception=None
+        if error is None
+        else m.PythonError(error.ename, error.evalue, error.traceback),
+        duration_ms=result.duration_ms,
+        outputs=cast("list[m.Output]", result.outputs),  # nbformat outputs, as dicts
+        attestations=result.attestations,
+        truncated=result.truncated,
+        variables=msgspec.UNSET if result.variables is None else result.variables,
+    )
+
+
+# Where a call runs: the pool (AsyncBridge) or a context's session; both take the same calls.
+Runner = AsyncBridge | AsyncSession
 
 
 class Service:
@@ -105,11 +128,11 @@ class Service:
         gateway_url: str = "",
         gateway_token: str = "",
         gateway_kernel_name: str | None = None,
-        session_manager: Any = None,
+        sessions: SessionRegistry | None = None,
     ) -> None:
         self.root = os.path.realpath(root)
-        # Jupyter Server's sessions: each backend is one, so JupyterLab lists it by name.
-        self.sessions = Sessions(session_manager)
+        # The front end's listing (Jupyter Server's sessions: JupyterLab lists each by name).
+        self.sessions: SessionRegistry = sessions or NoSessions()
         self.pool_size = pool_size
         self.timeout = timeout
         self.queue_timeout = queue_timeout
@@ -173,7 +196,9 @@ class Service:
                 async with asyncio.timeout(self.queue_timeout):
                     await asyncio.shield(ready)
             except TimeoutError:
-                raise ApiError(503, "busy", "the service's kernels are still starting") from None
+                raise ApiError(
+                    ErrorType.OVERLOADED, "the service's kernels are still starting"
+                ) from None
         if ready.exception() is not None:
             raise KernelStartError(f"the service could not start: {ready.exception()}")
 
@@ -193,10 +218,10 @@ class Service:
         self.backends.clear()
         await self.bridge.aclose()
 
-    # -- one-off calls ---------------------------------------------------------------------------
+    # -- execute, evaluate, execute-file: on a pool kernel or in a context ----------------------
 
     async def _oneoff(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Run *call* once a pool kernel is free; 503 busy if none frees up in time."""
+        """Run *call* once a pool kernel is free; 503 overloaded if none frees up in time."""
         await self.wait_ready()
         assert self._slots is not None
         try:
@@ -204,7 +229,7 @@ class Service:
                 await self._slots.acquire()
         except TimeoutError:
             raise ApiError(
-                503, "busy", f"no kernel became free within {self.queue_timeout:g} s"
+                ErrorType.OVERLOADED, f"no kernel became free within {self.queue_timeout:g} s"
             ) from None
         self._busy += 1
         try:
@@ -213,110 +238,137 @@ class Service:
             self._busy -= 1
             self._slots.release()
 
+    async def _run(
+        self,
+        context: str | None,
+        call: Callable[[Runner, float | None], Awaitable[ExecutionResult]],
+    ) -> m.ExecuteAnswer:
+        """Run *call* on its target: a free pool kernel (*context* None), or the context's
+        session once its previous call is over; with the target's default timeout."""
+        if context is None:
+            result = await self._oneoff(lambda: call(self.bridge, None))
+        else:
+            result = await self._in_context(context, call)
+        return execute_answer(result)
+
     async def execute(
         self,
-        code: str,
+        req: m.ExecuteRequest,
         *,
-        timeout: float | None,
-        capture_variables: bool,
-        inputs: dict[str, Any] | None,
+        context: str | None = None,
         on_output: OutputListener | None = None,
-    ) -> dict[str, Any]:
-        result = await self._oneoff(
-            lambda: self.bridge.execute(
-                code,
-                timeout=timeout,
-                capture_variables=capture_variables,
-                inputs=inputs,
+    ) -> m.ExecuteAnswer:
+        return await self._run(
+            context,
+            lambda runner, default: runner.execute(
+                req.source,
+                timeout=default if req.timeout_secs is None else req.timeout_secs,
+                capture_variables=req.capture_variables,
+                inputs=req.inputs,
                 on_output=on_output,
-            )
+            ),
         )
-        return result_body(result)
 
     async def evaluate(
-        self, expr: str, *, timeout: float | None, on_output: OutputListener | None = None
-    ) -> dict[str, Any]:
-        result = await self._oneoff(
-            lambda: self.bridge.evaluate(expr, timeout=timeout, on_output=on_output)
+        self,
+        req: m.EvaluateRequest,
+        *,
+        context: str | None = None,
+        on_output: OutputListener | None = None,
+    ) -> m.ExecuteAnswer:
+        return await self._run(
+            context,
+            lambda runner, default: runner.evaluate(
+                req.expr,
+                timeout=default if req.timeout_secs is None else req.timeout_secs,
+                on_output=on_output,
+            ),
         )
-        return result_body(result)
 
     async def execute_file(
         self,
-        path: str,
+        req: m.ExecuteFileRequest,
         *,
-        timeout: float | None,
-        capture_variables: bool,
+        context: str | None = None,
         on_output: OutputListener | None = None,
-    ) -> dict[str, Any]:
-        # Opened, checked and read in one go, in a thread (bridge.execute_file): a file
-        # swapped for a FIFO or a symlink after any check of ours cannot stall or escape.
-        result = await self._oneoff(
-            lambda: self.bridge.execute_file(
-                path,
+    ) -> m.ExecuteAnswer:
+        if context is not None:
+            self.context(context)  # 404 before the path's 403 or 404
+        # Opened, checked and read in one go, in a thread (execute_file): a file swapped for
+        # a FIFO or a symlink after any check of ours cannot stall or escape.
+        return await self._run(
+            context,
+            lambda runner, default: runner.execute_file(
+                req.path,
                 root=self.root,
                 max_size=self.max_body_size,
-                timeout=timeout,
-                capture_variables=capture_variables,
+                timeout=default if req.timeout_secs is None else req.timeout_secs,
+                capture_variables=req.capture_variables,
                 on_output=on_output,
-            )
+            ),
         )
-        return result_body(result)
 
-    async def modules(self, names: Sequence[str]) -> dict[str, Any]:
+    async def modules(self, names: Sequence[str]) -> m.ModulesAnswer:
         for name in names:
             if not all(part.isidentifier() for part in name.split(".")):
-                raise bad_request(f"{name!r} is not a module name")
+                raise bad_request(f"{name!r} is not a module name", field="modules")
         if len(names) > MAX_MODULES:
-            raise bad_request(f"ask for at most {MAX_MODULES} modules at once")
+            raise bad_request(f"ask for at most {MAX_MODULES} modules at once", field="modules")
         result = await self._oneoff(
             lambda: self.bridge.execute(_MODULES_CODE, inputs={"names": list(names)})
         )
         if not result.success or not isinstance(result.value, dict):
-            raise ApiError(503, "busy", f"could not check the modules: {result.error}")
-        return {"modules": {name: bool(result.value.get(name)) for name in names}}
+            # Our own check failed in the kernel: no fault of the request.
+            raise ApiError(ErrorType.UNAVAILABLE, f"could not check the modules: {result.error}")
+        return m.ModulesAnswer({name: bool(result.value.get(name)) for name in names})
 
     # -- packages --------------------------------------------------------------------------------
 
-    async def install_packages(
-        self, names: Sequence[str], *, upgrade: bool = False, timeout: float | None = None
-    ) -> dict[str, Any]:
-        """Install *names* into the kernels' Python (AsyncBridge.install); local paths are
-        read from the service's root and must lie inside it."""
+    async def install_packages(self, req: m.InstallRequest) -> m.InstallAnswer:
+        """Install the request's packages into the kernels' Python (AsyncBridge.install);
+        local paths are read from the service's root and must lie inside it."""
         if not self.allow_install:
             raise ApiError(
-                403,
-                "forbidden",
+                ErrorType.FORBIDDEN,
                 "installing packages is turned off on this service (BridgeApp.allow_install)",
             )
         await self.wait_ready()
-        result = await self.bridge.install(names, upgrade=upgrade, timeout=timeout, root=self.root)
-        return result.to_dict()
+        result = await self.bridge.install(
+            req.names, upgrade=req.upgrade, timeout=req.timeout_secs, root=self.root
+        )
+        return m.InstallAnswer(
+            success=result.success,
+            installed=list(result.installed),
+            installer=cast(Any, result.installer),
+            stdout=result.stdout,
+            stderr=result.stderr,
+            duration_ms=result.duration_ms,
+        )
 
     # -- information -----------------------------------------------------------------------------
 
-    async def version(self) -> dict[str, Any]:
+    async def version(self) -> m.VersionAnswer:
         await self.wait_ready()
         import jupyter_server
 
-        return {
-            "python_version": self.kernel_python_version,
-            "plugin_version": __version__,
-            "kernel_python": self.bridge.python,
-            "server_python_version": sys.version.split()[0],
-            "jupyter_server_version": jupyter_server.__version__,
-        }
+        return m.VersionAnswer(
+            python_version=self.kernel_python_version,
+            plugin_version=__version__,
+            kernel_python=self.bridge.python,
+            server_python_version=sys.version.split()[0],
+            jupyter_server_version=jupyter_server.__version__,
+        )
 
-    async def health(self) -> dict[str, Any]:
+    async def health(self) -> m.HealthAnswer:
         await self.wait_ready()
-        return {
-            "status": "ok",
-            "version": __version__,
-            "pool_size": self.pool_size,
-            "kernels": self.bridge.status().ready,
-            "backends": len(self.backends),
-            "contexts": len(self.contexts),
-        }
+        return m.HealthAnswer(
+            status="ok",
+            version=__version__,
+            pool_size=self.pool_size,
+            kernels=self.bridge.status().ready,
+            backends=len(self.backends),
+            contexts=len(self.contexts),
+        )
 
     def pool_status(self) -> dict[str, int]:
         """The pool as it is now: live kernels, those running a call, those free for one."""
@@ -346,28 +398,23 @@ class Service:
             raise not_found(f"no backend {backend_id!r}")
         return hosted
 
-    async def create_backend(
-        self,
-        script: str,
-        *,
-        name: str | None = None,
-        env: dict[str, str] | None,
-        timeout: float | None,
-        restart: bool,
-    ) -> dict[str, Any]:
+    async def create_backend(self, req: m.BackendRequest) -> m.BackendInfo:
         await self.wait_ready()
         if self.backend_count() >= self.max_backends:
             raise ApiError(
-                429,
-                "busy",
+                ErrorType.LIMIT_REACHED,
                 f"{self.max_backends} backends are running, the service's limit: delete one first",
             )
         self._starting_backends += 1  # counted until it is listed, or gone
         try:
-            folder, path = HostedBackend.write_script(script)
+            folder, path = HostedBackend.write_script(req.script)
             try:
                 backend = await self.bridge.spawn(
-                    path, env=env, timeout=timeout, restart=restart, name=name
+                    path,
+                    env=req.env,
+                    timeout=req.timeout_secs,
+                    restart=req.restart,
+                    name=req.name,
                 )
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -378,7 +425,9 @@ class Service:
                 await backend.terminate()
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
-            if name is None:  # the script's file here is ours, "backend.py": its class says more
+            if (
+                req.name is None
+            ):  # the script's file here is ours, "backend.py": its class says more
                 backend.name = str(backend.info.get("class") or backend.name)
             hosted = HostedBackend(backend, folder, methods, sessions=self.sessions)
             self.backends[hosted.id] = hosted
@@ -388,58 +437,51 @@ class Service:
         log.info("backend %s (%s) started in kernel %s", hosted.id, hosted.name, backend.kernel_id)
         return hosted.info()
 
-    async def list_backends(self) -> dict[str, Any]:
-        return {"backends": [hosted.info() for hosted in self.backends.values()]}
+    async def list_backends(self) -> m.BackendList:
+        return m.BackendList([hosted.info() for hosted in self.backends.values()])
 
-    async def backend_info(self, backend_id: str) -> dict[str, Any]:
+    async def backend_info(self, backend_id: str) -> m.BackendInfo:
         return self.backend(backend_id).info()
 
-    async def call(
-        self, backend_id: str, method: str, params: dict[str, Any] | None, timeout: float | None
-    ) -> dict[str, Any]:
+    async def call(self, backend_id: str, req: m.CallRequest) -> m.CallAnswer:
         hosted = self.backend(backend_id)
         if hosted.gone:
             raise ApiError(
-                503, "kernel_died", f"backend {backend_id} is dead (its kernel exited): delete it"
+                ErrorType.KERNEL_DIED,
+                f"backend {backend_id} is dead (its kernel exited): delete it",
             )
-        if method not in hosted.methods:
+        if req.cmd not in hosted.methods:
             raise bad_request(
-                f"the backend has no method {method!r}; it has: {', '.join(hosted.methods)}"
+                f"the backend has no method {req.cmd!r}; it has: {', '.join(hosted.methods)}",
+                field="cmd",
             )
         started = time.perf_counter()
-        error = None
-        value: Any = None
         try:
-            value = await hosted.backend.call(method, params, timeout=timeout)
+            value = await hosted.backend.call(req.cmd, req.params, timeout=req.timeout_secs)
         except BackendError as exc:
-            error = exc
-        duration = round((time.perf_counter() - started) * 1000, 3)
-        if error is not None:
-            return {
-                "success": False,
-                "result": None,
-                "error": str(error),
-                "error_type": "python_error",
-                "duration_ms": duration,
-                # The parts apart, for clients that rebuild the exception (the TypeScript one).
-                "ename": error.ename,
-                "evalue": error.evalue,
-                "traceback": error.traceback,
-            }
-        return {
-            "success": True,
-            "result": to_json(value),
-            "error": None,
-            "error_type": None,
-            "duration_ms": duration,
-        }
+            return m.CallAnswer(
+                success=False,
+                result=None,
+                error=str(exc),
+                error_type="python_error",
+                exception=m.PythonError(exc.ename, exc.evalue, exc.traceback),
+                duration_ms=_since(started),
+            )
+        return m.CallAnswer(
+            success=True,
+            result=to_json(value),
+            error=None,
+            error_type=None,
+            exception=None,
+            duration_ms=_since(started),
+        )
 
-    async def delete_backend(self, backend_id: str) -> dict[str, Any]:
+    async def delete_backend(self, backend_id: str) -> m.Deleted:
         hosted = self.backends.pop(backend_id, None)
         if hosted is None:
             raise not_found(f"no backend {backend_id!r}")
         await hosted.terminate()
-        return {"id": backend_id, "deleted": True}
+        return m.Deleted(id=backend_id, deleted=True)
 
     # -- contexts --------------------------------------------------------------------------------
 
@@ -449,37 +491,30 @@ class Service:
             raise not_found(f"no context {context_id!r}")
         return hosted
 
-    async def create_context(
-        self,
-        *,
-        name: str | None = None,
-        env: dict[str, str] | None = None,
-        cwd: str | None = None,
-        timeout: float | None = None,
-    ) -> dict[str, Any]:
+    async def create_context(self, req: m.ContextRequest) -> m.ContextInfo:
         """Start a context: a session with a kernel of its own (the one place contexts are
         made; ``_drop_context`` is the one place they go)."""
+        name = req.name
         # A bad cwd (outside the root, missing, not a folder) is refused before anything waits.
-        session = self.bridge.session(env=env, cwd=cwd, root=self.root)
+        session = self.bridge.session(env=req.env, cwd=req.cwd, root=self.root)
         await self.wait_ready()
         if name is not None and any(c.name == name for c in self.contexts.values()):
-            raise ApiError(409, "conflict", f"a context named {name!r} exists already")
+            raise ApiError(ErrorType.CONFLICT, f"a context named {name!r} exists already")
         if len(self.contexts) + self._starting_contexts >= self.max_contexts:
             raise ApiError(
-                429,
-                "busy",
+                ErrorType.LIMIT_REACHED,
                 f"{self.max_contexts} contexts exist, the service's limit: delete one first",
             )
         self._starting_contexts += 1
         try:
             try:
-                await self._start_session(session, timeout)
+                await self._start_session(session, req.timeout_secs)
             except BaseException:
                 await session.aclose()
                 raise
         finally:
             self._starting_contexts -= 1
-        hosted = HostedContext(session, name=name, timeout=timeout, cwd=session.cwd)
+        hosted = HostedContext(session, name=name, timeout=req.timeout_secs, cwd=session.cwd)
         self.contexts[hosted.id] = hosted
         hosted.session_id = await self.sessions.register(session.kernel_id, hosted.session_name)
         log.info("context %s (%s) started in kernel %s", hosted.id, hosted.name, session.kernel_id)
@@ -496,7 +531,7 @@ class Service:
                 await session.start()
         except TimeoutError:
             raise ApiError(
-                504, "timeout", f"the context's kernel did not start within {timeout:g} s"
+                ErrorType.TIMEOUT, f"the context's kernel did not start within {timeout:g} s"
             ) from None
 
     async def _drop_context(self, context_id: str) -> HostedContext | None:
@@ -514,18 +549,18 @@ class Service:
             log.info("context %s (%s) deleted", hosted.id, hosted.name)
         return hosted
 
-    async def list_contexts(self) -> dict[str, Any]:
-        return {"contexts": [hosted.info() for hosted in self.contexts.values()]}
+    async def list_contexts(self) -> m.ContextList:
+        return m.ContextList([hosted.info() for hosted in self.contexts.values()])
 
-    async def context_info(self, context_id: str) -> dict[str, Any]:
+    async def context_info(self, context_id: str) -> m.ContextInfo:
         return self.context(context_id).info()
 
-    async def delete_context(self, context_id: str) -> dict[str, Any]:
+    async def delete_context(self, context_id: str) -> m.Deleted:
         if await self._drop_context(context_id) is None:
             raise not_found(f"no context {context_id!r}")
-        return {"id": context_id, "deleted": True}
+        return m.Deleted(id=context_id, deleted=True)
 
-    async def restart_context(self, context_id: str) -> dict[str, Any]:
+    async def restart_context(self, context_id: str) -> m.ContextInfo:
         """A fresh kernel for the context, same id, name, env and cwd; its state is gone."""
         hosted = self.context(context_id)
         hosted.calls += 1
@@ -546,8 +581,8 @@ class Service:
     async def _in_context(
         self, context_id: str, call: Callable[[AsyncSession, float | None], Awaitable[T]]
     ) -> T:
-        """Run *call* on the context's session once its previous call is over (503 busy if
-        that takes longer than queue_timeout)."""
+        """Run *call* on the context's session once its previous call is over (503
+        overloaded if that takes longer than queue_timeout)."""
         hosted = self.context(context_id)
         hosted.calls += 1
         try:
@@ -556,8 +591,7 @@ class Service:
                     await hosted.lock.acquire()
             except TimeoutError:
                 raise ApiError(
-                    503,
-                    "busy",
+                    ErrorType.OVERLOADED,
                     f"the context ran another call for longer than {self.queue_timeout:g} s",
                 ) from None
             try:
@@ -567,68 +601,6 @@ class Service:
         finally:
             hosted.calls -= 1
             hosted.touch()
-
-    async def context_execute(
-        self,
-        context_id: str,
-        code: str,
-        *,
-        timeout: float | None,
-        capture_variables: bool,
-        inputs: dict[str, Any] | None,
-        on_output: OutputListener | None = None,
-    ) -> dict[str, Any]:
-        result = await self._in_context(
-            context_id,
-            lambda session, default: session.execute(
-                code,
-                timeout=timeout if timeout is not None else default,
-                capture_variables=capture_variables,
-                inputs=inputs,
-                on_output=on_output,
-            ),
-        )
-        return result_body(result)
-
-    async def context_evaluate(
-        self,
-        context_id: str,
-        expr: str,
-        *,
-        timeout: float | None,
-        on_output: OutputListener | None = None,
-    ) -> dict[str, Any]:
-        result = await self._in_context(
-            context_id,
-            lambda session, default: session.evaluate(
-                expr, timeout=timeout if timeout is not None else default, on_output=on_output
-            ),
-        )
-        return result_body(result)
-
-    async def context_execute_file(
-        self,
-        context_id: str,
-        path: str,
-        *,
-        timeout: float | None,
-        capture_variables: bool,
-        on_output: OutputListener | None = None,
-    ) -> dict[str, Any]:
-        self.context(context_id)  # 404 before the path's 403 or 404
-        # As execute_file: opened, checked and read in one go, in a thread.
-        result = await self._in_context(
-            context_id,
-            lambda session, default: session.execute_file(
-                path,
-                root=self.root,
-                max_size=self.max_body_size,
-                timeout=timeout if timeout is not None else default,
-                capture_variables=capture_variables,
-                on_output=on_output,
-            ),
-        )
-        return result_body(result)
 
     async def _cull_idle_contexts(self) -> None:
         """Delete contexts idle for longer than context_idle_timeout, checking a few times
@@ -644,3 +616,8 @@ class Service:
                         await self._drop_context(hosted.id)
                     except Exception:
                         log.exception("culling context %s failed", hosted.id)
+
+
+def _since(started: float) -> float:
+    """Milliseconds since *started* (a perf_counter reading)."""
+    return round((time.perf_counter() - started) * 1000, 3)

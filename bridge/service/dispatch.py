@@ -1,0 +1,576 @@
+"""Every JSON route once, for every transport: the HTTP service and QNTX's HandleHTTP tunnel.
+
+A ``Route`` is a path (OpenAPI's form, ``/contexts/{context_id}/execute``) and, for each
+method it takes, an ``Operation``: its request model (the body, decoded and validated in one
+pass), its answer model, the error types it can fail with, and the Service method that
+answers it. The tornado handlers (bridge/server/handlers.py) are made from this table, the
+OpenAPI document (openapi.py) is generated from it, and ``respond`` answers it for a transport
+that hands over a whole request at once (bridge.qntx's gRPC ``HandleHTTP``), so a path gets
+the same status and the same body whichever way it comes in.
+
+Declaring a route: add an ``Operation`` (a summary, ``run``, ``body``, ``answer``,
+``failures``) under its path in ``ROUTES``; its handler, its OpenAPI entry and the TypeScript
+types follow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import msgspec
+
+from . import models as m
+from . import openapi
+from .errors import ApiError, ErrorType, bad_request, internal, not_found, to_api_error
+from .service import DEFAULT_MODULES, Service
+
+log = logging.getLogger("bridge.server")
+
+B = TypeVar("B", bound=m.Request)
+
+
+@dataclass(frozen=True)
+class Request:
+    """What an operation reads of a request: path arguments, query, body, host."""
+
+    args: tuple[str, ...] = ()
+    query: Mapping[str, str] = field(default_factory=dict)  # the last value of each name
+    body: bytes = b""
+    size: int = 0  # bytes the client sent (the body may have been dropped past the limit)
+    host: str = "127.0.0.1"
+    # A streamed answer's listener (HTTP's text/event-stream): each output as it is made.
+    on_output: Callable[[dict[str, Any]], None] | None = None
+
+
+@dataclass
+class Answer:
+    """A response: status, body (an answer model, or plain JSON values), extra headers."""
+
+    status: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        return m.encode(self.body)
+
+    def data(self) -> dict[str, Any]:
+        """The body as plain JSON values (for a transport that reads fields of it)."""
+        value = msgspec.to_builtins(self.body, enc_hook=str)
+        assert isinstance(value, dict)
+        return value
+
+
+def failure_body(error: ApiError) -> m.Failure:
+    """The one failure shape of *error*."""
+    return m.Failure(
+        success=False,
+        error=error.message,
+        error_type=error.error_type,
+        status=error.status,
+        **error.extra,
+    )
+
+
+def failure(error: ApiError, allow: str = "") -> Answer:
+    headers = {}
+    if error.status == 405 and allow:
+        headers["Allow"] = allow
+    if error.status == 401:
+        headers["WWW-Authenticate"] = 'Token realm="kernel-bridge"'
+    return Answer(error.status, failure_body(error), headers)
+
+
+def too_large(service: Service) -> ApiError:
+    return ApiError(
+        ErrorType.TOO_LARGE, f"the request body is larger than {service.max_body_size} bytes"
+    )
+
+
+def read_body(service: Service, request: Request, model: type[B]) -> B:
+    """The request's body as a *model*, validated."""
+    if request.size > service.max_body_size:
+        raise too_large(service)
+    if not request.body.strip():
+        raise bad_request("the body is empty: send a JSON object", field="body")
+    return m.decode(model, request.body)
+
+
+def optional_body(service: Service, request: Request, model: type[B]) -> B | None:
+    """For a body a client may leave out (a GET with a JSON body, as QNTX's clients send
+    one; POST /contexts): None when empty."""
+    if request.size == 0 or not request.body.strip():
+        return None
+    return read_body(service, request, model)
+
+
+# -- the operations --------------------------------------------------------------------------
+
+
+def _context(request: Request) -> str | None:
+    """The context a call runs in (``/contexts/{context_id}/...``), or None: a pool kernel."""
+    return request.args[0] if request.args else None
+
+
+async def _execute(service: Service, request: Request, body: m.ExecuteRequest) -> Any:
+    return await service.execute(body, context=_context(request), on_output=request.on_output)
+
+
+async def _evaluate(service: Service, request: Request, body: m.EvaluateRequest) -> Any:
+    return await service.evaluate(body, context=_context(request), on_output=request.on_output)
+
+
+async def _execute_file(service: Service, request: Request, body: m.ExecuteFileRequest) -> Any:
+    return await service.execute_file(body, context=_context(request), on_output=request.on_output)
+
+
+async def _version(service: Service, request: Request, body: None) -> Any:
+    return await service.version()
+
+
+async def _health(service: Service, request: Request, body: None) -> Any:
+    return await service.health()
+
+
+async def _modules(service: Service, request: Request, body: m.ModulesRequest | None) -> Any:
+    text = request.query.get("names")
+    if text is not None:
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        if not names:
+            raise bad_request(
+                "names is empty: give module names separated by commas", field="names"
+            )
+        return await service.modules(names)
+    if body is not None and body.modules is not None:
+        return await service.modules(body.modules)
+    return await service.modules(list(DEFAULT_MODULES))
+
+
+async def _module_check(
+    service: Service, request: Request, body: m.ModuleCheckRequest | None
+) -> Any:
+    """QNTX's /uv/check: ``{"module": name}`` in the body (or ?module=) -> available."""
+    name = request.query.get("module")
+    if name is None:
+        if body is None:
+            raise bad_request(
+                'give the module: a body {"module": name}, or ?module=name', field="module"
+            )
+        name = body.module
+    found = await service.modules([name])
+    return m.ModuleCheckAnswer(module=name, available=found.modules[name])
+
+
+async def _install(service: Service, request: Request, body: m.InstallRequest) -> Any:
+    return await service.install_packages(body)
+
+
+async def _openapi(service: Service, request: Request, body: None) -> Any:
+    return document(request.host)
+
+
+async def _list_backends(service: Service, request: Request, body: None) -> Any:
+    return await service.list_backends()
+
+
+async def _create_backend(service: Service, request: Request, body: m.BackendRequest) -> Any:
+    return await service.create_backend(body)
+
+
+async def _backend_info(service: Service, request: Request, body: None) -> Any:
+    return await service.backend_info(request.args[0])
+
+
+async def _delete_backend(service: Service, request: Request, body: None) -> Any:
+    return await service.delete_backend(request.args[0])
+
+
+async def _call(service: Service, request: Request, body: m.CallRequest) -> Any:
+    return await service.call(request.args[0], body)
+
+
+async def _events(service: Service, request: Request, body: None) -> Any:
+    raise not_found("a backend's events stream over HTTP only (GET /backends/{id}/events)")
+
+
+async def _list_contexts(service: Service, request: Request, body: None) -> Any:
+    return await service.list_contexts()
+
+
+async def _create_context(service: Service, request: Request, body: m.ContextRequest | None) -> Any:
+    return await service.create_context(body or m.ContextRequest())
+
+
+async def _context_info(service: Service, request: Request, body: None) -> Any:
+    return await service.context_info(request.args[0])
+
+
+async def _delete_context(service: Service, request: Request, body: None) -> Any:
+    return await service.delete_context(request.args[0])
+
+
+async def _restart_context(service: Service, request: Request, body: m.EmptyRequest | None) -> Any:
+    return await service.restart_context(request.args[0])
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Query:
+    """A query parameter an operation reads."""
+
+    name: str
+    description: str
+    pattern: str | None = None
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One method of a route: what it reads, what it answers, how it can fail."""
+
+    summary: str
+    run: Callable[[Service, Request, Any], Awaitable[Any]]
+    answer: Any  # the model of its success (openapi.py documents it)
+    body: type[m.Request] | None = None
+    body_optional: bool = False  # the body may be left out (or a GET may carry one)
+    status: int = 200  # of a success
+    failures: tuple[ErrorType, ...] = ()
+    # Runs code: over HTTP, `Accept: text/event-stream` streams its outputs (handlers.py).
+    streams: bool = False
+    # Only an event stream over HTTP (models.BackendEvents), never a JSON answer.
+    events: Any = None
+    query: tuple[Query, ...] = ()
+    operation_id: str | None = None
+
+    def in_context(self) -> Operation:
+        """The same operation run in a context (``/contexts/{context_id}/...``)."""
+        return dataclasses.replace(
+            self,
+            summary=f"{self.summary}, in the context (its state kept from call to call)",
+            failures=(*self.failures, ErrorType.NOT_FOUND),
+        )
+
+    async def __call__(self, service: Service, request: Request) -> Any:
+        """Decode the request's body (if the operation takes one) and run."""
+        body = None
+        if self.body is not None:
+            read = optional_body if self.body_optional else read_body
+            body = read(service, request, self.body)
+        return await self.run(service, request, body)
+
+
+@dataclass(frozen=True, eq=False)  # hashed by identity: openapi.py caches per table
+class Route:
+    path: str  # OpenAPI's form: /backends/{backend_id}
+    methods: Mapping[str, Operation]
+
+    @property
+    def pattern(self) -> str:
+        """The path as a regular expression; its groups are the path arguments."""
+        return re.sub(r"\{[a-z_]+\}", "([^/]+)", self.path)
+
+    @property
+    def parameters(self) -> list[str]:
+        return re.findall(r"\{([a-z_]+)\}", self.path)
+
+    def allow(self) -> str:
+        return ", ".join(m for m in ("GET", "POST", "DELETE") if m in self.methods)
+
+
+# What may go wrong once a call waits for a kernel, or runs on one.
+KERNEL = (
+    ErrorType.OVERLOADED,
+    ErrorType.KERNEL_START_FAILED,
+    ErrorType.KERNEL_DIED,
+    ErrorType.SHUTTING_DOWN,
+    ErrorType.UNAVAILABLE,
+    ErrorType.TIMEOUT,
+)
+BODY = (ErrorType.BAD_REQUEST, ErrorType.TOO_LARGE)
+RUN = (*BODY, *KERNEL)
+FILE = (ErrorType.FORBIDDEN, ErrorType.NOT_FOUND)
+
+EXECUTE = Operation(
+    "Run code in a fresh namespace on a pool kernel",
+    _execute,
+    m.ExecuteAnswer,
+    body=m.ExecuteRequest,
+    failures=RUN,
+    streams=True,
+)
+EVALUATE = Operation(
+    "The value of one expression",
+    _evaluate,
+    m.ExecuteAnswer,
+    body=m.EvaluateRequest,
+    failures=RUN,
+    streams=True,
+)
+EXECUTE_FILE = Operation(
+    "Run a script inside the service's root folder",
+    _execute_file,
+    m.ExecuteAnswer,
+    body=m.ExecuteFileRequest,
+    failures=(*RUN, *FILE),
+    streams=True,
+)
+INSTALL = Operation(
+    "Install packages into the kernels' Python: uv when it is on PATH, pip otherwise; "
+    "running kernels can import them at once. Refused on a gateway (400), when turned off "
+    "(403), and when it would change the service's own dependencies while the kernels share "
+    "its environment (409)",
+    _install,
+    m.InstallAnswer,
+    body=m.InstallRequest,
+    failures=(*RUN, ErrorType.FORBIDDEN, ErrorType.CONFLICT),
+)
+CHECK = Operation(
+    "Whether the kernels can import one module (QNTX's path): ?module=NAME or a JSON body "
+    '{"module": NAME}',
+    _module_check,
+    m.ModuleCheckAnswer,
+    body=m.ModuleCheckRequest,
+    body_optional=True,
+    failures=(*BODY, *KERNEL),
+    query=(Query("module", "The module's name (or send it in the body)."),),
+)
+
+ROUTES: tuple[Route, ...] = (
+    Route("/execute", {"POST": EXECUTE}),
+    Route("/evaluate", {"POST": EVALUATE}),
+    Route("/execute-file", {"POST": EXECUTE_FILE}),
+    Route(
+        "/version",
+        {
+            "GET": Operation(
+                "Versions of the kernels' Python and of kernel-bridge",
+                _version,
+                m.VersionAnswer,
+                failures=KERNEL,
+            )
+        },
+    ),
+    Route(
+        "/modules",
+        {
+            "GET": Operation(
+                "Which modules the kernels can import",
+                _modules,
+                m.ModulesAnswer,
+                body=m.ModulesRequest,
+                body_optional=True,
+                failures=(*BODY, *KERNEL),
+                query=(
+                    Query(
+                        "names",
+                        f"Module names separated by commas (default: {','.join(DEFAULT_MODULES)}).",
+                    ),
+                ),
+            )
+        },
+    ),
+    Route(
+        "/health",
+        {
+            "GET": Operation(
+                "Whether the service is up, with its pool, backends and contexts",
+                _health,
+                m.HealthAnswer,
+                failures=KERNEL,
+            )
+        },
+    ),
+    Route("/packages/install", {"POST": INSTALL}),
+    # The paths QNTX's own Python plugin answered: uv when it is there, pip otherwise.
+    Route("/uv/install", {"POST": INSTALL}),
+    Route("/pip/install", {"POST": INSTALL}),
+    Route("/uv/check", {"GET": CHECK}),
+    Route("/pip/check", {"GET": CHECK}),
+    Route(
+        "/openapi.json",
+        {"GET": Operation("This document", _openapi, dict[str, Any])},
+    ),
+    Route(
+        "/backends",
+        {
+            "GET": Operation(
+                "The service's backends (alive or not)", _list_backends, m.BackendList
+            ),
+            "POST": Operation(
+                "Start a backend: a script of methods in a kernel of its own, listed by "
+                "/api/kernels, and by /api/sessions as backends/<name> (JupyterLab opens a "
+                "console on it). A script that raises is a python_error (200)",
+                _create_backend,
+                m.BackendInfo,
+                body=m.BackendRequest,
+                status=201,
+                failures=(*RUN, ErrorType.LIMIT_REACHED, ErrorType.PYTHON_ERROR),
+            ),
+        },
+    ),
+    Route(
+        "/backends/{backend_id}",
+        {
+            "GET": Operation(
+                "One backend",
+                _backend_info,
+                m.BackendInfo,
+                failures=(ErrorType.NOT_FOUND,),
+                operation_id="getBackend",
+            ),
+            "DELETE": Operation(
+                "Stop a backend and its kernel",
+                _delete_backend,
+                m.Deleted,
+                failures=(ErrorType.NOT_FOUND,),
+                operation_id="deleteBackend",
+            ),
+        },
+    ),
+    Route(
+        "/backends/{backend_id}/call",
+        {
+            "POST": Operation(
+                "Call a method of the backend (success tells whether it raised)",
+                _call,
+                m.CallAnswer,
+                body=m.CallRequest,
+                failures=(*RUN, ErrorType.NOT_FOUND),
+                operation_id="callBackend",
+            )
+        },
+    ),
+    Route(
+        "/backends/{backend_id}/events",
+        {
+            "GET": Operation(
+                'The backend\'s events as Server-Sent Events: one \'data: {"type", "data"}\' '
+                "per event, 'id:' its number; events no stream has read yet come first (or "
+                "those after Last-Event-ID)",
+                _events,
+                None,
+                failures=(ErrorType.BAD_REQUEST, ErrorType.NOT_FOUND),
+                events=m.BackendEvents,
+                query=(
+                    Query(
+                        "last_event_id",
+                        "Resume after this event (as the Last-Event-ID header).",
+                        pattern="^[0-9]{1,18}$",
+                    ),
+                ),
+            )
+        },
+    ),
+    Route(
+        "/contexts",
+        {
+            "GET": Operation(
+                "The service's contexts (alive or not)", _list_contexts, m.ContextList
+            ),
+            "POST": Operation(
+                "Start a context: a kernel of its own whose state lasts from call to call "
+                "(variables, imports, the working folder), listed by /api/kernels",
+                _create_context,
+                m.ContextInfo,
+                body=m.ContextRequest,
+                body_optional=True,
+                status=201,
+                failures=(*RUN, *FILE, ErrorType.CONFLICT, ErrorType.LIMIT_REACHED),
+            ),
+        },
+    ),
+    Route(
+        "/contexts/{context_id}",
+        {
+            "GET": Operation(
+                "One context", _context_info, m.ContextInfo, failures=(ErrorType.NOT_FOUND,)
+            ),
+            "DELETE": Operation(
+                "Stop a context and its kernel",
+                _delete_context,
+                m.Deleted,
+                failures=(ErrorType.NOT_FOUND,),
+            ),
+        },
+    ),
+    Route(
+        "/contexts/{context_id}/restart",
+        {
+            "POST": Operation(
+                "Give the context a fresh kernel (same id, name, env and cwd): its state is "
+                "cleared, and a context whose kernel died works again",
+                _restart_context,
+                m.ContextInfo,
+                body=m.EmptyRequest,
+                body_optional=True,
+                failures=(*RUN, ErrorType.NOT_FOUND),
+            )
+        },
+    ),
+    Route("/contexts/{context_id}/execute", {"POST": EXECUTE.in_context()}),
+    Route("/contexts/{context_id}/evaluate", {"POST": EVALUATE.in_context()}),
+    Route("/contexts/{context_id}/execute-file", {"POST": EXECUTE_FILE.in_context()}),
+)
+
+
+def document(host: str = "127.0.0.1") -> dict[str, Any]:
+    """The service's OpenAPI document (openapi.py), generated from ROUTES and the models."""
+    return openapi.document(ROUTES, host)
+
+
+_COMPILED = [(re.compile(route.pattern + r"\Z"), route) for route in ROUTES]
+
+
+async def outcome(work: Awaitable[Any], status: int = 200) -> Answer:
+    """Await *work*: its body with *status*, or the answer for the error it raised."""
+    try:
+        return Answer(status, await work)
+    except Exception as exc:
+        known = to_api_error(exc)
+        if known is None:
+            log.exception("a request failed")
+            known = internal()
+        return failure(known)
+
+
+def parse_query(text: str) -> dict[str, str]:
+    """A query string's names and (last) values, percent-decoded as UTF-8."""
+    try:
+        pairs = urllib.parse.parse_qsl(text, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise bad_request("the query string is not UTF-8", field="query") from None
+    return dict(pairs)
+
+
+async def respond(
+    service: Service,
+    method: str,
+    target: str,
+    body: bytes = b"",
+    *,
+    host: str = "127.0.0.1",
+) -> Answer:
+    """Answer one whole request: *target* is the path with its query string."""
+    path, _, query_text = target.partition("?")
+    path = path or "/"
+    for regex, route in _COMPILED:
+        match = regex.match(path)
+        if match is None:
+            continue
+        operation = route.methods.get(method.upper())
+        if operation is None:
+            error = ApiError(ErrorType.METHOD_NOT_ALLOWED, "Method Not Allowed")
+            return failure(error, route.allow())
+        try:
+            query = parse_query(query_text)
+        except ApiError as error:
+            return failure(error)
+        request = Request(match.groups(), query, body, len(body), host)
+        return await outcome(operation(service, request), operation.status)
+    return failure(not_found(f"no route {method.upper()} {path}"))
