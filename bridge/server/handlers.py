@@ -21,7 +21,7 @@ from jupyter_server.base.handlers import APIHandler
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from bridge.service import dispatch
+from bridge.service import dispatch, metrics
 from bridge.service import models as m
 from bridge.service.backends import EventStream, HostedBackend
 from bridge.service.errors import ApiError, ErrorType, bad_request, internal
@@ -108,9 +108,9 @@ class BaseHandler(APIHandler):  # type: ignore[misc]
             if getattr(cls, m.lower()) is not getattr(web.RequestHandler, m.lower())
         ]
 
-    async def answer(self, work: Awaitable[Any], status: int = 200) -> None:
+    async def answer(self, work: Awaitable[Any], status: int = 200, *, route: str = "") -> None:
         """Await *work* and write its result or its failure; a gone client cancels it."""
-        self._work = asyncio.ensure_future(dispatch.outcome(work, status))
+        self._work = asyncio.ensure_future(dispatch.outcome(work, status, route=route))
         try:
             answer = await self._work
         except asyncio.CancelledError:
@@ -211,8 +211,10 @@ class EventsHandler(BaseHandler):
                     for seq, data in batch:
                         self.write(f"id: {seq}\ndata: {data}\n\n")
                     stream.cursor = batch[-1][0]
+                    metrics.EVENTS_SENT.inc(len(batch))
                     overflowed = not await self._flush_while_kept(hosted, stream)
                 if overflowed:
+                    metrics.EVENTS_DROPPED.inc(hosted.missed(stream))
                     body = m.encode(m.OverflowEvent(stream.cursor)).decode()
                     self.write(f"event: overflow\ndata: {body}\n\n")
                     await self._flush_or_drop()
@@ -329,7 +331,8 @@ def _serve(method: str) -> Any:
         if operation.streams and wants_events(self.request.headers.get("Accept", "")):
             await self.stream(operation, request)
             return
-        await self.answer(operation(self.service, request), operation.status)
+        label = f"{method} {self.route.path}"
+        await self.answer(operation(self.service, request), operation.status, route=label)
 
     serve.__name__ = method.lower()
     return serve
@@ -364,8 +367,9 @@ class RouteHandler(BodyHandler):
         """
         outputs: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         request = dataclasses.replace(request, on_output=outputs.put_nowait)
+        label = f"{self.request.method} {self.route.path}"
         self._work = work = asyncio.ensure_future(
-            dispatch.outcome(operation(self.service, request), operation.status)
+            dispatch.outcome(operation(self.service, request), operation.status, route=label)
         )
         opened = False
         try:
