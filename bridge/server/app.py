@@ -59,10 +59,12 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
         "past it 503 overloaded at once, with Retry-After.",
     )
     kernel_limits = Dict(
+        value_trait=Int(allow_none=True),
         config=True,
-        help='What each kernel may take, over the defaults, e.g. {"memory_mb": 1024, '
-        '"cpu_seconds": 600}: memory_mb, cpu_seconds, processes, open_files, file_size_mb '
-        "(null: not limited); docs/kernels.md#limits.",
+        help="What each kernel may take, over the defaults: memory_mb, cpu_seconds, "
+        "processes, open_files, file_size_mb (None: not limited), e.g. "
+        "--BridgeApp.kernel_limits=memory_mb=1024 --BridgeApp.kernel_limits=cpu_seconds=600 "
+        "(docs/kernels.md#limits).",
     )
     max_backends = Int(16, config=True, help="Live backends at most; more get 429 busy.")
     max_contexts = Int(16, config=True, help="Contexts at most; more get 429 busy.")
