@@ -1,6 +1,9 @@
 -- wrk script of bench/load.py: POST /execute with the token, answers counted by status.
 -- The body and token come from the environment (KB_BODY, KB_TOKEN); load.py reads the
--- per-status counts from the last line ("statuses {...}").
+-- per-status counts from the last line ("result {...}"). A client refused with 503 and
+-- Retry-After waits that long before its next request, as an HTTP client should (and as the
+-- TypeScript client does, with a shorter backoff first): wrk's delay() holds the next request
+-- of the thread for each refusal it saw.
 local threads = {}
 
 function setup(thread)
@@ -13,10 +16,24 @@ function init(args)
   wrk.headers["Content-Type"] = "application/json"
   wrk.headers["Authorization"] = "token " .. os.getenv("KB_TOKEN")
   counts = {}
+  waits = {}
 end
 
 function response(status, headers, body)
   counts[status] = (counts[status] or 0) + 1
+  if status == 503 then
+    local after = tonumber(headers["Retry-After"])
+    if after then
+      table.insert(waits, after * 1000)
+    end
+  end
+end
+
+function delay()
+  if #waits > 0 then
+    return table.remove(waits, 1)
+  end
+  return 0
 end
 
 function done(summary, latency, requests)

@@ -131,7 +131,7 @@ def wrk(service: Service, concurrency: int, seconds: int) -> dict[str, Any]:
         part: round((a - b) / span, 2)
         for part, a, b in zip(("service", "kernels", "wrk"), after, before, strict=True)
     }
-    found["rate"] = found["requests"] / span
+    found["rate"] = found["statuses"].get("200", 0) / span  # calls answered, not refusals
     return found
 
 
@@ -153,7 +153,8 @@ def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for k in ("connect_errors", "read_errors", "write_errors", "timeouts"):
         merged[k] = sum(r[k] for r in runs)
     merged.update(
-        rate=merged["requests"] / span,
+        rate=statuses.get("200", 0) / span,
+        refused=statuses.get("503", 0) / span,
         p50_ms=statistics.median(r["p50_ms"] for r in runs),
         p99_ms=max(r["p99_ms"] for r in runs),
         max_ms=max(r["max_ms"] for r in runs),
@@ -185,16 +186,17 @@ def table(levels: list[int], seconds: int, rounds: int) -> None:
         f"in {rounds} interleaved rounds"
     )
     print(
-        "| connections | calls/s | x best | p50 ms | p99 ms | max ms | answers by status "
-        "| failed connections | CPU/s: service, kernels, wrk |"
+        "| connections | calls/s (200) | x best | 503/s | p50 ms | p99 ms | max ms "
+        "| answers by status | failed connections | CPU/s: service, kernels, wrk |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for c, r in rows:
         failed = r["connect_errors"] + r["read_errors"] + r["write_errors"] + r["timeouts"]
         statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()))
         cpu = r["cpu"]
         print(
-            f"| {c} | {r['rate']:.0f} | {r['rate'] / best:.2f} | {r['p50_ms']:.1f} "
+            f"| {c} | {r['rate']:.0f} | {r['rate'] / best:.2f} | {r['refused']:.0f} "
+            f"| {r['p50_ms']:.1f} "
             f"| {r['p99_ms']:.1f} | {r['max_ms']:.0f} | {statuses} | {failed} "
             f"| {cpu['service']}, {cpu['kernels']}, {cpu['wrk']} |"
         )

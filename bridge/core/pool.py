@@ -178,15 +178,17 @@ class KernelPool:
             self._waiters.append(future)
             asked = loop.time()
             try:
-                kernel = await future
+                kernel = await future  # busy already: _put() handed it over
                 QUEUE_WAIT.observe(loop.time() - asked)
             except asyncio.CancelledError:
                 if future.done() and not future.cancelled() and future.exception() is None:
-                    self._put(future.result())  # handed over just as we gave up: pass it on
+                    handed = future.result()  # handed over just as we gave up: pass it on
+                    self._busy.discard(handed)
+                    self._put(handed)
                 raise
             if kernel.alive:
-                self._busy.add(kernel)
                 return kernel
+            self._busy.discard(kernel)
             self._discard(kernel)
 
     def release(self, kernel: Kernel) -> None:
@@ -253,6 +255,10 @@ class KernelPool:
         while self._waiters:
             future = self._waiters.popleft()
             if not future.done():
+                # Busy from the hand-over on, not from when its waiter wakes: a kernel in
+                # none of free, busy or starting meanwhile would look missing to the next
+                # acquire(), which would start a surplus kernel (and the pool would grow).
+                self._busy.add(kernel)
                 future.set_result(kernel)
                 return
         self._free.append(kernel)

@@ -63,3 +63,19 @@ async def test_the_wait_for_a_kernel_counts_against_the_timeout(one: bridge.Asyn
         with pytest.raises(bridge.ExecutionTimeout, match="interrupted"):
             await late  # 1.5 s of code in the 1 s left
         assert loop.time() - asked < 1.5 + 2  # not a full timeout after the wait
+
+
+@pytest.mark.asyncio
+async def test_a_sustained_burst_never_grows_the_pool(abridge: bridge.AsyncBridge) -> None:
+    """Kernels handed to waiting calls count as busy from the hand-over: a call that comes
+    meanwhile must not take the pool for short of a kernel and start a surplus one."""
+    await _until(lambda: abridge.status().starting == 0)
+    kernels = set(abridge.pool.kernels)
+
+    async def worker() -> None:
+        for _ in range(5):
+            assert (await abridge.evaluate("1")).value == 1
+
+    await asyncio.gather(*(worker() for _ in range(24)))
+    assert set(abridge.pool.kernels) == kernels
+    assert abridge.status().starting == 0 and abridge.status().ready == 2
