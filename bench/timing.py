@@ -11,10 +11,26 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
+def _timed(fn: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[float]]:
+    async def timed() -> float:
+        t = time.perf_counter()
+        await fn()
+        return time.perf_counter() - t
+
+    return timed
+
+
 async def interleaved(
     a: Callable[[], Awaitable[object]], b: Callable[[], Awaitable[object]], n: int, block: int = 50
 ) -> tuple[list[float], list[float]]:
     """Time *a* and *b* n times each, in alternating blocks, so drift hits both alike."""
+    return await interleaved_values(_timed(a), _timed(b), n, block)
+
+
+async def interleaved_values(
+    a: Callable[[], Awaitable[float]], b: Callable[[], Awaitable[float]], n: int, block: int = 50
+) -> tuple[list[float], list[float]]:
+    """As interleaved, for calls that measure themselves: the seconds each returns."""
     out: tuple[list[float], list[float]] = ([], [])
     for fn in (a, b):  # warm-up
         for _ in range(block):
@@ -22,7 +38,5 @@ async def interleaved(
     while len(out[0]) < n:
         for fn, samples in ((a, out[0]), (b, out[1])):
             for _ in range(min(block, n - len(samples))):
-                t = time.perf_counter()
-                await fn()
-                samples.append(time.perf_counter() - t)
+                samples.append(await fn())
     return out

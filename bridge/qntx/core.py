@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from bridge.service import models as m
 from bridge.service.errors import ApiError, bad_request, internal, to_api_error
 from bridge.service.service import Service
 
+from . import signa
 from .ats import AtsForwarder
 
 log = logging.getLogger("bridge.qntx")
@@ -227,8 +229,12 @@ class Plugin:
         await self.flush()
         return answer
 
-    async def job(self, payload: bytes, timeout: float | None) -> dispatch.Answer:
-        """A python.script job: ``{"content": code}`` (or ``code``), as /execute runs it."""
+    async def job(
+        self, payload: bytes, timeout: float | None
+    ) -> tuple[dispatch.Answer, list[tuple[str, str, str, str]]]:
+        """A python.script job: ``{"content": code}`` (or ``code``), as /execute runs it; the
+        answer, and a log entry (timestamp, level, line, stage) for each line the code wrote,
+        stamped when the kernel sent it."""
         try:
             data = json.loads(payload or b"null")
         except ValueError as exc:
@@ -239,15 +245,17 @@ class Plugin:
         if not isinstance(code, str) or not code:
             raise bad_request("the payload has no code: give it as 'content' (or 'code')")
         service = await self.running()
+        lines = JobLog()
         answer = await dispatch.outcome(
             service.execute(
                 m.ExecuteRequest(
                     code=code, timeout_secs=JOB_TIMEOUT if timeout is None else timeout
-                )
+                ),
+                on_output=lines.add,
             )
         )
         await self.flush()
-        return answer
+        return answer, lines.entries()
 
     async def execute(self, code: str, upstream: Any) -> dispatch.Answer:
         """PythonService.Execute: the code sees the upstream attestation as ``upstream``."""
@@ -289,15 +297,41 @@ class Plugin:
         return healthy, message, details
 
 
-def log_entries(body: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(timestamp, level, message, stage) for each line the code wrote."""
-    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    entries = []
-    for stream, level in (("stdout", "info"), ("stderr", "warn")):
-        text = body.get(stream) or ""
-        for line in text.splitlines():
-            entries.append((now, level, line, stream))
-    return entries
+@functools.cache
+def declared_signa() -> list[Any]:
+    """InitializeResponse.signa: the operations QNTX serves as endpoints and MCP tools."""
+    return signa.signa(dispatch.document())
 
 
-__all__ = ["ApiError", "Plugin", "Settings", "log_entries"]
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+
+
+class JobLog:
+    """A job's stdout and stderr as log lines, each stamped when its end reached the plugin
+    (QNTX writes them to task_logs at those times, after the job returns)."""
+
+    _LEVELS = {"stdout": "info", "stderr": "warn"}
+
+    def __init__(self) -> None:
+        self._lines: list[tuple[str, str, str, str]] = []
+        self._partial = {"stdout": "", "stderr": ""}
+
+    def add(self, output: dict[str, Any]) -> None:
+        """The execute call's on_output: stream chunks are split into lines."""
+        if output.get("output_type") != "stream":
+            return
+        stream = "stderr" if output.get("name") == "stderr" else "stdout"
+        *done, rest = (self._partial[stream] + str(output.get("text", ""))).split("\n")
+        self._partial[stream] = rest
+        stamp = _now()
+        self._lines += [(stamp, self._LEVELS[stream], line, stream) for line in done]
+
+    def entries(self) -> list[tuple[str, str, str, str]]:
+        """Every line, the unterminated last ones of each stream included."""
+        stamp = _now()
+        tail = [(stamp, self._LEVELS[s], text, s) for s, text in self._partial.items() if text]
+        return self._lines + tail
+
+
+__all__ = ["ApiError", "JobLog", "Plugin", "Settings", "declared_signa"]

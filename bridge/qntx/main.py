@@ -5,6 +5,10 @@
 
 It binds (trying the next port, up to 10, when one is taken), prints ``QNTX_PLUGIN_PORT=N`` on
 stdout and logs to stderr. SIGTERM or SIGINT shuts every kernel down, then the server.
+
+Only the plugin's own user may call it (gate.py): a call from another local user's socket is
+refused with PERMISSION_DENIED before it reaches any service, unless ``--allow-any-local-user``.
+It listens on loopback only, unless ``--allow-non-loopback`` is given with another interface.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -20,7 +25,7 @@ from grpc_reflection.v1alpha import reflection
 
 import bridge
 
-from . import servicer
+from . import gate, servicer
 from .protocol import SERVICE_NAMES, domain_rpc, python_rpc
 
 log = logging.getLogger("bridge.qntx")
@@ -54,10 +59,51 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--host", default="127.0.0.1", help="interface with --port (default 127.0.0.1)"
     )
     parser.add_argument(
+        "--allow-any-local-user",
+        action="store_true",
+        help="answer every caller that reaches the port, not only the plugin's own user "
+        "(any local user can then run code as this one)",
+    )
+    parser.add_argument(
+        "--allow-non-loopback",
+        action="store_true",
+        help="let --host/--address name an interface other than loopback",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warn", "warning", "error"]
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {bridge.__version__}")
     return parser.parse_args(argv)
+
+
+def bind_host(args: argparse.Namespace) -> str:
+    """The host the plugin is asked to listen on."""
+    if args.address:
+        return str(args.address).rpartition(":")[0] if ":" in args.address else args.address
+    return str(args.host)
+
+
+def check_interface(args: argparse.Namespace) -> None:
+    """Raise OSError for a non-loopback interface unless --allow-non-loopback was given."""
+    host = bind_host(args)
+    if args.address and args.address.startswith("unix:"):
+        host = args.address
+    elif gate.is_loopback(host):
+        return
+    if not args.allow_non_loopback:
+        raise OSError(
+            f"{host!r} is not a loopback interface: give --allow-non-loopback to listen there"
+        )
+    reach = (
+        "every local user"
+        if args.allow_any_local_user
+        else "every host that can route to it; only the plugin's own local user is answered"
+    )
+    log.warning(
+        "listening on %s, not on loopback: the port (which runs code) is open to %s",
+        host,
+        reach,
+    )
 
 
 def _bind(server: grpc.aio.Server, address: str) -> int:
@@ -84,7 +130,21 @@ def bind(server: grpc.aio.Server, args: argparse.Namespace) -> int:
 
 
 async def serve(args: argparse.Namespace) -> int:
-    server = grpc.aio.server(options=OPTIONS)
+    try:
+        check_interface(args)
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
+    peers = None
+    if args.allow_any_local_user:
+        log.warning(
+            "--allow-any-local-user: every local user who reaches the port can run code as uid %d",
+            os.getuid(),
+        )
+    else:
+        peers = gate.PeerGate()
+    interceptors = [gate.PeerGateInterceptor(peers)] if peers is not None else []
+    server = grpc.aio.server(options=OPTIONS, interceptors=interceptors)
     core = servicer.Core()
     domain_rpc.add_DomainPluginServiceServicer_to_server(servicer.DomainPlugin(core), server)
     python_rpc.add_PythonServiceServicer_to_server(servicer.PythonService(core), server)
@@ -94,6 +154,8 @@ async def serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         log.error("%s", exc)
         return 1
+    if peers is not None:
+        peers.port = port
     await server.start()
     print(f"QNTX_PLUGIN_PORT={port}", flush=True)
     log.info("kernel-bridge %s: QNTX plugin listening on port %d", bridge.__version__, port)

@@ -18,19 +18,23 @@ _ROOT = Path(__file__).resolve().parents[2]  # the folder that holds the `bridge
 PROTOS = Path(__file__).resolve().parent / "protos"
 
 
-def _load(name: str) -> tuple[Any, Any]:
-    # protoc finds the file, and the names its modules get, through sys.path.
+def _load(name: str, *, services: bool = True) -> Any:
+    # protoc finds the file (and those it imports), and the names its modules get, through
+    # sys.path.
     relative = f"bridge/qntx/protos/{name}.proto"
     added = str(_ROOT) not in sys.path
     if added:
         sys.path.append(str(_ROOT))
     try:
-        return grpc.protos_and_services(relative)  # type: ignore[attr-defined,no-any-return]
+        if services:
+            return grpc.protos_and_services(relative)  # type: ignore[attr-defined]
+        return grpc.protos(relative)  # type: ignore[attr-defined]
     finally:
         if added:
             sys.path.remove(str(_ROOT))
 
 
+sigil_pb = _load("sigil", services=False)
 domain_pb, domain_rpc = _load("domain")
 python_pb, python_rpc = _load("python")
 ats_pb, ats_rpc = _load("atsstore")

@@ -8,10 +8,11 @@ that need it wait for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import logging
-import time
+import threading
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -29,8 +30,6 @@ log = logging.getLogger("bridge.qntx")
 NAME = "python"  # the name QNTX enables the plugin by, and checks Metadata against
 DESCRIPTION = "Python in managed IPython kernels (kernel-bridge)"
 
-_WS = domain_pb.WebSocketMessage
-
 
 class Core:
     """bridge.qntx.core, imported in a thread once the server listens, and its Plugin."""
@@ -44,7 +43,32 @@ class Core:
         return self._plugin
 
     async def _load(self) -> Plugin:
-        core = await asyncio.to_thread(importlib.import_module, "bridge.qntx.core")
+        # A daemon thread, not asyncio.to_thread: a plugin stopped while the import still runs
+        # (a slow disk, a busy machine) exits at once instead of waiting for it to finish.
+        loop = asyncio.get_running_loop()
+        loaded: asyncio.Future[Any] = loop.create_future()
+
+        def settle(core: Any, error: BaseException | None) -> None:
+            if loaded.done():
+                return
+            if error is not None:
+                loaded.set_exception(error)
+            else:
+                loaded.set_result(core)
+
+        def load() -> None:
+            core: Any = None
+            error: BaseException | None = None
+            try:
+                core = importlib.import_module("bridge.qntx.core")
+                importlib.import_module("bridge.qntx.websocket")
+            except BaseException as exc:
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(settle, core, error)
+
+        threading.Thread(target=load, name="bridge-qntx-load", daemon=True).start()
+        core = await loaded
         plugin: Plugin = core.Plugin()
         return plugin
 
@@ -57,8 +81,10 @@ class Core:
         return None
 
     async def close(self) -> None:
-        if self._plugin is not None:
-            await (await self.plugin()).close()
+        # Not loaded yet: no kernel can have started (every call that starts one waits for it).
+        plugin = self.loaded()
+        if plugin is not None:
+            await plugin.close()
 
 
 def _json(value: Any) -> bytes:
@@ -80,7 +106,7 @@ class DomainPlugin(domain_rpc.DomainPluginServiceServicer):  # type: ignore[misc
         )
 
     async def Initialize(self, request: Any, context: Any) -> Any:
-        from .core import SCRIPT_HANDLER, Settings
+        from .core import SCRIPT_HANDLER, Settings, declared_signa
 
         plugin = await self.core.plugin()
         try:
@@ -95,7 +121,9 @@ class DomainPlugin(domain_rpc.DomainPluginServiceServicer):  # type: ignore[misc
             await plugin.configure(settings)
         except bridge.BridgeError as exc:
             await context.abort(grpc.StatusCode.INTERNAL, f"the kernels did not start: {exc}")
-        return domain_pb.InitializeResponse(handler_names=[SCRIPT_HANDLER], python_provider=True)
+        return domain_pb.InitializeResponse(
+            handler_names=[SCRIPT_HANDLER], python_provider=True, signa=declared_signa()
+        )
 
     async def Shutdown(self, request: Any, context: Any) -> Any:
         plugin = self.core.loaded()
@@ -119,17 +147,13 @@ class DomainPlugin(domain_rpc.DomainPluginServiceServicer):  # type: ignore[misc
     async def HandleWebSocket(
         self, request_iterator: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[Any]:
-        async for message in request_iterator:
-            if message.type == _WS.PING:
-                yield _WS(type=_WS.PONG, data=message.data, timestamp=message.timestamp)
-            elif message.type == _WS.CLOSE:
-                return
-            elif message.type == _WS.DATA:
-                yield _WS(
-                    type=_WS.ERROR,
-                    data=b"kernel-bridge takes no data over its websocket: use HandleHTTP",
-                    timestamp=time.time_ns(),
-                )
+        """Runs with their output as it is made, backends' events, cancel: websocket.py."""
+        from .websocket import Session
+
+        plugin = await self.core.plugin()
+        metadata = {key: value for key, value in context.invocation_metadata() or ()}
+        async for message in Session(plugin.running).serve(request_iterator, metadata):
+            yield message
 
     async def Health(self, request: Any, context: Any) -> Any:
         plugin = self.core.loaded()
@@ -157,7 +181,7 @@ class DomainPlugin(domain_rpc.DomainPluginServiceServicer):  # type: ignore[misc
         return domain_pb.ElementDefResponse()
 
     async def ExecuteJob(self, request: Any, context: Any) -> Any:
-        from .core import SCRIPT_HANDLER, ApiError, log_entries
+        from .core import SCRIPT_HANDLER, ApiError
 
         if request.handler_name != SCRIPT_HANDLER:
             await context.abort(
@@ -169,7 +193,7 @@ class DomainPlugin(domain_rpc.DomainPluginServiceServicer):  # type: ignore[misc
         if timeout is not None and timeout <= 0:
             timeout = None
         try:
-            answer = await plugin.job(request.payload, timeout)
+            answer, lines = await plugin.job(request.payload, timeout)
         except ApiError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
         body = answer.data()
@@ -181,7 +205,7 @@ class DomainPlugin(domain_rpc.DomainPluginServiceServicer):  # type: ignore[misc
             result=answer.encode(),
             log_entries=[
                 domain_pb.JobLogEntry(timestamp=t, level=level, message=text, stage=stage)
-                for t, level, text, stage in log_entries(body)
+                for t, level, text, stage in lines
             ],
             plugin_version=bridge.__version__,
         )

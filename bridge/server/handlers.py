@@ -25,6 +25,7 @@ from bridge.service import dispatch, metrics
 from bridge.service import models as m
 from bridge.service.backends import EventStream, HostedBackend
 from bridge.service.errors import ApiError, ErrorType, bad_request, internal
+from bridge.service.events import event_id, output_event
 from bridge.service.service import Service
 
 from . import auth
@@ -280,17 +281,6 @@ def _retrieved(future: asyncio.Future[Any]) -> None:
         future.exception()  # a write to a closed connection: known, nothing to log
 
 
-def event_id(text: str | None) -> int | None:
-    """A Last-Event-ID as a number; 400 for anything but a short run of digits."""
-    if text is None:
-        return None
-    if not text.isascii() or not text.isdigit() or len(text) > 18:
-        raise bad_request(
-            "Last-Event-ID must be an event number (at most 18 digits)", field="last_event_id"
-        )
-    return int(text)
-
-
 def wants_events(accept: str) -> bool:
     """Whether an Accept header asks for text/event-stream (and does not refuse it, q=0)."""
     for item in accept.split(","):
@@ -298,20 +288,6 @@ def wants_events(accept: str) -> bool:
         if media.lower() == "text/event-stream":
             return not any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00") for p in params)
     return False
-
-
-# The event each nbformat output type is streamed as (docs/http.md, "Output as it happens").
-_EVENTS = {"display_data": "display", "execute_result": "result", "error": "error"}
-
-
-def output_event(output: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(event name, data) of one output: stdout/stderr ``{"text"}``; display, result and
-    error the nbformat output itself."""
-    kind = output.get("output_type", "")
-    if kind == "stream":
-        name = "stderr" if output.get("name") == "stderr" else "stdout"
-        return name, {"text": output.get("text", "")}
-    return _EVENTS.get(kind, kind), output
 
 
 def sse(event: str, data: Any) -> str:

@@ -7,6 +7,7 @@ name matches; to stop it, it sends SIGTERM to the group and SIGKILL 3 s later.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -33,8 +34,9 @@ def free_port() -> int:
 
 
 class PluginProcess:
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *args: str) -> None:
         self.requested = port or free_port()
+        self.args = args  # more options of the plugin's
         self.port = 0
         self.announced_after = 0.0
         self.process: subprocess.Popen[bytes] | None = None
@@ -44,7 +46,7 @@ class PluginProcess:
     def start(self) -> PluginProcess:
         started = time.monotonic()
         self.process = subprocess.Popen(
-            [PLUGIN, "--port", str(self.requested)],
+            [PLUGIN, "--port", str(self.requested), *self.args],
             stdout=subprocess.PIPE,
             stderr=self._err,
             start_new_session=True,  # QNTX's Setpgid: the plugin leads a group of its own
@@ -130,3 +132,58 @@ class PluginProcess:
             self._err.close()
             if self.process is not None and self.process.stdout is not None:
                 self.process.stdout.close()
+
+
+class Socket:
+    """A HandleWebSocket stream as QNTX's core drives it: frames in from a queue, out as read.
+
+    ``send`` writes a DATA frame (a JSON object), ``ping`` a PING; ``next`` is the next frame
+    the plugin sent (JSON-decoded for DATA); ``close`` sends CLOSE and ends the stream as the
+    core does when the browser goes; ``drop`` cancels the call (the core's side vanishing).
+    """
+
+    def __init__(self, plugin: PluginProcess, metadata: tuple[tuple[str, str], ...] = ()) -> None:
+        import queue
+
+        self._out: queue.Queue[Any] = queue.Queue()
+        ws = domain_pb.WebSocketMessage
+        self._out.put(ws(type=ws.CONNECT, timestamp=time.time_ns()))
+        self.call = plugin.domain.HandleWebSocket(
+            iter(self._out.get, None), metadata=metadata, timeout=120
+        )
+        self._replies = iter(self.call)
+
+    def send(self, request: dict[str, Any]) -> None:
+        ws = domain_pb.WebSocketMessage
+        data = json.dumps(request).encode()
+        self._out.put(ws(type=ws.DATA, data=data, timestamp=time.time_ns()))
+
+    def ping(self, stamp: int) -> None:
+        ws = domain_pb.WebSocketMessage
+        self._out.put(ws(type=ws.PING, timestamp=stamp))
+
+    def next(self) -> Any:
+        """The next frame: a DATA frame's JSON object, else the WebSocketMessage itself."""
+        message = next(self._replies)
+        if message.type == domain_pb.WebSocketMessage.DATA:
+            return json.loads(message.data)
+        return message
+
+    def until_end(self, ref: str) -> list[dict[str, Any]]:
+        """Frames of *ref* up to and with its end (or cancelled); others are dropped."""
+        frames = []
+        while True:
+            f = self.next()
+            if isinstance(f, dict) and f.get("ref") == ref:
+                frames.append(f)
+                if f["event"] in ("end", "cancelled"):
+                    return frames
+
+    def close(self) -> None:
+        ws = domain_pb.WebSocketMessage
+        self._out.put(ws(type=ws.CLOSE, timestamp=time.time_ns()))
+        self._out.put(None)
+
+    def drop(self) -> None:
+        self.call.cancel()
+        self._out.put(None)

@@ -8,9 +8,14 @@ service itself; the last test stops it with SIGTERM and checks nothing is left.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +26,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from plugin_process import PluginProcess, free_port
+from plugin_process import PLUGIN, PluginProcess, Socket, free_port
 from procs import alive, descendants, kernels_below
 from service_process import ServiceProcess
 
@@ -129,7 +134,170 @@ def test_a_taken_port_makes_it_try_the_next() -> None:
             p.close()
 
 
-def test_serves_reflection(plugin: PluginProcess) -> None:
+# QNTX's plugin/grpc/protocol/domain.proto and sigil.proto as they are today (InitializeResponse
+# has signa at 10, InitializeRequest endpoints up to mail_endpoint at 13): each message's fields
+# as name -> (number, type). The plugin's protos must have these names at these numbers.
+QNTX_MESSAGES: dict[str, dict[str, tuple[int, str]]] = {
+    "MetadataResponse": {
+        "name": (1, "string"),
+        "version": (2, "string"),
+        "qntx_version": (3, "string"),
+        "description": (4, "string"),
+        "author": (5, "string"),
+        "license": (6, "string"),
+    },
+    "InitializeRequest": {
+        "ats_store_endpoint": (1, "string"),
+        "queue_endpoint": (2, "string"),
+        "auth_token": (3, "string"),
+        "config": (4, "map"),
+        "schedule_endpoint": (5, "string"),
+        "file_service_endpoint": (6, "string"),
+        "llm_endpoint": (7, "string"),
+        "embedding_endpoint": (8, "string"),
+        "vector_search_endpoint": (9, "string"),
+        "ground_endpoint": (10, "string"),
+        "search_endpoint": (11, "string"),
+        "fetch_endpoint": (12, "string"),
+        "mail_endpoint": (13, "string"),
+    },
+    "InitializeResponse": {
+        "handler_names": (1, "repeated string"),
+        "schedules": (2, "repeated ScheduleInfo"),
+        "llm_provider": (3, "bool"),
+        "watchers": (4, "repeated WatcherRegistration"),
+        "vector_search_provider": (5, "bool"),
+        "search_provider": (6, "bool"),
+        "embedding_provider": (7, "bool"),
+        "python_provider": (9, "bool"),
+        "signa": (10, "repeated Signum"),
+    },
+    "HTTPHeader": {"name": (1, "string"), "values": (2, "repeated string")},
+    "HTTPRequest": {
+        "method": (1, "string"),
+        "path": (2, "string"),
+        "headers": (3, "repeated HTTPHeader"),
+        "body": (4, "bytes"),
+    },
+    "HTTPResponse": {
+        "status_code": (1, "int32"),
+        "headers": (2, "repeated HTTPHeader"),
+        "body": (3, "bytes"),
+    },
+    "WebSocketMessage": {
+        "type": (1, "Type"),
+        "data": (2, "bytes"),
+        "headers": (3, "map"),
+        "timestamp": (4, "int64"),
+    },
+    "HealthResponse": {"healthy": (1, "bool"), "message": (2, "string"), "details": (3, "map")},
+    "ConfigSchemaResponse": {"fields": (1, "map")},
+    "ConfigFieldSchema": {
+        "type": (1, "string"),
+        "description": (2, "string"),
+        "default_value": (3, "string"),
+        "required": (4, "bool"),
+        "min_value": (5, "string"),
+        "max_value": (6, "string"),
+        "pattern": (7, "string"),
+        "element_type": (8, "string"),
+    },
+    "ElementDefResponse": {"elements": (1, "repeated ElementDef")},
+    "ExecuteJobRequest": {
+        "job_id": (1, "string"),
+        "handler_name": (2, "string"),
+        "payload": (3, "bytes"),
+        "timeout_secs": (4, "int64"),
+    },
+    "ExecuteJobResponse": {
+        "success": (1, "bool"),
+        "error": (2, "string"),
+        "result": (3, "bytes"),
+        "progress_current": (4, "int32"),
+        "progress_total": (5, "int32"),
+        "cost_actual": (6, "double"),
+        "log_entries": (7, "repeated JobLogEntry"),
+        "plugin_version": (8, "string"),
+    },
+    "JobLogEntry": {
+        "timestamp": (1, "string"),
+        "level": (2, "string"),
+        "message": (3, "string"),
+        "stage": (4, "string"),
+        "metadata": (5, "string"),
+    },
+    "ParseAxQueryRequest": {"query": (1, "string")},
+    "ParseAxQueryResponse": {"result": (1, "bytes"), "error": (2, "string")},
+    # sigil.proto
+    "Signum": {
+        "name": (1, "string"),
+        "sigils": (2, "repeated Sigil"),
+        "follows": (3, "repeated Follows"),
+        "description": (4, "string"),
+        "tags": (5, "repeated string"),
+    },
+    "Sigil": {
+        "name": (1, "string"),
+        "does": (2, "string"),
+        "takes": (3, "repeated Param"),
+        "gives": (4, "repeated Field"),
+        "http": (5, "Endpoint"),
+    },
+    "Param": {
+        "name": (1, "string"),
+        "says": (2, "string"),
+        "required": (3, "bool"),
+        "one_of": (4, "repeated string"),
+        "kind": (5, "string"),
+    },
+    "Field": {"name": (1, "string"), "says": (2, "string"), "message": (3, "string")},
+    "Endpoint": {"method": (1, "string"), "path": (2, "string")},
+}
+# Left out on purpose: messages the plugin never sends or reads (proto3 skips them on the wire).
+LEFT_OUT = {
+    ("InitializeResponse", "schedules"),
+    ("InitializeResponse", "watchers"),
+    ("ElementDefResponse", "elements"),
+}
+QNTX_METHODS = [
+    "Metadata",
+    "Initialize",
+    "Shutdown",
+    "HandleHTTP",
+    "HandleWebSocket",
+    "Health",
+    "ConfigSchema",
+    "RegisterElements",
+    "ExecuteJob",
+    "ParseAxQuery",
+]
+
+_SCALARS = {1: "double", 3: "int64", 5: "int32", 8: "bool", 9: "string", 12: "bytes"}
+
+
+def _served_files(plugin: PluginProcess, symbol: str) -> dict[str, Any]:
+    """The served FileDescriptorProtos (by file name) of *symbol* and those it imports."""
+    from google.protobuf import descriptor_pb2
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(plugin.channel)
+    request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)
+    reply = next(iter(stub.ServerReflectionInfo(iter([request]), timeout=10)))
+    files = {}
+    for raw in reply.file_descriptor_response.file_descriptor_proto:
+        proto = descriptor_pb2.FileDescriptorProto.FromString(raw)
+        files[proto.name] = proto
+    return files
+
+
+def _field_type(field: Any) -> str:
+    kind = _SCALARS.get(field.type) or field.type_name.rsplit(".", 1)[-1]
+    if kind == "".join(part.capitalize() for part in field.name.split("_")) + "Entry":
+        return "map"  # protoc's nested entry message of a map field
+    return f"repeated {kind}" if field.label == field.LABEL_REPEATED else kind
+
+
+def test_serves_reflection_with_qntx_field_names_and_numbers(plugin: PluginProcess) -> None:
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     stub = reflection_pb2_grpc.ServerReflectionStub(plugin.channel)
@@ -137,11 +305,18 @@ def test_serves_reflection(plugin: PluginProcess) -> None:
     reply = next(iter(stub.ServerReflectionInfo(iter([request]), timeout=10)))
     names = {s.name for s in reply.list_services_response.service}
     assert {"protocol.DomainPluginService", "protocol.PythonService"} <= names
-    symbol = reflection_pb2.ServerReflectionRequest(
-        file_containing_symbol="protocol.DomainPluginService"
-    )
-    reply = next(iter(stub.ServerReflectionInfo(iter([symbol]), timeout=10)))
-    assert reply.file_descriptor_response.file_descriptor_proto
+    files = _served_files(plugin, "protocol.DomainPluginService")
+    assert any(name.endswith("sigil.proto") for name in files)  # signa's file comes along
+    messages = {m.name: m for f in files.values() for m in f.message_type}
+    for message, fields in QNTX_MESSAGES.items():
+        served = {f.name: (f.number, _field_type(f)) for f in messages[message].field}
+        wanted = {k: v for k, v in fields.items() if (message, k) not in LEFT_OUT}
+        assert served == wanted, message
+    service = next(s for f in files.values() for s in f.service if s.name == "DomainPluginService")
+    assert [m.name for m in service.method] == QNTX_METHODS
+    with pytest.raises(grpc.RpcError) as caught:  # declared as QNTX does; not a parser
+        plugin.domain.ParseAxQuery(domain_pb.ParseAxQueryRequest(query="a is b"), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 # -- Initialize -----------------------------------------------------------------------------------
@@ -151,6 +326,38 @@ def test_initialize_declares_the_python_handler(plugin: PluginProcess) -> None:
     reply = plugin.initialized  # type: ignore[attr-defined]
     assert list(reply.handler_names) == ["python.script"]
     assert reply.python_provider is True
+
+
+def test_initialize_declares_the_operations_as_signa_that_handle_http_answers(
+    plugin: PluginProcess,
+) -> None:
+    signa = {s.name: s for s in plugin.initialized.signa}  # type: ignore[attr-defined]
+    assert set(signa) == {"python", "contexts", "packages", "version", "backends"}
+    assert all(s.description and s.tags for s in signa.values())
+    sigils = {(s.name, g.name): g for s in signa.values() for g in s.sigils}
+    execute = sigils[("python", "execute")]
+    assert (execute.http.method, execute.http.path) == ("POST", "/api/python/execute")
+    assert execute.does == "Run code in a fresh namespace on a pool kernel"
+    takes = {p.name: p for p in execute.takes}
+    assert {"content", "timeout_secs", "inputs"} <= set(takes)
+    assert takes["timeout_secs"].kind == "number" and takes["content"].says
+    assert {"success", "stdout", "result", "error"} <= {f.name for f in execute.gives}
+    call = sigils[("backends", "call")]
+    assert call.http.path == "/api/python/backends/{backend_id}/call"
+    assert [(p.name, p.required) for p in call.takes][:2] == [("backend_id", True), ("cmd", True)]
+    # Every sigil's endpoint is a route HandleHTTP answers (an unknown id: 404 of that id, or
+    # a 400 for the missing body; never "no route"). Only bodiless GETs and DELETEs are sent,
+    # and POSTs without a body: nothing runs and nothing is made.
+    for (signum, name), sigil in sorted(sigils.items()):
+        assert sigil.http.path.startswith("/api/python/"), (signum, name)
+        path = sigil.http.path.removeprefix("/api/python")
+        path = path.replace("{context_id}", "0123").replace("{backend_id}", "0123")
+        if (sigil.http.method, path) == ("POST", "/contexts"):
+            continue  # the one POST whose body is optional: it would start a kernel
+        r = plugin.http(sigil.http.method, path, b"" if sigil.http.method != "POST" else b"[]")
+        body = json.loads(r.body)
+        assert "no route" not in str(body.get("error")), (signum, name, body)
+        assert r.status_code != 405, (signum, name)
 
 
 def test_python_paths_come_first_and_default_modules_are_imported(
@@ -287,6 +494,104 @@ def test_messages_past_4_mb_pass(plugin: PluginProcess) -> None:
     assert json.loads(r.body)["result"] == len(blob)
 
 
+# -- the gate: only the plugin's own user ---------------------------------------------------------
+
+NOBODY = 65534
+
+# Run as another user: a HandleHTTP that would run code (when given a body), then Metadata
+# and Health; the status code of each.
+_AS_ANOTHER_USER = """
+import json, sys, grpc
+from bridge.qntx.protocol import domain_pb, domain_rpc
+with grpc.insecure_channel(sys.argv[1]) as channel:
+    stub = domain_rpc.DomainPluginServiceStub(channel)
+    calls = [(stub.Metadata, domain_pb.Empty()), (stub.Health, domain_pb.Empty())]
+    if sys.argv[2]:
+        http = domain_pb.HTTPRequest(method="POST", path="/execute", body=sys.argv[2].encode())
+        calls.insert(0, (stub.HandleHTTP, http))
+    codes = []
+    for call, request in calls:
+        try:
+            call(request, timeout=30)
+            codes.append("OK")
+        except grpc.RpcError as exc:
+            codes.append(exc.code().name)
+print(json.dumps(codes))
+"""
+
+
+def as_another_user(port: int, body: bytes = b"") -> list[str]:
+    """The status codes the plugin gave `nobody` (setpriv: this test runs as root)."""
+    if os.geteuid() != 0:
+        pytest.skip("calling as another user needs root (setpriv), and this test is not root")
+    done = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            _AS_ANOTHER_USER,
+            f"127.0.0.1:{port}",
+            body.decode(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout))
+
+
+def test_another_local_user_is_refused_before_any_service(plugin: PluginProcess) -> None:
+    marker = Path(tempfile.mkdtemp(prefix="qntx-gate-")) / "ran"
+    code = f"import os\nopen({str(marker)!r}, 'w').write(str(os.getuid()))\nreturn os.getuid()"
+    body = json.dumps({"content": code}).encode()
+    try:
+        assert as_another_user(plugin.port, body) == ["PERMISSION_DENIED"] * 3
+        assert not marker.exists()  # refused before HandleHTTP: no code ran
+        log = plugin.log()
+        assert "refused /protocol.DomainPluginService/HandleHTTP from ipv4:127.0.0.1:" in log
+        assert f"(uid {NOBODY}): this plugin answers only its own user (uid 0)" in log
+        # The plugin's own user (QNTX's core that launched it) is unaffected.
+        r = plugin.http("POST", "/execute", body)
+        assert json.loads(r.body)["result"] == os.getuid()
+        assert marker.read_text() == str(os.getuid())
+    finally:
+        shutil.rmtree(marker.parent, ignore_errors=True)
+
+
+def test_allow_any_local_user_lets_another_user_in() -> None:
+    p = PluginProcess(None, "--allow-any-local-user").start()
+    try:
+        assert as_another_user(p.port) == ["OK", "OK"]
+        assert "--allow-any-local-user: every local user" in p.log()
+    finally:
+        p.close()
+
+
+def test_a_non_loopback_interface_needs_asking_for() -> None:
+    refused = subprocess.run(
+        [PLUGIN, "--host", "0.0.0.0", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1
+    assert refused.stdout == ""  # no port announced
+    assert "'0.0.0.0' is not a loopback interface: give --allow-non-loopback" in refused.stderr
+    p = PluginProcess(None, "--host", "0.0.0.0", "--allow-non-loopback").start()
+    try:
+        assert "listening on 0.0.0.0, not on loopback: the port (which runs code) is open" in (
+            p.log()
+        )
+        assert as_another_user(p.port) == ["PERMISSION_DENIED"] * 2  # the gate still holds
+    finally:
+        p.close()
+
+
 # -- ExecuteJob, PythonService, attest() -----------------------------------------------------------
 
 
@@ -314,6 +619,12 @@ def test_execute_job_runs_a_script(plugin: PluginProcess) -> None:
     ]
     assert reply.plugin_version == bridge.__version__
     assert _job(plugin, {"code": "return 'old field'"}).success is True
+    # Each line is stamped when the kernel sent it, not when the job ended.
+    code = "import time\nprint('early', flush=True)\ntime.sleep(0.6)\nprint('late', end='')"
+    entries = _job(plugin, {"content": code}).log_entries
+    assert [e.message for e in entries] == ["early", "late"]
+    early, late = (datetime.datetime.fromisoformat(e.timestamp) for e in entries)
+    assert (late - early).total_seconds() > 0.4
 
 
 def test_execute_job_failures(plugin: PluginProcess) -> None:
@@ -397,6 +708,186 @@ def test_websocket_answers_ping_with_pong_and_ends_on_close(plugin: PluginProces
         (WS.PONG, 123456789),
         (WS.PONG, 987654321),
     ]
+
+
+def test_websocket_streams_output_as_it_is_made_with_pongs_meanwhile(
+    plugin: PluginProcess,
+) -> None:
+    ws = Socket(plugin)
+    code = "import time\nprint(1)\ntime.sleep(1)\nprint(2)"
+    started = time.monotonic()
+    ws.send({"ref": "r1", "op": "run", "path": "/execute", "body": {"content": code}})
+    first = ws.next()
+    first_after = time.monotonic() - started
+    assert first == {"ref": "r1", "event": "stdout", "data": {"text": "1\n"}}
+    assert first_after < 0.3, first_after
+    ws.ping(42)  # QNTX's keepalive goes on while the call runs
+    pong = ws.next()
+    assert (pong.type, pong.timestamp) == (WS.PONG, 42)
+    second = ws.next()
+    second_after = time.monotonic() - started
+    assert second == {"ref": "r1", "event": "stdout", "data": {"text": "2\n"}}
+    # About 1 s after the call began, as the code prints it; the first waited for ipykernel's
+    # output flush (every 0.2 s), so the two are some 0.8 s apart, never batched together.
+    assert 0.9 < second_after < 1.6 and second_after - first_after > 0.6, (
+        first_after,
+        second_after,
+    )
+    end = ws.next()
+    assert (end["ref"], end["event"]) == ("r1", "end")
+    assert end["data"]["success"] is True and end["data"]["stdout"] == "1\n2\n"
+    ws.close()
+
+
+def _sse(service: ServiceProcess, path: str, body: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(event, data) of the HTTP service's Server-Sent Events for the same call."""
+    got, name = [], ""
+    with (
+        service.client() as c,
+        c.stream("POST", path, json=body, headers={"Accept": "text/event-stream"}) as r,
+    ):
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                got.append((name, json.loads(line[6:])))
+    return got
+
+
+def test_websocket_frames_are_the_http_services_events(
+    plugin: PluginProcess, service: ServiceProcess
+) -> None:
+    code = (
+        "import sys\nfrom IPython.display import display\n"
+        "print('out', flush=True)\nprint('err', file=sys.stderr, flush=True)\n"
+        "display({'text/plain': 'shown'}, raw=True)\n"
+        "x = 6 * 7\nx"
+    )
+    failing = "print('before', flush=True)\n1/0"
+    ws = Socket(plugin)
+    for ref, path, body in (
+        ("ok", "/execute", {"content": code}),
+        ("raises", "/execute", {"content": failing}),
+        ("value", "/evaluate", {"expr": "6 * 7"}),
+    ):
+        ws.send({"ref": ref, "op": "run", "path": path, "body": body})
+        frames = [(f["event"], f["data"]) for f in ws.until_end(ref)]
+        http = _sse(service, path, body)
+        assert [e for e, _ in frames] == [e for e, _ in http], ref
+        assert [d for e, d in frames[:-1]] == [d for e, d in http[:-1]], ref
+        assert _same(frames[-1][1]) == _same(http[-1][1]), ref
+    ws.close()
+
+
+def test_websocket_refusals_end_their_request(plugin: PluginProcess) -> None:
+    ws = Socket(plugin)
+    for request, status, words in (
+        ({"ref": "a", "op": "run", "path": "/version"}, 400, "does not stream"),
+        ({"ref": "b", "op": "run", "path": "/nope", "body": {}}, 404, "no route POST /nope"),
+        ({"ref": "c", "op": "run", "path": "/execute", "body": []}, 400, "Expected `object`"),
+        ({"ref": "d", "op": "dance"}, 400, "op must be run, subscribe or cancel"),
+        ({"ref": "e", "op": "cancel"}, 404, "no request 'e'"),
+        ({"ref": "f", "op": "subscribe", "backend": "0123"}, 404, "no backend '0123'"),
+        ({"ref": "g", "op": "subscribe", "backend": "x", "last_event_id": "-1"}, 400, "Last"),
+    ):
+        ws.send(request)
+        (end,) = ws.until_end(str(request["ref"]))
+        assert end["event"] == "end" and end["data"]["status"] == status, end
+        assert words in end["data"]["error"], end
+    ws.send({"op": "run"})  # no ref: its end has none either
+    end = ws.next()
+    assert (end["ref"], end["data"]["status"]) == (None, 400)
+    # A ref in use is refused; once its request ended, it may be used again.
+    slow = {
+        "ref": "dup",
+        "op": "run",
+        "path": "/evaluate",
+        "body": {"expr": "__import__('time').sleep(0.3)"},
+    }
+    ws.send(slow)
+    ws.send(slow)
+    (refused,) = ws.until_end("dup")
+    assert (refused["data"]["status"], refused["data"]["error_type"]) == (409, "conflict")
+    assert ws.until_end("dup")[-1]["data"]["success"] is True
+    ws.send(slow)
+    assert ws.until_end("dup")[-1]["data"]["success"] is True
+    ws.close()
+
+
+def test_websocket_cancel_and_a_dropped_stream_interrupt_the_call(plugin: PluginProcess) -> None:
+    made = plugin.http("POST", "/contexts", b'{"name": "ws-cancel"}')
+    assert made.status_code == 201, made.body
+    context = json.loads(made.body)["id"]
+    path = f"/contexts/{context}/execute"
+    slow = "import time\nprint('started', flush=True)\ntime.sleep(30)\n{name} = True"
+    try:
+        ws = Socket(plugin)
+        ws.send(
+            {"ref": "c1", "op": "run", "path": path, "body": {"content": slow.format(name="a")}}
+        )
+        assert ws.next()["data"] == {"text": "started\n"}
+        ws.send({"ref": "c1", "op": "cancel"})
+        assert ws.next() == {"ref": "c1", "event": "cancelled", "data": {}}
+        ask = {"content": "return ['a' in globals(), 'b' in globals()]"}
+        ws.send({"ref": "c2", "op": "run", "path": path, "body": ask})
+        end = ws.until_end("c2")[-1]
+        assert end["data"]["result"] == [False, False]  # interrupted: `a = True` never ran
+        ws.send(
+            {"ref": "c3", "op": "run", "path": path, "body": {"content": slow.format(name="b")}}
+        )
+        assert ws.next()["data"] == {"text": "started\n"}
+        ws.drop()  # the core's stream gone, as when the browser vanishes
+        started = time.monotonic()
+        r = plugin.http("POST", f"/contexts/{context}/execute", json.dumps(ask).encode())
+        assert json.loads(r.body)["result"] == [False, False]
+        assert time.monotonic() - started < 10  # the context was free: its call interrupted
+    finally:
+        plugin.http("DELETE", f"/contexts/{context}")
+
+
+def test_websocket_backend_events_resume_from_the_last_id(plugin: PluginProcess) -> None:
+    script = (
+        "from bridge_runtime import PythonBridge\n\n"
+        "class Ticker(PythonBridge):\n"
+        "    def emit(self, n, start):\n"
+        "        for i in range(start, start + n):\n"
+        "            self.send_event('tick', {'i': i})\n"
+        "        return n\n\n"
+        "if __name__ == '__main__':\n    Ticker().run()\n"
+    )
+    made = plugin.http("POST", "/backends", json.dumps({"script": script}).encode())
+    assert made.status_code == 201, made.body
+    backend = json.loads(made.body)["id"]
+
+    def emit(n: int, start: int) -> None:
+        call = {"cmd": "emit", "params": {"n": n, "start": start}}
+        r = plugin.http("POST", f"/backends/{backend}/call", json.dumps(call).encode())
+        assert json.loads(r.body)["result"] == n
+
+    try:
+        ws = Socket(plugin)
+        ws.send({"ref": "s1", "op": "subscribe", "backend": backend})
+        emit(5, 0)
+        seen = [ws.next() for _ in range(3)]
+        assert [(f["ref"], f["event"], f["data"]) for f in seen] == [
+            ("s1", "message", {"type": "tick", "data": {"i": i}}) for i in range(3)
+        ]
+        last = seen[-1]["id"]
+        assert [f["id"] for f in seen] == [last - 2, last - 1, last]
+        ws.drop()
+        emit(4, 5)  # while nobody listens
+        # Reconnect as a browser does through QNTX: ?backend=...&last_event_id=... (metadata).
+        again = Socket(plugin, metadata=(("backend", backend), ("last_event_id", str(last))))
+        resumed = [again.next() for _ in range(6)]
+        assert [f["data"]["data"]["i"] for f in resumed] == [3, 4, 5, 6, 7, 8]
+        assert [f["id"] for f in resumed] == list(range(last + 1, last + 7))
+        assert {f["ref"] for f in resumed} == {backend}
+        assert plugin.http("DELETE", f"/backends/{backend}").status_code == 200
+        frames = again.until_end(backend)
+        assert frames[-1] == {"ref": backend, "event": "end", "data": {}}
+        again.close()
+    finally:
+        plugin.http("DELETE", f"/backends/{backend}")
 
 
 def test_keepalive_pings_with_no_call_in_flight_are_accepted(plugin: PluginProcess) -> None:
