@@ -92,8 +92,15 @@ class Service:
         return [p for p in os.listdir(self.runtime) if p.endswith(".json")]
 
     def stop(self) -> None:
+        """Ctrl-C; killed (and said) if it has not stopped after 60 s."""
         self.process.send_signal(signal.SIGINT)
-        self.process.wait(60)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            pid = self.process.pid
+            print(f"the service did not stop within 60 s of SIGINT: killed (pid {pid})")
+            self.process.kill()
+            self.process.wait()
         self.out.close()
 
 
