@@ -26,7 +26,7 @@ from typing import Any, TypeVar, overload
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from bridge.api.bridge import AsyncBridge, AsyncSession
+from bridge.api.bridge import AsyncBridge, AsyncSession, Limits
 from bridge.api.files import DEFAULT_MAX_CONTEXT, DEFAULT_MAX_FILE
 from bridge.api.outputs import AttestCallback, OutputCallback
 from bridge.api.packages import InstallResult
@@ -214,6 +214,8 @@ class Bridge(_BlockingCalls):
         fork_server: bool = True,
         max_file_bytes: int = DEFAULT_MAX_FILE,
         max_context_bytes: int = DEFAULT_MAX_CONTEXT,
+        limits: Limits | None = None,
+        max_waiting: int | None = None,
     ) -> None:
         self._async: AsyncBridge = AsyncBridge(
             pool_size=pool_size,
@@ -231,6 +233,8 @@ class Bridge(_BlockingCalls):
             fork_server=fork_server,
             max_file_bytes=max_file_bytes,
             max_context_bytes=max_context_bytes,
+            limits=limits,
+            max_waiting=max_waiting,
         )
         self._portal: _Portal | None = None
         self._closing = False
@@ -331,6 +335,7 @@ class Bridge(_BlockingCalls):
         root: str | os.PathLike[str] | None = None,
         max_file_bytes: int | None = None,
         max_context_bytes: int | None = None,
+        limits: Limits | None = None,
     ) -> Session:
         """A blocking session: ``with b.session() as s: s.execute("x = 1")`` (arguments as
         for ``AsyncBridge.session``)."""
@@ -342,6 +347,7 @@ class Bridge(_BlockingCalls):
                 root=root,
                 max_file_bytes=max_file_bytes,
                 max_context_bytes=max_context_bytes,
+                limits=limits,
             ),
         )
 
@@ -369,6 +375,7 @@ class Bridge(_BlockingCalls):
         timeout: float | None = None,
         restart: bool = False,
         name: str | None = None,
+        limits: Limits | None = None,
     ) -> Backend:
         """A blocking backend: ``b.spawn("echo_backend.py").call("echo", {"data": 1})``."""
         backend = self.call(
@@ -379,6 +386,7 @@ class Bridge(_BlockingCalls):
             timeout=timeout,
             restart=restart,
             name=name,
+            limits=limits,
         )
         return Backend(self, backend)
 

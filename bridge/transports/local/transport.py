@@ -171,6 +171,16 @@ class LocalTransport:
         finally:
             self._end_group()  # children the kernel started, if any are left
 
+    def log_tail(self, limit: int = 4000) -> str:
+        if not self.log_path:
+            return ""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - limit))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.client.stop_channels()
