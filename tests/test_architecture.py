@@ -7,6 +7,7 @@
 - No import cycle among bridge's modules, counting imports inside functions.
 - ``kernels/bridge_runtime`` needs nothing but the standard library and ipykernel.
 - The wire contract's names are written once, in ``kernels/bridge_runtime/protocol.py``.
+- ``Kernel`` (bridge/core/kernel.py) routes messages; process control is a transport's.
 - Public names show as ``bridge.X``.
 """
 
@@ -195,6 +196,19 @@ def test_the_kernel_runtime_needs_only_ipykernel() -> None:
                 if name.split(".")[0] not in allowed:
                     wrong.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {name}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_kernel_routes_messages_and_controls_no_process() -> None:
+    """``Kernel`` runs over a ``Transport`` (bridge/core/transport.py); signals, process
+    groups, pidfds, jupyter_client's managers and websockets are the transports' business."""
+    path = PACKAGE / "core" / "kernel.py"
+    process_control = {"os", "signal", "subprocess", "jupyter_client", "tornado", "zmq"}
+    wrong = [
+        f"{name} (line {line})"
+        for name, line in imports(path)
+        if name.split(".")[0] in process_control
+    ]
+    assert not wrong, f"bridge/core/kernel.py imports {wrong}"
 
 
 CONTRACT = ("kernel-bridge", "kernel-bridge.backend", "kernel_bridge", "__methods__")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 from bridge.api import packages as packages_
-from bridge.api.outputs import OutputCallback, relayed
+from bridge.api.outputs import AttestCallback, OutputCallback, relayed
 from bridge.backends.backend import AsyncBackend
 from bridge.core.errors import BridgeClosed, ExecutionTimeout, InvalidRequest, KernelDied
 from bridge.core.files import DEFAULT_MAX_SCRIPT, folder_inside, read_script
@@ -18,6 +18,7 @@ from bridge.core.pool import Factory, KernelPool, PoolStatus
 from bridge.core.python import resolve_python
 from bridge.core.results import DEFAULT_MAX_OUTPUT, ExecutionResult
 from bridge.core.validate import (
+    check_callable,
     check_code,
     check_count,
     check_env,
@@ -27,8 +28,6 @@ from bridge.core.validate import (
 from bridge.transports.gateway.factory import GatewayFactory
 from bridge.transports.gateway.settings import check_gateway_manager, gateway_settings
 from bridge.transports.local.factory import KernelFactory
-
-AttestCallback = Callable[[dict[str, Any]], Any]
 
 
 def _request(
@@ -217,6 +216,8 @@ class AsyncBridge(_AsyncCalls):
         check_count(pool_size, "pool_size")
         self.max_output = check_count(max_output, "max_output")
         self.timeout = check_timeout(timeout, 30.0)
+        if on_attest is not None:
+            check_callable(on_attest, "on_attest")
         self.on_attest = on_attest
         self._options: dict[str, Any] = {
             "python": python,
@@ -383,17 +384,18 @@ class AsyncBridge(_AsyncCalls):
         ``meta=None`` runs *code* as a notebook cell (``Kernel.execute(as_cell=True)``).
         """
         result: ExecutionResult = await relayed(
-            on_output,
-            lambda listener: kernel.execute(
+            lambda output, attest: kernel.execute(
                 code,
                 timeout=timeout,
                 meta=meta,
                 max_output=self.max_output,
-                on_attest=self.on_attest,
+                on_attest=attest,
                 capture_variables=capture,
                 as_cell=meta is None,
-                on_output=listener,
+                on_output=output,
             ),
+            on_output=on_output,
+            on_attest=self.on_attest,
         )
         return result
 
@@ -424,9 +426,11 @@ class AsyncBridge(_AsyncCalls):
         if self._closed:
             raise BridgeClosed("the bridge is closed")
         seconds = check_timeout(timeout, self.timeout)
+        source, path = await asyncio.to_thread(read_script, script)
         backend = AsyncBackend(
             self.factory,
-            script,
+            path,
+            source=source,
             env=env,
             python_paths=python_paths,
             timeout=seconds,

@@ -380,5 +380,6 @@ async def _run(
 
 def _refused(said: str, key: str) -> bool:
     """Whether the installer's message says the constraint on *key* blocked it."""
-    # pip: "The user requested (constraint) tornado==6.4.1"; uv: "you require tornado==6.4.1".
-    return f"(constraint) {key}==" in said or f"you require {key}==" in said
+    # pip: "The user requested (constraint) tornado==6.4.1"; uv: "you require tornado==6.4.1",
+    # or (uv 0.13) "kb-needy==1.0 depends on tornado>=999 and tornado==6.4.1".
+    return any(f"{how} {key}==" in said for how in ("(constraint)", "you require", "and"))

@@ -1,8 +1,11 @@
-"""Bridge and Session: the blocking API, a thin layer over AsyncBridge on a loop thread it owns.
+"""Bridge, Session and Backend: the blocking API, the async API run on a loop thread of its own.
 
-The way starlette's TestClient uses a blocking portal: every call is a coroutine run on the
-bridge's own event loop in its own thread, so a blocking call works from plain code and from
-inside a running event loop (a Jupyter cell) alike, with no nest_asyncio and no loop rebinding.
+anyio's blocking portal, as starlette's TestClient uses it: every call is a coroutine of the
+async twin run on the bridge's own event loop in its own thread, so a blocking call works from
+plain code and from inside a running event loop (a Jupyter cell) alike, with no nest_asyncio
+and no loop rebinding. tests/api/test_twins.py holds each blocking class to its async twin's
+methods and parameters. User callbacks run by the one rule of bridge/core/callbacks.py, plain
+functions in a worker thread (``_off_loop``).
 """
 
 from __future__ import annotations
@@ -10,57 +13,66 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import functools
 import inspect
-import logging
 import os
-import queue
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from bridge.api.bridge import AsyncBridge, AsyncSession, AttestCallback
-from bridge.api.outputs import OutputCallback
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from bridge.api.bridge import AsyncBridge, AsyncSession
+from bridge.api.outputs import AttestCallback, OutputCallback
 from bridge.api.packages import InstallResult
 from bridge.backends.backend import AsyncBackend, Handler
 from bridge.core.errors import BridgeClosed, BridgeError
 from bridge.core.files import DEFAULT_MAX_SCRIPT
+from bridge.core.pool import PoolStatus
 from bridge.core.results import DEFAULT_MAX_OUTPUT, ExecutionResult
 from bridge.core.validate import check_callable
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
-_open_portals: weakref.WeakSet[Portal] = weakref.WeakSet()
+_open_portals: weakref.WeakSet[_Portal] = weakref.WeakSet()
 
 
-class Portal:
-    """An event loop in a daemon thread, and a way to run coroutines on it and wait."""
+class _Portal:
+    """anyio's ``BlockingPortal`` on an event loop in a daemon thread, started and stopped
+    with the bridge. What it adds: a blocking call from the loop's own thread (a callback
+    that calls the blocking API) is refused with a clear error instead of anyio's
+    RuntimeError, a call after the portal stopped is BridgeClosed, and Ctrl-C during a call
+    cancels it (which interrupts its kernel)."""
 
     def __init__(self, name: str = "kernel-bridge") -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._context = start_blocking_portal(name=name)
+        self.portal: BlockingPortal = self._context.__enter__()
+        self.loop: asyncio.AbstractEventLoop = self.portal.call(asyncio.get_running_loop)
+        self.thread: threading.Thread = self.portal.call(threading.current_thread)
+        self._stopped = False
         _open_portals.add(self)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
 
     def submit(
         self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any
     ) -> concurrent.futures.Future[T]:
         """Start ``fn(*args, **kwargs)`` on the loop; the future gives its outcome."""
-        if self.loop.is_closed():
+        if self._stopped:
             raise BridgeClosed("the bridge is closed")
-        return asyncio.run_coroutine_threadsafe(fn(*args, **kwargs), self.loop)
+        try:
+            return self.portal.start_task_soon(functools.partial(fn, *args, **kwargs))
+        except RuntimeError:  # anyio: "This portal is not running"
+            raise BridgeClosed("the bridge is closed") from None
 
     def call(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> T:
-        if threading.current_thread() is self._thread:
+        if threading.current_thread() is self.thread:
             raise BridgeError(
-                "a blocking Bridge cannot be called from its own callbacks; "
-                "use the AsyncBridge inside callbacks, or hand the work to another thread"
+                "a blocking Bridge cannot be called from its own loop thread (an async "
+                "callback); use the AsyncBridge there, or a plain callback (it runs in a "
+                "worker thread)"
             )
         future = self.submit(fn, *args, **kwargs)
         try:
@@ -70,26 +82,32 @@ class Portal:
             raise
 
     def stop(self) -> None:
-        if self.loop.is_closed():
+        """Stop the loop (tasks still running are cancelled) and join its thread; idempotent."""
+        if self._stopped:
             return
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
-        if not self._thread.is_alive():
-            self.loop.close()
+        self._stopped = True
+        with contextlib.suppress(RuntimeError):  # stopped already
+            self.portal.call(self.portal.stop, True)
+        self._context.__exit__(None, None, None)
 
 
-def _off_loop(callback: OutputCallback | None) -> OutputCallback | None:
-    """A plain *callback* made to run in a worker thread: the loop thread reads the kernel
-    and must not block, and a callback there could not call the blocking API. The relay
-    awaits each in turn, so they still run one at a time, in order."""
+def _off_loop(callback: F | None, what: str) -> F | None:
+    """A plain *callback* made to run in a worker thread: the loop thread reads the kernel and
+    must not block, and a callback there could not call the blocking API. The callback runner
+    awaits each in turn, so they still run one at a time, in order; a coroutine function runs
+    on the loop, as in the async API."""
     if callback is None or inspect.iscoroutinefunction(callback):
         return callback
-    check_callable(callback, "on_output")
+    check_callable(callback, what)
+    plain: Callable[..., Any] = callback
 
-    async def in_thread(output: dict[str, Any]) -> Any:
-        return await asyncio.to_thread(callback, output)
+    async def in_thread(*args: Any) -> Any:
+        outcome = await asyncio.to_thread(plain, *args)
+        if inspect.isawaitable(outcome):
+            outcome = await outcome
+        return outcome
 
-    return in_thread
+    return in_thread  # type: ignore[return-value]
 
 
 class _BlockingCalls:
@@ -100,6 +118,7 @@ class _BlockingCalls:
     function runs in a worker thread, one output at a time in order, and the call returns once
     it has handled the last, so it may block, print, or use the Bridge (not the Session that is
     running the call: it waits for the callback). A coroutine function runs on the loop thread.
+    The rule is bridge/core/callbacks.py's, for every callback of the API.
     """
 
     _async: AsyncBridge | AsyncSession
@@ -127,7 +146,7 @@ class _BlockingCalls:
             timeout=timeout,
             capture_variables=capture_variables,
             inputs=inputs,
-            on_output=_off_loop(on_output),
+            on_output=_off_loop(on_output, "on_output"),
         )
 
     def evaluate(
@@ -135,7 +154,7 @@ class _BlockingCalls:
     ) -> ExecutionResult:
         """The value of one expression: ``b.evaluate("1 + 2 * 3").value == 7``."""
         return self._call(
-            self._async.evaluate, expr, timeout=timeout, on_output=_off_loop(on_output)
+            self._async.evaluate, expr, timeout=timeout, on_output=_off_loop(on_output, "on_output")
         )
 
     def execute_file(
@@ -159,7 +178,7 @@ class _BlockingCalls:
             inputs=inputs,
             root=root,
             max_size=max_size,
-            on_output=_off_loop(on_output),
+            on_output=_off_loop(on_output, "on_output"),
         )
 
 
@@ -169,6 +188,8 @@ class Bridge(_BlockingCalls):
     >>> with bridge.Bridge(pool_size=2) as b:                  # doctest: +SKIP
     ...     print(b.execute("print('hi')").stdout)
     hi
+
+    A plain *on_attest* runs in a worker thread (see ``_BlockingCalls``).
     """
 
     def __init__(
@@ -182,6 +203,7 @@ class Bridge(_BlockingCalls):
         max_output: int = DEFAULT_MAX_OUTPUT,
         on_attest: AttestCallback | None = None,
         startup_timeout: float = 60.0,
+        kernel_manager: Any = None,
         gateway_url: str | None = None,
         gateway_token: str | None = None,
         gateway_kernel_name: str | None = None,
@@ -194,14 +216,15 @@ class Bridge(_BlockingCalls):
             python_paths=python_paths,
             timeout=timeout,
             max_output=max_output,
-            on_attest=on_attest,
+            on_attest=_off_loop(on_attest, "on_attest"),
             startup_timeout=startup_timeout,
+            kernel_manager=kernel_manager,
             gateway_url=gateway_url,
             gateway_token=gateway_token,
             gateway_kernel_name=gateway_kernel_name,
             fork_server=fork_server,
         )
-        self._portal: Portal | None = None
+        self._portal: _Portal | None = None
         self._closing = False
         self._lock = threading.Lock()
 
@@ -214,12 +237,12 @@ class Bridge(_BlockingCalls):
     def loop(self) -> asyncio.AbstractEventLoop:
         return self._get_portal().loop
 
-    def _get_portal(self) -> Portal:
+    def _get_portal(self) -> _Portal:
         with self._lock:
             if self._portal is None:
                 if self._async._closed or self._closing:
                     raise BridgeClosed("the bridge is closed")
-                self._portal = Portal()
+                self._portal = _Portal()
             return self._portal
 
     def call(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> T:
@@ -268,7 +291,7 @@ class Bridge(_BlockingCalls):
             portal, self._portal = self._portal, None
         if portal is None:
             # Never started: closing still goes through the async API (on a loop of its own).
-            portal = Portal()
+            portal = _Portal()
         try:
             portal.call(self._async.aclose)
         finally:
@@ -277,6 +300,16 @@ class Bridge(_BlockingCalls):
     @property
     def python(self) -> str:
         return self._async.python
+
+    def status(self) -> PoolStatus:
+        """The pool's kernels now (see ``AsyncBridge.status``)."""
+        status: PoolStatus = self.call(_on_loop, self._async.status)
+        return status
+
+    @property
+    def kernel_info(self) -> dict[str, Any]:
+        """A pool kernel's ``kernel_info_reply`` content; {} if no kernel is live."""
+        return self.call(_on_loop, lambda: self._async.kernel_info)
 
     def kernel_language(self, name: str) -> str | None:
         """The language of the kernel spec *name*: ``b.kernel_language("python3") == "python"``."""
@@ -342,11 +375,15 @@ class Session(_BlockingCalls):
         return self._bridge.call(fn, *args, **kwargs)
 
     def __enter__(self) -> Session:
-        self._bridge.call(self._async.start)
+        self.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def start(self) -> None:
+        """Take the session's kernel (``with`` does this)."""
+        self._bridge.call(self._async.start)
 
     def close(self, *, wait: bool = True) -> None:
         """Shut the session's kernel down (see ``AsyncSession.aclose``)."""
@@ -363,21 +400,34 @@ class Session(_BlockingCalls):
     def connection_file(self) -> str:
         return self._async.connection_file
 
+    @property
+    def kernel_info(self) -> dict[str, Any]:
+        """The session kernel's ``kernel_info_reply`` content."""
+        return self._async.kernel_info
+
+    @property
+    def alive(self) -> bool:
+        """Whether the next call can run (see ``AsyncSession.alive``)."""
+        return self._async.alive
+
+    @property
+    def busy(self) -> bool:
+        """A call is running (or waiting for the one before it)."""
+        return self._async.busy
+
     def run_cell(self, source: str, *, timeout: float | None = None) -> ExecutionResult:
         """Run a notebook cell as a notebook front end does (see ``AsyncSession.run_cell``)."""
         return self._bridge.call(self._async.run_cell, source, timeout=timeout)
 
 
 class Backend:
-    """The blocking twin of ``AsyncBackend``. Event handlers run on a thread of the backend's
-    own, one at a time in order of arrival, so a handler may call the backend itself."""
+    """The blocking twin of ``AsyncBackend``. A plain event handler runs in a worker thread,
+    one event at a time in order of arrival (bridge/core/callbacks.py), so a handler may block
+    and call the backend itself."""
 
     def __init__(self, bridge: Bridge, backend: AsyncBackend) -> None:
         self._bridge = bridge
         self._async = backend
-        self._events: queue.SimpleQueue[tuple[Handler, Any] | None] | None = None
-        self._lock = threading.Lock()
-        bridge.call(_on_loop, backend.on_terminate, self._stop_events)
 
     def __repr__(self) -> str:
         return repr(self._async).replace("AsyncBackend", "Backend", 1)
@@ -408,6 +458,12 @@ class Backend:
     def alive(self) -> bool:
         return self._async.alive
 
+    @property
+    def terminated(self) -> bool:
+        return self._async.terminated
+
+    to_json = staticmethod(AsyncBackend.to_json)
+
     def call(
         self, method: str, params: Mapping[str, Any] | None = None, *, timeout: float | None = None
     ) -> Any:
@@ -425,68 +481,23 @@ class Backend:
             self._bridge.call(self._async.terminate)
         except BridgeClosed:
             pass  # the bridge is closed, and closing it terminated its backends
-        self._stop_events()
 
     def on(self, event: str, handler: Handler) -> Callable[[], None]:
-        """Call ``handler(data)`` on the backend's handler thread for every *event*; returns a
-        function that unsubscribes."""
+        """Call ``handler(data)`` for every *event*; returns a function that unsubscribes."""
         check_callable(handler, "the handler")  # the async API's check, before wrapping
-        events = self._event_queue()
-
-        def forward(data: Any) -> None:
-            events.put((handler, data))
-
-        undo = self._bridge.call(_on_loop, self._async.on, event, forward)
+        undo = self._bridge.call(_on_loop, self._async.on, event, _off_loop(handler, "the handler"))
         return lambda: self._bridge.call(_on_loop, undo)
 
     def on_any(self, handler: Callable[[str, Any], Any]) -> Callable[[], None]:
-        """Call ``handler(event, data)`` on the handler thread for every event of every type."""
+        """Call ``handler(event, data)`` for every event of every type."""
         check_callable(handler, "the handler")
-        events = self._event_queue()
-
-        def forward(event: str, data: Any) -> None:
-            events.put((functools.partial(handler, event), data))
-
-        undo = self._bridge.call(_on_loop, self._async.on_any, forward)
+        undo = self._bridge.call(_on_loop, self._async.on_any, _off_loop(handler, "the handler"))
         return lambda: self._bridge.call(_on_loop, undo)
-
-    def _event_queue(self) -> queue.SimpleQueue[tuple[Handler, Any] | None]:
-        with self._lock:
-            if self._events is None:
-                self._events = queue.SimpleQueue()
-                thread = threading.Thread(
-                    target=_run_handlers,
-                    args=(self._events,),
-                    name="kernel-bridge-backend-events",
-                    daemon=True,
-                )
-                thread.start()
-            return self._events
-
-    def _stop_events(self) -> None:
-        with self._lock:
-            events, self._events = self._events, None
-        if events is not None:
-            events.put(None)
 
 
 async def _on_loop(fn: Callable[..., T], *args: Any) -> T:
     """Run a plain function on the bridge's loop thread, where the async objects live."""
     return fn(*args)
-
-
-def _run_handlers(events: queue.SimpleQueue[tuple[Handler, Any] | None]) -> None:
-    while True:
-        item = events.get()
-        if item is None:
-            return
-        handler, data = item
-        try:
-            outcome = handler(data)
-            if inspect.iscoroutine(outcome):
-                asyncio.run(outcome)
-        except Exception:
-            logging.getLogger("bridge.backend").exception("an event handler failed")
 
 
 @atexit.register

@@ -18,7 +18,6 @@ import asyncio
 import collections
 import copy
 import functools
-import inspect
 import itertools
 import json
 import logging
@@ -30,6 +29,7 @@ from types import TracebackType
 from typing import Any
 
 from bridge.core import wire
+from bridge.core.callbacks import CallbackRunner
 from bridge.core.errors import (
     BackendError,
     BackendLost,
@@ -51,7 +51,6 @@ from bridge.core.validate import (
     check_name,
     check_paths,
     check_timeout,
-    read_script,
 )
 
 log = logging.getLogger("bridge.backend")
@@ -79,8 +78,9 @@ class AsyncBackend:
     def __init__(
         self,
         factory: Factory,
-        script: str | os.PathLike[str],
+        path: str,
         *,
+        source: str,
         env: Mapping[str, str] | None = None,
         python_paths: Sequence[str | os.PathLike[str]] = (),
         timeout: float,
@@ -88,7 +88,8 @@ class AsyncBackend:
         max_output: int,
         name: str | None = None,
     ) -> None:
-        self.source, self.path = read_script(script)
+        # Read by the caller, in a thread (spawn(): files.read_script blocks).
+        self.source, self.path = source, path
         # What people see it as (JupyterLab's session, the messages): the script's file name.
         self.name = Path(self.path).name if name is None else check_name(name)
         self.timeout = timeout
@@ -102,10 +103,9 @@ class AsyncBackend:
         self._comm_id = ""
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[asyncio.Future[Any], str]] = {}
-        self._handlers: dict[str, list[Handler]] = {}
-        self._any_handlers: list[Callable[[str, Any], Any]] = []
+        self._handlers: dict[str, list[CallbackRunner]] = {}
+        self._any_handlers: list[CallbackRunner] = []
         self._backlog: dict[str, collections.deque[Any]] = {}
-        self._tasks: set[asyncio.Future[Any]] = set()
         self._lost: BridgeError | None = None  # why calls cannot be served now
         self._restarting: asyncio.Task[None] | None = None
         self._restart_times: collections.deque[float] = collections.deque()
@@ -387,40 +387,44 @@ class AsyncBackend:
     def on(self, event: str, handler: Handler) -> Callable[[], None]:
         """Call ``handler(data)`` for every *event*; returns a function that unsubscribes.
 
-        *handler* may be sync or async; it runs on the bridge's event loop, so keep it short.
-        Events that came before the first handler for their type are delivered to it now
-        (the last 1,000 of each type).
+        *handler* may be sync or async; it runs on the bridge's event loop, one event at a time
+        in order (bridge/core/callbacks.py), so keep a sync one short. Events that came before
+        the first handler for their type are delivered to it now (the last 1,000 of each type).
         """
         if not isinstance(event, str) or not event:
             raise InvalidRequest(f"the event type must be a non-empty str, got {event!r}")
         check_callable(handler, "the handler")
+        runner = CallbackRunner(handler, f"{self._label}: the handler of {event!r}")
         handlers = self._handlers.setdefault(event, [])
-        handlers.append(handler)
+        handlers.append(runner)
         for data in self._backlog.pop(event, ()):
-            self._invoke(event, handler, data)
+            runner(data)
 
         def unsubscribe() -> None:
-            if handler in handlers:
-                handlers.remove(handler)
+            if runner in handlers:
+                handlers.remove(runner)
+                runner.cancel()
 
         return unsubscribe
 
     def on_any(self, handler: Callable[[str, Any], Any]) -> Callable[[], None]:
         """Call ``handler(event, data)`` for every event of every type (what an event stream
-        relays); returns a function that unsubscribes.
+        relays), one at a time in order; returns a function that unsubscribes.
 
         Events kept for lack of a handler are delivered to it first, type by type.
         """
         check_callable(handler, "the handler")
-        self._any_handlers.append(handler)
+        runner = CallbackRunner(handler, f"{self._label}: an event handler")
+        self._any_handlers.append(runner)
         backlog, self._backlog = self._backlog, {}
         for event, items in backlog.items():
             for data in items:
-                self._invoke(event, functools.partial(handler, event), data)
+                runner(event, data)
 
         def unsubscribe() -> None:
-            if handler in self._any_handlers:
-                self._any_handlers.remove(handler)
+            if runner in self._any_handlers:
+                self._any_handlers.remove(runner)
+                runner.cancel()
 
         return unsubscribe
 
@@ -428,7 +432,7 @@ class AsyncBackend:
         if event in ("stdout", "stderr") and isinstance(data, str):
             log.info("%s %s: %s", self._label, event, data.rstrip("\n"))
         for any_handler in list(self._any_handlers):
-            self._invoke(event, functools.partial(any_handler, event), data)
+            any_handler(event, data)
         handlers = self._handlers.get(event)
         if not handlers and self._any_handlers:
             return  # delivered: nothing to keep for a later handler
@@ -439,23 +443,7 @@ class AsyncBackend:
             backlog.append(data)
             return
         for handler in list(handlers):
-            self._invoke(event, handler, data)
-
-    def _invoke(self, event: str, handler: Handler, data: Any) -> None:
-        try:
-            outcome = handler(data)
-        except Exception:
-            log.exception("%s: the handler of %r failed", self._label, event)
-            return
-        if inspect.isawaitable(outcome):
-            task = asyncio.ensure_future(outcome)
-            self._tasks.add(task)
-            task.add_done_callback(functools.partial(self._handled, event))
-
-    def _handled(self, event: str, task: asyncio.Future[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s: the handler of %r failed", self._label, event, exc_info=task.exception())
+            handler(data)
 
     # -- calls -----------------------------------------------------------------------------------
 

@@ -1,12 +1,13 @@
-"""One kernel: its manager and client, the message router, the execute loop, comms, liveness.
+"""One kernel: the message router, the execute loop, comms, liveness; over a transport.
 
-Two reader tasks drain the shell and IOPub sockets all the time, not only during a call: a
-reader that falls behind lets ZeroMQ drop IOPub messages at its high-water mark. Each message
-goes to the request it answers by ``parent_header.msg_id`` (as nbclient matches them), comm
-messages to their comm's handler. A call is complete when both its reply and its idle status
-have arrived. The kernel process is watched (a pidfd, so a death is seen at once), and a death
-fails every pending call with KernelDied instead of leaving it waiting for a reply that will
-never come.
+The transport (transport.py: local ZeroMQ sockets or a gateway's websocket) reads the shell
+and IOPub channels all the time, not only during a call: a reader that falls behind lets
+ZeroMQ drop IOPub messages at its high-water mark. Each message goes to the request it answers
+by ``parent_header.msg_id`` (as nbclient matches them), comm messages to their comm's handler.
+A call is complete when both its reply and its idle status have arrived. The transport says
+when the kernel has exited (a local one sees it at once through a pidfd), and a death fails
+every pending call with KernelDied instead of leaving it waiting for a reply that will never
+come.
 """
 
 from __future__ import annotations
@@ -14,12 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from bridge.core import wire
 from bridge.core.errors import (
@@ -37,45 +36,15 @@ from bridge.core.results import (
     OutputListener,
 )
 from bridge.core.translate import jupyter_client_errors
+from bridge.core.transport import Transport, TransportClosed
 
 log = logging.getLogger("bridge.kernel")
 
 INTERRUPT_GRACE = 1.0  # seconds an interrupted call gets before its kernel is killed
+KILL_WAIT = 5.0  # seconds kill() waits for the transport to see the kernel end
 
 CommHandler = Callable[[dict[str, Any]], None]
-AttestHook = Callable[[dict[str, Any]], Any]
-
-
-class KernelOwner(Protocol):
-    """What started a kernel and shuts it down: a jupyter_client MultiKernelManager (the
-    bridge's own or Jupyter Server's), or a gateway's REST API."""
-
-    def __contains__(self, kernel_id: object) -> bool: ...
-
-    async def shutdown_kernel(self, kernel_id: str, now: bool = False) -> None: ...
-
-
-def group_leader_started(pgid: int) -> int | None:
-    """The start time of the process whose pid is *pgid* (the kernel that leads the group),
-    from /proc; None where it is gone or there is no /proc."""
-    try:
-        with open(f"/proc/{pgid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def kill_group(pgid: int, sig: int, started: int | None = None) -> None:
-    """Signal a kernel's process group (the kernel and whatever it started), if it is there
-    and still ours: a leader with another start time than *started* means the id was reused."""
-    if started is not None:
-        now = group_leader_started(pgid)
-        if now is not None and now != started:
-            return
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+AttestHook = Callable[[dict[str, Any]], None]  # a listener (see bridge/core/callbacks.py)
 
 
 class _Fallback(Exception):
@@ -132,34 +101,15 @@ class _Call:
 class Kernel:
     """A running kernel and everything the host needs to talk to it.
 
-    Made by ``KernelFactory.start()``; callers use ``execute()``, the comm methods and
-    ``shutdown()``. ``name`` is for messages (``kernel 1a2b3c4d``).
+    Made by a factory (``KernelFactory.start()``, ``GatewayFactory.start()``) around the
+    kernel's transport; callers use ``execute()``, the comm methods and ``shutdown()``.
+    ``name`` is for messages (``kernel 1a2b3c4d``).
     """
 
-    def __init__(
-        self,
-        *,
-        manager: Any,
-        kernel_manager: KernelOwner,
-        kernel_id: str,
-        context: Any,
-        pgid: int | None,
-        group_started: int | None = None,
-        log_path: str | None = None,
-    ) -> None:
-        self.manager = manager
-        self.kernel_manager = kernel_manager
-        self.kernel_id = kernel_id
-        self.pgid = pgid  # None once the kernel is dead and its group ended: never reused
-        self.group_started = group_started  # the leader's start time (see kill_group)
-        self.log_path = log_path
-        # A Session of our own: one shared with another client of this kernel (km.client()
-        # hands out the manager's) means one ZeroMQ identity, so replies can go to the other
-        # socket, and one replay-check history, so each client rejects the other's messages.
-        session = manager.session.clone()
-        session.session = uuid.uuid4().hex
-        self.client = manager.client(context=context, session=session)
-        self.session = self.client.session
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.kernel_id = transport.kernel_id
+        self.session = transport.session
         self.kernel_info: dict[str, Any] = {}
         self.runtime_info: dict[str, Any] = {}
         self.exit_status: ExitStatus | None = None
@@ -169,7 +119,6 @@ class Kernel:
         self._comms: dict[str, CommHandler] = {}
         self._exit_callbacks: list[Callable[[ExitStatus], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._background: set[asyncio.Future[Any]] = set()
         self._iopub_live = asyncio.Event()
         # Status messages matter to the ready handshake and to execute_request calls (they
         # complete on idle); comm calls complete on the runtime's reply.
@@ -185,7 +134,8 @@ class Kernel:
 
     @property
     def name(self) -> str:
-        return f"kernel {self.kernel_id[:8]}"
+        where = self.transport.where
+        return f"kernel {self.kernel_id[:8]}{' ' + where if where else ''}"
 
     @property
     def alive(self) -> bool:
@@ -193,12 +143,13 @@ class Kernel:
 
     @property
     def connection_file(self) -> str:
-        return str(self.manager.connection_file)
+        """For ``jupyter console --existing``; "" where the transport has none here."""
+        return self.transport.connection_file
 
     @property
     def pid(self) -> int | None:
-        process = getattr(self.manager.provisioner, "process", None)
-        return getattr(process, "pid", None)
+        """The kernel's process on this host; None where it runs elsewhere."""
+        return self.transport.pid
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -212,7 +163,12 @@ class Kernel:
         stage = "answer"
         try:
             async with asyncio.timeout(timeout):
-                self._tasks = await self._open_channels()
+                with jupyter_client_errors(f"connecting to {self.name}", KernelStartError):
+                    await self.transport.connect(timeout)
+                self._tasks = [
+                    asyncio.create_task(self.transport.receive(self)),
+                    asyncio.create_task(self._watch()),
+                ]
                 while not self._iopub_live.is_set():
                     msg_id = self._send_shell("kernel_info_request", {})
                     self._handshake_ids.add(msg_id)
@@ -223,7 +179,7 @@ class Kernel:
                 # The runtime answers a ping on its comm: proof that it loaded, and the
                 # path of every call from now on.
                 stage = "load the kernel-bridge runtime"
-                await self._prepare()
+                await self._bootstrap(timeout)
                 comm_id = self.open_comm(wire.EXECUTE_COMM, {}, self._on_bridge_record)
                 self.runtime_info = await self._request_reply(
                     self.send_comm(comm_id, {"kind": wire.PING})
@@ -237,56 +193,41 @@ class Kernel:
         except KernelDied as exc:
             raise KernelStartError(f"{self.name} exited while starting ({exc.status})") from None
 
-    # -- transport: what a kernel elsewhere (a gateway's, see _gateway.py) does differently --------
+    async def _bootstrap(self, timeout: float) -> None:
+        """Run the transport's start-up code, if any (a gateway's kernel loads the runtime)."""
+        if not self.transport.bootstrap:
+            return
+        try:
+            result = await self.execute(self.transport.bootstrap, timeout=timeout)
+        except ExecutionTimeout:
+            raise KernelStartError(
+                f"{self.name}: loading the kernel-bridge runtime timed out"
+            ) from None
+        if not result.success and result.error is not None:
+            raise KernelStartError(
+                f"{self.name}: could not load the kernel-bridge runtime: "
+                f"{result.error.ename}: {result.error.evalue}\n{result.error.traceback}"
+            )
 
-    async def _open_channels(self) -> list[asyncio.Task[None]]:
-        """Connect shell and IOPub; return the tasks that read them and watch the kernel."""
-        with jupyter_client_errors(f"connecting to {self.name}", KernelStartError):
-            self.client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)
-        return [
-            asyncio.create_task(self._read(self.client.iopub_channel.socket, self._on_iopub)),
-            asyncio.create_task(self._read(self.client.shell_channel.socket, self._on_shell)),
-            asyncio.create_task(self._watch()),
-        ]
+    # -- message routing (the transport's Receiver) ------------------------------------------------
 
-    def _send(self, msg: dict[str, Any], buffers: list[Any] | None = None) -> None:
-        """Send *msg* on the shell channel."""
-        self.session.send(self.client.shell_channel.socket, msg, buffers=buffers)
+    @property
+    def wants_status(self) -> bool:
+        """ipykernel publishes busy and idle around every request, half of a comm call's IOPub
+        messages; deserializing them was a fifth of the host's work per call. Only the ready
+        handshake and execute_request calls need them."""
+        return self._status_readers > 0
 
-    async def _prepare(self) -> None:
-        """Make the kernel ready for bridge calls once it answers (the runtime is loaded here)."""
+    def deliver(self, channel: str, msg: dict[str, Any]) -> None:
+        if channel == "shell":
+            self._on_shell(msg)
+        elif channel == "iopub":
+            self._on_iopub(msg)
 
-    # -- message routing -------------------------------------------------------------------------
-
-    async def _read(self, socket: Any, handle: Callable[[dict[str, Any]], None]) -> None:
-        session = self.session
-        while True:
-            try:
-                frames = await socket.recv_multipart()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # socket closed under us: the kernel is being shut down
-                log.debug("%s: reader stopped: %s", self.name, exc)
-                return
-            if self._ignore_status and frames[0].endswith(b".status"):
-                # ipykernel publishes busy and idle around every request, half of a comm
-                # call's IOPub messages; deserializing them (signature, JSON, dateutil) was a
-                # fifth of the host's work per call. Its topic frame says what it is.
-                continue
-            try:
-                _, frames = session.feed_identities(frames)
-                msg = session.deserialize(frames)
-            except Exception as exc:  # a bad signature or a broken message: drop it, go on
-                log.warning("%s: dropped an unreadable message: %s", self.name, exc)
-                continue
-            try:
-                handle(msg)
-            except Exception:
-                log.exception("%s: error while handling %s", self.name, msg["msg_type"])
-            # recv_multipart() does not suspend while messages are queued: without this, a
-            # burst (a backend's stream of event batches) holds the loop until it is all read,
-            # and whatever consumes the messages (an event stream's writer) waits behind it.
-            await asyncio.sleep(0)
+    def output_dropped(self, parent_id: str) -> None:
+        call = self._calls.get(parent_id)
+        if call is not None:
+            call.collector.truncated = True
 
     def _on_iopub(self, msg: dict[str, Any]) -> None:
         msg_type = msg["header"]["msg_type"]
@@ -336,14 +277,7 @@ class Kernel:
             return
         record = call.collector.add_record(data)
         if record is not None and call.on_attest is not None:
-            try:
-                outcome = call.on_attest(record)
-                if asyncio.iscoroutine(outcome):
-                    task = asyncio.ensure_future(outcome)
-                    self._background.add(task)
-                    task.add_done_callback(self._background.discard)
-            except Exception:
-                log.exception("on_attest callback failed")
+            call.on_attest(record)  # a listener: it hands the record on and returns
 
     def _send_shell(
         self,
@@ -356,9 +290,16 @@ class Kernel:
         if not self.alive:
             raise self._died_error()
         msg = self.session.msg(msg_type, content, metadata=metadata)
-        with jupyter_client_errors(f"sending {msg_type} to {self.name}"):
-            self._send(msg, buffers)
+        self._send(msg, buffers, f"sending {msg_type} to {self.name}")
         return str(msg["header"]["msg_id"])
+
+    def _send(self, msg: dict[str, Any], buffers: list[Any] | None, what: str) -> None:
+        try:
+            with jupyter_client_errors(what):
+                self.transport.send(msg, buffers)
+        except TransportClosed:
+            self._died(ExitStatus())  # out of reach: dead to us, whatever the process does
+            raise self._died_error() from None
 
     async def _request_reply(self, msg_id: str) -> dict[str, Any]:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -448,8 +389,7 @@ class Kernel:
             call.reads_status = True
         draining = False
         try:
-            with jupyter_client_errors(f"sending code to {self.name}"):
-                self._send(msg)
+            self._send(msg, None, f"sending code to {self.name}")
             try:
                 async with asyncio.timeout(timeout):
                     await asyncio.shield(call.done)
@@ -540,10 +480,6 @@ class Kernel:
         finally:
             self._forget(call)
 
-    @property
-    def _ignore_status(self) -> bool:
-        return self._status_readers == 0
-
     def _forget(self, call: _Call) -> None:
         if self._calls.pop(call.msg_id, None) is not None and call.reads_status:
             self._status_readers -= 1
@@ -566,19 +502,18 @@ class Kernel:
         if not self.alive:
             return
         with jupyter_client_errors(f"interrupting {self.name}"):
-            await self.manager.interrupt_kernel()
+            await self.transport.interrupt()
 
     async def kill(self) -> None:
-        """Kill the kernel's whole process group now (SIGKILL); no graceful shutdown."""
+        """End the kernel now (a local one's whole process group, SIGKILL); no graceful
+        shutdown. Returns once the transport has seen it end (at most KILL_WAIT)."""
         if not self.alive:
             return
         self.closing = True
         with contextlib.suppress(Exception):
-            await self.manager.provisioner.kill()
-        if self.pgid is not None:
-            kill_group(self.pgid, signal.SIGKILL, self.group_started)
+            await self.transport.kill()
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(KILL_WAIT):
                 await asyncio.shield(self._exited)
 
     # -- liveness --------------------------------------------------------------------------------
@@ -593,37 +528,7 @@ class Kernel:
         )
 
     async def _watch(self) -> None:
-        process = getattr(self.manager.provisioner, "process", None)
-        if process is not None and hasattr(os, "pidfd_open"):
-            try:
-                fd = os.pidfd_open(process.pid)
-            except OSError:
-                fd = -1
-            if fd >= 0:
-                exited = asyncio.Event()
-                loop = asyncio.get_running_loop()
-                loop.add_reader(fd, exited.set)
-                try:
-                    await exited.wait()
-                finally:
-                    loop.remove_reader(fd)
-                    os.close(fd)
-                # Not reaped yet: the group's id is still ours. End what the kernel left.
-                self._end_group()
-                self._died(ExitStatus.from_returncode(await asyncio.to_thread(process.wait)))
-                return
-        while await self.manager.is_alive():  # no pidfd (or not a local process): poll
-            await asyncio.sleep(0.5)
-        code = None if process is None else process.poll()
-        self._end_group()
-        self._died(ExitStatus.from_returncode(code))
-
-    def _end_group(self) -> None:
-        """The kernel exited: kill what is left of its group now and forget the id, which
-        may later name a group that is not ours."""
-        pgid, self.pgid = self.pgid, None
-        if pgid is not None:
-            kill_group(pgid, signal.SIGKILL, self.group_started)
+        self._died(await self.transport.wait_for_exit())
 
     def _died(self, status: ExitStatus) -> None:
         if self.exit_status is not None:
@@ -647,26 +552,15 @@ class Kernel:
     def _died_error(self, call: _Call | None = None) -> KernelDied:
         status = self.exit_status or ExitStatus()
         how = "was shut down" if self.closing else f"died ({status})"
+        reason = self.transport.reason
+        if reason and not self.closing:
+            how += f": {reason}"
         result = call.result() if call is not None else None
         if result is not None:
             result.success = False
         return KernelDied(f"{self.name} {how}", status=status, result=result)
 
     # -- shutdown --------------------------------------------------------------------------------
-
-    async def _shutdown_in_manager(self, *, now: bool) -> None:
-        """The manager's shutdown, run to its end even if our caller is cancelled: one cut
-        half-way leaves jupyter_client's kernel "pending" for good, and Jupyter Server's own
-        shutdown then fails on it (and the server hangs)."""
-        task = asyncio.ensure_future(self.kernel_manager.shutdown_kernel(self.kernel_id, now=now))
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(task)
-            raise
-        except Exception:
-            pass
 
     async def shutdown(self, *, now: bool = False) -> None:
         """Shut the kernel down (politely unless *now*), with its process group and files."""
@@ -676,21 +570,14 @@ class Kernel:
         for call in list(self._calls.values()):
             call.fail(BridgeClosed(f"{self.name} was shut down during the call"))
         try:
-            if self.kernel_id in self.kernel_manager:
-                await self._shutdown_in_manager(now=now or not self.alive)
+            await self.transport.shutdown(now=now or not self.alive)
         finally:
-            if self.pgid is not None:  # children the kernel started, if any are left
-                kill_group(self.pgid, signal.SIGKILL, self.group_started)
-                self.pgid = None
             for task in self._tasks:
                 task.cancel()
             for task in self._tasks:
                 with contextlib.suppress(BaseException):
                     await task
             with contextlib.suppress(Exception):
-                self.client.stop_channels()
+                self.transport.close()
             if self.exit_status is None:
                 self._died(ExitStatus())
-            if self.log_path:
-                with contextlib.suppress(OSError):
-                    os.unlink(self.log_path)

@@ -18,7 +18,8 @@ log = logging.getLogger("bridge.pool")
 
 
 class Factory(Protocol):
-    """What the pool needs of a kernel factory: _manager.KernelFactory, _gateway.GatewayFactory."""
+    """What the pool needs of a kernel factory: the local transport's KernelFactory or the
+    gateway transport's GatewayFactory."""
 
     python: str
     kernels: set[Kernel]

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from bridge.core.errors import InvalidRequest
-from bridge.core.files import read_script as _read_script
 
 
 def check_callable(value: object, what: str) -> None:
@@ -107,11 +106,3 @@ def check_paths(paths: object, *, absolute: bool = True) -> tuple[str, ...]:
         text = os.fspath(path)
         out.append(os.path.abspath(text) if absolute else text)
     return tuple(out)
-
-
-def read_script(path: str | os.PathLike[str]) -> tuple[str, str]:
-    """(source, absolute path) of a script the host can read; InvalidRequest otherwise.
-
-    Opened once without blocking and checked as opened (files.py): a FIFO or a device is
-    refused, not waited on; blocking file I/O, so async code runs it in a thread."""
-    return _read_script(path)

@@ -19,5 +19,5 @@ def load_ipython_extension(shell: Any) -> None:
     from ._magic import install as install_magic
 
     install(shell)
-    install_backends(shell)
+    install_backends()
     install_magic(shell)

@@ -795,7 +795,7 @@ def _on_comm_open(comm: Any, msg: Any) -> None:
     core.outbox.attach(send, core.hello())
 
 
-def install(shell: Any = None) -> None:
+def install() -> None:
     """Listen for the host's backend comm (idempotent; the extension calls it at start-up)."""
     import comm
 

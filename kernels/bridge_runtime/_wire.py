@@ -11,7 +11,7 @@ no buffers (the newline-JSON protocol on stdin/stdout) the placeholder holds the
 base64 in ``"base64"`` instead of an index.
 
 Both ends use this file: the kernel imports it, and the host loads the same file (see
-``bridge/_backend.py``), so the two cannot disagree. Standard library only; NumPy is imported
+``bridge/core/wire.py``), so the two cannot disagree. Standard library only; NumPy is imported
 only when an array is received.
 """
 

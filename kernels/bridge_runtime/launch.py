@@ -53,9 +53,10 @@ def main() -> None:
 
     config = Config()
     config.IPKernelApp.extra_extensions = ["bridge_runtime"]
-    # No history database: bridge calls never store history, and a sqlite file per kernel
-    # is only I/O and locking.
-    config.HistoryManager.enabled = False
+    # History in memory: bridge calls store none, and a sqlite file per kernel would be only
+    # I/O and locking; notebook cells (run_cell) and attached consoles get theirs, and the
+    # kernel answers history requests as any IPython kernel does (no saving thread either).
+    config.HistoryManager.hist_file = ":memory:"
     # ipykernel sleeps 0.5 ms after every execute so that a late stdout flush reaches clients
     # before the reply. The bridge completes a call on its idle status, which IOPub sends
     # after that flush, so the sleep only adds latency.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,13 +104,22 @@ async def test_calls_after_close_fail_clearly() -> None:
             pass
 
 
+# A call that says when it has started (its first output), then sleeps.
+SLEEPER = "print('started', flush=True)\nimport time\ntime.sleep({})"
+
+
+def _set(event: asyncio.Event) -> Callable[[dict[str, Any]], None]:
+    return lambda _output: event.set()
+
+
 @pytest.mark.asyncio
 async def test_closing_during_calls_fails_them_without_hanging() -> None:
     b = bridge.AsyncBridge(pool_size=1)
     await b.start()
-    running = asyncio.ensure_future(b.execute("import time\ntime.sleep(60)"))
+    started = asyncio.Event()
+    running = asyncio.ensure_future(b.execute(SLEEPER.format(60), on_output=_set(started)))
     waiting = asyncio.ensure_future(b.execute("1"))
-    await asyncio.sleep(0.3)
+    await started.wait()  # the first call runs; the second waits for its kernel
     await asyncio.wait_for(b.aclose(), 15)
     for task in (running, waiting):
         with pytest.raises((bridge.KernelDied, bridge.BridgeClosed)):
@@ -121,7 +131,9 @@ async def test_other_clients_of_a_kernel_do_not_disturb_the_bridge(
     abridge: bridge.AsyncBridge,
 ) -> None:
     async with abridge.session() as s:
-        kc = s.kernel.manager.client()  # shares the manager's Session, as km.client() does
+        kc = (
+            s.kernel.transport.manager.client()
+        )  # shares the manager's Session, as km.client() does
         kc.start_channels()
         try:
             await kc.wait_for_ready(timeout=30)
@@ -185,8 +197,9 @@ async def test_a_timeout_racing_the_await_fallback_is_an_execution_timeout() -> 
 async def test_a_session_call_after_a_cancelled_one_is_not_interrupted() -> None:
     async with bridge.AsyncBridge(pool_size=0) as b, b.session() as s:
         await s.execute("x = 1")
-        task = asyncio.ensure_future(s.execute("import time\ntime.sleep(60)"))
-        await asyncio.sleep(0.3)
+        started = asyncio.Event()
+        task = asyncio.ensure_future(s.execute(SLEEPER.format(60), on_output=_set(started)))
+        await started.wait()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -197,8 +210,11 @@ async def test_a_session_call_after_a_cancelled_one_is_not_interrupted() -> None
 @pytest.mark.asyncio
 async def test_waiting_for_a_free_kernel_is_bounded_by_the_timeout() -> None:
     async with bridge.AsyncBridge(pool_size=1) as b:
-        busy = asyncio.ensure_future(b.execute("import time\ntime.sleep(3)", timeout=10))
-        await asyncio.sleep(0.3)
+        started = asyncio.Event()
+        busy = asyncio.ensure_future(
+            b.execute(SLEEPER.format(3), timeout=10, on_output=_set(started))
+        )
+        await started.wait()
         started = time.monotonic()
         with pytest.raises(bridge.ExecutionTimeout, match="no kernel was free"):
             await b.execute("1", timeout=0.5)

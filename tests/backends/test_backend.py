@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import pytest_asyncio
+from calls import running_slow_call
 from gateways import GATEWAY_KINDS, bridge_options
 from jupyter_client.asynchronous import AsyncKernelClient
 from paths import ROOT, TOOLBOX
@@ -350,8 +351,7 @@ async def test_inspection_is_not_blocked_by_a_long_call(toolbox: bridge.AsyncBac
     # A second client, as `jupyter console --existing FILE` would be, reads the live state
     # while a long call is running.
     await toolbox.call("slow", {"seconds": 0})  # counter moves
-    long_call = asyncio.ensure_future(toolbox.call("slow", {"seconds": 3, "value": "done"}))
-    await asyncio.sleep(0.3)
+    long_call = await running_slow_call(toolbox, 3, value="done")
     client = AsyncKernelClient()
     client.load_connection_file(toolbox.connection_file)
     client.start_channels()

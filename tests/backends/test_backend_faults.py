@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from calls import running_slow_call
 from jupyter_client.asynchronous import AsyncKernelClient
 from paths import ROOT, TOOLBOX
 
@@ -254,8 +255,7 @@ async def test_a_call_pending_when_the_script_runs_again_fails_at_once(
     abridge: bridge.AsyncBridge,
 ) -> None:
     async with await abridge.spawn(TOOLBOX, timeout=30) as backend:
-        pending = asyncio.ensure_future(backend.call("slow", {"seconds": 20}))
-        await asyncio.sleep(0.3)
+        pending = await running_slow_call(backend, 20)
         started = time.monotonic()
         await run_attached(backend, "backend = Toolbox()\nbackend.run()")
         with pytest.raises(bridge.BackendError, match=r"run\(\) replaced the backend"):
@@ -270,8 +270,7 @@ async def test_connection_closed_in_the_kernel_is_a_lost_backend(
     async with await abridge.spawn(TOOLBOX, timeout=30) as backend:
         exits: list[dict[str, Any]] = []
         backend.on("exit", exits.append)
-        pending = asyncio.ensure_future(backend.call("slow", {"seconds": 20}))
-        await asyncio.sleep(0.3)
+        pending = await running_slow_call(backend, 20)
         await run_attached(
             backend,
             "import comm\n"

@@ -1,4 +1,4 @@
-"""The blocking Backend: the same calls, handlers on a thread of the backend's own."""
+"""The blocking Backend: the same calls, plain handlers in a worker thread, in order."""
 
 from __future__ import annotations
 
@@ -12,19 +12,19 @@ from paths import TOOLBOX
 import bridge
 
 
-def test_blocking_bridge_spawns_calls_and_runs_handlers_on_a_thread() -> None:
+def test_blocking_bridge_spawns_calls_and_runs_handlers_in_a_worker_thread_in_order() -> None:
     with bridge.Bridge(pool_size=0) as b, b.spawn(TOOLBOX, timeout=30) as backend:
         assert backend.call("add", {"a": 1, "b": 2}) == 3
         assert "spin" in backend.methods()
-        threads: list[str] = []
+        threads: list[threading.Thread] = []
         values: list[Any] = []
         done = threading.Event()
 
         def handler(data: Any) -> None:
-            threads.append(threading.current_thread().name)
+            threads.append(threading.current_thread())
             values.append(data)
             if data == 9:
-                # A handler may call the backend: it runs on a thread of its own.
+                # A handler may call the backend: it runs in a worker thread.
                 values.append(backend.call("add", {"a": 100}))
                 done.set()
 
@@ -32,14 +32,15 @@ def test_blocking_bridge_spawns_calls_and_runs_handlers_on_a_thread() -> None:
         backend.call("emit", {"type": "n", "count": 10})
         assert done.wait(10)
         assert values == [*range(10), 100]
-        assert set(threads) == {"kernel-bridge-backend-events"}
+        loop_thread = b.call(_current_thread)
+        assert not {threading.main_thread(), loop_thread} & set(threads)
         undo()
         with pytest.raises(bridge.CallTimeout):
             backend.call("spin", {"seconds": 10}, timeout=0.3)
         assert backend.alive and backend.kernel_id
         assert backend.name == "toolbox.py"  # the script's file name, as people see it
         pid = backend.async_backend.info["pid"]
-    assert not backend.alive
+    assert not backend.alive and backend.terminated
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
 
@@ -70,25 +71,18 @@ def test_blocking_bridge_submits_several_calls_at_once_and_reports_its_pool() ->
     with bridge.Bridge(pool_size=2) as b:
         futures = [b.submit(b.async_bridge.evaluate, f"{n} ** 2") for n in range(4)]
         assert [f.result(timeout=30).value for f in futures] == [0, 1, 4, 9]
-        status = b.call(_status, b.async_bridge)
+        status = b.status()
         assert status.size == 2 and status.ready == 2 and status.busy == 0
-        info = b.call(_kernel_info, b.async_bridge)
-        assert info["language_info"]["name"] == "python"
+        assert b.kernel_info["language_info"]["name"] == "python"
+        with b.session() as s:
+            assert s.kernel_info["language_info"]["name"] == "python"
+            assert s.alive and not s.busy
+        assert not s.alive
     # A bridge never started closes through the async API too, and refuses calls after.
     never = bridge.Bridge(pool_size=0)
     never.close()
     with pytest.raises(bridge.BridgeClosed):
         never.execute("1")
-
-
-async def _status(b: bridge.AsyncBridge) -> bridge.PoolStatus:
-    return b.status()
-
-
-async def _kernel_info(b: bridge.AsyncBridge) -> dict[str, Any]:
-    async with b.session() as s:
-        assert s.kernel_info["language_info"]["name"] == "python"
-    return b.kernel_info
 
 
 def test_backend_values_have_a_json_form_for_hosts_that_speak_json() -> None:
@@ -106,3 +100,7 @@ def test_a_name_is_what_people_see_and_is_checked() -> None:
         for bad in ("", "two\nlines", "x" * 256, 5):
             with pytest.raises(bridge.InvalidRequest, match="name"):
                 b.spawn(TOOLBOX, name=bad)  # type: ignore[arg-type]
+
+
+async def _current_thread() -> threading.Thread:
+    return threading.current_thread()

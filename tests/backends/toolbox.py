@@ -55,9 +55,12 @@ class Toolbox(PythonBridge):
             "thread": threading.current_thread().name,
         }
 
-    def slow(self, seconds: float, value=None):
-        """Sleep (in C: deaf to interrupts until it returns), then give back *value*."""
+    def slow(self, seconds: float, value=None, announce: bool = False):
+        """Sleep (in C: deaf to interrupts until it returns), then give back *value*; with
+        *announce*, send a "started" event first (what a test waits on)."""
         self.counter += 1
+        if announce:
+            self.send_event("started", seconds)
         time.sleep(seconds)
         return value
 

@@ -93,7 +93,7 @@ def kernels_after() -> Iterator[list[Kernel]]:
     yield kernels
     for kernel in kernels:
         assert not kernel.alive, f"{kernel.name} outlived its notebook fixture"
-        assert kernel.kernel_id not in kernel.kernel_manager
+        assert kernel.kernel_id not in kernel.transport.kernel_manager  # type: ignore[attr-defined]
 
 
 def test_the_fixture_shuts_each_notebooks_kernel_down_at_the_end(

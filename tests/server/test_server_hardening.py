@@ -99,15 +99,23 @@ def client(service: ServiceProcess) -> Iterator[httpx.Client]:
 
 
 def _busy(service: ServiceProcess, seconds: float) -> threading.Thread:
-    """Keep the pool's one kernel busy for *seconds*."""
+    """Keep the pool's one kernel busy for *seconds*; returns once the call runs (its first
+    output has streamed back)."""
+    started = threading.Event()
+    code = f"import time\nprint('started', flush=True)\ntime.sleep({seconds})"
 
     def run() -> None:
-        with service.client() as c:
-            c.post("/execute", json={"content": f"import time\ntime.sleep({seconds})"})
+        headers = {"Accept": "text/event-stream"}
+        with (
+            service.client() as c,
+            c.stream("POST", "/execute", json={"content": code}, headers=headers) as r,
+        ):
+            for _line in r.iter_lines():
+                started.set()  # the first event: the code runs, the kernel is taken
 
     thread = threading.Thread(target=run)
     thread.start()
-    time.sleep(0.5)  # the call has its kernel
+    assert started.wait(30), "the busy call did not start"
     return thread
 
 

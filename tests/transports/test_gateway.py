@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import tornado.web
+from calls import running_slow_call
 from gateways import GATEWAY_KINDS, GatewayProcess, bridge_options, free_port
 from paths import TOOLBOX
 from procs import alive
@@ -323,7 +324,7 @@ async def test_gateway_stopped_mid_call() -> None:
         options = {"gateway_url": gateway.url, "gateway_token": gateway.token}
         async with bridge.AsyncBridge(pool_size=1, **options) as b:
             kernel = b.pool.kernels[0]
-            assert not kernel.client.v1  # type: ignore[attr-defined]
+            assert not kernel.transport.channels.v1  # type: ignore[attr-defined]
             r = await b.execute("print('legacy')\nreturn [1, 'two']")
             assert (r.stdout, r.value) == ("legacy\n", [1, "two"])
             call = asyncio.ensure_future(b.execute("import time\ntime.sleep(30)"))
@@ -374,8 +375,7 @@ async def test_backend_killed_on_the_gateway_host_restarts(target: Target) -> No
         assert target.gateway.has_kernel(first)
         assert backend.connection_file == ""  # the gateway keeps it to itself
         await backend.call("slow", {"seconds": 0})  # state the restart will lose
-        pending = asyncio.ensure_future(backend.call("slow", {"seconds": 60}))
-        await asyncio.sleep(0.3)
+        pending = await running_slow_call(backend, 60)
         os.kill(backend.info["pid"], signal.SIGKILL)
         killed = time.monotonic()
         with pytest.raises(bridge.KernelDied, match="died"):

@@ -207,8 +207,8 @@ def test_kernel_interrupt_signal_reaches_only_the_kernel_group(launch: dict[str,
     # Kernels run in their own process group: a Ctrl-C in the host's terminal is not theirs.
     with bridge.Bridge(pool_size=1, **launch) as b:
         kernel = b.async_bridge.pool.kernels[0]
-        assert kernel.pid is not None and kernel.pgid == os.getpgid(kernel.pid)
-        assert kernel.pgid != os.getpgrp()
+        assert kernel.pid is not None and kernel.transport.pgid == os.getpgid(kernel.pid)
+        assert kernel.transport.pgid != os.getpgrp()
         b.call(kernel.interrupt)
         assert b.evaluate("'still fine'").value == "still fine"
 

@@ -50,10 +50,10 @@ def _watched_since_launch(b: bridge.AsyncBridge, kernel: Kernel) -> bool:
     launch hook registered it (a kernel registered afterwards has no start time)."""
     return (
         kernel.pid is not None
-        and kernel.pgid == kernel.pid
-        and kernel.group_started is not None
-        and kernel.group_started == start_time(kernel.pid)
-        and kernel.pgid in b.pool.factory.reaper._groups
+        and kernel.transport.pgid == kernel.pid
+        and kernel.transport.group_started is not None
+        and kernel.transport.group_started == start_time(kernel.pid)
+        and kernel.transport.pgid in b.pool.factory.reaper._groups
     )
 
 
@@ -67,12 +67,12 @@ async def _ready(b: bridge.AsyncBridge, seconds: float = 30) -> None:
 async def test_kernels_are_forked_from_one_server(forked: bridge.AsyncBridge) -> None:
     await _ready(forked)
     kernels = forked.pool.kernels
-    provisioners = [k.manager.provisioner for k in kernels]
+    provisioners = [k.transport.manager.provisioner for k in kernels]
     assert all(isinstance(p, ForkProvisioner) and p.forked for p in provisioners)
     parents = {_server_pid(k) for k in kernels}
     assert len(parents) == 1 and os.getpid() not in parents  # children of the fork server
     for k in kernels:  # a session and process group of its own, as jupyter_client gives
-        assert k.pid is not None and os.getpgid(k.pid) == k.pid == k.pgid
+        assert k.pid is not None and os.getpgid(k.pid) == k.pid == k.transport.pgid
         assert _watched_since_launch(forked, k)
     seen = await asyncio.gather(
         *(
@@ -113,7 +113,7 @@ async def test_a_killed_kernel_is_replaced_by_a_forked_one(forked: bridge.AsyncB
     os.kill(victim.pid, signal.SIGKILL)
     await _ready(forked)
     replacement = [k for k in forked.pool.kernels if k is not victim]
-    assert all(k.manager.provisioner.forked for k in replacement)
+    assert all(k.transport.manager.provisioner.forked for k in replacement)
 
 
 async def test_a_dead_fork_server_takes_its_kernels_and_is_replaced() -> None:
@@ -130,7 +130,7 @@ async def test_a_dead_fork_server_takes_its_kernels_and_is_replaced() -> None:
         assert kernel.exit_status is not None
         await _ready(b)
         fresh = b.pool.kernels[0]
-        assert fresh.manager.provisioner.forked and _server_pid(fresh) != server
+        assert fresh.transport.manager.provisioner.forked and _server_pid(fresh) != server
         assert (await b.evaluate("6 * 7")).value == 42
 
 
@@ -140,7 +140,7 @@ async def test_start_up_variables_fall_back_to_an_ordinary_launch(
     caplog.set_level(logging.DEBUG, logger="bridge.kernel")
     async with bridge.AsyncBridge(pool_size=1, env={"PYTHONHASHSEED": "123"}) as b:
         kernel = b.pool.kernels[0]
-        assert not kernel.manager.provisioner.forked
+        assert not kernel.transport.manager.provisioner.forked
         assert kernel.pid is not None and _server_pid(kernel) == os.getpid()
         assert _watched_since_launch(b, kernel)  # the fallback is the watched launch
         assert (await b.evaluate("__import__('os').environ['PYTHONHASHSEED']")).value == "123"
@@ -160,7 +160,7 @@ async def test_a_python_path_that_shadows_a_preloaded_module_falls_back(
         "SHADOW = True\n"
     )
     async with bridge.AsyncBridge(pool_size=1, python_paths=[tmp_path]) as b:
-        assert not b.pool.kernels[0].manager.provisioner.forked
+        assert not b.pool.kernels[0].transport.manager.provisioner.forked
         assert (await b.evaluate("__import__('pdb').SHADOW")).value is True
     assert "would shadow the preloaded pdb" in caplog.text
 
@@ -177,7 +177,7 @@ async def test_the_kernel_spec_names_the_provisioner_of_its_launch_path() -> Non
 async def test_without_the_fork_server_kernels_are_launched_and_watched() -> None:
     async with bridge.AsyncBridge(pool_size=1, fork_server=False) as b:
         kernel = b.pool.kernels[0]
-        provisioner = kernel.manager.provisioner
+        provisioner = kernel.transport.manager.provisioner
         assert type(provisioner) is WatchedProvisioner
         assert kernel.pid is not None and _server_pid(kernel) == os.getpid()
         assert _watched_since_launch(b, kernel)

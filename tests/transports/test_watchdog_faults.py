@@ -69,9 +69,9 @@ KILLED_REAPER_HOST = """
         kernel = b.pool.kernels[0]
         reaper = b.pool.factory.reaper
         r = await b.execute("import subprocess\\nreturn subprocess.Popen(['sleep', '300']).pid")
-        forked = getattr(kernel.manager.provisioner, "forked", False)
+        forked = getattr(kernel.transport.manager.provisioner, "forked", False)
         print(json.dumps({"reaper": reaper.pid, "kernel": kernel.pid, "child": r.value,
-                          "files": [kernel.connection_file, kernel.log_path],
+                          "files": [kernel.connection_file, kernel.transport.log_path],
                           "forked": forked}), flush=True)
         await asyncio.to_thread(sys.stdin.readline)  # the test killed the reaper
         first = reaper.pid
@@ -193,7 +193,7 @@ def test_the_watchdog_spares_a_group_whose_id_now_names_another_process() -> Non
 
 
 def test_kill_group_checks_the_start_time() -> None:
-    from bridge.core.kernel import kill_group
+    from bridge.transports.local.watchdog import kill_group
 
     stranger = _own_group()
     try:
@@ -217,7 +217,7 @@ async def test_a_dead_kernels_group_is_forgotten_at_once_and_its_log_removed(
     async with bridge.AsyncBridge(pool_size=1, **launch) as b:
         kernel = b.pool.kernels[0]
         reaper = b.pool.factory.reaper
-        pgid, pid, log = kernel.pgid, kernel.pid, kernel.log_path
+        pgid, pid, log = kernel.transport.pgid, kernel.pid, kernel.transport.log_path
         assert pgid is not None and pid is not None and log and _exists(log)
         child = (
             await b.execute(
@@ -230,7 +230,7 @@ async def test_a_dead_kernels_group_is_forgotten_at_once_and_its_log_removed(
         while kernel.alive or _exists(log):
             assert time.monotonic() < deadline, "the dead kernel was not cleaned up"
             await asyncio.sleep(0.05)
-        assert kernel.pgid is None and pgid not in reaper._groups
+        assert kernel.transport.pgid is None and pgid not in reaper._groups
         deadline = time.monotonic() + 10
         while alive(child):
             assert time.monotonic() < deadline, "the dead kernel's child lives on"
@@ -246,6 +246,6 @@ def test_logs_and_connection_files_go_with_their_kernels(
 ) -> None:
     with bridge.Bridge(pool_size=1, **launch) as b:
         kernel = b.async_bridge.pool.kernels[0]
-        files = [kernel.connection_file, kernel.log_path]
+        files = [kernel.connection_file, kernel.transport.log_path]
         assert all(f and os.path.exists(f) for f in files)
     assert not [f for f in files if f and os.path.exists(f)]

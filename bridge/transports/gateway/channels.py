@@ -142,23 +142,3 @@ class Channels:
     def stop_channels(self) -> None:
         if self.ws is not None:
             self.ws.close()
-
-
-class RemoteManager:
-    """Stands where a local kernel's KernelManager stands in ``Kernel``."""
-
-    provisioner = None  # no local process: no pid, no process group
-    connection_file = ""  # nothing to hand to `jupyter console --existing`
-
-    def __init__(self, gateway: Gateway, kernel_id: str) -> None:
-        from jupyter_client.session import Session
-
-        self.gateway = gateway
-        self.kernel_id = kernel_id
-        self.session = Session()  # Kernel clones it for the client
-
-    def client(self, context: Any = None, session: Any = None) -> Channels:
-        return Channels(self.gateway, self.kernel_id, session or self.session.clone())
-
-    async def interrupt_kernel(self) -> None:
-        await self.gateway.interrupt_kernel(self.kernel_id)

@@ -14,8 +14,8 @@ from typing import Any
 from bridge.core.errors import BridgeError
 from bridge.core.kernel import Kernel
 from bridge.core.validate import check_env, check_paths
-from bridge.transports.gateway.kernel import GatewayKernel
 from bridge.transports.gateway.rest import Gateway
+from bridge.transports.gateway.transport import GatewayTransport
 
 log = logging.getLogger("bridge.gateway")
 
@@ -55,7 +55,6 @@ class GatewayFactory:
         env = {
             "KERNEL_USERNAME": getpass.getuser(),  # as Jupyter Server's gateway client sends
             "KERNEL_LAUNCH_TIMEOUT": str(int(self.startup_timeout)),  # Enterprise Gateway's
-            "KERNEL_BRIDGE_HOST_PID": str(os.getpid()),
         }
         if self.python_paths:
             env["KERNEL_BRIDGE_PYTHON_PATHS"] = os.pathsep.join(self.python_paths)
@@ -73,9 +72,7 @@ class GatewayFactory:
         kernel_id = await self.gateway.start_kernel(
             self.kernel_name, self.kernel_env(env), self.startup_timeout
         )
-        kernel = GatewayKernel(
-            gateway=self.gateway, kernel_id=kernel_id, startup_timeout=self.startup_timeout
-        )
+        kernel = Kernel(GatewayTransport(gateway=self.gateway, kernel_id=kernel_id))
         self.kernels.add(kernel)
         try:
             await kernel.connect(self.startup_timeout)
@@ -123,9 +120,9 @@ class GatewayFactory:
                 log.debug("liveness check failed: %s", exc)
                 continue
             for kernel_id in gone:
-                kernel = live[kernel_id]
-                if isinstance(kernel, GatewayKernel):
-                    kernel.lost("the gateway no longer has it")
+                transport = live[kernel_id].transport
+                if isinstance(transport, GatewayTransport):
+                    transport.lost("the gateway no longer has it")
 
     async def close(self) -> None:
         """Stop every kernel this factory started; delete any the gateway still has."""

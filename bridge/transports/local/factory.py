@@ -25,13 +25,14 @@ from jupyter_core.paths import jupyter_runtime_dir
 from jupyter_core.utils import ensure_dir_exists
 
 from bridge.core.errors import KernelStartError
-from bridge.core.kernel import Kernel, kill_group
+from bridge.core.kernel import Kernel
 from bridge.core.python import diagnose, resolve_python
 from bridge.core.translate import jupyter_client_errors
 from bridge.core.validate import check_env, check_paths
 from bridge.core.wire import kernel_side_dir
 from bridge.transports.local import forkserver, provisioner
-from bridge.transports.local.watchdog import Reaper
+from bridge.transports.local.transport import LocalTransport
+from bridge.transports.local.watchdog import Reaper, kill_group
 
 log = logging.getLogger("bridge.kernel")
 
@@ -145,7 +146,6 @@ class KernelFactory:
             paths.append(env["PYTHONPATH"])
         env["PYTHONPATH"] = os.pathsep.join(paths)
         env["KERNEL_BRIDGE_PYTHON_PATHS"] = os.pathsep.join(self.python_paths)
-        env["KERNEL_BRIDGE_HOST_PID"] = str(os.getpid())
         env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"  # no debugger warnings on every start
         env.update(self.env)
         env.update(check_env(extra))
@@ -220,16 +220,18 @@ class KernelFactory:
         elif pgid is not None:  # launched by a provisioner without the hook
             self.reaper.watch(pgid, None, [manager.connection_file, log_path])
         kernel = Kernel(
-            manager=manager,
-            kernel_manager=self.kernel_manager,
-            kernel_id=kernel_id,
-            context=self.context,
-            pgid=pgid,
-            group_started=started,
-            log_path=log_path,
+            LocalTransport(
+                manager=manager,
+                kernel_manager=self.kernel_manager,
+                kernel_id=kernel_id,
+                context=self.context,
+                pgid=pgid,
+                group_started=started,
+                log_path=log_path,
+            )
         )
         if pgid is not None:
-            # A dead kernel's group is ended by Kernel at its death and forgotten here at
+            # A dead kernel's group is ended by its transport at its death and forgotten here at
             # once: its id may be reused by a group that is not ours.
             kernel.on_exit(lambda _status: self.reaper.forget(pgid))
         self.kernels.add(kernel)
@@ -290,7 +292,8 @@ class KernelFactory:
     async def stop(self, kernel: Kernel, *, now: bool = False) -> None:
         """Shut *kernel* down with its process group, connection file and log."""
         self.kernels.discard(kernel)
-        pgid = kernel.pgid
+        transport = kernel.transport
+        pgid = transport.pgid if isinstance(transport, LocalTransport) else None
         await kernel.shutdown(now=now)
         if pgid is not None:
             self.reaper.forget(pgid)

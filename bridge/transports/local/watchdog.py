@@ -26,12 +26,11 @@ The host's API, for every way of launching a kernel (the kernel provisioners in 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import threading
 from collections.abc import Sequence
-
-from bridge.core.kernel import group_leader_started
 
 log = logging.getLogger("bridge.kernel")
 
@@ -112,7 +111,24 @@ def start_time(pid: int) -> int | None:
     """When process *pid* started (clock ticks since boot, from /proc), or None if unknown.
 
     With the pid it names one process for good: a reused pid has a later start time."""
-    return group_leader_started(pid)
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def kill_group(pgid: int, sig: int, started: int | None = None) -> None:
+    """Signal a kernel's process group (the kernel and whatever it started), if it is there
+    and still ours: a leader with another start time than *started* means the id was reused."""
+    if started is not None:
+        now = start_time(pgid)
+        if now is not None and now != started:
+            return
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 class Reaper:
