@@ -11,6 +11,9 @@ Three processes, as a host sees them:
     the size of (b)'s answer: the floor of an HTTP round trip from this client.
 The target is (b) - (a) <= 2x (f) (moonshot 1.3x). The three alternate in blocks of BLOCK calls
 so the load of a shared machine hits them alike; figures are p50 of CALLS calls each.
+Beside the wall times, the CPU each path costs per call in the process that serves it (this
+process for (a), the service's for (b), the floor's for (f); from the scheduler's run time of
+every thread, /proc/PID/task/*/schedstat), which a loaded machine disturbs far less.
 """
 
 from __future__ import annotations
@@ -53,6 +56,17 @@ class Client:
         return data
 
 
+def cpu_seconds(pid: int) -> float:
+    """Run time of every thread of *pid* so far (the scheduler's, in ns), in seconds."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError):
+            pass  # a thread that ended meanwhile
+    return total / 1e9
+
+
 def start(cmd: list[str], env: dict[str, str], ready: Callable[[str], str | None]) -> Any:
     """Start *cmd* with a stdin pipe (its end stops it); return (process, what *ready* found
     in the first stdout line it accepts)."""
@@ -82,7 +96,9 @@ def serve(token: str) -> tuple[subprocess.Popen[str], int]:
 def floor(token: str, size: int) -> tuple[subprocess.Popen[str], int]:
     env = {**os.environ, "FLOOR_TOKEN": token}
     cmd = [sys.executable, str(HERE / "http_floor.py"), str(size)]
-    process, port = start(cmd, env, lambda line: line.split()[1] if line.startswith("port") else None)
+    process, port = start(
+        cmd, env, lambda line: line.split()[1] if line.startswith("port") else None
+    )
     return process, int(port)
 
 
@@ -109,17 +125,22 @@ async def measure(calls: int, block: int) -> dict[str, list[float]]:
                 http_floor.post()
 
             variants = {"api": api, "service": post, "floor": bare}
+            server = {"api": os.getpid(), "service": service.pid, "floor": floor_process.pid}
             samples: dict[str, list[float]] = {name: [] for name in variants}
+            cpu = dict.fromkeys(variants, 0.0)
             for fn in variants.values():  # warm-up
                 for _ in range(block):
                     await fn()
             while len(samples["floor"]) < calls:
                 for name, fn in variants.items():
+                    used = cpu_seconds(server[name])
                     for _ in range(min(block, calls - len(samples[name]))):
                         t = time.perf_counter()
                         await fn()
                         samples[name].append(time.perf_counter() - t)
+                    cpu[name] += cpu_seconds(server[name]) - used
         samples["size"] = [float(size)]
+        samples.update({f"cpu_{name}": [cpu[name] / calls] for name in variants})
         return samples
     finally:
         for process in (service, floor_process):
@@ -157,6 +178,11 @@ def main() -> None:
     print(
         f"the service adds b - a = {b - a:.3f} ms per call; floor f = {f:.3f} ms; "
         f"(b - a) / f = {(b - a) / f:.2f} (target <= 2, moonshot <= 1.3)"
+    )
+    ca, cb, cf = (s[f"cpu_{k}"][0] * 1000 for k in ("api", "service", "floor"))
+    print(
+        f"CPU per call in the serving process: (a) {ca:.3f} ms, (b) {cb:.3f} ms, (f) {cf:.3f} ms; "
+        f"b - a = {cb - ca:.3f} ms, (b - a) / f = {(cb - ca) / cf:.2f}"
     )
 
 

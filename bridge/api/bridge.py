@@ -28,6 +28,7 @@ from bridge.core.validate import (
 from bridge.transports.gateway.factory import GatewayFactory
 from bridge.transports.gateway.settings import check_gateway_manager, gateway_settings
 from bridge.transports.local.factory import KernelFactory
+from bridge.transports.local.transport import ActivityHook as KernelActivity
 
 
 def _request(
@@ -194,6 +195,12 @@ class AsyncBridge(_AsyncCalls):
     Local kernels are forked from a fork server that has imported IPython and ipykernel once
     (about 0.1 of a kernel start); ``fork_server=False`` starts a new interpreter per kernel,
     as jupyter_client does by default (docs/kernels.md#fork-server).
+
+    ``on_kernel_activity(kernel_id, msg_type, parent_msg_type, execution_state)`` hears every
+    IOPub message of a local kernel, the bridge's calls and any other client's alike
+    (``execution_state`` is a status message's, else None); it runs in the reader and must be
+    quick. The HTTP service feeds Jupyter Server's activity tracking (culling, the busy
+    indicator) from it instead of a second IOPub subscription per kernel.
     """
 
     def __init__(
@@ -212,8 +219,11 @@ class AsyncBridge(_AsyncCalls):
         gateway_token: str | None = None,
         gateway_kernel_name: str | None = None,
         fork_server: bool = True,
+        on_kernel_activity: KernelActivity | None = None,
     ) -> None:
         check_count(pool_size, "pool_size")
+        if on_kernel_activity is not None:
+            check_callable(on_kernel_activity, "on_kernel_activity")
         self.max_output = check_count(max_output, "max_output")
         self.timeout = check_timeout(timeout, 30.0)
         if on_attest is not None:
@@ -226,6 +236,7 @@ class AsyncBridge(_AsyncCalls):
             "startup_timeout": check_timeout(startup_timeout, 60.0),
             "kernel_manager": kernel_manager,
             "fork_server": fork_server,
+            "on_activity": on_kernel_activity,
         }
         self.gateway_url, gateway_token = gateway_settings(gateway_url, gateway_token)
         if self.gateway_url:

@@ -26,6 +26,7 @@ from traitlets import Bool, Float, Int, List, TraitError, Unicode, default, vali
 from bridge._version import __version__
 from bridge.service.service import Service
 
+from .activity import Activity
 from .handlers import routes
 from .sessions import Sessions
 
@@ -127,6 +128,9 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
             allow_install=self.allow_install,
             max_body_size=self.max_body_size,
             sessions=Sessions(serverapp.session_manager),
+            # The server's activity records of the bridge's kernels, from the bridge's reader
+            # instead of a second IOPub subscription per kernel (activity.py).
+            on_kernel_activity=Activity(serverapp.kernel_manager),
         )
 
     def initialize_handlers(self) -> None:

@@ -129,6 +129,7 @@ class Service:
         gateway_token: str = "",
         gateway_kernel_name: str | None = None,
         sessions: SessionRegistry | None = None,
+        on_kernel_activity: Callable[[str, str, str | None, str | None], None] | None = None,
     ) -> None:
         self.root = os.path.realpath(root)
         # The front end's listing (Jupyter Server's sessions: JupyterLab lists each by name).
@@ -152,6 +153,7 @@ class Service:
             gateway_url=gateway_url,
             gateway_token=gateway_token,
             gateway_kernel_name=gateway_kernel_name,
+            on_kernel_activity=on_kernel_activity,
         )
         self.kernel_python_version = ""
         self._ready: asyncio.Future[None] | None = None
