@@ -17,9 +17,8 @@ kernel is not busy; a status message sets ``execution_state`` when its request i
 from __future__ import annotations
 
 import weakref
+from datetime import UTC, datetime
 from typing import Any
-
-from datetime import datetime, timezone
 
 
 class Activity:
@@ -45,7 +44,7 @@ class Activity:
         manager = self.kernel_manager
         track = manager.track_message_type
         if track(msg_type) or track(parent_type) or kernel.execution_state == "busy":
-            manager.last_kernel_activity = kernel.last_activity = datetime.now(timezone.utc)
+            manager.last_kernel_activity = kernel.last_activity = datetime.now(UTC)
         if state is not None:
             if track(parent_type):
                 kernel.execution_state = state
