@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
 import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
+
+import msgspec
 
 from bridge.core.errors import ExitStatus
 from bridge.core.transport import Receiver
@@ -29,6 +30,20 @@ DELIMITER = b"<IDS|MSG>"
 # Hears every IOPub message of a kernel: (kernel_id, msg_type, the parent's msg_type, the
 # execution_state of a status message or None). Called from the reader: it must be quick.
 ActivityHook = Callable[[str, str, str | None, str | None], None]
+
+
+class _Typed(msgspec.Struct):
+    """The one field of a parent header the activity hook needs (the rest is skipped)."""
+
+    msg_type: str | None = None
+
+
+class _Status(msgspec.Struct):
+    execution_state: str | None = None
+
+
+_read_parent = msgspec.json.Decoder(_Typed).decode
+_read_status = msgspec.json.Decoder(_Status).decode
 
 
 class KernelOwner(Protocol):
@@ -134,7 +149,8 @@ class LocalTransport:
                 continue
             if activity is not None:
                 state = msg["content"].get("execution_state") if status else None
-                self._activity(activity, msg["msg_type"], msg["parent_header"], state)
+                parent = msg["parent_header"].get("msg_type")
+                self._activity(activity, msg["msg_type"], parent, state)
             try:
                 receiver.deliver(channel, msg)
             except Exception:
@@ -150,17 +166,17 @@ class LocalTransport:
         publications; a broken one is dropped)."""
         try:
             start = frames.index(DELIMITER)
-            parent = json.loads(frames[start + 3])
-            state = json.loads(frames[start + 5]).get("execution_state")
-        except (ValueError, IndexError, AttributeError):
+            parent = _read_parent(frames[start + 3]).msg_type
+            state = _read_status(frames[start + 5]).execution_state
+        except (ValueError, IndexError, msgspec.DecodeError):
             return
         self._activity(activity, "status", parent, state)
 
     def _activity(
-        self, activity: ActivityHook, msg_type: str, parent: dict[str, Any], state: str | None
+        self, activity: ActivityHook, msg_type: str, parent: str | None, state: str | None
     ) -> None:
         try:
-            activity(self.kernel_id, msg_type, parent.get("msg_type"), state)
+            activity(self.kernel_id, msg_type, parent, state)
         except Exception:
             log.exception("%s: the activity hook failed on %s", self.name, msg_type)
 
