@@ -6,9 +6,10 @@ to keep ``last_activity`` and ``execution_state`` (``/api/kernels``, JupyterLab'
 indicator, the idle culler). The bridge already reads each of its kernels' IOPub, so for its
 kernels that watcher is stopped and the same records are kept from the bridge's reader
 (``AsyncBridge(on_kernel_activity=...)``), with Jupyter Server's own rules: any message moves
-``last_activity`` unless it is of an untracked type answering an untracked request while the
-kernel is not busy; a status message sets ``execution_state`` when its request is tracked
-(a bridge call's ``comm_msg``, any client's ``execute_request``), and ends ``starting``.
+``last_activity`` (to the millisecond) unless it is of an untracked type answering an
+untracked request while the kernel is not busy; a status message sets ``execution_state``
+when its request is tracked (a bridge call's ``comm_msg``, any client's ``execute_request``),
+and ends ``starting``.
 
 >>> activity = Activity(serverapp.kernel_manager)   # doctest: +SKIP
 >>> Service(..., on_kernel_activity=activity)       # doctest: +SKIP
@@ -16,9 +17,12 @@ kernel is not busy; a status message sets ``execution_state`` when its request i
 
 from __future__ import annotations
 
+import time
 import weakref
 from datetime import UTC, datetime
 from typing import Any
+
+STAMP_EVERY = 0.001  # seconds: last_activity is kept to the millisecond, not to the message
 
 
 class Activity:
@@ -28,6 +32,9 @@ class Activity:
         self.kernel_manager = kernel_manager
         # kernel id -> its KernelManager; weak, so a kernel shut down leaves no entry behind
         self._kernels: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+        # When each kernel's last_activity was last set (monotonic): the messages of one call
+        # come within a millisecond, and each set is a traitlets validation and notification.
+        self._stamped: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
 
     def __call__(
         self, kernel_id: str, msg_type: str, parent_type: str | None, state: str | None
@@ -44,7 +51,10 @@ class Activity:
         manager = self.kernel_manager
         track = manager.track_message_type
         if track(msg_type) or track(parent_type) or kernel.execution_state == "busy":
-            manager.last_kernel_activity = kernel.last_activity = datetime.now(UTC)
+            now = time.monotonic()
+            if now - self._stamped.get(kernel, -STAMP_EVERY) >= STAMP_EVERY:
+                self._stamped[kernel] = now
+                manager.last_kernel_activity = kernel.last_activity = datetime.now(UTC)
         if state is not None:
             if track(parent_type):
                 kernel.execution_state = state
