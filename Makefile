@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test lint bench bench-ts clean ts-client
+.PHONY: run demo test lint bench bench-ts clean ts-client ts-types
 
 RUN_STAMP := $(VENV)/.installed-run
 
@@ -92,6 +92,14 @@ $(TS_STAMP): $(TS)/package.json $(TS)/package-lock.json
 
 ts-client: $(TS_STAMP)
 	cd $(TS) && node_modules/.bin/tsc -p tsconfig.json && node_modules/.bin/tsc -p tsconfig.bench.json
+
+# The contract, regenerated after a change to the service's models or routes: its OpenAPI
+# document (python -m bridge.service: from the Python models, no server), then the TypeScript
+# client's types generated from it by openapi-typescript (the `types` script of package.json).
+# Both are committed; tests/clients/test_generated_types.py fails when either is stale.
+ts-types: $(STAMP) $(TS_STAMP)
+	$(BIN)/python -m bridge.service > $(TS)/openapi.json
+	cd $(TS) && npm run --silent types
 
 test: lint $(EG_STAMP) $(CHROMIUM) ts-client
 	KERNEL_BRIDGE_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest

@@ -198,7 +198,26 @@ def components(routes: tuple[Route, ...]) -> dict[str, Any]:
         extra = getattr(model, "schema_extra", None)
         if extra:
             schemas[model.__name__].update(extra)
+    _open_objects(schemas)
     return dict(sorted(schemas.items()))
+
+
+def _open_objects(schema: Any) -> None:
+    """Say ``additionalProperties: true`` of every object schema that lists no properties (a
+    ``dict[str, Any]``: a MIME bundle, inputs, params), which JSON Schema means already but
+    TypeScript generators read as an empty object."""
+    if isinstance(schema, dict):
+        if (
+            schema.get("type") == "object"
+            and "properties" not in schema
+            and "additionalProperties" not in schema
+        ):
+            schema["additionalProperties"] = True
+        for value in schema.values():
+            _open_objects(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            _open_objects(value)
 
 
 @functools.cache

@@ -17,6 +17,7 @@ import {
   pythonErrorOf,
   pythonErrorOfCall,
   pythonErrorOfException,
+  PythonTimeoutError,
 } from "./errors.js";
 import { failure, GRACE_MS, Transport } from "./http.js";
 import { ServiceProcess, type StartOptions } from "./service.js";
@@ -226,7 +227,8 @@ class Runner {
         }
       } catch (err) {
         if (deadline.aborted) {
-          throw failure(504, { success: false, error: `no answer within ${timeout + GRACE_MS} ms (the client's deadline)`, error_type: "timeout", status: 0 });
+          // The client's own deadline: no answer, so no body (status 0, as for any request).
+          throw new PythonTimeoutError(`no answer within ${timeout + GRACE_MS} ms (the client's deadline)`, 0);
         }
         throw err;
       }

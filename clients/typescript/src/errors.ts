@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { ErrorType, ExecuteAnswer, FailureAnswer, Output, PythonException } from "./types.js";
+import type { CallAnswer, ErrorType, ExecuteAnswer, FailureAnswer, Output, PythonException } from "./types.js";
 
 /** The base class of every error this package throws. */
 export class KernelBridgeError extends Error {
@@ -23,10 +23,11 @@ export class KernelBridgeError extends Error {
 export class BridgeHTTPError extends KernelBridgeError {
   /** The HTTP status; 0 when no answer came (refused connection, network failure). */
   readonly status: number;
-  /** The service's `error_type` (`bad_request`, `not_found`, `overloaded`, ...), or `unreachable`. */
+  /**
+   * The service's `error_type` (`bad_request`, `not_found`, `overloaded`, ...), `unreachable`
+   * when no answer came, `http` when the answer was not the service's.
+   */
   readonly errorType: ErrorType | "unreachable" | "http";
-  /** The same as {@link BridgeHTTPError.errorType}, under the wire's name. */
-  readonly error_type: ErrorType | "unreachable" | "http";
   /** The whole failure answer, when there was one. */
   readonly body: FailureAnswer | undefined;
 
@@ -46,8 +47,12 @@ export class BridgeHTTPError extends KernelBridgeError {
     super(message, options);
     this.status = status;
     this.errorType = errorType;
-    this.error_type = errorType;
     this.body = body;
+  }
+
+  /** @deprecated The same as {@link BridgeHTTPError.errorType}: use that. */
+  get error_type(): ErrorType | "unreachable" | "http" {
+    return this.errorType;
   }
 }
 
@@ -138,27 +143,8 @@ export class PythonError extends KernelBridgeError {
   }
 }
 
-/** A failed backend call as the service answers it (`success: false`). */
-export interface CallFailure {
-  /** Always false. */
-  success: false;
-  /** Always null. */
-  result: null;
-  /** `"<method>() raised <type>: <value>"` and the traceback. */
-  error: string;
-  /** `"python_error"`. */
-  error_type: "python_error";
-  /** How long the call took, in milliseconds. */
-  duration_ms: number;
-  /** The exception (services from this version on). */
-  exception?: PythonException | null;
-  /** The exception's class (older services). */
-  ename?: string;
-  /** The exception's message (services from this version on). */
-  evalue?: string;
-  /** The traceback, as text (services from this version on). */
-  traceback?: string;
-}
+/** A failed backend call as the service answers it (`success: false`, the exception). */
+export type CallFailure = CallAnswer & { success: false; error: string; error_type: "python_error" };
 
 /** A call on a backend that was terminated (by `terminate()` or `close()`). */
 export class BackendTerminatedError extends KernelBridgeError {}
@@ -220,9 +206,6 @@ export function pythonErrorOf(answer: ExecuteAnswer): PythonError {
 /** The PythonError of a failed backend call. */
 export function pythonErrorOfCall(answer: CallFailure): PythonError {
   if (answer.exception) return pythonErrorOfException(answer.exception, answer);
-  if (answer.ename !== undefined) {
-    return new PythonError(answer.ename, answer.evalue ?? "", answer.traceback ?? "", answer);
-  }
   // An older service: "<method>() raised <type>: <value>\n<traceback>".
   const match = /^\S+\(\) raised ([\w.]+): ?([^\n]*)\n?([\s\S]*)$/.exec(answer.error);
   if (match) {

@@ -46,3 +46,4 @@ export { GRACE_MS, type Endpoint } from "./http.js";
 export { ServiceProcess, type StartOptions } from "./service.js";
 export { readSSE, type SSEMessage } from "./sse.js";
 export type * from "./types.js";
+export { errorTypeValues } from "./types.js";

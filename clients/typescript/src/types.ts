@@ -1,286 +1,101 @@
 /**
  * The shapes on the wire: requests, answers and events of the kernel-bridge HTTP service, and
- * the nbformat v4 outputs it returns.
+ * the nbformat v4 outputs it returns. They are the types generated from the service's OpenAPI
+ * document (`src/generated/openapi.ts`, `make ts-types`), under the names this package has
+ * always exported; nothing here is written by hand but what the document cannot say (a
+ * backend event's SSE id, the data of its `exit` event, the narrowed call answers).
  *
  * @module
  */
+
+import type { components } from "./generated/openapi.js";
+
+/** The service's JSON Schemas, as TypeScript. */
+type Schemas = components["schemas"];
+
+export { errorTypeValues } from "./generated/openapi.js";
 
 /** Any JSON value. */
 export type JSONValue = null | boolean | number | string | JSONValue[] | { [key: string]: JSONValue };
 
 /** A MIME bundle: MIME type to content (a string, or JSON for `application/json` and such). */
-export type MimeBundle = Record<string, unknown>;
+export type MimeBundle = Schemas["DisplayDataOutput"]["data"];
 
 /** An nbformat v4 `stream` output: text a cell wrote to stdout or stderr. */
-export interface StreamOutput {
-  /** `"stream"` */
-  output_type: "stream";
-  /** Which stream. */
-  name: "stdout" | "stderr";
-  /** The text. */
-  text: string;
-}
+export type StreamOutput = Schemas["StreamOutput"];
 
 /** An nbformat v4 `display_data` output (`display(...)`, a plot, HTML). */
-export interface DisplayDataOutput {
-  /** `"display_data"` */
-  output_type: "display_data";
-  /** The representations of the object, by MIME type. */
-  data: MimeBundle;
-  /** Metadata by MIME type. */
-  metadata: Record<string, unknown>;
-  /** Set when the output may be updated (`display(..., display_id=...)`). */
-  transient?: { display_id?: string };
-}
+export type DisplayDataOutput = Schemas["DisplayDataOutput"];
 
 /** An nbformat v4 `execute_result` output: the value of the code. */
-export interface ExecuteResultOutput {
-  /** `"execute_result"` */
-  output_type: "execute_result";
-  /** The value's representations, by MIME type. */
-  data: MimeBundle;
-  /** Metadata by MIME type. */
-  metadata: Record<string, unknown>;
-  /** The kernel's execution counter. */
-  execution_count: number | null;
-}
+export type ExecuteResultOutput = Schemas["ExecuteResultOutput"];
 
 /** An nbformat v4 `error` output: the exception the code raised. */
-export interface ErrorOutput {
-  /** `"error"` */
-  output_type: "error";
-  /** The exception's class name. */
-  ename: string;
-  /** The exception's message. */
-  evalue: string;
-  /** The traceback, one entry per frame (may contain ANSI colors). */
-  traceback: string[];
-}
+export type ErrorOutput = Schemas["ErrorOutput"];
 
 /** One nbformat v4 output. */
 export type Output = StreamOutput | DisplayDataOutput | ExecuteResultOutput | ErrorOutput;
 
-/** The `error_type` of a failure answer. */
-export type ErrorType =
-  | "bad_request"
-  | "unauthorized"
-  | "forbidden"
-  | "not_found"
-  | "method_not_allowed"
-  | "conflict"
-  | "too_large"
-  | "limit_reached"
-  | "python_error"
-  | "timeout"
-  | "kernel_died"
-  | "kernel_start_failed"
-  | "overloaded"
-  | "shutting_down"
-  | "unavailable"
-  | "internal";
+/**
+ * The `error_type` of a failure answer: one per cause a client acts on differently (the
+ * service's `ErrorType`; {@link errorTypeValues} lists them at run time).
+ */
+export type ErrorType = Schemas["ErrorType"];
 
-/** A Python exception, the same in every answer that carries one. */
-export interface PythonException {
-  /** The exception's class, for example `"ZeroDivisionError"`. */
-  ename: string;
-  /** The exception's message. */
-  evalue: string;
-  /** The traceback, as plain text. */
-  traceback: string;
-}
+/** A Python exception, the same in every answer that carries one: `{ename, evalue, traceback}`. */
+export type PythonException = Schemas["PythonError"];
 
 /** Where an attestation says an output came from (the service's provenance records). */
-export type Attestation = Record<string, unknown>;
+export type Attestation = Schemas["ExecuteAnswer"]["attestations"][number];
 
-/** `POST /execute`: run code in a pool kernel. */
-export interface ExecuteRequest {
-  /** The code; a top-level `return X` makes X the value. */
-  content: string;
-  /** Seconds the code may run (the service's default: 30). */
-  timeout_secs?: number;
-  /** Also return the globals the code defined. */
-  capture_variables?: boolean;
-  /** Globals for the code: Python names mapped to JSON values. */
-  inputs?: Record<string, unknown>;
-}
+/** `POST /execute`: run code in a pool kernel (`content`, or its older name `code`). */
+export type ExecuteRequest = Schemas["ExecuteRequest"];
 
 /** `POST /evaluate`: the value of one expression. */
-export interface EvaluateRequest {
-  /** A Python expression. */
-  expr: string;
-  /** Seconds it may run. */
-  timeout_secs?: number;
-}
+export type EvaluateRequest = Schemas["EvaluateRequest"];
 
 /** `POST /execute-file`: run a script that lies in the service's root folder. */
-export interface ExecuteFileRequest {
-  /** The script's path, relative to the service's root (or absolute, inside it). */
-  path: string;
-  /** Seconds it may run. */
-  timeout_secs?: number;
-  /** Also return the globals the script defined. */
-  capture_variables?: boolean;
-}
+export type ExecuteFileRequest = Schemas["ExecuteFileRequest"];
 
 /** The answer of `/execute`, `/evaluate`, `/execute-file` (and of a context's). */
-export interface ExecuteAnswer {
-  /** Whether the code ran without raising. */
-  success: boolean;
-  /** Everything printed to stdout. */
-  stdout: string;
-  /** Everything written to stderr. */
-  stderr: string;
-  /** The value (`return X`, or the expression's), as JSON. */
-  result: unknown;
-  /** The traceback when the code raised, else null. */
-  error: string | null;
-  /** `"python_error"` when the code raised, else null. */
-  error_type: "python_error" | null;
-  /** The exception when the code raised, else null. */
-  exception: PythonException | null;
-  /** How long the code ran, in milliseconds. */
-  duration_ms: number;
-  /** The outputs in order, nbformat v4. */
-  outputs: Output[];
-  /** The globals, when `capture_variables` was asked. */
-  variables?: Record<string, unknown>;
-  /** Provenance of the outputs. */
-  attestations: Attestation[];
-  /** Whether output past the service's limit was dropped. */
-  truncated: boolean;
-}
+export type ExecuteAnswer = Schemas["ExecuteAnswer"];
 
-/** Every failure answer of the service. */
-export interface FailureAnswer {
-  /** Always false. */
-  success: false;
-  /** What went wrong. */
-  error: string;
-  /** The kind of failure. */
-  error_type: ErrorType;
-  /** The HTTP status, again. */
-  status: number;
-  /** With `timeout`: whether the kernel was restarted to stop the code. */
-  restarted?: boolean;
-  /** With `timeout` and `kernel_died`: what was printed before. */
-  stdout?: string;
-  /** With `timeout` and `kernel_died`: what went to stderr before. */
-  stderr?: string;
-  /** With `timeout` and `kernel_died`: the outputs made before. */
-  outputs?: Output[];
-  /** With `python_error` (a backend script that raised at start): the exception. */
-  exception?: PythonException;
-  /** With `bad_request`: the field at fault. */
-  field?: string;
-  /** With `conflict` on an install: the distributions it would change. */
-  conflicts?: string[];
-}
+/** Every failure answer of the service: `{success: false, error, error_type, status}` and more. */
+export type FailureAnswer = Schemas["Failure"];
 
 /** `GET /version`. */
-export interface VersionAnswer {
-  /** The kernels' Python version, for example `"3.11.2"`. */
-  python_version: string;
-  /** kernel-bridge's version. */
-  plugin_version: string;
-  /** The interpreter of the kernels. */
-  kernel_python: string;
-  /** The service's own Python version. */
-  server_python_version: string;
-  /** Jupyter Server's version. */
-  jupyter_server_version: string;
-}
+export type VersionAnswer = Schemas["VersionAnswer"];
 
 /** `GET /modules?names=...`. */
-export interface ModulesAnswer {
-  /** Whether the kernels can import each module. */
-  modules: Record<string, boolean>;
-}
+export type ModulesAnswer = Schemas["ModulesAnswer"];
 
 /** `GET /health`. */
-export interface HealthAnswer {
-  /** `"ok"` */
-  status: "ok";
-  /** kernel-bridge's version. */
-  version: string;
-  /** Warm kernels for one-off calls. */
-  pool_size: number;
-  /** Live kernels of the pool. */
-  kernels: number;
-  /** Backends running. */
-  backends: number;
-}
+export type HealthAnswer = Schemas["HealthAnswer"];
 
 /** `POST /backends`: start a backend from its source. */
-export interface BackendRequest {
-  /** The script's source. */
-  script: string;
-  /** A name for the backend (the client sends the script's file name): its session is `backends/<name>`. */
-  name?: string;
-  /** Extra environment variables for its kernel. */
-  env?: Record<string, string>;
-  /** Seconds the script gets to start, and the default for its calls. */
-  timeout_secs?: number;
-  /** Bring the kernel back (and run the script anew) when it dies. */
-  restart?: boolean;
-}
+export type BackendRequest = Schemas["BackendRequest"];
 
 /** A backend as the service describes it. */
-export interface BackendInfo {
-  /** The backend's id. */
-  id: string;
-  /** The id of its kernel (a Jupyter Server kernel). */
-  kernel_id: string;
-  /** Its public methods. */
-  methods: string[];
-  /** Whether its kernel runs. */
-  alive: boolean;
-  /**
-   * `alive`; `restarting` (its kernel died and comes back: `restart`); `lost` (its kernel runs
-   * but closed its connection); `dead` (its kernel died for good: calls answer 503
-   * `kernel_died`).
-   */
-  state?: "alive" | "restarting" | "lost" | "dead";
-  /** Its name: its Jupyter Server session is `backends/<name>`. */
-  name?: string;
-  /** The id of that session. */
-  session_id?: string | null;
-}
+export type BackendInfo = Schemas["BackendInfo"];
 
 /** `POST /backends/{id}/call`. */
-export interface CallRequest {
-  /** The method. */
-  cmd: string;
-  /** Its keyword arguments. */
-  params?: Record<string, unknown>;
-  /** Seconds the call may take (default: the backend's). */
-  timeout_secs?: number;
-}
+export type CallRequest = Schemas["CallRequest"];
+
+/** The answer of a backend call, either way. */
+export type CallAnswer = Schemas["CallAnswer"];
 
 /** A successful backend call. */
-export interface CallSuccess {
-  /** Always true. */
-  success: true;
-  /** The method's return value, as JSON (bytes and arrays as base64 placeholders). */
-  result: unknown;
-  /** Always null. */
-  error: null;
-  /** Always null. */
-  error_type: null;
-  /** How long the call took, in milliseconds. */
-  duration_ms: number;
-}
+export type CallSuccess = CallAnswer & { success: true; error: null; error_type: null; exception: null };
 
-/** One event of a backend's stream: `data: {"type", "data"}`. */
-export interface BackendEvent<T = unknown> {
+/** One event of a backend's stream: `data: {"type", "data"}`, with its SSE id. */
+export type BackendEvent<T = unknown> = Omit<Schemas["BackendEvent"], "data"> & {
   /** The event's number (its SSE id). */
   id: number;
-  /** The event type (`send_event`'s first argument, or `stdout`, `stderr`, `exit`, `restart`). */
-  type: string;
   /** The event's data. */
   data: T;
-}
+};
 
-/** The `exit` event: the backend's kernel died. */
+/** The `exit` event: the backend's kernel died (the data the host API sends). */
 export interface ExitEventData {
   /** The exit code, if known. */
   code: number | null;
@@ -293,68 +108,19 @@ export interface ExitEventData {
 }
 
 /** `POST /contexts`: a named, long-lived kernel whose state persists across calls. */
-export interface ContextRequest {
-  /** A name for it. */
-  name?: string;
-  /** Extra environment variables for its kernel. */
-  env?: Record<string, string>;
-  /** Its working folder. */
-  cwd?: string;
-  /** Seconds it gets to start. */
-  timeout_secs?: number;
-}
+export type ContextRequest = Schemas["ContextRequest"];
 
 /** A context as the service describes it. */
-export interface ContextInfo {
-  /** The context's id. */
-  id: string;
-  /** Its name. */
-  name: string | null;
-  /** The id of its kernel. */
-  kernel_id: string;
-  /** When it was created. */
-  created: string | number;
-  /** Anything else the service says about it. */
-  [key: string]: unknown;
-}
+export type ContextInfo = Schemas["ContextInfo"];
 
-/** `POST /packages/install`. */
-export interface InstallRequest {
-  /** Requirement specifiers, as pip takes them. */
-  packages: string[];
-  /** Upgrade packages already there. */
-  upgrade?: boolean;
-}
+/** `POST /packages/install` (`packages`, or one `package`). */
+export type InstallRequest = Schemas["InstallRequest"];
 
 /** The answer of `POST /packages/install`. */
-export interface InstallAnswer {
-  /** Whether pip succeeded. */
-  success: boolean;
-  /** What was installed. */
-  installed: string[];
-  /** pip's stdout. */
-  stdout: string;
-  /** pip's stderr. */
-  stderr: string;
-  /** How long it took, in milliseconds. */
-  duration_ms: number;
-}
+export type InstallAnswer = Schemas["InstallAnswer"];
 
 /**
  * The events of a streamed execution (`Accept: text/event-stream` on the execution routes),
  * by SSE event name.
  */
-export interface ExecutionEvents {
-  /** Text printed to stdout. */
-  stdout: { text: string };
-  /** Text written to stderr. */
-  stderr: { text: string };
-  /** A display output (a MIME bundle). */
-  display: DisplayDataOutput;
-  /** The value of the code (an `execute_result` output). */
-  result: ExecuteResultOutput;
-  /** The exception the code raised. */
-  error: { ename: string; evalue: string; traceback: string[] };
-  /** The last event: the whole answer, as without streaming. */
-  end: ExecuteAnswer | FailureAnswer;
-}
+export type ExecutionEvents = Schemas["ExecutionEvents"];
