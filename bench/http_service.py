@@ -1,6 +1,6 @@
 """Benchmark: what the HTTP service adds to a call, against the floor of an HTTP round trip.
 
-    .venv/bin/python bench/http_service.py [--calls 600] [--block 25]
+    .venv/bin/python bench/http_service.py [--calls 600] [--block 10]
 
 Three processes, as a host sees them:
 (a) ``AsyncBridge.execute("return 1+1")`` in this process, warm pool of 2: the baseline;
@@ -157,7 +157,7 @@ async def measure(calls: int, block: int) -> dict[str, list[float]]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=600, help="calls per variant")
-    parser.add_argument("--block", type=int, default=25, help="calls per block, interleaved")
+    parser.add_argument("--block", type=int, default=10, help="calls per block, interleaved")
     args = parser.parse_args()
     s = asyncio.run(measure(args.calls, args.block))
     load = os.getloadavg()[0]
