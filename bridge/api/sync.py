@@ -208,6 +208,7 @@ class Bridge(_BlockingCalls):
         gateway_token: str | None = None,
         gateway_kernel_name: str | None = None,
         fork_server: bool = True,
+        on_kernel_activity: Callable[[str, str, str | None, str | None], None] | None = None,
     ) -> None:
         self._async: AsyncBridge = AsyncBridge(
             pool_size=pool_size,
@@ -223,6 +224,7 @@ class Bridge(_BlockingCalls):
             gateway_token=gateway_token,
             gateway_kernel_name=gateway_kernel_name,
             fork_server=fork_server,
+            on_kernel_activity=on_kernel_activity,  # in the reader, on the portal's loop
         )
         self._portal: _Portal | None = None
         self._closing = False
