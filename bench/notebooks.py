@@ -9,8 +9,18 @@ times, wall clock and CPU, on the same notebooks:
 (b) pytest --nbmake: nbmake, a cold kernel per notebook started by nbclient, one at a time;
 (c) a loop of nbclient's NotebookClient in this process, one cold kernel per notebook;
 checks that all three agree on which notebooks pass, and prints (b)/(a) and (c)/(a) of the best
-wall time of each. Both pytest runs pay the same pytest start-up (without this venv's property
-testing plugins, which neither needs); the nbclient loop pays none.
+wall time of each; then (d) one notebook through `pytest --nb` from a cold process (target
+<= 1.5 s); then nbval's and nbmake's own test notebooks (tests/notebooks/upstream) under the
+original tool and under kernel-bridge's aliases of its options, timed, verdicts compared.
+Both pytest runs pay the same pytest start-up (without this venv's property testing plugins,
+which neither needs, and without the other tools' plugins: nbmake's and nbval's import
+nbformat, hence jsonschema, at plugin load, about a second that a project which switched no
+longer pays); the nbclient loop pays none.
+
+Bytecode: the figures assume the compiled .pyc files a `pip install` leaves (`make test`'s
+venv). A venv made by `uv pip install` has none and PYTHONDONTWRITEBYTECODE=1 keeps Python from
+writing them, so every run compiles ~450 modules again (about 0.5 s per process): the script
+says so, and `python -m compileall -q .venv/lib` restores what pip would have done.
 CPU counts the host and its kernels: all three start one kernel per notebook, so on a machine
 that others keep busy the wall-time ratios shrink toward the CPU ratios.
 """
@@ -20,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -68,6 +79,15 @@ def build(folder: Path, n: int) -> list[Path]:
     return paths
 
 
+def bytecode_cached() -> bool:
+    """Whether pytest's own modules have compiled bytecode (pip install writes it, uv does not)."""
+    import importlib.util
+
+    import _pytest.main
+
+    return Path(importlib.util.cache_from_source(_pytest.main.__file__)).exists()
+
+
 def cpu_seconds() -> float:
     """CPU time of this process and of every child it has waited for (kernels included)."""
     me, children = (
@@ -80,28 +100,78 @@ def cpu_seconds() -> float:
 Run = tuple[float, float, set[str]]  # wall seconds, CPU seconds, the notebooks that passed
 
 
-def pytest_run(folder: Path, name: str, *args: str) -> Run:
-    """A pytest run in *folder*; the notebooks that passed come from its JUnit XML report."""
+# The other tools' plugins, each left out of the runs that are not its own: nbmake's and
+# nbval's import nbformat, hence jsonschema, when they load (about a second per process).
+TOOLS = ("kernel_bridge", "nbmake", "nbval")
+
+
+def pytest_verdicts(
+    folder: Path, name: str, tool: str, *args: str, target: Path | None = None
+) -> tuple[float, float, dict[str, str]]:
+    """A pytest run of *tool*'s plugin in *folder* (of *target*, default the folder): wall and
+    CPU seconds, and each item's verdict (passed, failed, skipped) from its JUnit XML report."""
     report = folder.parent / f"{name}.xml"
     cpu, started = cpu_seconds(), time.perf_counter()
     # The test venv's property-testing plugins (schemathesis, hypothesis) take over a second
-    # to import in every pytest run, whatever it runs: left out of both runs alike, so the
+    # to import in every pytest run, whatever it runs: left out of every run alike, so the
     # ratio compares the notebook runners rather than this venv's unrelated plugins.
     unrelated = ["-p", "no:schemathesis", "-p", "no:hypothesispytest"]
+    unrelated += [arg for other in TOOLS if other != tool for arg in ("-p", f"no:{other}")]
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *unrelated]
     subprocess.run(
-        [*command, "--junit-xml", str(report), *args, str(folder)],
+        [*command, "--junit-xml", str(report), *args, str(target or folder)],
         cwd=folder,
         capture_output=True,
         check=False,
         timeout=600,
     )
     elapsed, cpu = time.perf_counter() - started, cpu_seconds() - cpu
-    passed = set()
+    verdicts = {}
     for case in ET.parse(report).getroot().iter("testcase"):
-        if case.find("failure") is None and case.find("error") is None:
-            passed.add(Path(case.get("name", "")).name.split("::")[-1])
+        verdict = "passed"
+        for tag, meaning in (("failure", "failed"), ("error", "failed"), ("skipped", "skipped")):
+            if case.find(tag) is not None:
+                verdict = meaning
+        verdicts[f"{case.get('classname')}::{case.get('name')}"] = verdict
+    return elapsed, cpu, verdicts
+
+
+def pytest_run(folder: Path, name: str, *args: str, target: Path | None = None) -> Run:
+    """As ``pytest_verdicts``, with the names of the notebooks that passed."""
+    tool = "nbmake" if name == "nbmake" else "kernel_bridge"
+    elapsed, cpu, verdicts = pytest_verdicts(folder, name, tool, *args, target=target)
+    passed = {k.split("::")[-1] for k, v in verdicts.items() if v == "passed"}
     return elapsed, cpu, passed
+
+
+UPSTREAM = Path(__file__).resolve().parent.parent / "tests" / "notebooks" / "upstream"
+NBVAL_ARGS = ("--nbval", "--nbval-current-env", "--nbval-sanitize-with", "sanitize_defaults.cfg")
+
+
+def upstream_suites(tmp: Path, rounds: int) -> bool:
+    """nbval's and nbmake's own test notebooks under the original tool and under kernel-bridge's
+    aliases of its options (the other plugins left out), best of *rounds*; True if every item's
+    verdict is the same."""
+    same = True
+    for tool, args in (("nbval", NBVAL_ARGS), ("nbmake", ("--nbmake",))):
+        folder = tmp / tool
+        shutil.copytree(UPSTREAM / tool, folder)
+        times: dict[str, list[float]] = {tool: [], "kernel_bridge": []}
+        found: dict[str, dict[str, str]] = {}
+        for _ in range(rounds):
+            for who in times:
+                elapsed, _cpu, verdicts = pytest_verdicts(folder, f"{tool}-{who}", who, *args)
+                times[who].append(elapsed)
+                found[who] = verdicts
+        theirs, ours = min(times[tool]), min(times["kernel_bridge"])
+        agree = found[tool] == found["kernel_bridge"]
+        same = same and agree
+        print(
+            f"  {tool}'s own notebooks ({len(found[tool])} items): {tool} {theirs:.2f} s, "
+            f"pytest {' '.join(args[:1])} on kernel-bridge {ours:.2f} s: "
+            f"{theirs / ours:.2f}x; same verdicts: {'yes' if agree else 'NO'}"
+        )
+    return same
 
 
 def nbclient_loop(paths: list[Path]) -> Run:
@@ -149,6 +219,9 @@ def main() -> None:
             )
             runs[names[1]].append(pytest_run(folder, "nbmake", "--nbmake"))
             runs[names[2]].append(nbclient_loop(paths))
+        one = [
+            pytest_run(folder, "one", "--nb", target=paths[0])[0] for _ in range(args.rounds + 1)
+        ]
     best = {name: min(r[0] for r in found) for name, found in runs.items()}
     cpu = {name: min(r[1] for r in found) for name, found in runs.items()}
     print(
@@ -168,10 +241,16 @@ def main() -> None:
         for r in found
         if r[2] != expected
     }
+    print(f"(d) pytest --nb on one notebook from a cold process: {min(one):.2f} s (target <= 1.5)")
+    if not bytecode_cached():
+        print("    (no .pyc files in this venv: every process compiles its imports; see above)")
+    print("The tools' own test notebooks (tests/notebooks/upstream), best of 2:")
+    with tempfile.TemporaryDirectory(prefix="kb-bench-upstream-") as tmp:
+        upstream_same = upstream_suites(Path(tmp), 2)
     print(f"all three agree on which notebooks pass: {'NO' if failed else 'yes'}")
     for name, (missing, extra) in failed.items():
         print(f"  {name}: should pass but did not {missing}; should fail but passed {extra}")
-    if failed:
+    if failed or not upstream_same:
         sys.exit(1)
 
 

@@ -351,10 +351,12 @@ def _run(args: argparse.Namespace) -> int:
                 capture_variables=args.capture_variables,
                 on_output=live,
             )
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2, default=str))
-    else:
-        print_result(result, outputs=False)
+        # Printed before the bridge closes: the kernel's polite shutdown (0.1 to 0.3 s) then
+        # goes on after the answer is out, not before it.
+        if args.json:
+            print(json.dumps(result.to_dict(), indent=2, default=str), flush=True)
+        else:
+            print_result(result, outputs=False)
     return EXIT_OK if result.success else EXIT_FAILED
 
 

@@ -1,16 +1,19 @@
-"""Compare a cell's fresh outputs with the stored ones, as nbval does, and show a readable diff.
+"""Compare a cell's fresh outputs with the stored ones by nbval's rules, and show a readable diff.
 
-Both sides are turned into lines of text and diffed. Each output becomes a header line
-(``[stdout]``, ``[execute_result text/plain]``...) and its sanitized text. What cannot be the
-same from run to run is left out or masked: execution counts, output metadata, tracebacks (only
-the exception's name and message count), image bytes (only that an image of that type is
-there: a new library version redraws a plot pixel by pixel), widget model ids, and whatever the
-sanitizers match (memory addresses and timestamps by default, plus the user's regexes).
+The verdict is nbval's (``nbval/plugin.py``, ``IPyNbCell.compare_outputs``, 0.11): stream
+outputs of one name are merged into one (wherever they are in the cell, ``\r`` and ``\b``
+applied), then every output is flattened to keys (a stream's name, each MIME type of
+``data``, ``ename`` and ``evalue`` of an error) and each key's values are compared in order;
+the order of outputs of different keys does not count. Never compared: execution counts, output
+metadata, tracebacks, PNG and JPEG data (a new library version redraws a plot pixel by pixel),
+widget model ids. Strings pass through the sanitizers first (the user's; with ``--nb-compare``
+also ours for memory addresses and timestamps, which nbval leaves to a sanitizer file).
+
+What a person reads is a unified diff of the two sides, one ``[key]`` header per value.
 """
 
 from __future__ import annotations
 
-import configparser
 import difflib
 import json
 import re
@@ -20,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from bridge import InvalidRequest
-from bridge.notebooks.reading import INJECTED_TAG, cell_tags
+from bridge.notebooks.reading import cell_marks
 from bridge.notebooks.report import CellFailure
 
-IGNORE_OUTPUT_TAGS = frozenset({"ignore-output", "nbval-ignore-output"})
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 
@@ -56,29 +58,30 @@ DEFAULT_SANITIZERS = (
 )
 
 
+_SANITIZER_PAIR = re.compile(r"^regex: (.*)$\n^replace: (.*)$", re.MULTILINE)
+
+
 def read_sanitizer_file(path: str | Path) -> list[Sanitizer]:
-    """nbval's sanitizer file: INI sections, each with ``regex:`` and ``replace:``."""
-    parser = configparser.ConfigParser(interpolation=None)
+    """nbval's sanitizer file: ``regex: ...`` lines, each followed by a ``replace: ...`` line
+    (sections in ``[brackets]`` for the reader), read as nbval reads it."""
     try:
-        with open(path, encoding="utf-8") as f:
-            parser.read_file(f)
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise InvalidRequest(f"cannot read sanitizer file {path}: {exc.strerror}") from None
-    except configparser.Error as exc:
-        raise InvalidRequest(f"sanitizer file {path} is not an INI file: {exc}") from None
-    out = []
-    for name in parser.sections():
-        section = parser[name]
-        if "regex" not in section:
-            raise InvalidRequest(f"sanitizer file {path}: section [{name}] has no regex")
-        out.append(Sanitizer.of(section["regex"], section.get("replace", "<sanitized>")))
-    return out
+    pairs = _SANITIZER_PAIR.findall(text)
+    if not pairs:
+        raise InvalidRequest(
+            f"sanitizer file {path} has no 'regex: ...' line followed by a 'replace: ...' line"
+        )
+    return [Sanitizer.of(regex, replace) for regex, replace in pairs]
 
 
-def _sanitize(text: str, sanitizers: Sequence[Sanitizer]) -> str:
+def _sanitize(value: Any, sanitizers: Sequence[Sanitizer]) -> Any:
+    if not isinstance(value, str):
+        return value  # JSON MIME data: compared as data, as nbval does
     for sanitizer in sanitizers:
-        text = sanitizer(text)
-    return text
+        value = sanitizer(value)
+    return value
 
 
 def _text(value: Any) -> str:
@@ -89,46 +92,84 @@ def _text(value: Any) -> str:
     return json.dumps(value, indent=1, sort_keys=True, default=str)
 
 
-def _merged_streams(outputs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Consecutive stream outputs of one name as one: how they are split is chance."""
+_CARRIAGE_RETURN = re.compile(r"^.*\r(?=[^\n])", re.MULTILINE)
+_BACKSPACE = re.compile("[^\n]\b")  # a backspace character, as in nbval
+
+
+def coalesce_streams(outputs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each stream's outputs as one, where its first one was (nbval's ``coalesce_streams``):
+    how a stream is cut into messages, and how two streams interleave, is chance."""
     merged: list[dict[str, Any]] = []
+    streams: dict[str, dict[str, Any]] = {}
     for output in outputs:
-        last = merged[-1] if merged else None
-        if (
-            output.get("output_type") == "stream"
-            and last is not None
-            and last.get("output_type") == "stream"
-            and last.get("name") == output.get("name")
-        ):
-            merged[-1] = {**last, "text": _text(last.get("text", "")) + _text(output.get("text"))}
+        if output.get("output_type") != "stream":
+            merged.append(output)
+            continue
+        name = str(output.get("name", "stdout"))
+        if name in streams:
+            streams[name]["text"] += _text(output.get("text", ""))
         else:
-            merged.append(dict(output))
+            streams[name] = {**output, "text": _text(output.get("text", ""))}
+            merged.append(streams[name])
+    for stream in streams.values():
+        text = stream["text"]
+        while True:  # a character followed by a backspace cancels out
+            shorter = _BACKSPACE.sub("", text)
+            if len(shorter) == len(text):
+                break
+            text = shorter
+        stream["text"] = _CARRIAGE_RETURN.sub("", text)
     return merged
 
 
-def output_lines(outputs: Iterable[dict[str, Any]], sanitizers: Sequence[Sanitizer]) -> list[str]:
-    """The comparable text of a cell's outputs, one list item per line."""
-    lines: list[str] = []
+# nbval's skip_compare: never part of the verdict.
+NOT_COMPARED = frozenset(
+    {
+        "metadata",
+        "traceback",
+        "prompt_number",
+        "output_type",
+        "name",
+        "execution_count",
+        "transient",
+        WIDGET_VIEW,
+        "image/png",
+        "image/jpeg",
+    }
+)
 
-    def add(header: str, text: str = "") -> None:
-        lines.append(header)
-        if text:
-            lines.extend(_sanitize(text, sanitizers).splitlines())
 
-    for output in _merged_streams(outputs):
-        kind = output.get("output_type", "")
-        if kind == "stream":
-            add(f"[{output.get('name', 'stdout')}]", _text(output.get("text", "")))
-        elif kind in ("display_data", "execute_result"):
-            for mime, value in sorted((output.get("data") or {}).items()):
-                if mime.startswith("image/") or mime == WIDGET_VIEW:
-                    add(f"[{kind} {mime}]")
-                else:
-                    add(f"[{kind} {mime}]", _text(value))
-        elif kind == "error":
-            add("[error]", f"{output.get('ename', '')}: {output.get('evalue', '')}")
+def comparable(
+    outputs: Iterable[dict[str, Any]], sanitizers: Sequence[Sanitizer]
+) -> dict[str, list[Any]]:
+    """The outputs flattened as nbval flattens them: key -> its values in order."""
+    flat: dict[str, list[Any]] = {}
+    for output in coalesce_streams(outputs):
+        if output.get("output_type") == "stream":
+            fields: dict[str, Any] = {str(output.get("name", "stdout")): output.get("text", "")}
         else:
-            add(f"[{kind}]")
+            fields = {}
+            for key, value in output.items():
+                if key == "data" and isinstance(value, dict):
+                    fields.update(value)
+                else:
+                    fields[key] = value
+        for key, value in fields.items():
+            if key not in NOT_COMPARED:
+                if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                    value = "".join(value)  # multiline text as stored in .ipynb JSON
+                flat.setdefault(key, []).append(_sanitize(value, sanitizers))
+    return flat
+
+
+def output_lines(outputs: Iterable[dict[str, Any]], sanitizers: Sequence[Sanitizer]) -> list[str]:
+    """The compared part of a cell's outputs as lines: a ``[key]`` header per value, then the
+    value's text."""
+    lines: list[str] = []
+    for key, values in sorted(comparable(outputs, sanitizers).items()):
+        for value in values:
+            lines.append(f"[{key}]")
+            lines.extend(_text(value).splitlines())
     return lines
 
 
@@ -137,40 +178,54 @@ def diff_outputs(
     fresh: Iterable[dict[str, Any]],
     sanitizers: Sequence[Sanitizer],
 ) -> str:
-    """A unified diff of the stored and fresh outputs; "" when they match."""
-    a = output_lines(stored, sanitizers)
-    b = output_lines(fresh, sanitizers)
-    if a == b:
+    """A unified diff of the stored and fresh outputs; "" when they match by nbval's rules."""
+    stored, fresh = list(stored), list(fresh)
+    if comparable(stored, sanitizers) == comparable(fresh, sanitizers):
         return ""
-    return "\n".join(difflib.unified_diff(a, b, "stored", "fresh", lineterm=""))
+    a, b = output_lines(stored, sanitizers), output_lines(fresh, sanitizers)
+    diff = "\n".join(difflib.unified_diff(a, b, "stored", "fresh", lineterm=""))
+    return diff or "(the same text, of different types: " + repr(a) + ")"
 
 
 def compare_outputs(
-    stored: Any, executed: Any, indices: Iterable[int], sanitizers: Sequence[Sanitizer]
+    stored: Any,
+    executed: Any,
+    indices: Iterable[int],
+    sanitizers: Sequence[Sanitizer],
+    *,
+    lax: bool = False,
 ) -> list[CellFailure]:
     """A mismatch for each executed cell whose outputs differ from the stored notebook's.
 
-    Cells never run when the notebook was saved (no execution count, no outputs), injected
-    parameters and cells tagged ``ignore-output`` / ``nbval-ignore-output`` are not compared.
+    Compared: the cells ``cell_marks`` says are (every cell; *lax*: only those marked
+    ``NBVAL_CHECK_OUTPUT``/``nbval-check-output``). Cells never run when the notebook was saved
+    (no execution count) are not compared, and fail if they have outputs all the same, as in
+    nbval. Injected parameters are never compared.
     """
     mismatches = []
     for index in sorted(indices):
         old, new = stored.cells[index], executed.cells[index]
-        if IGNORE_OUTPUT_TAGS & cell_tags(old) or INJECTED_TAG in cell_tags(old):
+        if not cell_marks(old).compared(lax=lax):
             continue
-        if old.get("execution_count") is None and not old.get("outputs"):
+        if old.get("execution_count") is None:
+            if old.get("outputs"):
+                headline = f"cells[{index}] was not run when saved but has outputs"
+                mismatches.append(_mismatch(index, new, headline, ""))
             continue
         diff = diff_outputs(old.get("outputs", []), new.get("outputs", []), sanitizers)
         if diff:
-            mismatches.append(
-                CellFailure(
-                    index=index,
-                    kind="mismatch",
-                    headline=f"cells[{index}]: outputs differ from the stored ones",
-                    source=new.source,
-                    outputs=new.outputs,
-                    execution_count=new.execution_count,
-                    diff=diff,
-                )
-            )
+            headline = f"cells[{index}]: outputs differ from the stored ones"
+            mismatches.append(_mismatch(index, new, headline, diff))
     return mismatches
+
+
+def _mismatch(index: int, cell: Any, headline: str, diff: str) -> CellFailure:
+    return CellFailure(
+        index=index,
+        kind="mismatch",
+        headline=headline,
+        source=cell.source,
+        outputs=cell.outputs,
+        execution_count=cell.execution_count,
+        diff=diff,
+    )

@@ -11,7 +11,7 @@ import contextlib
 import os
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +55,7 @@ class AsyncNotebook:
         self.path = path
         self.name = display_name(path)
         self._runner = runner
+        self._coverage = False
 
     @classmethod
     async def open(
@@ -65,21 +66,24 @@ class AsyncNotebook:
         execute: Any = False,
         timeout: float | None = None,
         params: dict[str, Any] | None = None,
+        coverage: dict[str, Any] | None = None,
     ) -> AsyncNotebook:
         """Open *path* on a fresh kernel, its folder as working directory.
 
         *execute*: ``True`` runs every cell; a tag, a cell index, or a list of them runs those
         cells (in notebook order); ``False`` runs none. A failing cell raises
-        ``NotebookFailed`` with the report, and the kernel is shut down.
+        ``NotebookFailed`` with the report, and the kernel is shut down. *coverage*
+        (``NotebookOptions.coverage``) measures the kernel until ``aclose``.
         """
         path = Path(path)
         seconds = timeout or DEFAULT_CELL_TIMEOUT
         prepared = await prepare(
             bridge, path, name=display_name(path), timeout=seconds, params=params or {}
         )
-        runner = await open_notebook(bridge, prepared)
+        runner = await open_notebook(bridge, prepared, coverage=coverage)
         try:
             handle = cls(runner.session, runner.nb, path, runner)
+            handle._coverage = coverage is not None
             if execute is not False:
                 await handle.execute(execute)
         except BaseException:
@@ -129,23 +133,26 @@ class AsyncNotebook:
             )
             result.raise_for_failure()
 
-    def ref(self, name: str) -> Callable[..., Any]:
-        """A coroutine function that calls *name* in the notebook with JSON arguments.
+    def ref(self, name: str) -> AsyncRef:
+        """A reference to *name* in the notebook, testbook style: ``await nb.ref("add")(1, 2)``
+        calls it; ``nb.ref("model").fit`` is a further reference, ``await``-ed for its value.
 
-        ``await nb.ref("add")(1, 2) == 3``
+        Any result that is JSON comes back as a value; any other object stays in the kernel and
+        comes back as a further ``AsyncRef``, held until the notebook's kernel shuts down (the
+        ``notebook`` fixture shuts it down when the test ends).
         """
-        target = _dotted(name, "ref()")
+        return AsyncRef(self, _dotted(name, "ref()"))
 
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            code = (
-                f"try:\n    return {target}(*__kb_args__, **__kb_kwargs__)\n"
-                "finally:\n    del __kb_args__, __kb_kwargs__"
-            )
-            inputs = {"__kb_args__": list(args), "__kb_kwargs__": kwargs}
-            return _value(await self.session.execute(code, inputs=inputs))
-
-        call.__name__ = target.rsplit(".", 1)[-1]
-        return call
+    async def _resolve(self, expr: str, call: tuple[list[Any], dict[str, Any]] | None) -> Any:
+        """The value of *expr* (called with *call*'s arguments if given) or a reference to it."""
+        code = "__kb_v__ = " + (expr + "(*__kb_args__, **__kb_kwargs__)" if call else expr)
+        inputs: dict[str, Any] = {"__kb_key__": uuid.uuid4().hex[:12]}
+        if call is not None:
+            inputs.update(__kb_args__=call[0], __kb_kwargs__=call[1])
+        found = _value(await self.session.execute(_RESOLVE.format(code=code), inputs=inputs))
+        if isinstance(found, dict) and "ref" in found:
+            return AsyncRef(self, f"__kb_refs__[{found['ref']!r}]", str(found.get("type", "")))
+        return found["value"] if isinstance(found, dict) else found
 
     async def value(self, expr: str) -> Any:
         """The value of *expr* in the notebook: JSON data as is, anything else as its repr."""
@@ -201,8 +208,62 @@ class AsyncNotebook:
                 (await self.session.execute(undo)).raise_for_error()
 
     async def aclose(self) -> None:
-        """Shut the notebook's kernel down."""
+        """Shut the notebook's kernel down (its coverage data written first)."""
+        if self._coverage:
+            self._coverage = False
+            with contextlib.suppress(BridgeError):  # a dead kernel took its data with it
+                await self._runner.stop_coverage()
         await self.session.aclose()
+
+
+# Runs *code* (which sets __kb_v__) and returns {"value": v} when v is JSON, else keeps v in the
+# kernel's __kb_refs__ and returns {"ref": key, "type": name}; the temporaries are deleted.
+_RESOLVE = """\
+try:
+    {code}
+    try:
+        __import__("json").dumps(__kb_v__, allow_nan=False)
+        return {{"value": __kb_v__}}
+    except (TypeError, ValueError, OverflowError, RecursionError):
+        globals().setdefault("__kb_refs__", {{}})[__kb_key__] = __kb_v__
+        return {{"ref": __kb_key__, "type": type(__kb_v__).__qualname__}}
+finally:
+    for __kb_n__ in ("__kb_v__", "__kb_key__", "__kb_args__", "__kb_kwargs__", "__kb_n__"):
+        globals().pop(__kb_n__, None)
+"""
+
+
+class AsyncRef:
+    """An object in a notebook's kernel (``AsyncNotebook.ref``): attributes are further
+    references, calls run in the kernel, ``await`` gives the value (or a reference to an object
+    that is not JSON).
+
+    >>> model = await nb.ref("make_model")(3)       # doctest: +SKIP
+    >>> await model.predict([1, 2])                  # doctest: +SKIP
+    [2.5, 4.1]
+    >>> await model.params.depth                     # doctest: +SKIP
+    3
+    """
+
+    def __init__(self, notebook: AsyncNotebook, expr: str, type_name: str = "") -> None:
+        self._notebook = notebook
+        self._expr = expr
+        self.type_name = type_name  # the object's type, when it came back as a reference
+
+    def __getattr__(self, attr: str) -> AsyncRef:
+        if attr.startswith("__") or not attr.isidentifier():
+            raise AttributeError(attr)
+        return AsyncRef(self._notebook, f"{self._expr}.{attr}")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:
+        return self._notebook._resolve(self._expr, (list(args), kwargs))
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._notebook._resolve(self._expr, None).__await__()
+
+    def __repr__(self) -> str:
+        kind = f" ({self.type_name})" if self.type_name else ""
+        return f"<reference {self._expr}{kind} in {self._notebook.name}>"
 
 
 class AsyncPatch:
@@ -245,6 +306,7 @@ class Notebook:
         execute: Any = False,
         timeout: float | None = None,
         params: dict[str, Any] | None = None,
+        coverage: dict[str, Any] | None = None,
     ) -> Notebook:
         handle = bridge.call(
             AsyncNotebook.open,
@@ -253,6 +315,7 @@ class Notebook:
             execute=execute,
             timeout=timeout,
             params=params,
+            coverage=coverage,
         )
         return cls(bridge, handle)
 
@@ -269,14 +332,10 @@ class Notebook:
     def execute(self, cells: Any = True) -> None:
         self._call(self._async.execute, cells)
 
-    def ref(self, name: str) -> Callable[..., Any]:
-        remote = self._async.ref(name)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return self._call(remote, *args, **kwargs)
-
-        call.__name__ = remote.__name__
-        return call
+    def ref(self, name: str) -> Ref:
+        """A reference to *name* in the notebook (see ``AsyncNotebook.ref``); blocking, so an
+        attribute is looked up at once: ``nb.ref("model").params.depth == 3``."""
+        return Ref(self, self._async.ref(name))
 
     def value(self, expr: str) -> Any:
         return self._call(self._async.value, expr)
@@ -306,6 +365,34 @@ class Notebook:
         if not self._closed:
             self._closed = True
             self._bridge.call(self._async.aclose)
+
+
+class Ref:
+    """The blocking twin of ``AsyncRef``: ``nb.ref("obj").attr.method(2)``. Each attribute and
+    call asks the kernel: a JSON result is the value, any other object a further ``Ref``."""
+
+    def __init__(self, notebook: Notebook, ref: AsyncRef) -> None:
+        self._notebook = notebook
+        self._ref = ref
+
+    def _wrap(self, found: Any) -> Any:
+        return Ref(self._notebook, found) if isinstance(found, AsyncRef) else found
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__") or not attr.isidentifier():
+            raise AttributeError(attr)
+        remote = getattr(self._ref, attr)
+        return self._wrap(self._notebook._call(remote._notebook._resolve, remote._expr, None))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._wrap(self._notebook._call(self._ref, *args, **kwargs))
+
+    @property
+    def type_name(self) -> str:
+        return self._ref.type_name
+
+    def __repr__(self) -> str:
+        return repr(self._ref)
 
 
 class Patch:

@@ -36,6 +36,14 @@ class NotebookOptions:
     root: Path | None = None  # names and written paths are relative to it (default: cwd)
     workers: int = 1
     python: str | None = None
+    lax: bool = False  # compare only cells marked NBVAL_CHECK_OUTPUT (nbval's --nbval-lax)
+    default_sanitizers: bool = True  # mask addresses and timestamps (off under --nbval)
+    kernel: str | None = None  # checked instead of each notebook's kernel spec name
+    import_errors_only: bool = False  # nbmake's --nbmake-find-import-errors
+    overwrite: bool = False  # write each executed notebook over its source (nbmake's)
+    # coverage.Coverage's arguments for each notebook's kernel (``cells.start_coverage``),
+    # and "cwd", where it starts: set by the pytest plugin under pytest-cov's --cov.
+    coverage: dict[str, Any] | None = None
 
 
 def parse_param(text: str) -> tuple[str, Any]:
@@ -63,12 +71,14 @@ def build_options(
     workers: int = 1,
     python: str | None = None,
     root: Path | None = None,
+    **modes: Any,
 ) -> NotebookOptions:
     """NotebookOptions from a front end's raw values; InvalidRequest names what is wrong.
 
     *flag* prefixes option names in messages (``"--nb-"`` for pytest, ``"--"`` for the
     command). *params* are ``NAME=VALUE`` texts, *sanitize* regexes, *sanitize_with* an
-    nbval sanitizer file, *write* the folder executed notebooks go to.
+    nbval sanitizer file, *write* the folder executed notebooks go to; *modes* are the
+    remaining fields of NotebookOptions as they are (``lax``, ``kernel``, ``overwrite``...).
 
     >>> build_options(flag="--", params=["n=3"], workers=2).params    # doctest: +SKIP
     {'n': 3}
@@ -90,4 +100,5 @@ def build_options(
         root=root,
         workers=workers,
         python=python,
+        **modes,
     )

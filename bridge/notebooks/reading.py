@@ -2,16 +2,28 @@
 inject parameters, write it back.
 
 The one place nbformat is called, so the one place its errors become ``InvalidNotebook``.
-nbformat is imported when a notebook is read, not with this module: the pytest plugin reads
-its options in every pytest run of a project that has ``--nb`` in its addopts.
+
+Reading does not import nbformat when it need not: ``import nbformat`` imports jsonschema, whose
+format checkers compile rfc3987_syntax's lark grammar (about a second, paid by every ``pytest
+--nb`` run). A notebook that is nbformat 4 and valid against nbformat's own JSON schema for its
+minor version (checked with fastjsonschema, which nbformat itself uses by default) is read as
+nbformat's v4 reader reads it: multiline strings joined, transient metadata dropped, dicts
+with attribute access. Anything else (nbformat 3, a schema error, JSON that is no notebook)
+goes through ``nbformat.reads`` as before, so its upgrade, its log line and its errors are
+nbformat's. Writing (``--nb-write``) imports nbformat and validates with it.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import importlib.util
+import json
 import os
 import re
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +53,153 @@ def cell_tags(cell: Any) -> set[str]:
     return {str(t) for t in tags} if isinstance(tags, list) else set()
 
 
+class Node(dict[str, Any]):
+    """A notebook node: a dict whose keys are also attributes, as nbformat's NotebookNode."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self[key] = value
+
+    def __delattr__(self, key: str) -> None:
+        del self[key]
+
+
+def _nodes(value: Any) -> Any:
+    """*value* with every dict a ``Node`` (nbformat's ``from_dict``)."""
+    if isinstance(value, dict):
+        return Node((k, _nodes(v)) for k, v in value.items())
+    if isinstance(value, list):
+        return [_nodes(v) for v in value]
+    return value
+
+
+def _joined(value: Any) -> Any:
+    return (
+        "".join(value)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value)
+        else value
+    )
+
+
+def _is_json_mime(mime: str) -> bool:
+    return mime == "application/json" or (
+        mime.startswith("application/") and mime.endswith("+json")
+    )
+
+
+def _rejoin_bundle(data: dict[str, Any]) -> None:
+    for mime, value in data.items():
+        if not _is_json_mime(mime):
+            data[mime] = _joined(value)
+
+
+def _as_read(nb: Any) -> Any:
+    """nbformat's v4 reader on a parsed notebook: ``rejoin_lines``, ``strip_transient``."""
+    for key in ("orig_nbformat", "orig_nbformat_minor", "signature"):
+        nb.metadata.pop(key, None)
+    for cell in nb.cells:
+        cell.metadata.pop("trusted", None)
+        if isinstance(cell.get("source"), list):
+            cell.source = "".join(cell.source)
+        for attachment in (cell.get("attachments") or {}).values():
+            _rejoin_bundle(attachment)
+        for output in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
+            if output.get("output_type") in ("execute_result", "display_data"):
+                _rejoin_bundle(output.get("data", {}))
+            elif output.get("output_type") and isinstance(output.get("text"), list):
+                output.text = "".join(output.text)
+    return nb
+
+
+@functools.cache
+def _v4_validator(minor: int) -> Callable[[Any], Any] | None:
+    """fastjsonschema's check of nbformat's own v4.*minor* schema; None if there is none."""
+    spec = importlib.util.find_spec("nbformat")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "v4"
+    schema = folder / f"nbformat.v4.{minor}.schema.json"
+    if not schema.is_file():
+        return None
+    import fastjsonschema
+
+    return fastjsonschema.compile(json.loads(schema.read_text(encoding="utf-8")))  # type: ignore[no-any-return]
+
+
+def _read_fast(text: str) -> Any | None:
+    """The notebook in *text* if it is a valid nbformat 4 one, read without nbformat; else None."""
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(raw, dict) or raw.get("nbformat") != 4:
+        return None
+    minor = raw.get("nbformat_minor")
+    if isinstance(minor, bool) or not isinstance(minor, int):
+        return None
+    validator = _v4_validator(minor)
+    if validator is None:
+        return None
+    try:
+        validator(raw)
+    except Exception:  # fastjsonschema's JsonSchemaException: nbformat's path says why
+        return None
+    return _as_read(_nodes(raw))
+
+
+# nbval's comment markers and tags (nbval/plugin.py 0.11), with nbclient's and nbmake's tags:
+# what each says about a code cell. A marker in the source wins over a tag, as in nbval.
+_MARKERS = {
+    "NBVAL_SKIP": ("skip", True),
+    "NBVAL_IGNORE_OUTPUT": ("check", False),
+    "PYTEST_VALIDATE_IGNORE_OUTPUT": ("check", False),
+    "NBVAL_CHECK_OUTPUT": ("check", True),
+    "NBVAL_RAISES_EXCEPTION": ("raises", True),
+}
+_TAGS = {
+    **{name.lower().replace("_", "-"): mark for name, mark in _MARKERS.items()},
+    "skip-execution": ("skip", True),
+    "raises-exception": ("raises", True),
+    "ignore-output": ("check", False),
+    INJECTED_TAG: ("check", False),
+}
+
+
+@dataclass(frozen=True)
+class CellMarks:
+    """What a code cell's tags and nbval comment markers say: not run, run and expected to
+    raise, outputs compared (None: as the run decides, all cells or, lax, marked ones only)."""
+
+    skip: bool = False
+    raises: bool = False
+    check: bool | None = None
+
+    def compared(self, *, lax: bool) -> bool:
+        return self.check if self.check is not None else not lax
+
+
+def cell_marks(cell: Any) -> CellMarks:
+    """The ``CellMarks`` of *cell*: its tags, then its ``# NBVAL_...`` comment lines."""
+    found: dict[str, bool] = {}
+    for tag in sorted(cell_tags(cell)):
+        if tag in _TAGS:
+            key, value = _TAGS[tag]
+            found[key] = value
+    source = cell.get("source", "")
+    for line in ("".join(source) if isinstance(source, list) else str(source)).splitlines():
+        line = line.strip()
+        if line.startswith("#"):
+            mark = _MARKERS.get(line.lstrip("#").strip())
+            if mark is not None:
+                found[mark[0]] = mark[1]
+    return CellMarks(**found)
+
+
 def read_notebook(path: str | os.PathLike[str], name: str | None = None) -> Any:
     """The notebook at *path* as nbformat 4 (nbformat 3 is upgraded); InvalidNotebook if it
     is not one."""
@@ -55,6 +214,9 @@ def read_notebook(path: str | os.PathLike[str], name: str | None = None) -> Any:
         raise InvalidNotebook(f"{name} is a directory, not a notebook") from None
     except OSError as exc:  # no such file, no permission
         raise InvalidNotebook(f"cannot read {name}: {exc.strerror}") from None
+    fast = _read_fast(text)
+    if fast is not None:
+        return fast
     try:
         import nbformat
 
@@ -67,10 +229,8 @@ def read_notebook(path: str | os.PathLike[str], name: str | None = None) -> Any:
 
 
 def as_outputs(outputs: list[dict[str, Any]]) -> Any:
-    """A copy of *outputs* as nbformat nodes, as a cell read from a file holds them."""
-    import nbformat
-
-    return nbformat.from_dict(copy.deepcopy(outputs))  # type: ignore[no-untyped-call]
+    """A copy of *outputs* as notebook nodes, as a cell read from a file holds them."""
+    return _nodes(copy.deepcopy(outputs))
 
 
 def write_notebook(nb: Any, path: Path) -> Path:
@@ -83,18 +243,20 @@ def write_notebook(nb: Any, path: Path) -> Path:
     return path
 
 
-async def check_kernel(bridge: AsyncBridge, nb: Any, name: str) -> None:
+async def check_kernel(
+    bridge: AsyncBridge, nb: Any, name: str, *, kernel: str | None = None
+) -> None:
     """Raise InvalidNotebook unless the notebook's kernel is one the bridge provides: Python.
 
     Any Python kernel name (``python3``, ``conda-env-x-py``...) maps to the bridge's kernel; a
     notebook without a kernel spec runs as Python, as nbclient does. Another name is looked up
-    where the bridge's kernels run (``AsyncBridge.kernel_language``).
+    where the bridge's kernels run (``AsyncBridge.kernel_language``). *kernel* (nbval's
+    ``--nbval-kernel-name``, nbmake's ``--nbmake-kernel``) replaces the notebook's kernel spec.
     """
-    spec = nb.metadata.get("kernelspec") or {}
+    spec = {"name": kernel} if kernel else nb.metadata.get("kernelspec") or {}
+    info = {} if kernel else nb.metadata.get("language_info") or {}
     kernel = str(spec.get("name") or "")
-    language = str(
-        spec.get("language") or (nb.metadata.get("language_info") or {}).get("name") or ""
-    )
+    language = str(spec.get("language") or info.get("name") or "")
     label = f"kernel spec {kernel!r}" if kernel else "kernel"
     if language:
         if language.lower() != "python":
@@ -155,10 +317,15 @@ def inject_parameters(nb: Any, params: Mapping[str, Any]) -> int | None:
             raise InvalidRequest(f"parameter names must be Python names, got {key!r}")
         lines.append(f"{key} = {value!r}")
     source = "\n".join(lines) + "\n"
-    import nbformat.v4
-
-    new = nbformat.v4.new_code_cell(source, metadata={"tags": [INJECTED_TAG]})  # type: ignore[no-untyped-call]
-    if (nb.nbformat, nb.nbformat_minor) < (4, 5):
-        del new["id"]  # cell ids came with nbformat 4.5
+    # nbformat.v4.new_code_cell's cell, without importing nbformat (see the module's doc).
+    new = Node(
+        cell_type="code",
+        metadata=Node(tags=[INJECTED_TAG]),
+        execution_count=None,
+        source=source,
+        outputs=[],
+    )
+    if (nb.nbformat, nb.nbformat_minor) >= (4, 5):
+        new["id"] = uuid.uuid4().hex[:8]  # cell ids came with nbformat 4.5
     nb.cells.insert(index + 1, new)
     return index + 1

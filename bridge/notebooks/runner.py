@@ -11,6 +11,7 @@ background) with the notebook's folder as working directory. Many notebooks run 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import os
@@ -51,6 +52,7 @@ class Prepared:
     nb: Any
     timeout: float
     allow_errors: bool
+    import_errors_only: bool = False
 
 
 async def prepare(
@@ -60,18 +62,23 @@ async def prepare(
     name: str,
     timeout: float,
     params: Mapping[str, Any],
+    kernel: str | None = None,
+    import_errors_only: bool = False,
 ) -> Prepared:
     """Read the notebook at *path* and check it; InvalidRequest (InvalidNotebook) says why it
     cannot run. *timeout* is the cell timeout unless the notebook's metadata sets one."""
     nb = read_notebook(path, name)
-    await check_kernel(bridge, nb, name)
+    await check_kernel(bridge, nb, name, kernel=kernel)
     seconds, allow_errors = execution_settings(nb, timeout, name)
     inject_parameters(nb, params)
-    return Prepared(path, name, nb, seconds, allow_errors)
+    return Prepared(path, name, nb, seconds, allow_errors, import_errors_only)
 
 
-async def open_notebook(bridge: AsyncBridge, prepared: Prepared) -> CellRunner:
-    """A session of its own for *prepared*, in the notebook's folder, ready to run cells.
+async def open_notebook(
+    bridge: AsyncBridge, prepared: Prepared, *, coverage: dict[str, Any] | None = None
+) -> CellRunner:
+    """A session of its own for *prepared*, in the notebook's folder, ready to run cells,
+    with coverage measured from the start when *coverage* (``NotebookOptions.coverage``) says.
 
     The caller closes it (``await runner.aclose()``); if this fails, the session is closed.
     """
@@ -79,8 +86,14 @@ async def open_notebook(bridge: AsyncBridge, prepared: Prepared) -> CellRunner:
     await session.start()
     try:
         runner = CellRunner(
-            session, prepared.nb, timeout=prepared.timeout, allow_errors=prepared.allow_errors
+            session,
+            prepared.nb,
+            timeout=prepared.timeout,
+            allow_errors=prepared.allow_errors,
+            import_errors_only=prepared.import_errors_only,
         )
+        if coverage is not None:
+            await runner.start_coverage(dict(coverage))
         await runner.enter_folder(prepared.path.resolve().parent)
     except BaseException:
         await session.aclose()
@@ -124,7 +137,13 @@ async def run_notebook(
 
     try:
         prepared = await prepare(
-            bridge, path, name=result.name, timeout=options.timeout, params=options.params
+            bridge,
+            path,
+            name=result.name,
+            timeout=options.timeout,
+            params=options.params,
+            kernel=options.kernel,
+            import_errors_only=options.import_errors_only,
         )
     except InvalidRequest as exc:  # not a notebook the bridge can run: its own words
         return error(str(exc))
@@ -135,12 +154,16 @@ async def run_notebook(
     result.notebook = nb
     result.code_cells = sum(1 for c in nb.cells if c.cell_type == "code")
     try:
-        runner = await open_notebook(bridge, prepared)
+        runner = await open_notebook(bridge, prepared, coverage=options.coverage)
         try:
             failure = await runner.run(range(len(nb.cells)))
             language = runner.session.kernel_info.get("language_info")
             if language:
                 nb.metadata["language_info"] = language
+            if options.coverage is not None:
+                # A kernel that died or was restarted took its measurements with it.
+                with contextlib.suppress(BridgeError):
+                    await runner.stop_coverage()
         finally:
             # The result is ready: the kernel's polite shutdown (a tenth of a second) goes on
             # in the background while the next notebook starts; the bridge's close waits.
@@ -148,15 +171,23 @@ async def run_notebook(
     except BridgeError as exc:  # no kernel to be had, or it died before the first cell
         return error(f"{type(exc).__name__}: {exc}")
     result.cells_run = runner.ran
+    if stored is not None:
+        # The cells that ran before a failing one are compared too: with --nb-cells each
+        # has its own verdict, as in nbval.
+        compared = runner.executed - ({failure.index} if failure is not None else set())
+        defaults = DEFAULT_SANITIZERS if options.default_sanitizers else ()
+        sanitizers = [*defaults, *options.sanitizers]
+        result.failures = compare_outputs(stored, nb, compared, sanitizers, lax=options.lax)
     if failure is not None:
-        result.status, result.failures = "failed", [failure]
-    elif stored is not None:
-        sanitizers = [*DEFAULT_SANITIZERS, *options.sanitizers]
-        result.failures = compare_outputs(stored, nb, runner.executed, sanitizers)
-        if result.failures:
-            result.status = "failed"
-    if options.write_dir is not None:
-        target = _written_path(path, options.write_dir, options.root)
+        result.failures = sorted([*result.failures, failure], key=lambda f: f.index)
+    if result.failures:
+        result.status = "failed"
+    if options.write_dir is not None or options.overwrite:
+        target = (
+            path
+            if options.write_dir is None
+            else _written_path(path, options.write_dir, options.root)
+        )
         try:
             result.written = await asyncio.to_thread(write_notebook, nb, target)
         except Exception as exc:

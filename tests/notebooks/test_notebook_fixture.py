@@ -11,7 +11,7 @@ from nbfiles import write_nb
 
 import bridge as kb
 from bridge.core.kernel import Kernel
-from bridge.notebooks.handle import Notebook
+from bridge.notebooks.handle import Notebook, Ref
 
 ANALYSIS = "notebooks/analysis.ipynb"
 Opener = Callable[..., Notebook]
@@ -104,3 +104,36 @@ def test_the_fixture_shuts_each_notebooks_kernel_down_at_the_end(
     kernels: list[Any] = [nb._async.session.kernel for nb in (first, second)]
     assert all(k.alive for k in kernels) and kernels[0] is not kernels[1]
     kernels_after.extend(kernels)
+
+
+def test_refs_hold_any_object_chain_attributes_and_calls(notebook: Opener, tmp_path: Path) -> None:
+    path = write_nb(
+        tmp_path / "objects.ipynb",
+        "class Counter:\n"
+        "    def __init__(self, start):\n"
+        "        self.count = start\n"
+        "    def add(self, n):\n"
+        "        self.count += n\n"
+        "        return self\n"
+        "    def report(self):\n"
+        "        return {'count': self.count}\n",
+        "counter = Counter(1)",
+    )
+    nb = notebook(path, execute=True)
+    # A call that returns an object that is not JSON gives a reference to it; JSON is a value.
+    added = nb.ref("counter").add(2)
+    assert isinstance(added, Ref) and added.type_name == "Counter"
+    assert added.add(3).report() == {"count": 6}
+    assert nb.ref("counter").count == 6  # an attribute is looked up at once
+    made = nb.ref("Counter")(10)  # a new object, held in the kernel for the test
+    assert made.type_name == "Counter" and made.add(1).count == 11
+    assert nb.value("counter.count") == 6  # the two objects are apart
+    # Held in the kernel until it shuts down: the objects, and the bound methods looked up.
+    assert nb.value("sorted({type(v).__name__ for v in __kb_refs__.values()})") == [
+        "Counter",
+        "method",
+    ]
+    with pytest.raises(kb.ExecutionError, match="AttributeError"):
+        _ = made.no_such_attribute
+    with pytest.raises(AttributeError):
+        _ = made.__wrapped__  # dunders stay on this side (inspect, copy, pickle ask)

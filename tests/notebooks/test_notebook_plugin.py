@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -11,11 +12,16 @@ import nbformat
 from nbfiles import read_nb, stored, stream, write_nb
 
 
-def run_pytest(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """pytest in *cwd* (no ini file there: this repository's settings do not apply)."""
+def run_pytest(
+    cwd: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """pytest in *cwd* (no ini file there: this repository's settings do not apply), without
+    this venv's property-testing plugins (over a second of imports, nothing to do here)."""
+    unrelated = ("-p", "no:schemathesis", "-p", "no:hypothesispytest")
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *unrelated, *args],
         cwd=cwd,
+        env={**os.environ, **env} if env else None,
         capture_output=True,
         text=True,
         timeout=110,
@@ -149,12 +155,13 @@ def test_without_nb_nothing_heavy_loads_and_bad_options_or_interpreters_are_clea
         "             ('nbformat', 'jupyter_client', 'zmq')]\n"
         "    assert heavy == []\n"
     )
-    # nbmake, also installed, imports nbformat when it loads: leave it out here.
-    done = run_pytest(tmp_path, "-p", "no:nbmake")
+    # nbmake and nbval, also installed, import nbformat when they load: leave them out here.
+    others = ("-p", "no:nbmake", "-p", "no:nbval")
+    done = run_pytest(tmp_path, *others)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 passed" in done.stdout
     # --nb with its options read, but no notebook among the paths: still nothing heavy.
-    done = run_pytest(tmp_path, "-p", "no:nbmake", "--nb", "--nb-param", "n=1", "test_light.py")
+    done = run_pytest(tmp_path, *others, "--nb", "--nb-param", "n=1", "test_light.py")
     assert done.returncode == 0, done.stdout + done.stderr
     done = run_pytest(tmp_path, "--nb", "--nb-python", "/no/such/python", "-rA")
     assert done.returncode == 1, done.stdout + done.stderr
@@ -174,3 +181,130 @@ def test_a_pytest_timeout_stops_the_notebook_and_the_run_goes_on(tmp_path: Path)
     assert "Timeout" in done.stdout
     assert "FAILED a_hang.ipynb::a_hang.ipynb" in done.stdout
     assert "PASSED b_fine.ipynb::b_fine.ipynb" in done.stdout
+
+
+MYPKG = (
+    "def by_notebook_a(x):\n"
+    "    doubled = x * 2\n"
+    "    return doubled\n"
+    "\n\n"
+    "def by_notebook_b(x):\n"
+    "    return x + 1\n"
+    "\n\n"
+    "def by_nothing(x):\n"
+    "    return x - 1\n"
+    "\n\n"
+    "def by_fixture(x):\n"
+    "    return x * 3\n"
+)
+
+
+def covered_lines(report: Path) -> tuple[list[int], list[int]]:
+    """(executed, missing) lines of mypkg/__init__.py in a coverage JSON report."""
+    import json
+
+    files = json.loads(report.read_text())["files"]
+    found = files["mypkg/__init__.py"]
+    return found["executed_lines"], found["missing_lines"]
+
+
+def test_coverage_of_what_only_the_notebooks_run_with_xdist_and_with_workers(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text(MYPKG)
+    write_nb(tmp_path / "a.ipynb", "import mypkg\nprint(mypkg.by_notebook_a(2))")
+    write_nb(tmp_path / "b.ipynb", "import mypkg\nmypkg.by_notebook_b(2)")
+    write_nb(tmp_path / "c.ipynb", "import mypkg")
+    (tmp_path / "test_fixture.py").write_text(
+        "def test_fixture(notebook):\n"
+        "    nb = notebook('c.ipynb', execute=True)\n"
+        "    assert nb.ref('mypkg.by_fixture')(2) == 6\n"
+    )
+    others = ("-p", "no:nbval", "-p", "no:nbmake")
+    cov = ("--cov=mypkg", "--cov-report=json:cov.json", "--nb")
+    env_path = {"PYTHONPATH": str(tmp_path)}  # the kernels import mypkg from here
+    # pytest-xdist: two workers, each with a pool of its own; the kernels are forked.
+    done = run_pytest(tmp_path, *others, *cov, "-n", "2", env=env_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 workers [4 items]" in done.stdout
+    executed, missing = covered_lines(tmp_path / "cov.json")
+    # Only the kernels ran mypkg's functions (the notebooks' and the fixture's): their lines
+    # are counted, by_nothing's are not.
+    assert missing == [11] and executed == [1, 2, 3, 6, 7, 10, 14, 15]
+    assert not list(tmp_path.glob(".coverage.*"))  # the kernels' data files were combined
+    # Without xdist: two notebooks at once on the plugin's own pool.
+    done = run_pytest(tmp_path, *others, *cov, "--nb-workers", "2", env=env_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert covered_lines(tmp_path / "cov.json") == (executed, missing)
+
+
+def test_nbmake_options_when_nbmake_is_not_loaded(tmp_path: Path) -> None:
+    write_nb(tmp_path / "a_imports.ipynb", "1 / 0", "import no_such_module_kb", "print('after')")
+    write_nb(tmp_path / "b_slow.ipynb", "import time\ntime.sleep(30)", "1 / 0", "print('last')")
+    done = run_pytest(
+        tmp_path,
+        "-p",
+        "no:nbmake",
+        "--nbmake",
+        "--nbmake-find-import-errors",
+        "--nbmake-timeout",
+        "1",
+        "--overwrite",
+        "-rA",
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    # Every cell runs; only the import error fails: the slow cell is interrupted, 1 / 0 passes.
+    assert "FAILED a_imports.ipynb::a_imports.ipynb - cells[1] raised ModuleNotFoundError" in (
+        done.stdout
+    )
+    assert "PASSED b_slow.ipynb::b_slow.ipynb" in done.stdout
+    # --overwrite: the executed notebook replaces its source, outputs and all.
+    written = read_nb(tmp_path / "b_slow.ipynb")
+    assert written.cells[2].outputs[0]["text"] == "last\n"
+    assert written.cells[1].outputs[0]["ename"] == "ZeroDivisionError"
+    done = run_pytest(tmp_path, "-p", "no:nbmake", "--nbmake", "--nbmake-kernel", "julia-1.9")
+    assert done.returncode == 1
+    assert "asks for the kernel spec 'julia-1.9', which is not installed" in done.stdout
+
+
+def test_cells_are_items_with_their_own_verdicts_and_lax_compares_marked_cells_only(
+    tmp_path: Path,
+) -> None:
+    write_nb(
+        tmp_path / "stop.ipynb",
+        nbformat.v4.new_markdown_cell("not an item"),
+        stored("print(1)", stream("1\n")),
+        "1 / 0",
+        "print(3)",
+    )
+    write_nb(
+        tmp_path / "lax.ipynb",
+        stored("print('new')", stream("old\n")),  # not marked: not compared under --nb-lax
+        stored("# NBVAL_CHECK_OUTPUT\nprint('new')", stream("old\n"), count=2),
+        stored(("print('x')", ["nbval-skip"]), stream("x\n"), count=3),
+    )
+    args = ("--nb", "--nb-compare", "--nb-lax", "--nb-cells", "--junit-xml", "report.xml")
+    done = run_pytest(tmp_path, *args)
+    assert done.returncode == 1, done.stdout + done.stderr
+    outcomes = {}
+    for case in ET.parse(tmp_path / "report.xml").getroot().iter("testcase"):
+        kind = next((t for t in ("failure", "skipped") if case.find(t) is not None), "passed")
+        outcomes[f"{case.get('classname')}::{case.get('name')}"] = kind
+    assert outcomes == {
+        "stop.ipynb::Cell 0": "passed",
+        "stop.ipynb::Cell 1": "failure",  # raised: the cells after it do not run
+        "stop.ipynb::Cell 2": "skipped",
+        "lax.ipynb::Cell 0": "passed",
+        "lax.ipynb::Cell 1": "failure",
+        "lax.ipynb::Cell 2": "skipped",
+    }
+    assert "stop.ipynb::Cell 1 - cells[2] raised ZeroDivisionError" in done.stdout
+    # A cell picked by its node id, as nbval's are: its notebook runs, only it reports. With
+    # nbval's own options (nbval left out): --nbval is --nb --nb-compare --nb-cells.
+    nbval = ("-p", "no:nbval", "--nbval", "--nbval-cell-timeout", "30")
+    nbval += ("--nbval-kernel-name", "python3", "--nbval-current-env")
+    done = run_pytest(tmp_path, *nbval, "lax.ipynb::Cell 1", "-rA")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "1 failed in" in done.stdout
+    assert "-old\n+new" in done.stdout

@@ -217,31 +217,43 @@ async def test_compare_shows_a_readable_diff_of_each_cell_that_differs(
     assert "-{'a': 2}\n+{'a': 1}" in report
 
 
-def test_output_lines_keep_what_is_stable() -> None:
+def test_outputs_compare_by_nbval_rules() -> None:
     error = {"output_type": "error", "ename": "KeyError", "evalue": "'x'", "traceback": ["..."]}
     widget = {
         "output_type": "display_data",
         "data": {"application/vnd.jupyter.widget-view+json": {"model_id": "abc"}},
         "metadata": {},
     }
-    lines = output_lines([stream("a"), stream("b\n"), error, widget], [])
+    png = {"output_type": "display_data", "data": {"image/png": "iVBOR"}, "metadata": {}}
+    svg = {"output_type": "display_data", "data": {"image/svg+xml": "<svg/>"}, "metadata": {}}
+    lines = output_lines([stream("a"), error, stream("b\n"), widget, png, svg], [])
+    # Streams of one name merge wherever they are; errors by name and message; PNG data and
+    # widget model ids are not compared, SVG is text and is.
     assert lines == [
-        "[stdout]",
-        "ab",
-        "[error]",
-        "KeyError: 'x'",
-        "[display_data application/vnd.jupyter.widget-view+json]",
+        *("[ename]", "KeyError", "[evalue]", "'x'"),
+        *("[image/svg+xml]", "<svg/>", "[stdout]", "ab"),
     ]
     assert diff_outputs([stream(["x\n", "y\n"])], [stream("x\ny\n")], []) == ""
+    # The order of outputs of different keys does not count; of one key it does.
+    out, err = stream("o\n"), stream("e\n", "stderr")
+    assert diff_outputs([out, err], [err, out], []) == ""
+    assert diff_outputs([stream("1\n"), err, stream("2\n")], [stream("1\n2\n"), err], []) == ""
+    # A progress bar's carriage returns and backspaces leave what a terminal shows.
+    assert diff_outputs([stream("10%\r50%\r100%\n")], [stream("100%\n")], []) == ""
+    assert diff_outputs([stream("ab\bc\n")], [stream("ac\n")], []) == ""
+    # A missing image counts as nothing, a missing stream does not.
+    assert diff_outputs([png, out], [out], []) == ""
+    assert "-[stdout]" in diff_outputs([out], [], [])
 
 
 def test_sanitizers_come_from_nbval_files_and_bad_ones_are_refused(tmp_path: Path) -> None:
     ini = tmp_path / "sanitize.cfg"
-    ini.write_text("[ids]\nregex: id=\\d+\nreplace: id=N\n")
-    (sanitizer,) = read_sanitizer_file(ini)
-    assert sanitizer("id=42 and id=7") == "id=N and id=N"
+    # nbval's format: several regex/replace pairs in a section, read in order.
+    ini.write_text("[ids]\nregex: id=\\d+\nreplace: id=N\n\nregex: N\nreplace: M\n")
+    first, second = read_sanitizer_file(ini)
+    assert second(first("id=42 and id=7")) == "id=M and id=M"
     ini.write_text("[broken]\nreplace: x\n")
-    with pytest.raises(bridge.InvalidRequest, match="has no regex"):
+    with pytest.raises(bridge.InvalidRequest, match=r"has no 'regex: \.\.\.' line"):
         read_sanitizer_file(ini)
     with pytest.raises(bridge.InvalidRequest, match="bad sanitizer regex"):
         Sanitizer.of("(")
