@@ -110,6 +110,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/notebooks.py
 	$(BIN)/python bench/http_service.py
+	$(BIN)/python bench/http_in_process.py
 	$(BIN)/python bench/backend.py
 	$(BIN)/python bench/qntx.py
 	$(MAKE) bench-ts
