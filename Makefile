@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test lint bench bench-ts clean ts-client ts-types
+.PHONY: run demo test stress lint bench bench-ts clean ts-client ts-types
 
 RUN_STAMP := $(VENV)/.installed-run
 
@@ -104,9 +104,20 @@ ts-types: $(STAMP) $(TS_STAMP)
 test: lint $(EG_STAMP) $(CHROMIUM) ts-client
 	KERNEL_BRIDGE_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest
 
+# The randomized concurrency test (tests/server/test_server_random.py) with a random seed and
+# for longer than `make test` gives it: KB_RANDOM_SEED=<seed> make stress replays a failure
+# (the test prints its seed), KB_RANDOM_STEPS / KB_RANDOM_SECONDS set its length.
+KB_RANDOM_STEPS ?= 400
+KB_RANDOM_SECONDS ?= 600
+stress: $(STAMP)
+	KB_RANDOM_SEED=$${KB_RANDOM_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')} \
+	KB_RANDOM_STEPS=$(KB_RANDOM_STEPS) KB_RANDOM_SECONDS=$(KB_RANDOM_SECONDS) \
+	$(BIN)/python -m pytest tests/server/test_server_random.py -p no:randomly -s
+
 bench: $(STAMP)
 	$(BIN)/python bench/kernel_start.py
 	$(BIN)/python bench/execute.py
+	$(BIN)/python bench/files.py
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/notebooks.py
 	$(BIN)/python bench/http_service.py

@@ -1,5 +1,6 @@
 // The TypeScript client's cost over a raw fetch of the same routes, measured in the same run,
-// and events per second through backend.on. Runs under Bun (`bun bench/ts_client.ts`) and
+// events per second through backend.on, and the round trip of a float32 array through
+// backend.call as binary (multipart/mixed) against the same array as base64 JSON. Runs under Bun (`bun bench/ts_client.ts`) and
 // Node (`node clients/typescript/dist/bench/ts_client.js`, built by `make ts-client`);
 // `make bench-ts` runs both. Targets: p50 overhead <= 0.2 ms, >= 20,000 events/s.
 import { existsSync } from "node:fs";
@@ -63,7 +64,8 @@ function line(what: string, raw: number, client: number): void {
   );
 }
 
-const bridge = await KernelBridge.start({ poolSize: 1 });
+// 64 MB arrays as base64 JSON are 90 MB bodies: past the default limit of 10 MB.
+const bridge = await KernelBridge.start({ poolSize: 1, args: ["--BridgeApp.max_body_size=100000000"] });
 try {
   const service = bridge.service as Client.ServiceProcess;
   const headers = { Authorization: `token ${service.token}`, "Content-Type": "application/json" };
@@ -86,6 +88,40 @@ try {
   );
   line('backend.call("echo")', rawCall, clientCall);
 
+  // Arrays: a Float32Array to echo() and back, binary against base64 JSON (a second client of
+  // the same service), alternating, the best of a few round trips each (MB/s of the array).
+  const plain = await KernelBridge.connect({ url: bridge.url, token: service.token, binary: false });
+  try {
+    const echo64 = await plain.python.spawn(join(ROOT, "kernels/examples/echo_backend.py"));
+    for (const [mb, rounds] of [
+      [4, 10],
+      [64, 3],
+    ] as const) {
+      const data = new Float32Array((mb * 1_000_000) / 4).fill(1.5);
+      const best = { binary: Infinity, base64: Infinity };
+      for (let i = 0; i < rounds; i++) {
+        for (const [kind, handle] of [
+          ["binary", echo],
+          ["base64", echo64],
+        ] as const) {
+          const t0 = performance.now();
+          const back = (await handle.call("echo", { data }, 120_000)) as { echo: { data: Float32Array } };
+          const took = performance.now() - t0;
+          if (back.echo.data.length !== data.length) throw new Error(`${kind}: the array came back short`);
+          best[kind] = Math.min(best[kind], took);
+        }
+      }
+      const rate = (ms: number) => mb / (ms / 1000);
+      console.log(
+        `${RUNTIME.padEnd(5)} ${`array round trip ${mb} MB`.padEnd(34)} binary ${rate(best.binary).toFixed(1)} MB/s ` +
+          `(${best.binary.toFixed(1)} ms) | base64 JSON ${rate(best.base64).toFixed(1)} MB/s (${best.base64.toFixed(1)} ms) | ` +
+          `x${(best.base64 / best.binary).toFixed(2)}`,
+      );
+    }
+  } finally {
+    await plain.close();
+  }
+
   // Events: the same stream of EVENTS events read raw (SSE lines counted) and through on().
   const streaming = join(ROOT, "kernels/examples/streaming_backend.py");
   const rawBackend = (await post("backends", {
@@ -98,11 +134,12 @@ try {
   await post(`backends/${rawBackend.id}/call`, { cmd: "start_streaming", params: { interval: 0, count: EVENTS } });
   let seen = 0;
   let text = "";
-  while (!text.includes('"type": "done"')) {
+  // The service's JSON may or may not have a space after the colon (msgspec writes none).
+  while (!/"type": ?"done"/.test(text)) {
     const { value, done } = await reader.read();
     if (done) break;
     text = decoder.decode(value, { stream: true });
-    seen += text.split('"type": "data"').length - 1;
+    seen += text.split(/"type": ?"data"/).length - 1;
   }
   const rawRate = seen / ((performance.now() - rawStart) / 1000);
   await reader.cancel();

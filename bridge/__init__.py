@@ -24,6 +24,7 @@ from bridge.core.errors import (
     ExecutionError,
     ExecutionTimeout,
     ExitStatus,
+    FileRefused,
     InstallTimeout,
     InvalidNotebook,
     InvalidRequest,
@@ -31,6 +32,7 @@ from bridge.core.errors import (
     KernelStartError,
     NotebookFailed,
     PackageConflict,
+    PathRefused,
     ScriptRefused,
 )
 from bridge.core.python import has_python, python_version
@@ -46,9 +48,12 @@ def _publish(value: Any) -> None:
 if TYPE_CHECKING:
     from bridge.api.bridge import AsyncBridge, AsyncSession
     from bridge.api.packages import InstallResult
-    from bridge.api.sync import Backend, Bridge, Session
+    from bridge.api.sync import Backend, BackendStream, Bridge, Session
     from bridge.backends.backend import AsyncBackend
+    from bridge.backends.stream import AsyncBackendStream
     from bridge.core.pool import PoolStatus
+    from bridge.core.transfers import FileDownload, FileInfo
+    from bridge.core.wire import Encoded
     from bridge.notebooks.handle import AsyncNotebook, Notebook
     from bridge.notebooks.options import NotebookOptions
     from bridge.notebooks.report import NotebookResult
@@ -56,6 +61,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AsyncBackend",
+    "AsyncBackendStream",
     "AsyncBridge",
     "AsyncNotebook",
     "AsyncSession",
@@ -63,15 +69,20 @@ __all__ = [
     "BackendError",
     "BackendLost",
     "BackendStartError",
+    "BackendStream",
     "Bridge",
     "BridgeClosed",
     "BridgeError",
     "CallTimeout",
+    "Encoded",
     "ErrorInfo",
     "ExecutionError",
     "ExecutionResult",
     "ExecutionTimeout",
     "ExitStatus",
+    "FileDownload",
+    "FileInfo",
+    "FileRefused",
     "InstallResult",
     "InstallTimeout",
     "InvalidNotebook",
@@ -83,6 +94,7 @@ __all__ = [
     "NotebookOptions",
     "NotebookResult",
     "PackageConflict",
+    "PathRefused",
     "PoolStatus",
     "ScriptRefused",
     "Session",
@@ -99,11 +111,16 @@ for _name in __all__:  # the ones imported above; the lazy ones as they load
 
 _LAZY = {
     "AsyncBackend": "bridge.backends.backend",
+    "AsyncBackendStream": "bridge.backends.stream",
     "AsyncBridge": "bridge.api.bridge",
     "AsyncNotebook": "bridge.notebooks.handle",
     "AsyncSession": "bridge.api.bridge",
+    "Encoded": "bridge.core.wire",
     "Backend": "bridge.api.sync",
+    "BackendStream": "bridge.api.sync",
     "Bridge": "bridge.api.sync",
+    "FileDownload": "bridge.core.transfers",
+    "FileInfo": "bridge.core.transfers",
     "InstallResult": "bridge.api.packages",
     "Notebook": "bridge.notebooks.handle",
     "NotebookOptions": "bridge.notebooks.options",

@@ -60,7 +60,7 @@ def parent(pid: int) -> int | None:
 
 def is_kernel(pid: int) -> bool:
     """A bridge kernel, launched (``bridge_runtime.launch``) or forked (a fork server's child,
-    which keeps the server's command line)."""
+    which shows a launched kernel's command line, or the server's before it has written it)."""
     if "bridge_runtime.launch" in cmdline(pid):
         return True
     up = parent(pid)

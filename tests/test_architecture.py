@@ -211,7 +211,13 @@ def test_the_kernel_routes_messages_and_controls_no_process() -> None:
     assert not wrong, f"bridge/core/kernel.py imports {wrong}"
 
 
-CONTRACT = ("kernel-bridge", "kernel-bridge.backend", "kernel_bridge", "__methods__")
+CONTRACT = (
+    "kernel-bridge",
+    "kernel-bridge.backend",
+    "kernel-bridge.files",
+    "kernel_bridge",
+    "__methods__",
+)
 
 
 def test_the_wire_contract_is_written_once() -> None:

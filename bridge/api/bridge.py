@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, overload
 
+from bridge.api import files as files_
 from bridge.api import packages as packages_
 from bridge.api.outputs import AttestCallback, OutputCallback, relayed
 from bridge.backends.backend import AsyncBackend
@@ -17,6 +18,7 @@ from bridge.core.kernel import Kernel
 from bridge.core.pool import Factory, KernelPool, PoolStatus
 from bridge.core.python import resolve_python
 from bridge.core.results import DEFAULT_MAX_OUTPUT, ExecutionResult
+from bridge.core.transfers import FileChannel, FileDownload, FileInfo
 from bridge.core.validate import (
     check_callable,
     check_code,
@@ -201,6 +203,8 @@ class AsyncBridge(_AsyncCalls):
     (``execution_state`` is a status message's, else None); it runs in the reader and must be
     quick. The HTTP service feeds Jupyter Server's activity tracking (culling, the busy
     indicator) from it instead of a second IOPub subscription per kernel.
+    A session's files (``upload``, ``download``...) are limited to ``max_file_bytes`` each
+    (default 1 GiB) and ``max_context_bytes`` for all a session has uploaded (default 4 GiB).
     """
 
     def __init__(
@@ -220,11 +224,15 @@ class AsyncBridge(_AsyncCalls):
         gateway_kernel_name: str | None = None,
         fork_server: bool = True,
         on_kernel_activity: KernelActivity | None = None,
+        max_file_bytes: int = files_.DEFAULT_MAX_FILE,
+        max_context_bytes: int = files_.DEFAULT_MAX_CONTEXT,
     ) -> None:
         check_count(pool_size, "pool_size")
         if on_kernel_activity is not None:
             check_callable(on_kernel_activity, "on_kernel_activity")
         self.max_output = check_count(max_output, "max_output")
+        self.max_file_bytes = check_count(max_file_bytes, "max_file_bytes")
+        self.max_context_bytes = check_count(max_context_bytes, "max_context_bytes")
         self.timeout = check_timeout(timeout, 30.0)
         if on_attest is not None:
             check_callable(on_attest, "on_attest")
@@ -466,6 +474,8 @@ class AsyncBridge(_AsyncCalls):
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
         root: str | os.PathLike[str] | None = None,
+        max_file_bytes: int | None = None,
+        max_context_bytes: int | None = None,
     ) -> AsyncSession:
         """One kernel kept for the caller, state and all, until the session closes.
 
@@ -478,10 +488,17 @@ class AsyncBridge(_AsyncCalls):
         gets a kernel started for it with those, instead of a warm one from the pool;
         ``restart()`` starts it again with the same. With *root*, *cwd* must be a folder
         inside it (``ScriptRefused`` otherwise), as a service checks what its clients ask for.
+        *max_file_bytes* and *max_context_bytes* limit its files (default: the bridge's).
         """
         if cwd is not None and root is not None:
             cwd = folder_inside(root, cwd)
-        return AsyncSession(self, env=env, cwd=cwd)
+        return AsyncSession(
+            self,
+            env=env,
+            cwd=cwd,
+            max_file_bytes=max_file_bytes,
+            max_context_bytes=max_context_bytes,
+        )
 
     # -- packages --------------------------------------------------------------------------------
 
@@ -544,16 +561,33 @@ class AsyncSession(_AsyncCalls):
         *,
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
+        max_file_bytes: int | None = None,
+        max_context_bytes: int | None = None,
     ) -> None:
         self._bridge = bridge
         self.env = check_env(env)
+        self.max_file_bytes = (
+            bridge.max_file_bytes
+            if max_file_bytes is None
+            else check_count(max_file_bytes, "max_file_bytes")
+        )
+        self.max_context_bytes = (
+            bridge.max_context_bytes
+            if max_context_bytes is None
+            else check_count(max_context_bytes, "max_context_bytes")
+        )
         self.cwd = None if cwd is None else os.fspath(cwd)
         if self.cwd is not None and not bridge.gateway_url and not os.path.isdir(self.cwd):
             raise InvalidRequest(f"cwd {self.cwd!r} is not a folder")
         self._kernel: Kernel | None = None
         self._lost: str | None = None
         self._closed = False
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # one call at a time
+        # One start or restart at a time: two at once would each take a kernel and keep one.
+        # aclose() does not wait for it: it marks the session closed, and a start that ends
+        # after that shuts the kernel it took down.
+        self._life = asyncio.Lock()
+        self._files: FileChannel | None = None
 
     async def __aenter__(self) -> AsyncSession:
         await self.start()
@@ -563,12 +597,20 @@ class AsyncSession(_AsyncCalls):
         await self.aclose()
 
     async def start(self) -> None:
+        async with self._life:
+            await self._start()
+
+    async def _start(self) -> None:
         if self._closed:
             raise BridgeClosed("the session is closed")
         if self._kernel is None:
             own = bool(self.env) or self.cwd is not None
             pool = self._bridge.pool
-            self._kernel = await (pool.take(env=self.env, cwd=self.cwd) if own else pool.take())
+            kernel = await (pool.take(env=self.env, cwd=self.cwd) if own else pool.take())
+            if self._closed:  # closed while its kernel started: no one else will stop it
+                await pool.retire(kernel)
+                raise BridgeClosed("the session was closed while its kernel started")
+            self._kernel = kernel
             self._lost = None
 
     @property
@@ -594,11 +636,16 @@ class AsyncSession(_AsyncCalls):
         return dict(self.kernel.kernel_info)
 
     async def restart(self) -> None:
-        """Replace the kernel with a fresh one from the pool: an empty namespace, alive again."""
-        old, self._kernel = self._kernel, None
-        if old is not None:
-            await self._bridge.pool.retire(old)
-        await self.start()
+        """Replace the kernel with a fresh one from the pool: an empty namespace, alive again.
+
+        Restarts of one session run one after the other; calls made meanwhile wait for it."""
+        async with self._life:
+            if self._closed:
+                raise BridgeClosed("the session is closed")
+            old, self._kernel = self._kernel, None
+            if old is not None:
+                await self._bridge.pool.retire(old)
+            await self._start()
 
     async def aclose(self, *, wait: bool = True) -> None:
         """Shut the session's kernel down; idempotent.
@@ -622,6 +669,14 @@ class AsyncSession(_AsyncCalls):
 
     _isolate = False  # the session's own namespace, kept from call to call
 
+    def _check_alive(self, kernel: Kernel) -> None:
+        if self._lost is not None or not kernel.alive:
+            raise KernelDied(
+                f"the session's kernel is gone ({self._lost or kernel.exit_status}); "
+                "its state is lost: call restart()",
+                status=kernel.exit_status,
+            )
+
     @property
     def alive(self) -> bool:
         """Whether the next call can run: started, not closed, its kernel and state intact."""
@@ -643,14 +698,12 @@ class AsyncSession(_AsyncCalls):
     ) -> ExecutionResult:
         seconds = check_timeout(timeout, self._bridge.timeout)
         async with self._lock:  # one call at a time: a timeout interrupts only its own call
+            if self._kernel is None and self._life.locked():
+                async with self._life:  # a restart is under way: the call runs after it
+                    pass
             kernel = self.kernel
             await kernel.settle()  # a cancelled call before this one may still be stopping
-            if self._lost is not None or not kernel.alive:
-                raise KernelDied(
-                    f"the session's kernel is gone ({self._lost or kernel.exit_status}); "
-                    "its state is lost: call restart()",
-                    status=kernel.exit_status,
-                )
+            self._check_alive(kernel)
             try:
                 return await self._bridge.run_on(kernel, code, meta, seconds, capture, on_output)
             except ExecutionTimeout as exc:
@@ -660,3 +713,102 @@ class AsyncSession(_AsyncCalls):
             except KernelDied as exc:
                 self._lost = str(exc.status)
                 raise
+
+    # -- files -----------------------------------------------------------------------------------
+
+    def _file_channel(self) -> FileChannel:
+        kernel = self.kernel
+        self._check_alive(kernel)
+        if self._files is None or self._files.kernel is not kernel:
+            self._files = FileChannel(kernel)
+        return self._files
+
+    async def upload(
+        self,
+        source: bytes | bytearray | memoryview | str | os.PathLike[str] | AsyncIterable[bytes],
+        path: str,
+        *,
+        size: int | None = None,
+        timeout: float | None = None,
+    ) -> FileInfo:
+        """Write *source* to *path* in the kernel's working folder; its FileInfo.
+
+        >>> await s.upload(b"a,b\\n1,2\\n", "data/in.csv")         # doctest: +SKIP
+        >>> await s.upload("local/report.pdf", "report.pdf")       # doctest: +SKIP
+
+        *source* is the content (bytes), a local file's path (str or PathLike, read in a
+        thread) or an async iterable of byte chunks (*size*, if known, refuses a file too
+        large before any byte travels). The bytes go through the kernel's own channels, so
+        a gateway's kernel gets them the same way; folders on the way are made. The file
+        appears whole or not at all. Refused (``FileRefused``): a path out of the folder
+        (absolute, ``..``, through a symlink), past ``max_file_bytes`` or, with the session's
+        other uploads still there, ``max_context_bytes`` (``too_large``). *timeout* bounds
+        each wait for the kernel (one busy running code serves the upload after it); default
+        the bridge's.
+        """
+        target = files_.check_path(path)
+        seconds = check_timeout(timeout, self._bridge.timeout)
+        chunks, known = await files_.source_chunks(source, size)
+        return await self._file_channel().upload(
+            target,
+            chunks,
+            size=known,
+            max_file=self.max_file_bytes,
+            max_total=self.max_context_bytes,
+            timeout=seconds,
+        )
+
+    def download_stream(self, path: str, *, timeout: float | None = None) -> FileDownload:
+        """The file at *path* in the kernel's working folder, streamed chunk by chunk.
+
+        >>> async with s.download_stream("out.png") as d:    # doctest: +SKIP
+        ...     d.info.size
+        ...     async for chunk in d:
+        ...         sink.write(chunk)
+        """
+        target = files_.check_path(path)
+        seconds = check_timeout(timeout, self._bridge.timeout)
+        return self._file_channel().download(target, max_file=self.max_file_bytes, timeout=seconds)
+
+    @overload
+    async def download(
+        self, path: str, dest: None = None, *, timeout: float | None = None
+    ) -> bytes: ...
+
+    @overload
+    async def download(
+        self, path: str, dest: str | os.PathLike[str], *, timeout: float | None = None
+    ) -> FileInfo: ...
+
+    async def download(
+        self,
+        path: str,
+        dest: str | os.PathLike[str] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> bytes | FileInfo:
+        """The file at *path* in the kernel's working folder: its bytes, or with *dest* (a
+        local path) written there, streamed, whole or not at all, and its FileInfo.
+
+        >>> png = await s.download("out.png")                     # doctest: +SKIP
+        >>> await s.download("model.pt", "/tmp/model.pt")          # doctest: +SKIP
+        """
+        async with self.download_stream(path, timeout=timeout) as stream:
+            if dest is None:
+                return await stream.read()
+            await files_.save(stream, dest)
+            assert stream.info is not None
+            return stream.info
+
+    async def list_files(self, path: str = ".", *, timeout: float | None = None) -> list[FileInfo]:
+        """What the folder *path* (relative to the working folder) holds, by name; symlinks
+        are listed as such, never followed; at most 10,000 entries."""
+        target = files_.check_path(path)
+        seconds = check_timeout(timeout, self._bridge.timeout)
+        return await self._file_channel().list(target, timeout=seconds)
+
+    async def remove(self, path: str, *, timeout: float | None = None) -> None:
+        """Remove the file (or empty folder, or symlink itself) at *path*."""
+        target = files_.check_path(path)
+        seconds = check_timeout(timeout, self._bridge.timeout)
+        await self._file_channel().remove(target, timeout=seconds)

@@ -8,7 +8,9 @@ caller sends can become an installer option.
 
 When the kernels run in the host's own environment, the host's own distributions
 (kernel-bridge and everything it requires, recursively) are guarded: a requirement that
-would change one is refused with ``PackageConflict`` before the installer runs, and the
+would change one is refused with ``PackageConflict`` before the installer runs (a local
+wheel, sdist or folder by the name its own metadata declares, whatever its version: pip
+would reinstall it; one whose name only a build would tell is refused), and the
 installer gets them as constraints (``name==installed version``), so an indirect change
 fails the install instead of breaking the running host.
 """
@@ -16,13 +18,18 @@ fails the install instead of breaking the running host.
 from __future__ import annotations
 
 import asyncio
+import configparser
 import contextlib
+import email.parser
 import importlib.metadata
 import os
 import shutil
 import sys
+import tarfile
 import tempfile
 import time
+import tomllib
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -138,13 +145,80 @@ def check_requirements(packages: Sequence[str], *, root: str | None = None) -> l
 
 
 def _name_of(entry: str) -> str:
-    """The project name of a requirement, or of a local wheel (``name-1.0-py3-none-any.whl``)."""
+    """The project name of a requirement, or of a local wheel, sdist or folder as its own
+    metadata declares it (the path itself when it declares none: see local_name())."""
     if not os.path.isabs(entry):
         return Requirement(entry).name
-    base = os.path.basename(entry.rstrip(os.sep))
-    if base.lower().endswith(".whl"):
-        return base.split("-")[0]
-    return entry  # an sdist or a folder: its name is in its metadata, the path says enough
+    return local_name(entry) or entry
+
+
+def local_name(path: str) -> str | None:
+    """The project name a local wheel, sdist or project folder declares in its own metadata,
+    read without building it: a wheel's ``.dist-info/METADATA``, an sdist's ``PKG-INFO``, a
+    folder's (or an sdist's) ``pyproject.toml`` ``[project] name``, else its ``setup.cfg``
+    ``[metadata] name`` when no ``setup.py`` could say otherwise. None when it declares none
+    (a name only a build would tell) or cannot be read."""
+    try:
+        if os.path.isdir(path):
+            return _folder_name(lambda member: _read_file(os.path.join(path, member)))
+        lower = path.lower()
+        if lower.endswith((".whl", ".zip")):
+            with zipfile.ZipFile(path) as zf:
+                return _archive_name(zf.namelist(), zf.read, wheel=lower.endswith(".whl"))
+        with tarfile.open(path, "r:*") as tf:
+            members = {m.name: m for m in tf.getmembers() if m.isfile()}
+
+            def read(member: str) -> bytes:
+                f = tf.extractfile(members[member])
+                return f.read(_METADATA_LIMIT) if f is not None else b""
+
+            return _archive_name(list(members), read, wheel=False)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, tarfile.TarError):
+        return None
+
+
+_METADATA_LIMIT = 1024 * 1024  # bytes read of one metadata file
+
+
+def _read_file(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read(_METADATA_LIMIT)
+    except FileNotFoundError:
+        return None
+
+
+def _archive_name(names: list[str], read: Any, *, wheel: bool) -> str | None:
+    """The name in a wheel's METADATA, or an sdist's PKG-INFO or project files (one folder
+    down: ``name-1.0/PKG-INFO``)."""
+    depth1 = {n.split("/", 1)[1]: n for n in names if n.count("/") == 1}
+    if wheel:
+        found = [n for n in names if n.count("/") == 1 and n.endswith(".dist-info/METADATA")]
+        return _metadata_name(read(found[0])) if len(found) == 1 else None
+    if "PKG-INFO" in depth1:
+        return _metadata_name(read(depth1["PKG-INFO"]))
+    return _folder_name(lambda member: read(depth1[member]) if member in depth1 else None)
+
+
+def _metadata_name(data: bytes) -> str | None:
+    name = email.parser.BytesHeaderParser().parsebytes(data).get("Name")
+    return str(name).strip() or None if name else None
+
+
+def _folder_name(read: Any) -> str | None:
+    pyproject = read("pyproject.toml")
+    if pyproject is not None:
+        project = tomllib.loads(pyproject.decode()).get("project", {})
+        if isinstance(project.get("name"), str) and "name" not in project.get("dynamic", []):
+            return str(project["name"])
+    if read("setup.py") is not None:
+        return None  # setup() may name it anything
+    setup_cfg = read("setup.cfg")
+    if setup_cfg is None:
+        return None
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(setup_cfg.decode())
+    return parser.get("metadata", "name", fallback=None) or None
 
 
 # -- the guard ---------------------------------------------------------------------------------
@@ -198,9 +272,16 @@ def conflicts(
     out = []
     for entry in requirements:
         if os.path.isabs(entry):
-            name = _name_of(entry)
-            if os.path.isabs(name):
-                continue  # an sdist or a folder: the constraints catch what it changes
+            name = local_name(entry)
+            if name is None:
+                # Only a build would tell which project it is, and the constraints do not
+                # stop a local project of a guarded name (pip reinstalls it at that version).
+                raise InvalidRequest(
+                    f"packages: cannot tell which project {entry} is without building it (no "
+                    "name in its metadata, pyproject.toml [project] or setup.cfg), and the "
+                    "kernels run in kernel-bridge's own environment: give it a [project] name, "
+                    "or install a wheel of it"
+                )
             requirement = Requirement(name)
         else:
             requirement = Requirement(entry)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import concurrent.futures
 import contextlib
 import functools
@@ -21,18 +22,21 @@ import threading
 import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from bridge.api.bridge import AsyncBridge, AsyncSession
+from bridge.api.files import DEFAULT_MAX_CONTEXT, DEFAULT_MAX_FILE
 from bridge.api.outputs import AttestCallback, OutputCallback
 from bridge.api.packages import InstallResult
 from bridge.backends.backend import AsyncBackend, Handler
+from bridge.backends.stream import DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES, AsyncBackendStream
 from bridge.core.errors import BridgeClosed, BridgeError
 from bridge.core.files import DEFAULT_MAX_SCRIPT
 from bridge.core.pool import PoolStatus
 from bridge.core.results import DEFAULT_MAX_OUTPUT, ExecutionResult
+from bridge.core.transfers import FileInfo
 from bridge.core.validate import check_callable
 
 T = TypeVar("T")
@@ -209,6 +213,8 @@ class Bridge(_BlockingCalls):
         gateway_kernel_name: str | None = None,
         fork_server: bool = True,
         on_kernel_activity: Callable[[str, str, str | None, str | None], None] | None = None,
+        max_file_bytes: int = DEFAULT_MAX_FILE,
+        max_context_bytes: int = DEFAULT_MAX_CONTEXT,
     ) -> None:
         self._async: AsyncBridge = AsyncBridge(
             pool_size=pool_size,
@@ -225,6 +231,8 @@ class Bridge(_BlockingCalls):
             gateway_kernel_name=gateway_kernel_name,
             fork_server=fork_server,
             on_kernel_activity=on_kernel_activity,  # in the reader, on the portal's loop
+            max_file_bytes=max_file_bytes,
+            max_context_bytes=max_context_bytes,
         )
         self._portal: _Portal | None = None
         self._closing = False
@@ -323,10 +331,21 @@ class Bridge(_BlockingCalls):
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
         root: str | os.PathLike[str] | None = None,
+        max_file_bytes: int | None = None,
+        max_context_bytes: int | None = None,
     ) -> Session:
-        """A blocking session: ``with b.session() as s: s.execute("x = 1")`` (*env*, *cwd* and
-        *root* as for ``AsyncBridge.session``)."""
-        return Session(self, self._async.session(env=env, cwd=cwd, root=root))
+        """A blocking session: ``with b.session() as s: s.execute("x = 1")`` (arguments as
+        for ``AsyncBridge.session``)."""
+        return Session(
+            self,
+            self._async.session(
+                env=env,
+                cwd=cwd,
+                root=root,
+                max_file_bytes=max_file_bytes,
+                max_context_bytes=max_context_bytes,
+            ),
+        )
 
     def install(
         self,
@@ -395,6 +414,12 @@ class Session(_BlockingCalls):
         self._bridge.call(self._async.restart)
 
     @property
+    def async_session(self) -> AsyncSession:
+        """The AsyncSession underneath (for what only it has: ``download_stream``, an upload
+        from an async iterable); its coroutines run on the bridge's loop (``Bridge.call``)."""
+        return self._async
+
+    @property
     def kernel_id(self) -> str:
         return self._async.kernel_id
 
@@ -420,6 +445,47 @@ class Session(_BlockingCalls):
     def run_cell(self, source: str, *, timeout: float | None = None) -> ExecutionResult:
         """Run a notebook cell as a notebook front end does (see ``AsyncSession.run_cell``)."""
         return self._bridge.call(self._async.run_cell, source, timeout=timeout)
+
+    def upload(
+        self,
+        source: bytes | bytearray | memoryview | str | os.PathLike[str],
+        path: str,
+        *,
+        timeout: float | None = None,
+    ) -> FileInfo:
+        """Write *source* (bytes, or a local file's path) to *path* in the kernel's working
+        folder (see ``AsyncSession.upload``)."""
+        return self._bridge.call(self._async.upload, source, path, timeout=timeout)
+
+    @overload
+    def download(self, path: str, dest: None = None, *, timeout: float | None = None) -> bytes: ...
+
+    @overload
+    def download(
+        self, path: str, dest: str | os.PathLike[str], *, timeout: float | None = None
+    ) -> FileInfo: ...
+
+    def download(
+        self,
+        path: str,
+        dest: str | os.PathLike[str] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> bytes | FileInfo:
+        """The file at *path*: its bytes, or written to the local *dest* (streamed) and its
+        FileInfo (see ``AsyncSession.download``)."""
+        result: bytes | FileInfo = self._bridge.call(
+            self._async.download, path, dest, timeout=timeout
+        )
+        return result
+
+    def list_files(self, path: str = ".", *, timeout: float | None = None) -> list[FileInfo]:
+        """What the folder *path* holds (see ``AsyncSession.list_files``)."""
+        return self._bridge.call(self._async.list_files, path, timeout=timeout)
+
+    def remove(self, path: str, *, timeout: float | None = None) -> None:
+        """Remove the file, empty folder or symlink at *path*."""
+        self._bridge.call(self._async.remove, path, timeout=timeout)
 
 
 class Backend:
@@ -474,6 +540,25 @@ class Backend:
     def methods(self, *, timeout: float | None = None) -> dict[str, dict[str, Any]]:
         return self._bridge.call(self._async.methods, timeout=timeout)
 
+    def stream(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        window: int = DEFAULT_WINDOW,
+        window_bytes: int = DEFAULT_WINDOW_BYTES,
+    ) -> BackendStream:
+        """A generator method's items as it yields them (see ``AsyncBackend.stream``).
+
+        >>> for n in backend.stream("count", {"n": 5}):            # doctest: +SKIP
+        ...     print(n)
+        """
+        stream = self._async.stream(
+            method, params, timeout=timeout, window=window, window_bytes=window_bytes
+        )
+        return BackendStream(self._bridge, stream)
+
     def restart(self) -> None:
         self._bridge.call(self._async.restart)
 
@@ -495,6 +580,46 @@ class Backend:
         check_callable(handler, "the handler")
         undo = self._bridge.call(_on_loop, self._async.on_any, _off_loop(handler, "the handler"))
         return lambda: self._bridge.call(_on_loop, undo)
+
+
+class BackendStream:
+    """The blocking twin of ``AsyncBackendStream``: an iterator of a generator method's items.
+
+    Each trip to the bridge's loop brings every item already there. ``close()`` (or leaving
+    ``with``, or dropping the iterator after ``break``) closes the generator in the kernel.
+    """
+
+    def __init__(self, bridge: Bridge, stream: AsyncBackendStream) -> None:
+        self._bridge = bridge
+        self._async = stream
+        self._batch: collections.deque[Any] = collections.deque()
+
+    def __repr__(self) -> str:
+        return repr(self._async).replace("AsyncBackendStream", "BackendStream", 1)
+
+    def __iter__(self) -> BackendStream:
+        return self
+
+    def __next__(self) -> Any:
+        if not self._batch:
+            self._batch.extend(self._bridge.call(self._async.take))
+            if not self._batch:
+                raise StopIteration
+        return self._batch.popleft()
+
+    def __enter__(self) -> BackendStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the generator in the kernel and wait until its finally has run."""
+        self._batch.clear()
+        try:
+            self._bridge.call(self._async.aclose)
+        except BridgeClosed:
+            pass  # the bridge is closed, and with it the backend
 
 
 async def _on_loop(fn: Callable[..., T], *args: Any) -> T:

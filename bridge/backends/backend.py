@@ -28,6 +28,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from bridge.backends.stream import (
+    DEFAULT_WINDOW,
+    DEFAULT_WINDOW_BYTES,
+    AsyncBackendStream,
+    StreamChannel,
+)
 from bridge.core import wire
 from bridge.core.callbacks import CallbackRunner
 from bridge.core.errors import (
@@ -103,6 +109,8 @@ class AsyncBackend:
         self._comm_id = ""
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[asyncio.Future[Any], str]] = {}
+        self._streams: dict[int, StreamChannel] = {}  # open streams' items, by request id
+        self._encoded: set[int] = set()  # calls whose result is relayed as it travelled
         self._handlers: dict[str, list[CallbackRunner]] = {}
         self._any_handlers: list[CallbackRunner] = []
         self._backlog: dict[str, collections.deque[Any]] = {}
@@ -338,6 +346,7 @@ class AsyncBackend:
 
     def _on_reply(self, data: dict[str, Any], buffers: list[Any]) -> None:
         entry = self._pending.pop(data["id"], None)
+        self._streams.pop(data["id"], None)
         if entry is None:
             log.debug("%s: dropped a reply to call %s, which gave up", self._label, data["id"])
             return
@@ -355,8 +364,14 @@ class AsyncBackend:
                 )
             )
             return
+        if "end" in data or "closed" in data:  # a stream's last word: how many items it sent
+            future.set_result(data.get("end"))
+            return
         try:
             value = data.get("result")
+            if data["id"] in self._encoded:
+                future.set_result(wire.Encoded(value, list(buffers)) if buffers else value)
+                return
             future.set_result(wire.codec.decode(value, buffers) if buffers else value)
         except Exception as exc:
             future.set_exception(BridgeError(f"the reply of {method}() is unreadable: {exc}"))
@@ -369,6 +384,11 @@ class AsyncBackend:
             if count:
                 data = wire.codec.decode(data, buffers[offset : offset + count])
                 offset += count
+            if "stream" in item:  # an item of a generator method's stream
+                channel = self._streams.get(item["stream"])
+                if channel is not None:  # else a stream the host closed: dropped
+                    channel.put(data)
+                continue
             self._dispatch(str(item.get("event")), data)
 
     # -- events ----------------------------------------------------------------------------------
@@ -448,26 +468,23 @@ class AsyncBackend:
     # -- calls -----------------------------------------------------------------------------------
 
     async def call(
-        self, method: str, params: Mapping[str, Any] | None = None, *, timeout: float | None = None
+        self,
+        method: str,
+        params: Mapping[str, Any] | wire.Encoded | None = None,
+        *,
+        timeout: float | None = None,
+        encoded: bool = False,
     ) -> Any:
         """Call *method* with *params* as keyword arguments and return its result.
+
+        With *encoded*, the result comes as it travelled, a ``bridge.core.wire.Encoded``
+        (JSON with placeholders, and its buffers): what a front end relays without decoding
+        it; *params* may be one too.
 
         Raises ``BackendError`` if it raised, ``CallTimeout`` past *timeout* (the method is
         interrupted), ``KernelDied`` if the kernel dies, ``BridgeClosed`` once terminated.
         """
-        if not isinstance(method, str) or not method:
-            raise InvalidRequest(f"the method name must be a non-empty str, got {method!r}")
-        if params is None:
-            params = {}
-        elif not isinstance(params, Mapping):
-            raise InvalidRequest(
-                f"{method}(): params must be a mapping of argument names to values, "
-                f"got {type(params).__name__}"
-            )
-        try:
-            data, buffers = wire.codec.encode(dict(params))
-        except (TypeError, ValueError) as exc:
-            raise InvalidRequest(f"{method}(): params cannot travel: {exc}") from None
+        data, buffers = self._request(method, params)
         seconds = check_timeout(timeout, self.timeout)
         rid = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -476,6 +493,8 @@ class AsyncBackend:
             async with asyncio.timeout(seconds):
                 kernel, comm_id = await self._connection()
                 self._pending[rid] = (future, method)
+                if encoded:
+                    self._encoded.add(rid)
                 request = {"id": rid, "method": method, "params": data}
                 kernel.send_comm(comm_id, request, buffers or None)
                 sent = kernel, comm_id
@@ -493,6 +512,117 @@ class AsyncBackend:
             raise
         finally:
             self._pending.pop(rid, None)
+            self._encoded.discard(rid)
+
+    def stream(
+        self,
+        method: str,
+        params: Mapping[str, Any] | wire.Encoded | None = None,
+        *,
+        timeout: float | None = None,
+        window: int = DEFAULT_WINDOW,
+        window_bytes: int = DEFAULT_WINDOW_BYTES,
+    ) -> AsyncBackendStream:
+        """The items of the generator method *method*, as it yields them.
+
+        >>> async for n in backend.stream("count", {"n": 5}):      # doctest: +SKIP
+        ...     print(n)
+
+        *timeout* bounds the wait for each item; *window* and *window_bytes* bound how far
+        the generator runs ahead of the consumer. ``break`` (once the stream is dropped),
+        ``aclose()``, leaving ``async with`` or cancelling closes the generator in the
+        kernel, so its ``finally`` runs. Nothing is sent until the first item is asked for.
+        """
+        data, buffers = self._request(method, params)
+        for name, value in (("window", window), ("window_bytes", window_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidRequest(f"{method}(): {name} must be a positive int, got {value!r}")
+        return AsyncBackendStream(
+            self,
+            method,
+            data,
+            buffers,
+            timeout=check_timeout(timeout, self.timeout),
+            window=min(window, 10_000),
+            window_bytes=min(window_bytes, 1 << 30),
+        )
+
+    def _request(
+        self, method: str, params: Mapping[str, Any] | wire.Encoded | None
+    ) -> tuple[Any, list[Any]]:
+        """A call's checked method name and its params, encoded (binary parts as buffers)."""
+        if not isinstance(method, str) or not method:
+            raise InvalidRequest(f"the method name must be a non-empty str, got {method!r}")
+        if isinstance(params, wire.Encoded):
+            if not isinstance(params.value, dict):
+                raise InvalidRequest(f"{method}(): params must be an object of arguments")
+            return params.value, list(params.buffers)
+        if params is None:
+            params = {}
+        elif not isinstance(params, Mapping):
+            raise InvalidRequest(
+                f"{method}(): params must be a mapping of argument names to values, "
+                f"got {type(params).__name__}"
+            )
+        try:
+            data, buffers = wire.codec.encode(dict(params))
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest(f"{method}(): params cannot travel: {exc}") from None
+        return data, buffers
+
+    async def _start_stream(
+        self,
+        method: str,
+        params: Any,
+        buffers: list[Any],
+        *,
+        timeout: float,
+        window: tuple[int, int],
+    ) -> tuple[int, StreamChannel]:
+        """Send a stream's call; its items and its end then land in the channel."""
+        try:
+            async with asyncio.timeout(timeout):
+                kernel, comm_id = await self._connection()
+        except TimeoutError:
+            raise CallTimeout(
+                f"{self._label}: {method}() could not start within {timeout:g} s",
+                method=method,
+                timeout=timeout,
+            ) from None
+        rid = next(self._ids)
+        channel = StreamChannel(asyncio.get_running_loop())
+        self._pending[rid] = (channel.end, method)
+        self._streams[rid] = channel
+        stream = {"items": window[0], "bytes": window[1]}
+        request = {"id": rid, "method": method, "params": params, "stream": stream}
+        try:
+            kernel.send_comm(comm_id, request, buffers or None)
+        except BaseException:
+            self._drop_stream(rid, cancel=False)
+            raise
+        return rid, channel
+
+    def _ack_stream(self, rid: int, taken: int) -> None:
+        if rid in self._streams:
+            self._send_quietly({"ack": rid, "taken": taken})
+
+    def _drop_stream(self, rid: int, cancel: bool, keep_end: bool = False) -> None:
+        """Forget a stream (unless *keep_end*: its end is awaited); with *cancel*, close its
+        generator in the kernel if it has not ended."""
+        entry = self._pending.get(rid)
+        if cancel and entry is not None and not entry[0].done():
+            self._send_quietly({"cancel": rid})
+        if not keep_end:
+            self._pending.pop(rid, None)
+            self._streams.pop(rid, None)
+
+    def _send_quietly(self, data: dict[str, Any]) -> None:
+        kernel = self._kernel
+        if kernel is not None and kernel.alive:
+            try:
+                kernel.send_comm(self._comm_id, data)
+            except BridgeError:
+                pass  # the kernel is going: its death fails what is pending
 
     def _cancel(self, sent: tuple[Kernel, str] | None, rid: int) -> None:
         if sent is not None and sent[0].alive:
@@ -502,7 +632,8 @@ class AsyncBackend:
                 pass
 
     async def methods(self, *, timeout: float | None = None) -> dict[str, dict[str, Any]]:
-        """The methods the host can call: ``{name: {"signature", "doc", "async"}}``."""
+        """The methods the host can call: ``{name: {"signature", "doc", "async", "stream"}}``
+        (``stream``: a generator method, for ``stream()``)."""
         result: dict[str, dict[str, Any]] = await self.call(wire.METHODS, timeout=timeout)
         return result
 

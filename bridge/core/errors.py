@@ -25,13 +25,23 @@ class InvalidRequest(BridgeError, ValueError):
     """The caller's arguments are wrong: bad inputs, a missing file, a non-JSON value."""
 
 
-class ScriptRefused(InvalidRequest):
-    """execute_file cannot run this path; ``reason`` says why, one of ``not_found``,
-    ``forbidden`` (outside the allowed root), ``too_large`` and ``bad_request``."""
+class PathRefused(InvalidRequest):
+    """A path the bridge will not read or write; ``reason`` says why, one of ``not_found``,
+    ``forbidden`` (outside the allowed folder, or through a symlink), ``too_large`` and
+    ``bad_request``."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class ScriptRefused(PathRefused):
+    """execute_file cannot run this path (``reason`` as for PathRefused)."""
+
+
+class FileRefused(PathRefused):
+    """A file in a context's working folder cannot be uploaded, downloaded, listed or
+    removed (``reason`` as for PathRefused; ``too_large`` past a size limit)."""
 
 
 class BridgeClosed(BridgeError):
@@ -173,7 +183,8 @@ class BackendLost(BridgeError):
 
 
 class CallTimeout(BridgeError, TimeoutError):
-    """A backend call ran past its timeout; the method was interrupted in the kernel."""
+    """A backend call ran past its timeout (the method was interrupted in the kernel), or a
+    file transfer made no progress within its timeout (the kernel dropped it)."""
 
     def __init__(self, message: str, *, method: str, timeout: float) -> None:
         super().__init__(message)

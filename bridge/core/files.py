@@ -5,7 +5,8 @@ for a writer forever), a symlink out of the allowed folder. So the file is opene
 without blocking (``O_NONBLOCK``: opening a FIFO does not wait for a writer), and the open
 file descriptor is what is checked: a regular file (``fstat``), no larger than the limit, and,
 with a *root*, inside it: opened through ``openat2(RESOLVE_BENEATH)`` from the root where the
-kernel has it, else by an ``O_NOFOLLOW`` walk from the root, and the descriptor's own path
+kernel has it, else by an ``O_NOFOLLOW`` walk from the root (the kernel side's
+``_beneath.py``, which confines file transfers the same way), and the descriptor's own path
 (``/proc/self/fd``) checked again. The read is blocking file I/O: async callers run
 ``read_script`` in a thread.
 
@@ -14,26 +15,16 @@ kernel has it, else by an ``O_NOFOLLOW`` walk from the root, and the descriptor'
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
-import platform
 import stat
-import struct
-import sys
-import urllib.parse
 
+from bridge.core import wire
 from bridge.core.errors import InvalidRequest, ScriptRefused
 
 DEFAULT_MAX_SCRIPT = 10 * 1024 * 1024  # bytes of a script execute_file reads at most
 
-_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
-# openat2(2): its number is the same on every architecture of the unified syscall table.
-_SYS_OPENAT2 = 437
-_RESOLVE_NO_MAGICLINKS = 0x02
-_RESOLVE_NO_SYMLINKS = 0x04
-_RESOLVE_BENEATH = 0x08
-_OPENAT2_MACHINES = {"x86_64", "aarch64", "arm64", "riscv64", "ppc64le", "s390x"}
+_FLAGS: int = wire.beneath.READ  # O_NONBLOCK: opening a FIFO does not wait for a writer
 
 
 def read_script(
@@ -95,12 +86,10 @@ def _open_beneath(root: str, path: str) -> int:
     try:
         if relative == ".":
             return os.dup(root_fd)  # the root itself: refused as a directory by the caller
-        try:
-            return _openat2(root_fd, relative)
-        except _NoOpenat2:
-            return _walk(root_fd, relative)
-        except OSError as exc:
-            raise _refused(exc, path, " in the service's root") from None
+        # A real path already: a symlink in it now means it changed since it was resolved.
+        return int(wire.beneath.open_beneath(root_fd, relative, _FLAGS))
+    except OSError as exc:
+        raise _refused(exc, path, " in the service's root") from None
     finally:
         os.close(root_fd)
 
@@ -111,15 +100,8 @@ def _resolve_inside(root: str, path: str) -> str:
     ``..%2f`` is refused like ``../``, and so are forms with backslashes read as separators;
     the real path must equal the root or start with the root plus a separator (a bare prefix
     check would let ``/srv/data-evil`` pass for ``/srv/data``)."""
-    forms = [path]
-    while len(forms) < 4:
-        decoded = urllib.parse.unquote(forms[-1])
-        if decoded == forms[-1]:
-            break
-        forms.append(decoded)
-    forms += [form.replace("\\", "/") for form in forms if "\\" in form]
     resolved = ""
-    for form in forms:
+    for form in wire.beneath.decoded_forms(path):
         if "\x00" in form:
             raise ScriptRefused("bad_request", "path must not contain a NUL character")
         real = os.path.realpath(os.path.join(root, form))
@@ -143,51 +125,6 @@ def folder_inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) ->
 
 def _inside(root: str, real: str) -> bool:
     return real == root or real.startswith(root if root.endswith(os.sep) else root + os.sep)
-
-
-class _NoOpenat2(Exception):
-    """This kernel (or its seccomp filter) has no openat2."""
-
-
-def _openat2(dir_fd: int, relative: str) -> int:
-    """openat2 from *dir_fd*, staying beneath it and following no symlink: *relative* is a
-    real path already, so a link in it now means it changed since it was resolved."""
-    if sys.platform != "linux" or platform.machine() not in _OPENAT2_MACHINES:
-        raise _NoOpenat2
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    resolve = _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS
-    how = ctypes.create_string_buffer(struct.pack("QQQ", _FLAGS, 0, resolve), 24)
-    fd = libc.syscall(
-        ctypes.c_long(_SYS_OPENAT2),
-        ctypes.c_int(dir_fd),
-        ctypes.c_char_p(os.fsencode(relative)),
-        how,
-        ctypes.c_size_t(24),
-    )
-    if fd < 0:
-        code = ctypes.get_errno()
-        if code in (errno.ENOSYS, errno.EPERM):
-            raise _NoOpenat2
-        raise OSError(code, os.strerror(code), relative)
-    return int(fd)
-
-
-def _walk(root_fd: int, relative: str) -> int:
-    """Open *relative* one part at a time from *root_fd*, following no symlink."""
-    parts = relative.split(os.sep)
-    dir_fd = os.dup(root_fd)
-    try:
-        for part in parts[:-1]:
-            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-            next_fd = os.open(part, flags, dir_fd=dir_fd)
-            os.close(dir_fd)
-            dir_fd = next_fd
-        return os.open(parts[-1], _FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd)
-    except OSError as exc:
-        raise _refused(exc, relative, " in the service's root") from None
-    finally:
-        os.close(dir_fd)
 
 
 def _refused(exc: OSError, path: str, where: str) -> ScriptRefused:

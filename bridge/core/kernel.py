@@ -273,7 +273,12 @@ class Kernel:
                 value = data.get(wire.REPLY_VALUE)
                 if isinstance(value, dict):  # the value, in the reply (see protocol.py)
                     call.collector.add("execute_result", value)
+                if wire.REPLY_BINARY in data:  # bytes or arrays: the value itself, in buffers
+                    call.collector.set_binary(data[wire.REPLY_BINARY], msg.get("buffers") or [])
                 call.on_reply(data)
+            return
+        if data.get("kind") == wire.BINARY:  # the value itself, of a plain execute_request
+            call.collector.set_binary(data.get("value"), msg.get("buffers") or [])
             return
         record = call.collector.add_record(data)
         if record is not None and call.on_attest is not None:

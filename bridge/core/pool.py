@@ -164,10 +164,12 @@ class KernelPool:
                 await self.factory.stop(kernel, now=True)
                 raise BridgeClosed("the bridge was closed while the session's kernel started")
             self._taken.add(kernel)
+            self._watch(kernel)
             return kernel
         kernel = await self.acquire()
         self._busy.discard(kernel)
         self._taken.add(kernel)
+        self._watch(kernel)
         self._replace()
         return kernel
 
@@ -187,10 +189,13 @@ class KernelPool:
         else:
             self._discard(kernel)
 
-    def _put(self, kernel: Kernel) -> None:
+    def _watch(self, kernel: Kernel) -> None:
         if not getattr(kernel, "_pool_watch", False):
             kernel._pool_watch = True  # type: ignore[attr-defined]
             kernel.on_exit(functools.partial(self._on_exit, kernel))
+
+    def _put(self, kernel: Kernel) -> None:
+        self._watch(kernel)
         while self._waiters:
             future = self._waiters.popleft()
             if not future.done():
@@ -202,6 +207,12 @@ class KernelPool:
         if kernel in self._free:  # died while idle: replace it before anyone asks
             self._free.remove(kernel)
             self._discard(kernel)
+        elif kernel in self._taken:
+            # A session's kernel died: the session answers KernelDied until it is restarted
+            # or closed, but what is left of the kernel (its kernel manager's entry, listed at
+            # /api/kernels; its connection file, with the key) goes now.
+            self._taken.discard(kernel)
+            self._spawn(self.factory.stop(kernel, now=True))
 
     def _discard(self, kernel: Kernel) -> None:
         self._spawn(self.factory.stop(kernel, now=True))

@@ -133,6 +133,7 @@ class OutputCollector:
         self._clear_pending = False
         self._value_output: dict[str, Any] | None = None  # the last result's output
         self.value_data: dict[str, Any] | None = None
+        self.binary: tuple[Any] | None = None  # (the value,) when it holds bytes or arrays
         self.variables: dict[str, Any] | None = None
         self.attestations: list[dict[str, Any]] = []
 
@@ -271,6 +272,14 @@ class OutputCollector:
         else:
             self._clear()
 
+    def set_binary(self, value: Any, buffers: list[Any]) -> None:
+        """The value itself, when it holds bytes or NumPy arrays (sent beside its MIME bundle,
+        whose text/plain repr stays the value if it cannot be read here: no NumPy, say)."""
+        try:
+            self.binary = (wire.codec.decode(value, buffers),)
+        except (TypeError, ValueError):
+            self.binary = None
+
     def add_record(self, data: dict[str, Any]) -> dict[str, Any] | None:
         """File a record the kernel-side runtime sent on the bridge comm; return an attestation."""
         kind = data.get("kind")
@@ -311,7 +320,9 @@ class OutputCollector:
                 error = ErrorInfo("KernelError", str(content.get("status", "no reply")), "")
         value: Any = None
         data = self.value_data or {}
-        if "application/json" in data:
+        if self.binary is not None:
+            value = self.binary[0]
+        elif "application/json" in data:
             value = data["application/json"]
         elif "text/plain" in data:
             value = data["text/plain"]

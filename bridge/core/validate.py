@@ -58,18 +58,34 @@ def check_inputs(inputs: Mapping[str, Any] | None) -> dict[str, Any]:
     for name in inputs:
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
             raise InvalidRequest(f"inputs: {name!r} is not a valid Python name")
+    from bridge.core import wire  # loads the kernel side's codec: only when inputs are given
+
     try:
-        json.dumps(inputs, allow_nan=False)
+        # Bytes and NumPy arrays travel too, as base64 placeholders the kernel turns back.
+        text = wire.codec.dumps(dict(inputs))
     except (TypeError, ValueError) as exc:
-        raise InvalidRequest(f"inputs must be JSON values: {exc}") from None
-    return dict(inputs)
+        raise InvalidRequest(f"inputs must be JSON values, bytes or NumPy arrays: {exc}") from None
+    return json.loads(text) if wire.codec.PLACEHOLDER in text else dict(inputs)
+
+
+# What exec() takes (Linux): one "KEY=value" string of at most MAX_ARG_STRLEN bytes (32 pages),
+# all of argv and the environment within ARG_MAX (a quarter of the stack limit, 2 MiB by
+# default), the host's own environment included. A caller's env gets a share of it that leaves
+# room for the host's: past these, an ordinary launch would fail with "Argument list too long",
+# a refusal a client cannot tell from a busy service, so it is refused here, before anything
+# starts, naming env.
+MAX_ENV_ENTRY = 128 * 1024 - 1  # bytes of one KEY=value (its NUL makes MAX_ARG_STRLEN)
+MAX_ENV_TOTAL = 512 * 1024  # bytes of every KEY=value with its NUL
 
 
 def check_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    """*env* (variables for a kernel's environment) checked: str to str, what a process
+    environment can hold, within what exec() takes (MAX_ENV_ENTRY, MAX_ENV_TOTAL)."""
     if env is None:
         return {}
     if not isinstance(env, Mapping):
         raise InvalidRequest(f"env must be a mapping of str to str, got {type(env).__name__}")
+    total = 0
     for key, value in env.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise InvalidRequest(f"env must map str to str, got {key!r}: {value!r}")
@@ -81,12 +97,22 @@ def check_env(env: Mapping[str, str] | None) -> dict[str, str]:
         if "\x00" in value:
             raise InvalidRequest(f"env: the value of {key!r} holds a NUL character")
         try:
-            os.fsencode(key)
-            os.fsencode(value)
+            size = len(os.fsencode(key)) + 1 + len(os.fsencode(value))
         except UnicodeEncodeError:
             raise InvalidRequest(
                 f"env: {key!r} is not text an environment can hold (a lone surrogate?)"
             ) from None
+        if size > MAX_ENV_ENTRY:
+            raise InvalidRequest(
+                f"env: {key[:64]!r} is {size} bytes as KEY=value; a process environment holds "
+                f"at most {MAX_ENV_ENTRY} bytes in one variable"
+            )
+        total += size + 1
+    if total > MAX_ENV_TOTAL:
+        raise InvalidRequest(
+            f"env is {total} bytes as KEY=value lines; at most {MAX_ENV_TOTAL} bytes are taken"
+            " (what is left of what exec() takes is the host's own environment)"
+        )
     return dict(env)
 
 

@@ -26,6 +26,7 @@ from bridge.service.service import Service
 
 from . import signa
 from .ats import AtsForwarder
+from .protocol import MAX_MESSAGE
 
 log = logging.getLogger("bridge.qntx")
 
@@ -225,7 +226,10 @@ class Plugin:
             service = await self.running()
         except Exception as exc:
             return dispatch.failure(to_api_error(exc) or internal())
-        answer = await dispatch.respond(service, method, path, body, host=host)
+        # A downloaded file travels in one gRPC message: leave room for the rest of it.
+        answer = await dispatch.respond(
+            service, method, path, body, host=host, max_answer=MAX_MESSAGE - 64 * 1024
+        )
         await self.flush()
         return answer
 

@@ -26,11 +26,10 @@ from grpc_reflection.v1alpha import reflection
 import bridge
 
 from . import gate, servicer
-from .protocol import SERVICE_NAMES, domain_rpc, python_rpc
+from .protocol import MAX_MESSAGE, SERVICE_NAMES, domain_rpc, python_rpc
 
 log = logging.getLogger("bridge.qntx")
 
-MAX_MESSAGE = 100 * 1024 * 1024  # QNTX's core sends and takes messages up to 100 MB
 PORT_TRIES = 10
 CLOSE_WITHIN = 2.5  # seconds the kernels get to shut down (QNTX kills the group after 3)
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import grpc
 
+MAX_MESSAGE = 100 * 1024 * 1024  # QNTX's core sends and takes messages up to 100 MB
+
 _ROOT = Path(__file__).resolve().parents[2]  # the folder that holds the `bridge` package
 PROTOS = Path(__file__).resolve().parent / "protos"
 

@@ -138,8 +138,9 @@ class DomainPlugin(domain_rpc.DomainPluginServiceServicer):  # type: ignore[misc
             if header.name.lower() == "host" and header.values:
                 host = header.values[0]
         answer = await plugin.http(request.method, request.path, request.body, host)
-        headers = [domain_pb.HTTPHeader(name="Content-Type", values=["application/json"])]
-        headers += [domain_pb.HTTPHeader(name=k, values=[v]) for k, v in answer.headers.items()]
+        # JSON, but for a file's bytes (a download), whose own type the answer says.
+        fields = {"Content-Type": "application/json", **answer.headers}
+        headers = [domain_pb.HTTPHeader(name=k, values=[v]) for k, v in fields.items()]
         return domain_pb.HTTPResponse(
             status_code=answer.status, headers=headers, body=answer.encode()
         )

@@ -62,6 +62,16 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
         "(off: 403 forbidden).",
     )
     max_body_size = Int(10 * 1024 * 1024, config=True, help="Largest request body, in bytes.")
+    max_file_bytes = Int(
+        1 << 30,
+        config=True,
+        help="Largest file a context's files routes upload or download, in bytes (more: 413).",
+    )
+    max_context_bytes = Int(
+        4 << 30,
+        config=True,
+        help="Bytes of all the files uploaded into one context that are still there (more: 413).",
+    )
     gateway_kernel_name = Unicode(
         None,
         allow_none=True,
@@ -82,7 +92,14 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
             raise TraitError(f"BridgeApp.context_idle_timeout must be 0 or more, got {value}")
         return value
 
-    @validate("pool_size", "max_backends", "max_contexts", "max_body_size")
+    @validate(
+        "pool_size",
+        "max_backends",
+        "max_contexts",
+        "max_body_size",
+        "max_file_bytes",
+        "max_context_bytes",
+    )
     def _at_least_one(self, proposal: Any) -> int:
         value: int = proposal["value"]
         if value < 1:
@@ -127,6 +144,8 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
             context_idle_timeout=self.context_idle_timeout,
             allow_install=self.allow_install,
             max_body_size=self.max_body_size,
+            max_file_bytes=self.max_file_bytes,
+            max_context_bytes=self.max_context_bytes,
             sessions=Sessions(serverapp.session_manager),
             # The server's activity records of the bridge's kernels, from the bridge's reader
             # instead of a second IOPub subscription per kernel (activity.py).

@@ -13,7 +13,8 @@ import asyncio
 import dataclasses
 import logging
 import re
-from collections.abc import Awaitable
+import time
+from collections.abc import AsyncIterator, Awaitable
 from http.client import responses
 from typing import Any
 
@@ -21,14 +22,15 @@ from jupyter_server.base.handlers import APIHandler
 from tornado import web
 from tornado.iostream import StreamClosedError
 
+from bridge import AsyncBackendStream, BackendError, Encoded
 from bridge.service import dispatch
 from bridge.service import models as m
 from bridge.service.backends import EventStream, HostedBackend
-from bridge.service.errors import ApiError, ErrorType, bad_request, internal
+from bridge.service.errors import ApiError, ErrorType, bad_request, internal, to_api_error
 from bridge.service.events import event_id, output_event
-from bridge.service.service import Service
+from bridge.service.service import Service, call_failure, since
 
-from . import auth
+from . import auth, multipart
 
 log = logging.getLogger("bridge.server")
 
@@ -69,6 +71,14 @@ class BaseHandler(APIHandler):  # type: ignore[misc]
         self.set_status(answer.status)
         for name, value in answer.headers.items():
             self.set_header(name, value)
+        if answer.status < 400 and multipart.accepts(self.request.headers.get("Accept")):
+            body, buffers = m.split(answer.body)
+            if buffers:  # bytes and arrays as parts of their own, not base64 (multipart.py)
+                chunks, content_type = multipart.encode(m.encode(body), buffers)
+                for chunk in chunks:
+                    self.write(bytes(chunk) if isinstance(chunk, memoryview) else chunk)
+                self.finish(set_content_type=content_type)  # APIHandler's would be JSON
+                return
         self.finish(answer.encode())
 
     def send_failure(self, error: ApiError) -> None:
@@ -105,7 +115,7 @@ class BaseHandler(APIHandler):  # type: ignore[misc]
         """The HTTP methods this route answers."""
         return [
             m
-            for m in ("GET", "POST", "DELETE")
+            for m in ("GET", "POST", "PUT", "DELETE")
             if getattr(cls, m.lower()) is not getattr(web.RequestHandler, m.lower())
         ]
 
@@ -187,7 +197,12 @@ class EventsHandler(BaseHandler):
 
     KEEPALIVE = 15.0  # seconds between comments that keep proxies from closing the stream
     BATCH = 256 * 1024  # bytes of events written before waiting for the client to take them
-    OVERFLOW_GRACE = 1.0  # seconds a stalled client gets to take the overflow event
+    # Seconds a stalled client gets to take the end of an overflowed stream (what was unsent,
+    # the overflow event, the last chunk) before it is disconnected: what it holds meanwhile is
+    # bounded (BATCH and the socket's buffers), so this only frees the connection of a client
+    # that is gone. Cutting a merely slow one (a loaded machine) mid-chunk left it unable to read
+    # the overflow and resume.
+    OVERFLOW_GRACE = 60.0
 
     @web.authenticated
     async def get(self, backend_id: str) -> None:
@@ -203,6 +218,7 @@ class EventsHandler(BaseHandler):
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
+        overflow = False
         try:
             self.write(": kernel-bridge events\n\n")
             await self.flush()
@@ -216,7 +232,7 @@ class EventsHandler(BaseHandler):
                 if overflowed:
                     body = m.encode(m.OverflowEvent(stream.cursor)).decode()
                     self.write(f"event: overflow\ndata: {body}\n\n")
-                    await self._flush_or_drop()
+                    overflow = True
                     break
                 if batch or self._gone:
                     continue
@@ -232,8 +248,10 @@ class EventsHandler(BaseHandler):
         except StreamClosedError:
             return
         finally:
-            hosted.unsubscribe(stream)
-        if not self._gone:
+            hosted.unsubscribe(stream)  # the log keeps nothing for it from here on
+        if overflow:
+            await self._finish_or_drop()
+        elif not self._gone:
             self.finish(set_content_type="text/event-stream")
 
     async def _flush_while_kept(self, hosted: HostedBackend, stream: EventStream) -> bool:
@@ -253,9 +271,11 @@ class EventsHandler(BaseHandler):
         stream.wake.set()  # look again: events may have come meanwhile
         return True
 
-    async def _flush_or_drop(self) -> None:
-        """Send the last words; a client that does not take them in time is disconnected."""
-        flushes = [getattr(self, "_unflushed", None), asyncio.ensure_future(self.flush())]
+    async def _finish_or_drop(self) -> None:
+        """End the response at once (the overflow event and the last chunk queue behind what is
+        unsent), so that a client that reads on gets a whole response; one that takes none of
+        it within OVERFLOW_GRACE is disconnected."""
+        flushes = [getattr(self, "_unflushed", None), self.finish()]
         try:
             async with asyncio.timeout(self.OVERFLOW_GRACE):
                 for flushed in flushes:
@@ -297,6 +317,9 @@ def _serve(method: str) -> Any:
     async def serve(self: RouteHandler, *args: str) -> None:
         self.check_refused()
         operation = self.route.methods[method]
+        if operation.raw_body:
+            await self.finish_upload()
+            return
         try:
             request = self.dispatch_request(args)
         except ApiError as error:
@@ -304,6 +327,12 @@ def _serve(method: str) -> Any:
             return
         if operation.streams and wants_events(self.request.headers.get("Accept", "")):
             await self.stream(operation, request)
+            return
+        if operation.items and wants_events(self.request.headers.get("Accept", "")):
+            await self.stream_items(operation, request)
+            return
+        if operation.raw_answer:
+            await self.download(operation, request)
             return
         await self.answer(operation(self.service, request), operation.status)
 
@@ -323,6 +352,93 @@ class RouteHandler(BodyHandler):
             attrs[method.lower()] = _serve(method)
         name = "".join(part.capitalize() for part in re.findall(r"[a-z]+", route.pattern))
         return type(f"{name or 'Root'}Handler", (cls,), attrs)
+
+    # -- files: raw bodies, streamed both ways ---------------------------------------------------
+
+    UPLOAD_WINDOW = 8  # body chunks read ahead of the kernel (tornado's are 64 KiB at most)
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        await super().prepare()
+        self._feed: asyncio.Queue[bytes | None] | None = None
+        operation = self.route.methods.get(self.request.method or "")
+        if operation is None or not operation.raw_body or self._refused is not None:
+            return
+        # A file's bytes go to the kernel as they come, not into memory: the kernel applies
+        # the file's own limit (max_file_bytes), so the JSON body limit does not hold here.
+        # Past the file's limit, a refused body is still read and dropped (up to
+        # max_body_size more), so the client gets its 413 rather than a reset connection.
+        self._too_large = False
+        connection: Any = self.request.connection
+        connection.set_max_body_size(self.service.max_file_bytes + self.service.max_body_size)
+        length = self.request.headers.get("Content-Length", "")
+        self._feed = asyncio.Queue(self.UPLOAD_WINDOW)
+        request = dispatch.Request(
+            tuple(self.path_args),
+            {},
+            host=self.request.host or "127.0.0.1",
+            chunks=_drain(self._feed),
+            length=int(length) if length.isdigit() else None,
+        )
+        self._work = asyncio.ensure_future(
+            dispatch.outcome(operation(self.service, request), operation.status)
+        )
+
+    async def data_received(self, chunk: bytes) -> None:  # type: ignore[override]
+        feed, work = self._feed, self._work
+        if feed is None or work is None:
+            super().data_received(chunk)
+            return
+        if work.done():
+            return  # refused or failed already: the rest of the body is dropped
+        # Wait for room (the kernel takes chunks as it writes them): tornado reads no more
+        # of the body meanwhile, so a fast client cannot fill the service's memory.
+        put = asyncio.ensure_future(feed.put(chunk))
+        await asyncio.wait((put, work), return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():
+            put.cancel()
+
+    async def finish_upload(self) -> None:
+        """The body is in: end the feed and answer with the upload's outcome."""
+        feed, work = self._feed, self._work
+        assert feed is not None and work is not None
+        if not work.done():
+            put = asyncio.ensure_future(feed.put(None))
+            await asyncio.wait((put, work), return_when=asyncio.FIRST_COMPLETED)
+            if not put.done():
+                put.cancel()
+        try:
+            answer = await work
+        except asyncio.CancelledError:
+            if self._gone:
+                return  # the client went away: the upload was cancelled, its file dropped
+            raise
+        self.send_answer(answer)
+
+    async def download(self, operation: dispatch.Operation, request: dispatch.Request) -> None:
+        """Write a file as the kernel sends it: headers once its size is known, then each
+        chunk once the client has taken the one before (at most a few in memory)."""
+        try:
+            stream = await operation(self.service, request)
+        except Exception as exc:
+            self.send_failure(to_api_error(exc) or internal())
+            return
+        try:
+            self.set_status(200)
+            self.set_header("Content-Type", stream.media_type)
+            self.set_header("Content-Length", str(stream.size))
+            async for chunk in stream:
+                self.write(chunk)
+                await self.flush()
+            self.finish()
+        except StreamClosedError:
+            pass  # the client went away: the kernel is told to stop
+        except Exception:
+            # Headers are out: the client sees a body shorter than its Content-Length.
+            log.exception("the download of %s broke off", stream.info.path)
+            connection: Any = self.request.connection
+            connection.close()
+        finally:
+            await stream.aclose()
 
     # -- streamed answers ----------------------------------------------------------------------
 
@@ -382,6 +498,82 @@ class RouteHandler(BodyHandler):
             if not work.done():
                 work.cancel()
 
+    async def stream_items(self, operation: dispatch.Operation, request: dispatch.Request) -> None:
+        """Answer a generator method's call with Server-Sent Events: ``item`` per item as the
+        method yields it (binary values as base64 BinaryValues), then ``end``.
+
+        Items are written as fast as the client reads them (each batch is flushed before the
+        next is taken), and the kernel runs no more than the stream's window ahead: a slow
+        client holds the generator back. As for a streamed execution, a failure before the
+        stream opens (a bad request, an unknown backend or method, a method that is not a
+        generator or raised at once) is the route's JSON answer; after, ``end`` carries it. A
+        client that goes away closes the generator in the kernel (its ``finally`` runs).
+        """
+        self._work = work = asyncio.ensure_future(self._write_items(operation, request))
+        try:
+            await work
+        except asyncio.CancelledError:
+            if not self._gone:
+                raise  # else the client went away; on_connection_close cancelled it
+        except StreamClosedError:
+            pass
+
+    async def _write_items(self, operation: dispatch.Operation, request: dispatch.Request) -> None:
+        started = time.perf_counter()
+        opened = await dispatch.outcome(operation.open_items(self.service, request))
+        if opened.status >= 400:
+            self.send_answer(opened)
+            return
+        items: AsyncBackendStream = opened.body
+        self._items_open = False
+        count = 0
+        end: Any
+        async with items:
+            try:
+                while batch := await self._take(items):
+                    self._items_open = self._open_events(self._items_open)
+                    for item in batch:
+                        self.write(sse("item", Encoded.of(item)))
+                    count += len(batch)
+                    await self.flush()  # the client's pace is the generator's
+            except StreamClosedError:
+                raise
+            except BackendError as exc:  # the method raised: a call's answer, as unstreamed
+                end = call_failure(exc, started)
+                if not self._items_open:
+                    self.send_answer(dispatch.Answer(200, end))
+                    return
+            except Exception as exc:
+                error = to_api_error(exc)
+                if error is None:
+                    log.exception("a streamed call failed")
+                    error = internal()
+                if not self._items_open:
+                    self.send_failure(error)
+                    return
+                end = dispatch.failure_body(error)
+            else:
+                end = m.StreamEnd(success=True, items=count, duration_ms=since(started))
+        self._open_events(self._items_open)
+        self.write(sse("end", end))
+        self.finish(set_content_type="text/event-stream")
+
+    async def _take(self, items: AsyncBackendStream) -> list[Any]:
+        """The next batch of items; the stream opens with a comment after KEEPALIVE seconds of
+        waiting (so a proxy keeps it), and one goes every KEEPALIVE seconds after."""
+        taking = asyncio.ensure_future(items.take())
+        try:
+            while True:
+                done, _ = await asyncio.wait({taking}, timeout=self.KEEPALIVE)
+                if done:
+                    return taking.result()
+                self._items_open = self._open_events(self._items_open)
+                self.write(": keep-alive\n\n")
+                await self.flush()
+        finally:
+            if not taking.done():
+                taking.cancel()  # the client went away: the stream closes the generator
+
     def _open_events(self, opened: bool) -> bool:
         if not opened:
             self.set_status(200)
@@ -400,7 +592,22 @@ class RouteHandler(BodyHandler):
         if self._too_large:  # dropped: the Content-Length said so, or the bytes did
             size = max(size, self.service.max_body_size + 1)
         body = b"" if self._too_large else b"".join(self._chunks)
-        return dispatch.Request(args, query, body, size, self.request.host or "127.0.0.1")
+        buffers: tuple[Any, ...] = ()
+        content_type = self.request.headers.get("Content-Type")
+        if body and multipart.is_multipart(content_type):
+            try:
+                body, parts = multipart.decode(body, content_type or "")
+            except multipart.MultipartError as exc:
+                raise bad_request(str(exc), field="body") from None
+            buffers = tuple(parts)
+        host = self.request.host or "127.0.0.1"
+        return dispatch.Request(args, query, body, size, host, buffers=buffers)
+
+
+async def _drain(feed: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes]:
+    """An upload's body as the handler hands it over; None ends it."""
+    while (chunk := await feed.get()) is not None:
+        yield chunk
 
 
 def routes(service: Service) -> list[tuple[str, type[BaseHandler], dict[str, Any]]]:

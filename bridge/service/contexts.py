@@ -1,8 +1,9 @@
 """Contexts: sessions over HTTP. A context is an AsyncSession the service keeps under an id.
 
-Each has a kernel of its own (a Jupyter Server kernel, listed at ``/api/kernels``), a name,
-and a lock that runs its calls one at a time; the service (service.py) creates, restarts,
-culls and deletes them, all in one place.
+Each has a kernel of its own (a Jupyter Server kernel, listed at ``/api/kernels``), a name
+(reserved by the service from the moment it is asked for), a lock that runs its calls one at a
+time and an owner lock that runs its restarts and its deletion one at a time; the service
+(service.py) creates, restarts, culls and deletes them, all in one place.
 """
 
 from __future__ import annotations
@@ -36,7 +37,11 @@ class HostedContext:
         self.last_activity = self.created
         self._idle_since = time.monotonic()
         self.calls = 0  # running or waiting: a context with calls is never idle
-        self.lock = asyncio.Lock()
+        self.lock = asyncio.Lock()  # its calls, one at a time
+        # Its owner: restarts and its deletion, one at a time (a deletion waits for a restart
+        # under way, never cuts it in half); calls made during a restart wait for its kernel.
+        self.owner = asyncio.Lock()
+        self.deleted = False
         self.session_id: str | None = None  # its Jupyter Server session, what JupyterLab lists
 
     @property

@@ -19,15 +19,18 @@ import dataclasses
 import logging
 import re
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import msgspec
 
+from bridge import Encoded
+
 from . import models as m
 from . import openapi
 from .errors import ApiError, ErrorType, bad_request, internal, not_found, to_api_error
+from .files import FileStream
 from .service import DEFAULT_MODULES, Service
 
 log = logging.getLogger("bridge.server")
@@ -46,6 +49,11 @@ class Request:
     host: str = "127.0.0.1"
     # A streamed answer's listener (HTTP's text/event-stream): each output as it is made.
     on_output: Callable[[dict[str, Any]], None] | None = None
+    # The parts after the JSON of a multipart/mixed body: the bytes its BinaryValues name.
+    buffers: tuple[Any, ...] = ()
+    # A raw body streamed in (HTTP's upload), instead of *body*, and its declared length.
+    chunks: AsyncIterable[bytes] | None = None
+    length: int | None = None
 
 
 @dataclass
@@ -57,11 +65,13 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
 
     def encode(self) -> bytes:
+        if isinstance(self.body, bytes):  # a file's bytes (a download answered whole)
+            return self.body
         return m.encode(self.body)
 
     def data(self) -> dict[str, Any]:
         """The body as plain JSON values (for a transport that reads fields of it)."""
-        value = msgspec.to_builtins(self.body, enc_hook=str)
+        value = msgspec.to_builtins(m.inline(self.body), enc_hook=str)
         assert isinstance(value, dict)
         return value
 
@@ -98,7 +108,32 @@ def read_body(service: Service, request: Request, model: type[B]) -> B:
         raise too_large(service)
     if not request.body.strip():
         raise bad_request("the body is empty: send a JSON object", field="body")
-    return m.decode(model, request.body)
+    body = m.decode(model, request.body)
+    if request.buffers or Encoded.PLACEHOLDER.encode() in request.body:
+        check_parts(body, len(request.buffers))
+    return body
+
+
+def check_parts(body: Any, count: int, where: str = "") -> None:
+    """Every BinaryValue of *body* names one of the *count* parts the request carries (or is
+    inline): else 400 naming the field."""
+    if isinstance(body, msgspec.Struct):
+        for name in body.__struct_fields__:
+            check_parts(getattr(body, name), count, name)
+    elif isinstance(body, dict):
+        part = body.get(Encoded.PLACEHOLDER, ...)
+        if part is ... or part is None:
+            for key, item in body.items():
+                check_parts(item, count, f"{where}.{key}" if where else str(key))
+        elif isinstance(part, bool) or not isinstance(part, int) or not 0 <= part < count:
+            raise bad_request(
+                f"{where}: a binary value names part {part!r}, but the body has {count} after "
+                "its JSON (send multipart/mixed, or the bytes inline as base64)",
+                field=where or "body",
+            )
+    elif isinstance(body, list):
+        for item in body:
+            check_parts(item, count, where)
 
 
 def optional_body(service: Service, request: Request, model: type[B]) -> B | None:
@@ -118,6 +153,8 @@ def _context(request: Request) -> str | None:
 
 
 async def _execute(service: Service, request: Request, body: m.ExecuteRequest) -> Any:
+    if request.buffers and body.inputs:  # the kernel reads them from JSON: inline, as base64
+        body.inputs = Encoded(body.inputs, list(request.buffers)).inline()
     return await service.execute(body, context=_context(request), on_output=request.on_output)
 
 
@@ -191,7 +228,11 @@ async def _delete_backend(service: Service, request: Request, body: None) -> Any
 
 
 async def _call(service: Service, request: Request, body: m.CallRequest) -> Any:
-    return await service.call(request.args[0], body)
+    return await service.call(request.args[0], body, request.buffers)
+
+
+async def _call_items(service: Service, request: Request, body: m.CallRequest) -> Any:
+    return service.stream_call(request.args[0], body, request.buffers)
 
 
 async def _events(service: Service, request: Request, body: None) -> Any:
@@ -216,6 +257,32 @@ async def _delete_context(service: Service, request: Request, body: None) -> Any
 
 async def _restart_context(service: Service, request: Request, body: m.EmptyRequest | None) -> Any:
     return await service.restart_context(request.args[0])
+
+
+async def _whole(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+async def _upload_file(service: Service, request: Request, body: None) -> Any:
+    if request.chunks is not None:  # streamed in (HTTP): its Content-Length if it had one
+        return await service.upload_file(
+            request.args[0], request.args[1], request.chunks, size=request.length
+        )
+    return await service.upload_file(
+        request.args[0], request.args[1], _whole(request.body), size=len(request.body)
+    )
+
+
+async def _download_file(service: Service, request: Request, body: None) -> Any:
+    return await service.download_file(request.args[0], request.args[1])
+
+
+async def _list_files(service: Service, request: Request, body: None) -> Any:
+    return await service.list_files(request.args[0], request.query.get("path", ""))
+
+
+async def _remove_file(service: Service, request: Request, body: None) -> Any:
+    return await service.remove_file(request.args[0], request.args[1])
 
 
 # -- the table ---------------------------------------------------------------------------------
@@ -243,10 +310,17 @@ class Operation:
     failures: tuple[ErrorType, ...] = ()
     # Runs code: over HTTP, `Accept: text/event-stream` streams its outputs (handlers.py).
     streams: bool = False
+    # Over HTTP, `Accept: text/event-stream` streams the items of a generator method: this
+    # gives its AsyncBackendStream (handlers.py writes them as they come).
+    items: Callable[[Service, Request, Any], Awaitable[Any]] | None = None
     # Only an event stream over HTTP (models.BackendEvents), never a JSON answer.
     events: Any = None
     query: tuple[Query, ...] = ()
     operation_id: str | None = None
+    # A file's bytes, not JSON: the body (streamed in over HTTP) or the answer (a FileStream,
+    # streamed out over HTTP, read whole by respond()).
+    raw_body: bool = False
+    raw_answer: bool = False
 
     def in_context(self) -> Operation:
         """The same operation run in a context (``/contexts/{context_id}/...``)."""
@@ -258,11 +332,18 @@ class Operation:
 
     async def __call__(self, service: Service, request: Request) -> Any:
         """Decode the request's body (if the operation takes one) and run."""
-        body = None
-        if self.body is not None:
-            read = optional_body if self.body_optional else read_body
-            body = read(service, request, self.body)
-        return await self.run(service, request, body)
+        return await self.run(service, request, self._body(service, request))
+
+    async def open_items(self, service: Service, request: Request) -> Any:
+        """Decode the request's body and open the stream of items (``items`` operations)."""
+        assert self.items is not None
+        return await self.items(service, request, self._body(service, request))
+
+    def _body(self, service: Service, request: Request) -> Any:
+        if self.body is None:
+            return None
+        read = optional_body if self.body_optional else read_body
+        return read(service, request, self.body)
 
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: openapi.py caches per table
@@ -272,15 +353,16 @@ class Route:
 
     @property
     def pattern(self) -> str:
-        """The path as a regular expression; its groups are the path arguments."""
-        return re.sub(r"\{[a-z_]+\}", "([^/]+)", self.path)
+        """The path as a regular expression; its groups are the path arguments (``{path}``,
+        a file's path in a context's folder, takes slashes)."""
+        return re.sub(r"\{[a-z_]+\}", "([^/]+)", self.path.replace("{path}", "(.+)"))
 
     @property
     def parameters(self) -> list[str]:
         return re.findall(r"\{([a-z_]+)\}", self.path)
 
     def allow(self) -> str:
-        return ", ".join(m for m in ("GET", "POST", "DELETE") if m in self.methods)
+        return ", ".join(m for m in ("GET", "POST", "PUT", "DELETE") if m in self.methods)
 
 
 # What may go wrong once a call waits for a kernel, or runs on one.
@@ -295,6 +377,14 @@ KERNEL = (
 BODY = (ErrorType.BAD_REQUEST, ErrorType.TOO_LARGE)
 RUN = (*BODY, *KERNEL)
 FILE = (ErrorType.FORBIDDEN, ErrorType.NOT_FOUND)
+# A context's files: the transfer waits for its kernel, which may die or be busy too long.
+FILES = (
+    *FILE,
+    ErrorType.TIMEOUT,
+    ErrorType.KERNEL_DIED,
+    ErrorType.SHUTTING_DOWN,
+    ErrorType.UNAVAILABLE,
+)
 
 EXECUTE = Operation(
     "Run code in a fresh namespace on a pool kernel",
@@ -443,6 +533,7 @@ ROUTES: tuple[Route, ...] = (
                 body=m.CallRequest,
                 failures=(*RUN, ErrorType.NOT_FOUND),
                 operation_id="callBackend",
+                items=_call_items,
             )
         },
     ),
@@ -513,6 +604,54 @@ ROUTES: tuple[Route, ...] = (
             )
         },
     ),
+    Route(
+        "/contexts/{context_id}/files",
+        {
+            "GET": Operation(
+                "What a folder of the context's working folder holds (?path=, default the "
+                "working folder), by name; symlinks listed, never followed",
+                _list_files,
+                m.FileList,
+                failures=(*FILES, ErrorType.BAD_REQUEST),
+                query=(Query("path", "The folder, relative to the working folder."),),
+                operation_id="listFiles",
+            ),
+        },
+    ),
+    Route(
+        "/contexts/{context_id}/files/{path}",
+        {
+            "GET": Operation(
+                "Download a file of the context's working folder: its bytes, streamed through "
+                "the kernel, with Content-Length and a Content-Type from its name",
+                _download_file,
+                None,
+                failures=(*FILES, ErrorType.BAD_REQUEST, ErrorType.TOO_LARGE),
+                raw_answer=True,
+                operation_id="downloadFile",
+            ),
+            "PUT": Operation(
+                "Upload a file into the context's working folder (the raw body, streamed "
+                "through the kernel; folders on the way are made): it appears whole or not at "
+                "all. 413 past max_file_bytes, or past max_context_bytes with the context's "
+                "other uploads",
+                _upload_file,
+                m.FileInfo,
+                status=201,
+                failures=(*FILES, ErrorType.BAD_REQUEST, ErrorType.TOO_LARGE),
+                raw_body=True,
+                operation_id="uploadFile",
+            ),
+            "DELETE": Operation(
+                "Remove a file, an empty folder or a symlink (the link itself) of the "
+                "context's working folder",
+                _remove_file,
+                m.FileRemoved,
+                failures=(*FILES, ErrorType.BAD_REQUEST),
+                operation_id="removeFile",
+            ),
+        },
+    ),
     Route("/contexts/{context_id}/execute", {"POST": EXECUTE.in_context()}),
     Route("/contexts/{context_id}/evaluate", {"POST": EVALUATE.in_context()}),
     Route("/contexts/{context_id}/execute-file", {"POST": EXECUTE_FILE.in_context()}),
@@ -555,8 +694,11 @@ async def respond(
     body: bytes = b"",
     *,
     host: str = "127.0.0.1",
+    max_answer: int | None = None,
 ) -> Answer:
-    """Answer one whole request: *target* is the path with its query string."""
+    """Answer one whole request: *target* is the path with its query string. A downloaded
+    file is read whole into the answer: one larger than *max_answer* bytes (what the
+    transport can carry) is 413 instead, and not read."""
     path, _, query_text = target.partition("?")
     path = path or "/"
     for regex, route in _COMPILED:
@@ -572,5 +714,20 @@ async def respond(
         except ApiError as error:
             return failure(error)
         request = Request(match.groups(), query, body, len(body), host)
-        return await outcome(operation(service, request), operation.status)
+        answer = await outcome(operation(service, request), operation.status)
+        if isinstance(answer.body, FileStream):  # a download, answered whole here
+            stream = answer.body
+            if max_answer is not None and stream.size > max_answer:
+                await stream.aclose()
+                return failure(
+                    ApiError(
+                        ErrorType.TOO_LARGE,
+                        f"{stream.info.path} is {stream.size} bytes, more than the "
+                        f"{max_answer} bytes an answer can carry here",
+                    )
+                )
+            answer = await outcome(stream.read(), answer.status)
+            if answer.status < 400:
+                answer.headers["Content-Type"] = stream.media_type
+        return answer
     return failure(not_found(f"no route {method.upper()} {path}"))

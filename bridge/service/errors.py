@@ -30,7 +30,7 @@ from bridge import (
     KernelDied,
     KernelStartError,
     PackageConflict,
-    ScriptRefused,
+    PathRefused,
 )
 
 
@@ -157,7 +157,7 @@ def to_api_error(exc: BaseException) -> ApiError | None:
     if isinstance(exc, BridgeClosed):
         # The service shutting down, or the context the call ran in deleted meanwhile.
         return ApiError(ErrorType.SHUTTING_DOWN, f"closed during the call: {exc}")
-    if isinstance(exc, ScriptRefused):
+    if isinstance(exc, PathRefused):  # a script for execute-file, a context's file
         return ApiError(_REFUSALS.get(exc.reason, ErrorType.BAD_REQUEST), str(exc))
     if isinstance(exc, InvalidRequest):
         return bad_request(str(exc))

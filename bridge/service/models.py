@@ -16,6 +16,8 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
+from bridge import Encoded
+
 from .errors import ErrorType, bad_request
 
 MAX_TIMEOUT = 86_400.0  # a day: anything longer is a mistake, not a timeout
@@ -282,7 +284,13 @@ class ExecuteAnswer(Struct):
     success: bool
     stdout: str
     stderr: str
-    result: Annotated[Any, Meta(description="The value (JSON if it has a JSON form).")]
+    result: Annotated[
+        Any,
+        Meta(
+            description="The value (JSON if it has a JSON form; bytes and NumPy arrays in it as "
+            "BinaryValue placeholders)."
+        ),
+    ]
     error: Annotated[str | None, Meta(description="The traceback, if the code raised.")]
     error_type: Literal["python_error"] | None
     exception: PythonError | None
@@ -300,7 +308,13 @@ class CallAnswer(Struct):
     """What a backend call gives (``success`` tells whether the method raised)."""
 
     success: bool
-    result: Annotated[Any, Meta(description="The method's value, as JSON.")]
+    result: Annotated[
+        Any,
+        Meta(
+            description="The method's value, as JSON; bytes and NumPy arrays in it as "
+            "BinaryValue placeholders."
+        ),
+    ]
     error: str | None
     error_type: Literal["python_error"] | None
     exception: PythonError | None
@@ -424,6 +438,53 @@ class ContextList(Struct):
     contexts: list[ContextInfo]
 
 
+class BinaryValue(Struct, rename={"part": "__bridge_buffer__"}):
+    """A bytes value or NumPy array where a value holds one (docs/http.md, "Binary values"):
+    its bytes inline as base64 in JSON, or a part of a ``multipart/mixed`` body."""
+
+    part: Annotated[
+        Annotated[int, Meta(ge=0)] | None,
+        Meta(
+            description="The part of the multipart/mixed body that holds the bytes, 0 being "
+            "the first after the JSON; null when they are inline in base64."
+        ),
+    ]
+    kind: Literal["bytes", "ndarray"]
+    dtype: (
+        Annotated[str, Meta(description="An array's NumPy dtype.str: <f4, |u1, >i4, <c16.")]
+        | UnsetType
+    ) = UNSET
+    shape: Annotated[list[int], Meta(description="An array's shape.")] | UnsetType = UNSET
+    base64: (
+        Annotated[str, Meta(description="The bytes (an array's elements in C order).")] | UnsetType
+    ) = UNSET
+
+
+class FileInfo(Struct):
+    """A file or folder in a context's working folder."""
+
+    name: str
+    path: Annotated[str, Meta(description="Relative to the context's working folder.")]
+    size: Annotated[int, Meta(ge=0, description="Bytes (0 but for files).")]
+    kind: Annotated[
+        Literal["file", "directory", "symlink", "other"],
+        Meta(description="A symlink is listed, never followed."),
+    ]
+    modified: Annotated[str, Meta(description="ISO 8601, UTC.")]
+
+
+class FileList(Struct):
+    """``GET /contexts/{id}/files?path=``: a folder's entries, by name (at most 10,000)."""
+
+    path: str
+    entries: list[FileInfo]
+
+
+class FileRemoved(Struct):
+    path: str
+    removed: bool
+
+
 # -- the events of the streams (Server-Sent Events) --------------------------------------------
 
 
@@ -449,6 +510,38 @@ class ExecutionEvents(Struct):
             extra_json_schema={
                 "anyOf": [
                     {"$ref": "#/components/schemas/ExecuteAnswer"},
+                    {"$ref": "#/components/schemas/Failure"},
+                ]
+            },
+        ),
+    ]
+
+
+class StreamEnd(Struct):
+    """The ``end`` of a generator method's stream that ended well."""
+
+    success: Literal[True]
+    items: Annotated[int, Meta(description="How many items the method yielded.")]
+    duration_ms: float
+
+
+class CallEvents(Struct):
+    """The events of a generator method's call streamed (``Accept: text/event-stream`` on
+    ``POST /backends/{id}/call``), by SSE event name."""
+
+    item: Annotated[
+        Any,
+        Meta(description="One item, as the method yielded it (binary values as BinaryValue)."),
+    ]
+    end: Annotated[
+        Any,
+        Meta(
+            description="The last event: StreamEnd, or the failure (a CallAnswer of a method "
+            "that raised, a Failure such as a timeout) if it failed after the stream opened.",
+            extra_json_schema={
+                "anyOf": [
+                    {"$ref": "#/components/schemas/StreamEnd"},
+                    {"$ref": "#/components/schemas/CallAnswer"},
                     {"$ref": "#/components/schemas/Failure"},
                 ]
             },
@@ -565,4 +658,24 @@ ENCODER = msgspec.json.Encoder(enc_hook=str)
 
 def encode(body: Any) -> bytes:
     """An answer (a Struct, or plain JSON values) as the service writes it."""
-    return ENCODER.encode(body)
+    return ENCODER.encode(inline(body))
+
+
+def inline(body: Any) -> Any:
+    """*body* with a value that holds bytes or arrays (its ``result``, an ``Encoded``) in its
+    JSON form: BinaryValue placeholders with the bytes in base64."""
+    if isinstance(body, Encoded):
+        return body.inline()
+    result = getattr(body, "result", None)
+    if isinstance(body, Struct) and isinstance(result, Encoded):
+        return msgspec.structs.replace(body, result=result.inline())
+    return body
+
+
+def split(body: Any) -> tuple[Any, list[Any]]:
+    """*body* with its binary value's placeholders naming parts, and the parts: a
+    ``multipart/mixed`` answer's JSON and buffers (no buffers: it has no binary value)."""
+    result = getattr(body, "result", None)
+    if isinstance(body, Struct) and isinstance(result, Encoded):
+        return msgspec.structs.replace(body, result=result.value), list(result.buffers)
+    return body, []

@@ -26,19 +26,28 @@ if TYPE_CHECKING:
 REF = "#/components/schemas/{name}"
 
 # Shapes the routes do not name but clients need: the event streams' and the failures'.
-_EXTRA_MODELS: tuple[Any, ...] = (m.Failure, m.ExecutionEvents, m.BackendEvents, m.PythonError)
+_EXTRA_MODELS: tuple[Any, ...] = (
+    m.Failure,
+    m.ExecutionEvents,
+    m.BackendEvents,
+    m.CallEvents,
+    m.StreamEnd,
+    m.BinaryValue,
+    m.PythonError,
+)
 
 _WHY = {
     ErrorType.BAD_REQUEST: "malformed JSON, a wrong type, a missing or unknown field "
     "(`field` names it)",
     ErrorType.UNAUTHORIZED: "no token, or a wrong one",
-    ErrorType.FORBIDDEN: "a path outside the service's root, a disallowed Host, or installs "
-    "turned off",
+    ErrorType.FORBIDDEN: "a path outside the service's root or a context's working folder "
+    "(or through a symlink), a disallowed Host, or installs turned off",
     ErrorType.NOT_FOUND: "no such backend, context, file or folder",
     ErrorType.METHOD_NOT_ALLOWED: "the route does not take this method (Allow lists those it does)",
     ErrorType.CONFLICT: "a context of that name exists, or an install would change the "
     "service's own dependencies (`conflicts`)",
-    ErrorType.TOO_LARGE: "the request body is larger than the service's limit",
+    ErrorType.TOO_LARGE: "the request body is larger than the service's limit (a file: "
+    "max_file_bytes, or the context's uploads past max_context_bytes)",
     ErrorType.LIMIT_REACHED: "as many backends or contexts as the service allows run already",
     ErrorType.PYTHON_ERROR: "the script raised (`exception`)",
     ErrorType.TIMEOUT: "the code ran past its timeout and was interrupted",
@@ -63,6 +72,22 @@ EVENTS = (
     "interrupts the code."
 )
 
+ITEMS = (
+    "With 'Accept: text/event-stream' a generator method's items stream as Server-Sent "
+    "Events (components.schemas.CallEvents): one 'item' per item as the method yields it, "
+    "then 'end' (StreamEnd, or the failure). Closing the connection closes the generator."
+)
+
+MULTIPART = (
+    "With 'Accept: multipart/mixed', an answer whose value holds bytes or NumPy arrays is a "
+    "multipart/mixed body: this JSON first, its BinaryValues naming the parts after it, one "
+    "application/octet-stream part per value, each with its Content-Length (docs/http.md)."
+)
+# Answers and requests whose values may hold bytes or arrays (BinaryValue): their routes take
+# and give multipart/mixed too.
+_BINARY = (m.CallAnswer, m.ExecuteAnswer, m.CallRequest, m.ExecuteRequest)
+_MULTIPART_SCHEMA = {"schema": {"type": "string", "format": "binary"}}
+
 # What a created backend's id leads to (OpenAPI links: clients and stateful testers follow
 # them). Not the event stream, which stays open for as long as the backend lives.
 _BACKEND_LINKS = {
@@ -77,6 +102,13 @@ _BACKEND_LINKS = {
         ("DeleteBackend", "deleteBackend", "Stop it."),
     )
 }
+
+
+_OCTETS = {"type": "string", "format": "binary"}
+_FILE_PATH = (
+    "A file's path, relative to the context's working folder; its slashes are kept (an "
+    "absolute path, '..' or a symlink on the way is 403)."
+)
 
 
 def _ref(model: Any) -> dict[str, Any]:
@@ -114,7 +146,9 @@ def _parameters(route: Route, operation: Operation) -> list[dict[str, Any]]:
             "in": "path",
             "required": True,
             "schema": {"type": "string"},
-            "description": f"The id POST /{name.split('_')[0]}s gave.",
+            "description": _FILE_PATH
+            if name == "path"
+            else f"The id POST /{name.split('_')[0]}s gave.",
         }
         for name in route.parameters
     ]
@@ -147,6 +181,12 @@ def _operation(route: Route, operation: Operation) -> dict[str, Any]:
                 }
             },
         }
+    elif operation.raw_answer:
+        success = {
+            "description": "The file's bytes, with Content-Length, and a Content-Type from its "
+            "name (application/octet-stream if none fits).",
+            "content": {"application/octet-stream": {"schema": _OCTETS}},
+        }
     else:
         success = {
             "description": "Done.",
@@ -157,6 +197,14 @@ def _operation(route: Route, operation: Operation) -> dict[str, Any]:
             success["content"]["text/event-stream"] = {
                 "schema": {"type": "string", "x-events": _ref(m.ExecutionEvents)}
             }
+        if operation.items:
+            success["description"] += " " + ITEMS
+            success["content"]["text/event-stream"] = {
+                "schema": {"type": "string", "x-events": _ref(m.CallEvents)}
+            }
+        if operation.answer in _BINARY:
+            success["description"] += " " + MULTIPART
+            success["content"]["multipart/mixed"] = _MULTIPART_SCHEMA
     responses[str(operation.status)] = success
     if route.path == "/backends" and operation.status == 201:
         success["links"] = _BACKEND_LINKS
@@ -166,11 +214,19 @@ def _operation(route: Route, operation: Operation) -> dict[str, Any]:
     }
     if operation.operation_id:
         op["operationId"] = operation.operation_id
-    if operation.body is not None:
+    if operation.raw_body:
+        op["requestBody"] = {
+            "required": True,
+            "description": "The file's bytes (any content type), streamed.",
+            "content": {"application/octet-stream": {"schema": _OCTETS}},
+        }
+    elif operation.body is not None:
         op["requestBody"] = {
             "required": not operation.body_optional,
             "content": _json(_ref(operation.body)),
         }
+        if operation.body in _BINARY:  # the JSON part first, then one part per BinaryValue
+            op["requestBody"]["content"]["multipart/mixed"] = _MULTIPART_SCHEMA
     parameters = _parameters(route, operation)
     if parameters:
         op["parameters"] = parameters

@@ -17,25 +17,28 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 import msgspec
 
 from bridge import (
+    AsyncBackendStream,
     AsyncBridge,
     AsyncSession,
     BackendError,
     BridgeClosed,
+    Encoded,
     ExecutionResult,
     KernelStartError,
 )
 from bridge._version import __version__
 
 from . import models as m
-from .backends import HostedBackend, to_json
+from .backends import HostedBackend
 from .contexts import HostedContext
 from .errors import ApiError, ErrorType, bad_request, not_found
+from .files import FileStream, file_info
 from .sessions import NoSessions, SessionRegistry
 
 log = logging.getLogger("bridge.server")
@@ -80,6 +83,25 @@ return {name: _findable(name) for name in names}
 """
 
 
+def _params(req: m.CallRequest, buffers: Sequence[Any]) -> Any:
+    """A call's params: with a multipart request's parts, as they came (undecoded)."""
+    if buffers:
+        return Encoded(req.params or {}, list(buffers))
+    return req.params
+
+
+def call_failure(exc: BackendError, started: float) -> m.CallAnswer:
+    """The answer of a call whose method raised (a stream's end, too)."""
+    return m.CallAnswer(
+        success=False,
+        result=None,
+        error=str(exc),
+        error_type="python_error",
+        exception=m.PythonError(exc.ename, exc.evalue, exc.traceback),
+        duration_ms=since(started),
+    )
+
+
 def execute_answer(result: ExecutionResult) -> m.ExecuteAnswer:
     """The answer of an execute, evaluate or execute-file."""
     error = result.error
@@ -87,7 +109,7 @@ def execute_answer(result: ExecutionResult) -> m.ExecuteAnswer:
         success=result.success,
         stdout=result.stdout,
         stderr=result.stderr,
-        result=result.value,
+        result=Encoded.of(result.value),  # bytes and arrays: JSON or parts, as asked
         error=None if error is None else error.traceback,
         error_type=None if result.success else "python_error",
         exception=None
@@ -125,6 +147,8 @@ class Service:
         context_idle_timeout: float = 3600.0,
         allow_install: bool = True,
         max_body_size: int = 10 * 1024 * 1024,
+        max_file_bytes: int = 1 << 30,
+        max_context_bytes: int = 4 << 30,
         gateway_url: str = "",
         gateway_token: str = "",
         gateway_kernel_name: str | None = None,
@@ -142,6 +166,7 @@ class Service:
         self.context_idle_timeout = context_idle_timeout
         self.allow_install = allow_install
         self.max_body_size = max_body_size
+        self.max_file_bytes = max_file_bytes
         self.bridge = AsyncBridge(
             pool_size=pool_size,
             python=python,
@@ -154,6 +179,8 @@ class Service:
             gateway_token=gateway_token,
             gateway_kernel_name=gateway_kernel_name,
             on_kernel_activity=on_kernel_activity,
+            max_file_bytes=max_file_bytes,
+            max_context_bytes=max_context_bytes,
         )
         self.kernel_python_version = ""
         self._ready: asyncio.Future[None] | None = None
@@ -165,6 +192,10 @@ class Service:
         self._starting_contexts = 0
         self._culler: asyncio.Task[None] | None = None
         self._dropping: set[asyncio.Future[None]] = set()  # contexts' kernels shutting down
+        # Names of contexts that exist or are starting: taken the moment a creation asks for
+        # one, so that two creations of one name cannot both start.
+        self._context_names: set[str] = set()
+        self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -205,6 +236,7 @@ class Service:
             raise KernelStartError(f"the service could not start: {ready.exception()}")
 
     async def close(self) -> None:
+        self._closed = True  # a context or backend still starting is stopped once started
         ready = self._ready_future()
         if not ready.done():
             ready.set_exception(BridgeClosed("the service was stopped"))
@@ -423,8 +455,10 @@ class Service:
                 raise
             try:
                 methods = sorted(await backend.methods())
+                if self._closed:
+                    raise BridgeClosed("the service was stopped while the backend started")
             except BaseException:
-                await backend.terminate()
+                await asyncio.shield(asyncio.ensure_future(backend.terminate()))
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
             if (
@@ -445,7 +479,7 @@ class Service:
     async def backend_info(self, backend_id: str) -> m.BackendInfo:
         return self.backend(backend_id).info()
 
-    async def call(self, backend_id: str, req: m.CallRequest) -> m.CallAnswer:
+    def _callable(self, backend_id: str, req: m.CallRequest) -> HostedBackend:
         hosted = self.backend(backend_id)
         if hosted.gone:
             raise ApiError(
@@ -457,26 +491,36 @@ class Service:
                 f"the backend has no method {req.cmd!r}; it has: {', '.join(hosted.methods)}",
                 field="cmd",
             )
+        return hosted
+
+    async def call(
+        self, backend_id: str, req: m.CallRequest, buffers: Sequence[Any] = ()
+    ) -> m.CallAnswer:
+        """Call a method; its value is relayed as it travelled (bytes and arrays undecoded).
+        *buffers*: the parts a multipart request's params name."""
+        hosted = self._callable(backend_id, req)
         started = time.perf_counter()
         try:
-            value = await hosted.backend.call(req.cmd, req.params, timeout=req.timeout_secs)
-        except BackendError as exc:
-            return m.CallAnswer(
-                success=False,
-                result=None,
-                error=str(exc),
-                error_type="python_error",
-                exception=m.PythonError(exc.ename, exc.evalue, exc.traceback),
-                duration_ms=_since(started),
+            value = await hosted.backend.call(
+                req.cmd, _params(req, buffers), timeout=req.timeout_secs, encoded=True
             )
+        except BackendError as exc:
+            return call_failure(exc, started)
         return m.CallAnswer(
             success=True,
-            result=to_json(value),
+            result=value,  # as it travelled: JSON, or an Encoded with its buffers
             error=None,
             error_type=None,
             exception=None,
-            duration_ms=_since(started),
+            duration_ms=since(started),
         )
+
+    def stream_call(
+        self, backend_id: str, req: m.CallRequest, buffers: Sequence[Any] = ()
+    ) -> AsyncBackendStream:
+        """The items of a generator method, as it yields them (not sent until read)."""
+        hosted = self._callable(backend_id, req)
+        return hosted.backend.stream(req.cmd, _params(req, buffers), timeout=req.timeout_secs)
 
     async def delete_backend(self, backend_id: str) -> m.Deleted:
         hosted = self.backends.pop(backend_id, None)
@@ -496,27 +540,34 @@ class Service:
     async def create_context(self, req: m.ContextRequest) -> m.ContextInfo:
         """Start a context: a session with a kernel of its own (the one place contexts are
         made; ``_drop_context`` is the one place they go)."""
-        name = req.name
         # A bad cwd (outside the root, missing, not a folder) is refused before anything waits.
         session = self.bridge.session(env=req.env, cwd=req.cwd, root=self.root)
         await self.wait_ready()
-        if name is not None and any(c.name == name for c in self.contexts.values()):
-            raise ApiError(ErrorType.CONFLICT, f"a context named {name!r} exists already")
+        hosted = HostedContext(session, name=req.name, timeout=req.timeout_secs, cwd=session.cwd)
+        # Checked and taken in one step (nothing runs between them): the name is this
+        # creation's until it fails or the context is deleted.
+        if hosted.name in self._context_names:
+            raise ApiError(ErrorType.CONFLICT, f"a context named {hosted.name!r} exists already")
         if len(self.contexts) + self._starting_contexts >= self.max_contexts:
             raise ApiError(
                 ErrorType.LIMIT_REACHED,
                 f"{self.max_contexts} contexts exist, the service's limit: delete one first",
             )
+        self._context_names.add(hosted.name)
         self._starting_contexts += 1
         try:
             try:
                 await self._start_session(session, req.timeout_secs)
+                if self._closed:
+                    raise BridgeClosed("the service was stopped while the context started")
             except BaseException:
-                await session.aclose()
+                await asyncio.shield(asyncio.ensure_future(session.aclose()))
                 raise
+        except BaseException:
+            self._context_names.discard(hosted.name)
+            raise
         finally:
             self._starting_contexts -= 1
-        hosted = HostedContext(session, name=name, timeout=req.timeout_secs, cwd=session.cwd)
         self.contexts[hosted.id] = hosted
         hosted.session_id = await self.sessions.register(session.kernel_id, hosted.session_name)
         log.info("context %s (%s) started in kernel %s", hosted.id, hosted.name, session.kernel_id)
@@ -537,19 +588,29 @@ class Service:
             ) from None
 
     async def _drop_context(self, context_id: str) -> HostedContext | None:
-        """Forget a context and shut its kernel down."""
-        hosted = self.contexts.pop(context_id, None)
-        if hosted is not None:
+        """Forget a context and shut its kernel down, once a restart under way is over."""
+        hosted = self.contexts.get(context_id)
+        if hosted is None or hosted.deleted:
+            return None
+        hosted.deleted = True  # a second deletion, or a restart that comes next, finds it gone
+        # A task of its own: a request that goes away must not cut a kernel's shutdown short,
+        # which would leave it half-known to the server's kernel manager.
+        closing = asyncio.ensure_future(self._close_context(hosted))
+        self._dropping.add(closing)
+        closing.add_done_callback(self._dropping.discard)
+        await asyncio.shield(closing)
+        log.info("context %s (%s) deleted", hosted.id, hosted.name)
+        return hosted
+
+    async def _close_context(self, hosted: HostedContext) -> None:
+        async with hosted.owner:
+            self.contexts.pop(hosted.id, None)
             session_id, hosted.session_id = hosted.session_id, None
             await self.sessions.unregister(session_id)  # before its kernel goes, as backends do
-            # A task of its own: a request that goes away must not cut a kernel's shutdown
-            # short, which would leave it half-known to the server's kernel manager.
-            closing = asyncio.ensure_future(hosted.session.aclose())
-            self._dropping.add(closing)
-            closing.add_done_callback(self._dropping.discard)
-            await asyncio.shield(closing)
-            log.info("context %s (%s) deleted", hosted.id, hosted.name)
-        return hosted
+            try:
+                await hosted.session.aclose()
+            finally:
+                self._context_names.discard(hosted.name)
 
     async def list_contexts(self) -> m.ContextList:
         return m.ContextList([hosted.info() for hosted in self.contexts.values()])
@@ -567,18 +628,26 @@ class Service:
         hosted = self.context(context_id)
         hosted.calls += 1
         try:
-            session_id, hosted.session_id = hosted.session_id, None
-            await self.sessions.unregister(session_id)
             # Shielded as a deletion is: a client gone mid-restart leaves a whole kernel.
-            await asyncio.shield(asyncio.ensure_future(hosted.session.restart()))
-            hosted.session_id = await self.sessions.register(
-                hosted.session.kernel_id, hosted.session_name
-            )
+            await asyncio.shield(asyncio.ensure_future(self._restart_context(hosted)))
         finally:
             hosted.calls -= 1
             hosted.touch()
         log.info("context %s (%s) restarted", hosted.id, hosted.name)
         return hosted.info()
+
+    async def _restart_context(self, hosted: HostedContext) -> None:
+        """Restart under the context's owner lock: one restart at a time, none after (or
+        during) its deletion."""
+        async with hosted.owner:
+            if hosted.deleted:
+                raise not_found(f"context {hosted.id!r} was deleted")
+            session_id, hosted.session_id = hosted.session_id, None
+            await self.sessions.unregister(session_id)
+            await hosted.session.restart()
+            hosted.session_id = await self.sessions.register(
+                hosted.session.kernel_id, hosted.session_name
+            )
 
     async def _in_context(
         self, context_id: str, call: Callable[[AsyncSession, float | None], Awaitable[T]]
@@ -604,6 +673,73 @@ class Service:
             hosted.calls -= 1
             hosted.touch()
 
+    # -- a context's files (through its kernel) ---------------------------------------------------
+
+    def _using(self, context_id: str) -> tuple[HostedContext, Callable[[], None]]:
+        """The context, counted busy (never culled as idle) until the function is called."""
+        hosted = self.context(context_id)
+        hosted.calls += 1
+
+        def done() -> None:
+            hosted.calls -= 1
+            hosted.touch()
+
+        return hosted, done
+
+    def _file_timeout(self, hosted: HostedContext) -> float:
+        """How long a transfer may wait for the kernel without progress (busy running code)."""
+        return hosted.timeout or self.timeout
+
+    async def upload_file(
+        self,
+        context_id: str,
+        path: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        size: int | None,
+    ) -> m.FileInfo:
+        """Write *chunks* to *path* in the context's working folder, whole or not at all.
+
+        The file's limits (``max_file_bytes``, ``max_context_bytes``) are the bridge's; a
+        *size* known beforehand past them is refused before a byte travels."""
+        hosted, done = self._using(context_id)
+        try:
+            info = await hosted.session.upload(
+                chunks, path, size=size, timeout=self._file_timeout(hosted)
+            )
+        finally:
+            done()
+        return file_info(info)
+
+    async def download_file(self, context_id: str, path: str) -> FileStream:
+        """The file at *path*, its info known and its bytes to come: the caller iterates it
+        and must ``aclose()`` it (the context is busy until then)."""
+        hosted, done = self._using(context_id)
+        try:
+            download = hosted.session.download_stream(path, timeout=self._file_timeout(hosted))
+            await download.__aenter__()
+        except BaseException:
+            done()
+            raise
+        return FileStream(download, done)
+
+    async def list_files(self, context_id: str, path: str) -> m.FileList:
+        hosted, done = self._using(context_id)
+        try:
+            entries = await hosted.session.list_files(path, timeout=self._file_timeout(hosted))
+        finally:
+            done()
+        folder = "/".join(part for part in path.split("/") if part not in ("", "."))
+        return m.FileList(path=folder, entries=[file_info(entry) for entry in entries])
+
+    async def remove_file(self, context_id: str, path: str) -> m.FileRemoved:
+        hosted, done = self._using(context_id)
+        try:
+            await hosted.session.remove(path, timeout=self._file_timeout(hosted))
+        finally:
+            done()
+        return m.FileRemoved(path=path, removed=True)
+
     async def _cull_idle_contexts(self) -> None:
         """Delete contexts idle for longer than context_idle_timeout, checking a few times
         per period (at most once a minute, at least every half second)."""
@@ -620,6 +756,6 @@ class Service:
                         log.exception("culling context %s failed", hosted.id)
 
 
-def _since(started: float) -> float:
+def since(started: float) -> float:
     """Milliseconds since *started* (a perf_counter reading)."""
     return round((time.perf_counter() - started) * 1000, 3)

@@ -16,8 +16,10 @@ __all__ = ["PythonBridge", "attest", "load_ipython_extension"]
 def load_ipython_extension(shell: Any) -> None:
     from ._backend import install as install_backends
     from ._execute import install
+    from ._files import install as install_files
     from ._magic import install as install_magic
 
     install(shell)
     install_backends()
+    install_files()
     install_magic(shell)

@@ -17,11 +17,21 @@ a comm to target ``kernel-bridge.backend``; on it travel (``data`` of each comm 
 
     host -> kernel  {"id": 7, "method": "increment", "params": {...}}    a call
                     {"cancel": 7}                                      its timeout passed
+                    {"id": 8, "method": "count", "params": {...},
+                     "stream": {"items": 128, "bytes": 8388608}}        a stream's call
+                    {"ack": 8, "taken": 5}           the host's consumer has taken 5 items
     kernel -> host  {"hello": {"class": ..., "name": ..., "pid": ...}}  answer to comm_open,
                     and again when run() is called anew: the new backend takes the comm
                     {"id": 7, "result": ...}  or  {"id": 7, "error": {"ename", "evalue",
                     "traceback"}}
                     {"events": [{"event": type, "data": ..., "nbuf": n}, ...]}
+                    (with a stream's items among them: {"stream": 8, "data": ..., "nbuf": n})
+                    {"id": 8, "end": 5}  a stream's generator finished after 5 items, or
+                    {"id": 8, "closed": true}  closed at the host's request (its finally ran)
+
+A generator method (sync or async) called with ``"stream"`` sends its items as it makes
+them, never more than the window ahead of what the host has taken: the generator is not
+advanced until the host acknowledges. Called without it, its items come back as one list.
 
 Binary values travel as comm buffers (see ``_wire``); an event with ``nbuf`` owns the next *n*
 buffers of its message. Events are batched: under load many go in one message.
@@ -56,6 +66,9 @@ from . import _wire
 from .protocol import BACKEND_COMM, METHODS
 
 PENDING_EVENTS = 10_000  # events kept while no host is connected (oldest dropped first)
+BATCH_BYTES = 4 << 20  # a batch of events and stream items is split past this many bytes
+STREAM_ITEMS = (1, 10_000)  # the range of a stream's window, in items ...
+STREAM_BYTES = (1, 1 << 30)  # ... and in bytes
 INTERRUPT_GRACE = 1.0  # seconds a timed-out call on a thread gets before its worker is replaced
 LINE_LIMIT = 8192  # output without a newline is sent once this long
 BATCH_WINDOW = 0.002  # under a stream of events, gather them this long into one message
@@ -89,18 +102,121 @@ def _raise_in_thread(ident: int, exc: type[BaseException] | None) -> None:
 class _Call:
     """One request being served."""
 
-    __slots__ = ("fn", "future", "id", "is_async", "kwargs", "lock", "name", "state", "thread")
+    __slots__ = (
+        "flow",
+        "fn",
+        "future",
+        "id",
+        "is_async",
+        "kwargs",
+        "lock",
+        "name",
+        "state",
+        "thread",
+    )
 
-    def __init__(self, id: Any, name: str, fn: Callable[..., Any], kwargs: dict[str, Any]):
+    def __init__(
+        self,
+        id: Any,
+        name: str,
+        fn: Callable[..., Any],
+        kwargs: dict[str, Any],
+        flow: _Flow | None = None,
+    ):
         self.id = id
         self.name = name
         self.fn = fn
         self.kwargs = kwargs
-        self.is_async = inspect.iscoroutinefunction(fn)
+        self.flow = flow  # a stream's window; None for a plain call
+        self.is_async = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
         self.lock = threading.Lock()
         self.state = "queued"  # queued -> running -> done; or cancelled at any point
         self.thread: int | None = None
         self.future: Any = None  # the asyncio task or concurrent future of an async method
+
+
+class _Flow:
+    """A stream's window: how far the generator may run ahead of the host's consumer.
+
+    The host says how many items it has taken (``{"ack": id, "taken": n}``); the generator is
+    advanced only while fewer than *items* items and fewer than *size* bytes are sent and not
+    yet taken (one item always may be in flight, however big). So a slow consumer holds the
+    generator back instead of letting its items pile up in memory on either side.
+    """
+
+    def __init__(self, items: int, size: int) -> None:
+        self.items = items
+        self.size = size
+        self.sent = 0
+        self.taken = 0
+        self.in_flight: collections.deque[int] = collections.deque()  # sizes, sent not taken
+        self.in_flight_bytes = 0
+        self.cancelled = False
+        self.cond = threading.Condition()
+        self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def _open(self) -> bool:  # with self.cond held
+        ahead = self.sent - self.taken
+        return ahead == 0 or (ahead < self.items and self.in_flight_bytes < self.size)
+
+    def sent_one(self, size: int) -> None:
+        with self.cond:
+            self.sent += 1
+            self.in_flight.append(size)
+            self.in_flight_bytes += size
+
+    def take(self, taken: int) -> None:
+        """The host has taken *taken* items in all (from the comm's thread)."""
+        with self.cond:
+            while self.taken < min(taken, self.sent):
+                self.taken += 1
+                self.in_flight_bytes -= self.in_flight.popleft()
+            self._wake()
+
+    def cancel(self) -> None:
+        with self.cond:
+            self.cancelled = True
+            self._wake()
+
+    def _wake(self) -> None:  # with self.cond held
+        self.cond.notify_all()
+        waiters, self.waiters = self.waiters, []
+        for loop, future in waiters:
+            loop.call_soon_threadsafe(_resolve, future)
+
+    def wait(self) -> None:
+        """In a sync generator's thread: until the window is open."""
+        with self.cond:
+            while not self._open():
+                if self.cancelled:
+                    raise CallInterrupted()
+                self.cond.wait()
+
+    async def wait_async(self) -> None:
+        """In an async generator's task: until the window is open."""
+        while True:
+            with self.cond:
+                if self.cancelled:
+                    raise asyncio.CancelledError()
+                if self._open():
+                    return
+                future = asyncio.get_running_loop().create_future()
+                self.waiters.append((future.get_loop(), future))
+            await future
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():  # a cancelled task's wait may be cancelled already
+        future.set_result(None)
+
+
+class _Ended:
+    """What a stream's call ends with: its reply says how many items it sent."""
+
+    __slots__ = ("count",)
+
+    def __init__(self, count: int) -> None:
+        self.count = count
 
 
 # -- what a backend sends ---------------------------------------------------------------------
@@ -176,6 +292,32 @@ class _Outbox:
             self._start_sender()
         self._wake.set()
 
+    def encode_item(self, rid: Any, value: Any) -> tuple[dict[str, Any], list[Any], int]:
+        """A stream's item, ready to go, and its size; TypeError or ValueError if it cannot
+        travel. Encoded now: a later change to *value* must not change what is sent."""
+        if self.lines:
+            line = _wire.dumps({"id": rid, "item": value})
+            return {"line": line}, [], len(line)
+        data, buffers, size = _wire.encode_sized(value)
+        entry: dict[str, Any] = {"stream": rid, "data": data}
+        if buffers:
+            entry["nbuf"] = len(buffers)
+        return entry, buffers, size
+
+    def item(self, entry: dict[str, Any], buffers: list[Any]) -> None:
+        """Send a stream's item after the events made before it (batched with them)."""
+        with self.lock:
+            if self.send is None:
+                return  # the host has gone: the call is being cancelled
+            if self.lines:
+                self._flush()
+                self.send(entry, [])
+                return
+            self._events.append((entry, buffers))
+        if self._sender is None:
+            self._start_sender()
+        self._wake.set()
+
     def reply(self, data: dict[str, Any]) -> None:
         if self.lines:
             line = _wire.dumps(data)
@@ -204,12 +346,16 @@ class _Outbox:
             while self._events:
                 self.send(*self._events.popleft())
             return
-        items, buffers = [], []
-        while self._events:
-            item, bufs = self._events.popleft()
-            items.append(item)
-            buffers.extend(bufs)
-        self.send({"events": items}, buffers)
+        while self._events:  # in messages of at most BATCH_BYTES (and one item at least)
+            items: list[dict[str, Any]] = []
+            buffers: list[Any] = []
+            size = 0
+            while self._events and (not items or size < BATCH_BYTES):
+                item, bufs = self._events.popleft()
+                items.append(item)
+                buffers.extend(bufs)
+                size += sum(memoryview(b).nbytes for b in bufs)
+            self.send({"events": items}, buffers)
 
     def _start_sender(self) -> None:
         with self.lock:
@@ -403,6 +549,12 @@ class _Core:
         if "cancel" in data:
             self.cancel(data["cancel"])
             return
+        if "ack" in data:
+            with self.calls_lock:
+                call = self.calls.get(data["ack"])
+            if call is not None and call.flow is not None:
+                call.flow.take(int(data.get("taken") or 0))
+            return
         rid = data.get("id")
         name = data.get("method")
         try:
@@ -410,14 +562,15 @@ class _Core:
                 self.outbox.reply({"id": rid, "result": self.methods()})
                 return
             fn, signature = self.resolve(name)
-            params = data.get("params")
-            if buffers:
-                params = _wire.decode(params, buffers)
+            # Placeholders become bytes and arrays: buffers of this message, or base64 inline
+            # (what a host with no binary channel, such as curl over HTTP, sends).
+            params = _wire.decode(data.get("params"), buffers)
             kwargs = self.bind(name, signature, {} if params is None else params)
+            flow = _stream_flow(name, data.get("stream"))
         except Exception as exc:
             self.outbox.reply({"id": rid, "error": _wire.error_info(exc, skip=_HERE)})
             return
-        call = _Call(rid, name, fn, kwargs)
+        call = _Call(rid, name, fn, kwargs, flow)
         with self.calls_lock:
             self.calls[rid] = call
         if call.is_async and self.concurrent:
@@ -449,7 +602,8 @@ class _Core:
             name: {
                 "signature": _signature(sig),
                 "doc": inspect.getdoc(fn) or "",
-                "async": inspect.iscoroutinefunction(fn),
+                "async": inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn),
+                "stream": inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn),
             }
             for name, (fn, sig) in sorted(self.public().items())
         }
@@ -482,7 +636,7 @@ class _Core:
 
     def _begin(self, call: _Call) -> bool:  # with call.lock held
         if call.state == "cancelled":
-            self.forget(call)
+            self.dropped(call)
             return False
         call.state = "running"
         return True
@@ -496,24 +650,21 @@ class _Core:
         try:
             try:
                 if call.is_async:  # one at a time: this thread waits for it on the loop
-                    future = asyncio.run_coroutine_threadsafe(
-                        call.fn(**call.kwargs), self.loop_or_fail()
-                    )
-                    with call.lock:
-                        call.future = future
-                        if call.state == "cancelled":
-                            future.cancel()
-                    value = future.result()
+                    value = self._wait_on_loop(call)
                 else:
                     value = call.fn(**call.kwargs)
+                    if inspect.isgenerator(value):
+                        value = self._drain(call, value)
+                    elif call.flow is not None:
+                        raise _not_a_generator(call, value)
             finally:
                 with call.lock:  # from here on, a cancel cannot raise in this thread
                     if call.state == "running":
                         call.state = "done"
                     call.thread = None
                     _raise_in_thread(threading.get_ident(), None)  # one that came too late
-        except (CallInterrupted, concurrent.futures.CancelledError):
-            self.forget(call)
+        except (CallInterrupted, concurrent.futures.CancelledError, asyncio.CancelledError):
+            self.dropped(call)
         except BaseException as exc:
             self.finish(call, error=exc)
         else:
@@ -521,6 +672,78 @@ class _Core:
         finally:
             _CURRENT.reset(token)
             _flush_output()
+
+    def _wait_on_loop(self, call: _Call) -> Any:
+        """Run an async method as a task on the loop and wait until it has ended, however:
+        a cancelled one too (so its finally has run before the next call starts)."""
+        loop = self.loop_or_fail()
+        ended: concurrent.futures.Future[asyncio.Task[Any]] = concurrent.futures.Future()
+
+        def start() -> None:  # on the loop; the task inherits this thread's context (_CURRENT)
+            task = loop.create_task(self._run_async(call))
+            with call.lock:
+                call.future = task  # cancel() cancels it on the loop
+                if call.state == "cancelled":
+                    task.cancel()
+            task.add_done_callback(ended.set_result)
+
+        loop.call_soon_threadsafe(start)
+        return ended.result().result()
+
+    async def _run_async(self, call: _Call) -> Any:
+        """An async method's value, or an async generator's items (sent, or as a list)."""
+        outcome = call.fn(**call.kwargs)
+        if inspect.isasyncgen(outcome):
+            return await self._drain_async(call, outcome)
+        if call.flow is not None:
+            outcome.close()  # a coroutine never awaited: no warning about it
+            raise _not_a_generator(call, "a coroutine")
+        return await outcome
+
+    def _drain(self, call: _Call, gen: Any) -> Any:
+        """On the call's thread: a generator's items, sent as a stream or gathered in a list.
+        However it ends (done, failed, interrupted), the generator is closed: its finally runs."""
+        try:
+            if call.flow is None:
+                return list(gen)
+            count = 0
+            while True:
+                call.flow.wait()
+                try:
+                    item = next(gen)
+                except StopIteration:
+                    return _Ended(count)
+                self._send_item(call, item)
+                count += 1
+        finally:
+            gen.close()
+
+    async def _drain_async(self, call: _Call, agen: Any) -> Any:
+        """``_drain`` for an async generator, on the loop."""
+        try:
+            if call.flow is None:
+                return [item async for item in agen]
+            count = 0
+            while True:
+                await call.flow.wait_async()
+                try:
+                    item = await agen.__anext__()
+                except StopAsyncIteration:
+                    return _Ended(count)
+                self._send_item(call, item)
+                count += 1
+        finally:
+            await agen.aclose()
+
+    def _send_item(self, call: _Call, item: Any) -> None:
+        assert call.flow is not None
+        _flush_output()  # what the generator printed goes before its item
+        try:
+            entry, buffers, size = self.outbox.encode_item(call.id, item)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{call.name}() yielded a value that cannot travel: {exc}") from None
+        call.flow.sent_one(size)  # before it can be acknowledged
+        self.outbox.item(entry, buffers)
 
     def start_task(self, call: _Call) -> None:
         """On the loop: run an async method as a task of its own (``concurrent = True``)."""
@@ -533,9 +756,9 @@ class _Core:
 
     async def _await(self, call: _Call) -> None:
         try:
-            value = await call.fn(**call.kwargs)
+            value = await self._run_async(call)
         except asyncio.CancelledError:
-            self.forget(call)
+            self.dropped(call)
         except BaseException as exc:
             self.finish(call, error=exc)
         else:
@@ -550,6 +773,9 @@ class _Core:
         if call.state == "cancelled":
             return  # the host has given up on it: a late reply must reach no one
         if error is None:
+            if isinstance(value, _Ended):
+                self.outbox.reply({"id": call.id, "end": value.count})
+                return
             try:
                 self.outbox.reply({"id": call.id, "result": value})
                 return
@@ -560,6 +786,13 @@ class _Core:
     def forget(self, call: _Call) -> None:
         with self.calls_lock:
             self.calls.pop(call.id, None)
+
+    def dropped(self, call: _Call) -> None:
+        """The host gave up on *call*: no reply, but a stream's host hears that it is closed
+        (its generator's finally has run), which ``aclose()`` on the host waits for."""
+        self.forget(call)
+        if call.flow is not None:
+            self.outbox.reply({"id": call.id, "closed": True})
 
     def cancel(self, rid: Any) -> None:
         with self.calls_lock:
@@ -578,6 +811,8 @@ class _Core:
                 future.cancel()  # the loop cancels the task; the waiting thread is let go
             elif ident is not None:
                 _raise_in_thread(ident, CallInterrupted)
+        if call.flow is not None:
+            call.flow.cancel()  # a generator waiting for the host's window stops waiting
         if ident is not None and future is None:
             timer = threading.Timer(INTERRUPT_GRACE, self._unstick, (call, ident))
             timer.daemon = True
@@ -640,6 +875,29 @@ class _Core:
         self.outbox.detach()
         self.backend._running = False
         self.workers.stop()
+
+
+def _stream_flow(name: str, stream: Any) -> _Flow | None:
+    """The window a stream's call asks for, checked; None for a plain call."""
+    if stream is None:
+        return None
+    if not isinstance(stream, dict):
+        raise TypeError(f"{name}(): stream must be an object, got {type(stream).__name__}")
+    window = []
+    for key, (low, high) in (("items", STREAM_ITEMS), ("bytes", STREAM_BYTES)):
+        value = stream.get(key, high if key == "bytes" else 128)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise ValueError(f"{name}(): stream.{key} must be an int from {low} to {high}")
+        window.append(value)
+    return _Flow(*window)
+
+
+def _not_a_generator(call: _Call, value: Any) -> TypeError:
+    kind = value if isinstance(value, str) else type(value).__name__
+    return TypeError(
+        f"{call.name}() is not a generator method (it gave {kind}): only a method that "
+        "yields can be streamed; call it instead"
+    )
 
 
 def _signature(signature: inspect.Signature | None) -> str:

@@ -30,14 +30,17 @@ import sys
 import uuid
 from typing import Any
 
+from . import _wire
 from .protocol import (
     ATTESTATION,
+    BINARY,
     EXECUTE,
     EXECUTE_COMM,
     META_KEY,
     PING,
     PONG,
     REPLY,
+    REPLY_BINARY,
     REPLY_VALUE,
     VARIABLES,
 )
@@ -72,6 +75,11 @@ class _State:
         self.comm: Any = None  # the host's comm, once it has opened one
         self.baseline: dict[str, Any] = {}  # user namespace of a fresh kernel
         self.injected: dict[str, Any] = {}
+        # The value of the running call when it holds bytes or NumPy arrays: it goes to the
+        # host itself, as buffers of the reply (its MIME bundle stays what IPython makes).
+        self.binary: Any = None
+        self.reply_buffers: list[Any] = []
+        self.in_run = False  # run() is serving the call (else a plain execute_request)
 
 
 STATE = _State()
@@ -246,10 +254,10 @@ def _is_one_expression(node: ast.Module) -> bool:
 # -- records sent to the host ---------------------------------------------------------------------
 
 
-def send_record(kind: str, payload: dict[str, Any]) -> None:
+def send_record(kind: str, payload: dict[str, Any], buffers: list[Any] | None = None) -> None:
     comm = STATE.comm
     if comm is not None:
-        comm.send({"kind": kind, **payload})
+        comm.send({"kind": kind, **payload}, buffers=buffers or None)
 
 
 def _names(value: Any) -> list[Any]:
@@ -356,6 +364,7 @@ class Hooks:
             if ok:
                 data = dict(data)
                 data["application/json"] = value
+            STATE.binary = result if not ok and _wire.has_binary(result) else None
         return data, md
 
     def pre_run_cell(self, info: Any) -> None:
@@ -371,7 +380,8 @@ class Hooks:
             self.reset_namespace()
         else:
             ns.setdefault("attest", attest)
-        inputs = STATE.meta.get("inputs") or {}
+        # Bytes and arrays come as base64 placeholders (bridge.core.validate.check_inputs).
+        inputs = _wire.decode(STATE.meta.get("inputs") or {}, [])
         STATE.injected = dict(inputs)
         ns.update(inputs)
         path = STATE.meta.get("file")
@@ -386,6 +396,14 @@ class Hooks:
         try:
             if meta.get("capture_variables"):
                 send_record(VARIABLES, {"variables": _captured_variables(self.shell.user_ns)})
+            if not STATE.in_run and STATE.binary is not None:  # no reply of ours to carry it
+                binary, STATE.binary = STATE.binary, None
+                try:
+                    value, buffers = _wire.encode(binary)
+                except (TypeError, ValueError):
+                    pass
+                else:
+                    send_record(BINARY, {"value": value}, buffers)
         finally:
             if meta.get("isolate"):
                 self.reset_namespace()  # free what the call made now, not at the next call
@@ -415,6 +433,7 @@ class Hooks:
         # the two, which was flushed first).
         kept: dict[str, Any] = {}
         held: list[dict[str, Any]] = []
+        STATE.binary, STATE.reply_buffers, STATE.in_run = None, [], True
         displayhook = shell.displayhook
 
         def keep_value(msg: dict[str, Any]) -> None:
@@ -439,9 +458,16 @@ class Hooks:
                 STATE.meta, STATE.injected = None, {}
             else:
                 self.post_run_cell(result)
+            STATE.in_run = False
         if outcome == "fallback":
             return {"fallback": True}
         _flush_streams()
+        binary, STATE.binary = STATE.binary, None
+        if binary is not None:
+            try:
+                kept[REPLY_BINARY], STATE.reply_buffers = _wire.encode(binary)
+            except (TypeError, ValueError):
+                pass  # not only bytes, arrays and JSON: its repr is the value, as before
         error = result.error_before_exec or result.error_in_exec
         if error is None:
             return {"status": "ok", **kept}
@@ -522,7 +548,8 @@ def _on_comm_msg(msg: dict[str, Any]) -> None:
                 "evalue": str(exc),
                 "traceback": traceback.format_exc().splitlines(),
             }
-        send_record(REPLY, reply)
+        buffers, STATE.reply_buffers = STATE.reply_buffers, []
+        send_record(REPLY, reply, buffers)
     elif kind == PING:
         send_record(PONG, {"python": sys.version.split()[0], "pid": os.getpid()})
 

@@ -91,10 +91,18 @@ def encode(value: Any) -> tuple[Any, list[Any]]:
     >>> encode({"a": b"xy"})
     ({'a': {'__bridge_buffer__': 0, 'kind': 'bytes'}}, [b'xy'])
     """
+    value, buffers, _ = encode_sized(value)
+    return value, buffers
+
+
+def encode_sized(value: Any) -> tuple[Any, list[Any], int]:
+    """``encode``, and how many bytes travel (the JSON text and the buffers): what a stream's
+    window counts."""
     buffers: list[Any] = []
     text, found = _dumps(value, buffers)
+    size = len(text) + sum(memoryview(b).nbytes for b in buffers)
     # Pure JSON goes as it is (the check was the point); only placeholders need the copy.
-    return (json.loads(text) if found else value), buffers
+    return (json.loads(text) if found else value), buffers, size
 
 
 def dumps(value: Any) -> str:
@@ -131,6 +139,40 @@ def decode(value: Any, buffers: list[Any]) -> Any:
         return {key: decode(item, buffers) for key, item in value.items()}
     if isinstance(value, list):
         return [decode(item, buffers) for item in value]
+    return value
+
+
+def has_binary(value: Any, _depth: int = 0) -> bool:
+    """Whether *value* is, or holds in its lists, tuples and dicts, bytes or a NumPy array."""
+    if isinstance(value, (bytes, bytearray, memoryview)) or _is_ndarray(value):
+        return True
+    if _depth > 100:
+        return False
+    if isinstance(value, (list, tuple)):
+        return any(has_binary(item, _depth + 1) for item in value)
+    if isinstance(value, dict):
+        return any(has_binary(item, _depth + 1) for item in value.values())
+    return False
+
+
+def inline(value: Any, buffers: list[Any]) -> Any:
+    """*value* (JSON from ``encode``) with each placeholder's buffer inline as base64: what
+    travels where there are no buffers (a JSON body). Nothing is decoded, so no NumPy needed.
+    ValueError for a placeholder naming a buffer that is not there."""
+    if isinstance(value, dict):
+        if PLACEHOLDER in value:
+            index = value[PLACEHOLDER]
+            if index is None:
+                return value
+            try:
+                raw = buffers[index]
+            except (IndexError, TypeError):
+                raise ValueError(f"a value names buffer {index!r}, which is not there") from None
+            data = base64.b64encode(memoryview(raw).cast("B")).decode("ascii")
+            return {**value, PLACEHOLDER: None, "base64": data}
+        return {key: inline(item, buffers) for key, item in value.items()}
+    if isinstance(value, list):
+        return [inline(item, buffers) for item in value]
     return value
 
 

@@ -6,7 +6,8 @@ It imports what every IPython kernel imports (IPython, ipykernel, zmq, this runt
 most of a kernel's start-up, with no thread and no ZeroMQ context alive, and then waits. For
 each kernel the host sends::
 
-    {"op": "fork", "id": n, "argv": [python, "-m", module, *args], "env": {...}, "cwd": "..."}
+    {"op": "fork", "id": n, "argv": [python, "-m", module, *args], "env": {...}, "cwd": "...",
+     "deadline": t}
 
 with the kernel's stdout and stderr as SCM_RIGHTS descriptors. The server forks; the child
 applies what is per kernel (a new session and process group, stdio, cwd, environment,
@@ -14,8 +15,13 @@ applies what is per kernel (a new session and process group, stdio, cwd, environ
 the module as ``python -m`` would. The server answers ``{"id": n, "pid": p}`` with a pidfd of
 the child (so the host signals and watches that very process), or ``{"id": n, "fallback":
 reason}`` when a fork cannot give the kernel an ordinary launch would (its PYTHONPATH shadows a
-module the server has imported). It reaps its children and reports each exit as ``{"exit": p,
-"status": waitstatus}``. It exits when the host's end closes (the host exited or died).
+module the server has imported), or ``{"id": n, "error": ...}`` without forking when the
+request's deadline (CLOCK_MONOTONIC seconds) has passed: the host has given up on it and may
+have launched that kernel another way, on the same ports. It reaps its children and reports
+each exit as ``{"exit": p, "status": waitstatus}``. Each forked kernel writes its own command
+line over the server's (``ps`` shows it as a launched kernel: its module, its connection
+file), in room the host's blank last argument makes. It exits when the host's end closes
+(the host exited or died).
 
 Standard library only, like the rest of the kernel side: it runs in the kernel's interpreter.
 """
@@ -31,6 +37,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -66,7 +73,28 @@ PRELOAD = (
     "bridge_runtime.launch",
     "bridge_runtime._backend",
     "bridge_runtime._execute",
+    "bridge_runtime._files",
 )
+
+
+def _set_title(title: str) -> bool:
+    """Make ``ps`` and /proc/PID/cmdline show *title* (arguments separated by NULs): written over
+    this process's original argument area, whose bounds /proc/self/stat gives (Linux >= 3.5),
+    as setproctitle does. Truncated to that area; False where it cannot be done."""
+    try:
+        import ctypes
+
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49)
+        room = end - start
+        if room <= 1:
+            return False
+        data = title.encode(errors="replace")[: room - 1]
+        ctypes.memmove(start, data + b"\0" * (room - len(data)), room)
+        return True
+    except (OSError, ValueError, IndexError, ImportError):
+        return False
 
 
 def _send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
@@ -159,6 +187,8 @@ class Server:
         self.selector: selectors.BaseSelector | None = None
 
     def serve(self) -> None:
+        if len(sys.argv) > 2:  # the host's blank room for kernels' titles: not shown for us
+            _set_title("\0".join(getattr(sys, "orig_argv", sys.argv)[:-1]))
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the host's Ctrl-C is the host's
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.set_wakeup_fd(self.wakeup_w)
@@ -223,6 +253,10 @@ class Server:
 
     def _handle(self, request: dict[str, Any], fds: list[int]) -> None:
         rid = request.get("id")
+        deadline = request.get("deadline")
+        if deadline is not None and time.clock_gettime(time.CLOCK_MONOTONIC) > float(deadline):
+            _send(self.sock, {"id": rid, "error": "the request's deadline has passed"})
+            return
         try:
             env = dict(request["env"])
             paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -234,11 +268,15 @@ class Server:
             # Closed by the child once it is a group of its own: the host registers the pid
             # as the group's id with its watchdog the moment we answer.
             grouped_r, grouped_w = os.pipe()
+            # A byte once the host has been sent the pid: a child whose server died before
+            # (the host then launches that kernel another way, on the same ports) reads
+            # end-of-file instead and never becomes a kernel.
+            go_r, go_w = os.pipe()
             try:
                 pid = os.fork()
             except BaseException:
-                os.close(grouped_r)
-                os.close(grouped_w)
+                for fd in (grouped_r, grouped_w, go_r, go_w):
+                    os.close(fd)
                 raise
         except Exception as exc:
             _send(self.sock, {"id": rid, "error": f"{type(exc).__name__}: {exc}"})
@@ -247,15 +285,20 @@ class Server:
             code = 1
             try:
                 os.close(grouped_r)
+                os.close(go_w)
                 os.setsid()  # a process group of its own, as jupyter_client's start_new_session
                 os.close(grouped_w)
-                code = self._child(argv, env, str(request["cwd"]), paths, fds)
+                go = os.read(go_r, 1)
+                os.close(go_r)
+                if go:
+                    code = self._child(argv, env, str(request["cwd"]), paths, fds, deadline)
             except BaseException:
                 traceback.print_exc()
             finally:
                 os._exit(code)
         self.children.add(pid)
         os.close(grouped_w)
+        os.close(go_r)
         try:
             os.read(grouped_r, 1)  # end-of-file: setsid() is done (or the child is gone)
         finally:
@@ -267,12 +310,20 @@ class Server:
             pass
         try:
             _send(self.sock, {"id": rid, "pid": pid}, [pidfd] if pidfd >= 0 else None)
+            os.write(go_w, b"g")
         finally:
+            os.close(go_w)
             if pidfd >= 0:
                 os.close(pidfd)
 
     def _child(
-        self, argv: list[str], env: dict[str, str], cwd: str, paths: list[str], fds: list[int]
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str,
+        paths: list[str],
+        fds: list[int],
+        deadline: float | None,
     ) -> int:
         """In the forked child (a group of its own already): become the kernel an ordinary
         launch would have started."""
@@ -307,12 +358,20 @@ class Server:
         random.seed()  # also done by random's own at-fork hook; said here, not assumed
         if len(argv) < 3 or argv[1] != "-m":
             raise ValueError(f"not a `python -m module` command: {argv}")
+        if deadline is not None and time.clock_gettime(time.CLOCK_MONOTONIC) > float(deadline):
+            # The server was held up between its check and the fork: the host has given up
+            # on this kernel and may be launching it another way on the same ports.
+            print("kernel-bridge: a fork past its request's deadline; not started", file=sys.stderr)
+            return 1
         import runpy
 
         # Imported here already: run it afresh as __main__, as `python -m` would, without
         # runpy's warning about a module found in sys.modules.
         sys.modules.pop(argv[2], None)
         sys.argv = [argv[2], *argv[3:]]
+        # What `ps` shows for a launched kernel (its module, its connection file), not the
+        # fork server's command line: operators tell kernels apart by it.
+        _set_title("\0".join(argv))
         try:
             runpy.run_module(argv[2], run_name="__main__", alter_sys=True)
             code: Any = 0
@@ -335,7 +394,7 @@ class Server:
 
 
 def main() -> None:
-    fd = int(sys.argv[1])
+    fd = int(sys.argv[1])  # sys.argv[2], if any, is room for kernels' titles
     sock = socket.socket(fileno=fd)
     Server(sock).serve()
 

@@ -7,6 +7,9 @@ start_streaming(interval=0.1, count=None) -> {"streaming": True}
 stop_streaming() -> {"streaming": False, "sent": <events sent>}
     stops the stream (not the backend: it keeps serving calls).
 status() -> {"streaming": bool, "sent": int, "running": bool}
+count(n=5, interval=0.0) -> yields 0 .. n-1, *interval* seconds apart
+    a generator method: the host reads it as a stream (``backend.stream("count", {"n": 5})``),
+    item by item as they are yielded; closing the stream early closes the generator.
 """
 
 import math
@@ -43,6 +46,13 @@ class StreamingBackend(PythonBridge):
     def status(self):
         """Whether a stream runs, how many events it sent, whether the backend runs."""
         return {"streaming": self._streaming, "sent": self.sent, "running": self._running}
+
+    def count(self, n: int = 5, interval: float = 0.0):
+        """Yield 0 .. n-1, *interval* seconds apart (a stream for the host)."""
+        for i in range(n):
+            if interval and i:
+                time.sleep(interval)
+            yield i
 
     def _stream(self, interval, count):
         while self._running and self._streaming and (count is None or self.sent < count):

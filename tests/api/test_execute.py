@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import textwrap
 
+import numpy as np
 import pytest
 
 import bridge
@@ -183,6 +184,33 @@ def test_inputs_become_globals(shared_bridge: bridge.Bridge) -> None:
         "return upstream['n'] * 2, label", inputs={"upstream": {"n": 21}, "label": "ok"}
     )
     assert r.value == [42, "ok"]
+
+
+def test_bytes_and_arrays_as_values_come_back_as_bytes_and_arrays(
+    shared_bridge: bridge.Bridge,
+) -> None:
+    r = shared_bridge.execute(
+        "import numpy as np\nreturn np.arange(6, dtype='int16').reshape(2, 3)[:, ::2]"
+    )
+    assert isinstance(r.value, np.ndarray) and r.value.dtype == np.int16
+    assert r.value.tolist() == [[0, 2], [3, 5]]
+    assert r.data["text/plain"].startswith("array(")  # the MIME bundle is IPython's, as before
+    r = shared_bridge.execute("import numpy as np\nreturn {'b': b'hi', 'a': [np.ones(2)], 'n': 1}")
+    assert r.value["b"] == b"hi" and r.value["n"] == 1 and r.value["a"][0].tolist() == [1.0, 1.0]
+    # Not bytes, arrays and JSON only: the repr, as for any other object.
+    assert shared_bridge.evaluate("(b'x', object)").value == "(b'x', object)"
+
+
+def test_bytes_and_arrays_as_inputs_arrive_as_bytes_and_arrays(
+    shared_bridge: bridge.Bridge,
+) -> None:
+    grid = np.arange(12, dtype="float32").reshape(3, 4)[:, ::2]  # not contiguous
+    r = shared_bridge.execute(
+        "return type(blob).__name__, len(blob), str(grid.dtype), list(grid.shape), "
+        "float(grid.sum()), given",
+        inputs={"blob": b"\x00\x01" * 50, "grid": grid, "given": {"n": 1}},
+    )
+    assert r.value == ["bytes", 100, "float32", [3, 2], float(grid.sum()), {"n": 1}]
 
 
 @pytest.mark.parametrize(

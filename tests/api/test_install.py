@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import io
 import os
 import subprocess
 import sys
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -237,3 +239,47 @@ async def test_another_environment_is_not_this_one(env_python: str) -> None:
     # Both pythons are links to one base interpreter; their environments differ.
     assert await packages.shares_host_environment(env_python) is False
     assert await packages.shares_host_environment(sys.executable) is True
+
+
+def _fake_project(folder: Path, name: str, version: str) -> Path:
+    """A project folder that calls itself *name* at *version* and holds another package; its
+    build backend does not exist, so no installer could ever build it."""
+    folder.mkdir()
+    (folder / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["kb-no-such-backend"]\nbuild-backend = "kb_none"\n'
+        f'[project]\nname = "{name}"\nversion = "{version}"\n'
+    )
+    (folder / "kb_fake_inside.py").write_text("VALUE = 1\n")
+    return folder
+
+
+@pytest.mark.asyncio
+async def test_a_local_folder_or_sdist_of_a_guarded_name_is_refused_before_installing(
+    tmp_path: Path, offline: None
+) -> None:
+    """pip would reinstall a local project of a guarded name at its version (the constraint
+    holds) and replace the real one: refused from its own metadata, the installer never run."""
+    traitlets = packages.guarded()["traitlets"].version
+    folder = _fake_project(tmp_path / "fake", "Traitlets", traitlets)
+    sdist = tmp_path / f"traitlets-{traitlets}.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tf:
+        tf.add(folder, arcname=f"fake_sdist-{traitlets}")  # the archive's name says nothing
+        info = tarfile.TarInfo(f"fake_sdist-{traitlets}/PKG-INFO")
+        data = f"Metadata-Version: 2.2\nName: traitlets\nVersion: {traitlets}\n".encode()
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "setup.py").write_text("raise SystemExit('never built')\n")
+    b = bridge.AsyncBridge(pool_size=0)  # kernels in this very environment
+    try:
+        for entry in (folder, sdist):
+            with pytest.raises(bridge.PackageConflict) as info_:
+                await b.install([str(entry)])
+            assert info_.value.conflicts == ["traitlets"], entry
+        with pytest.raises(bridge.InvalidRequest, match="without building it"):
+            await b.install([str(legacy)])
+    finally:
+        await b.aclose()
+    assert packages.guarded()["traitlets"].version == traitlets
+    assert packages.local_name(str(make_wheel(tmp_path, "kb_named"))) == "kb_named"

@@ -7,6 +7,7 @@ echo example, and the toolbox backend of tests/backends/ once serial and once co
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +17,6 @@ import numpy as np
 import pytest
 import pytest_asyncio
 from calls import running_slow_call
-from gateways import GATEWAY_KINDS, bridge_options
 from jupyter_client.asynchronous import AsyncKernelClient
 from paths import ROOT, TOOLBOX
 
@@ -27,32 +27,12 @@ ECHO = ROOT / "kernels" / "examples" / "echo_backend.py"
 pytestmark = pytest.mark.asyncio
 
 
-@pytest_asyncio.fixture(scope="module", params=["local", *GATEWAY_KINDS])
-async def abridge(request: pytest.FixtureRequest) -> AsyncIterator[bridge.AsyncBridge]:
-    """Backends on local kernels and on each kind of gateway (tests/gateways.py)."""
-    options = bridge_options(request, request.param)
-    async with bridge.AsyncBridge(pool_size=0, timeout=30, **options) as b:  # type: ignore[arg-type]
-        yield b
-
-
-local_only = pytest.mark.parametrize("abridge", ["local"], indirect=True)
+local_only = pytest.mark.parametrize("backend_bridge", ["local"], indirect=True)
 
 
 @pytest_asyncio.fixture(scope="module")
-async def echo(abridge: bridge.AsyncBridge) -> AsyncIterator[bridge.AsyncBackend]:
-    async with await abridge.spawn(ECHO, env={"MODE": "test"}, timeout=30.0) as backend:
-        yield backend
-
-
-@pytest_asyncio.fixture(scope="module")
-async def toolbox(abridge: bridge.AsyncBridge) -> AsyncIterator[bridge.AsyncBackend]:
-    async with await abridge.spawn(TOOLBOX) as backend:
-        yield backend
-
-
-@pytest_asyncio.fixture(scope="module")
-async def concurrent_toolbox(abridge: bridge.AsyncBridge) -> AsyncIterator[bridge.AsyncBackend]:
-    async with await abridge.spawn(TOOLBOX, env={"CONCURRENT": "1"}) as backend:
+async def echo(backend_bridge: bridge.AsyncBridge) -> AsyncIterator[bridge.AsyncBackend]:
+    async with await backend_bridge.spawn(ECHO, env={"MODE": "test"}, timeout=30.0) as backend:
         yield backend
 
 
@@ -310,9 +290,9 @@ async def test_print_and_logging_reach_the_host_and_leave_the_result_alone(
     assert any("line 1" in r.getMessage() for r in caplog.records)
 
 
-async def test_script_start_up_output_is_an_event(abridge: bridge.AsyncBridge) -> None:
+async def test_script_start_up_output_is_an_event(backend_bridge: bridge.AsyncBridge) -> None:
     # A fresh backend: its first stdout event is what the script printed while starting.
-    async with await abridge.spawn(TOOLBOX) as backend:
+    async with await backend_bridge.spawn(TOOLBOX) as backend:
         out: list[str] = []
         backend.on("stdout", out.append)
         assert out and out[0].startswith("toolbox starting")
@@ -344,6 +324,24 @@ async def test_binary_values_travel_as_buffers(toolbox: bridge.AsyncBackend) -> 
     back = await toolbox.call("give_back", {"value": [grid, np.float32(1.5), np.int64(7)]})
     assert back[0].dtype == np.int32 and np.array_equal(back[0], grid)
     assert back[1:] == [1.5, 7]
+
+
+async def test_base64_placeholders_in_params_arrive_as_bytes_and_arrays(
+    toolbox: bridge.AsyncBackend,
+) -> None:
+    # The wire form a host without binary buffers sends (JSON over HTTP, say).
+    data = np.arange(6, dtype="<f4")
+    array = {
+        "__bridge_buffer__": None,
+        "kind": "ndarray",
+        "dtype": "<f4",
+        "shape": [2, 3],
+        "base64": base64.b64encode(data.tobytes()).decode(),
+    }
+    described = await toolbox.call("describe", {"value": array})
+    assert described == {"type": "ndarray", "dtype": "float32", "shape": [2, 3], "sum": 15.0}
+    blob = {"__bridge_buffer__": None, "kind": "bytes", "base64": "AAEC"}
+    assert await toolbox.call("give_back", {"value": [blob]}) == [b"\x00\x01\x02"]
 
 
 @local_only  # through the connection file, which a gateway keeps to itself

@@ -51,6 +51,9 @@ async def test_streaming_example_streams_until_stopped(abridge: bridge.AsyncBrid
         assert await asyncio.wait_for(done, 20) == {"sent": 2000}
         assert [d["seq"] for d in got] == list(range(2000))
 
+        # The same values pulled as a stream: a generator method.
+        assert [n async for n in backend.stream("count", {"n": 5})] == [0, 1, 2, 3, 4]
+
 
 @pytest.mark.asyncio
 async def test_ml_example_loads_a_joblib_model_and_predicts(

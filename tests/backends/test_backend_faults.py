@@ -95,8 +95,13 @@ async def test_death_without_restart_leaves_it_dead(launched: bridge.AsyncBridge
     try:
         exits: list[dict[str, Any]] = []
         backend.on("exit", exits.append)
+        items = backend.stream("acount", {"n": 1_000_000, "delay": 0.05})
+        assert await anext(items) == 0  # a stream open when the kernel dies
         with pytest.raises(bridge.KernelDied):
             await backend.call("crash", {"how": "exit"})
+        with pytest.raises(bridge.KernelDied, match="during acount"):
+            async for _ in items:
+                pass
         await wait_for(lambda: bool(exits))
         assert exits == [{"code": 3, "signal": None, "reason": "exit code 3", "restarting": False}]
         assert not backend.alive

@@ -102,5 +102,20 @@ def test_a_name_is_what_people_see_and_is_checked() -> None:
                 b.spawn(TOOLBOX, name=bad)  # type: ignore[arg-type]
 
 
+def test_blocking_stream_iterates_and_closing_runs_the_finally() -> None:
+    with bridge.Bridge(pool_size=0) as b, b.spawn(TOOLBOX, timeout=30) as backend:
+        assert list(backend.stream("count", {"n": 1000})) == list(range(1000))
+        assert list(backend.stream("acount", {"n": 3})) == [0, 1, 2]
+        for item in backend.stream("count", {"n": 1_000_000}):
+            if item == 2:
+                break  # the dropped iterator closes the generator before the next call runs
+        assert backend.call("count_state")["finally"] is True
+        with backend.stream("acount", {"n": 1_000_000}) as items:
+            assert next(items) == 0
+        assert backend.call("count_state")["finally"] is True
+        with pytest.raises(bridge.BackendError, match="failed at 1"):
+            list(backend.stream("count", {"n": 3, "fail_at": 1}))
+
+
 async def _current_thread() -> threading.Thread:
     return threading.current_thread()

@@ -146,6 +146,53 @@ class Toolbox(PythonBridge):
             os.kill(os.getpid(), signal.SIGKILL)
         raise ValueError(how)
 
+    # -- generator methods: streams --
+
+    def count(self, n: int, delay: float = 0.0, fail_at: int = -1, blob: int = 0):
+        """Yield 0 .. n-1 (with *blob*: (i, bytes of that size)), *delay* s apart; raise
+        at *fail_at*; an event "count_end" once all are yielded; the finally is noted."""
+        self.count_finally = False
+        self.produced = 0
+        try:
+            for i in range(n):
+                if i == fail_at:
+                    raise ValueError(f"failed at {i}")
+                if delay and i:
+                    time.sleep(delay)
+                self.produced += 1
+                yield (i, bytes([i % 256]) * blob) if blob else i
+            self.send_event("count_end", n)
+        finally:
+            self.count_finally = True
+
+    async def acount(self, n: int, delay: float = 0.0):
+        """``count`` as an async generator."""
+        self.count_finally = False
+        self.produced = 0
+        try:
+            for i in range(n):
+                if delay and i:
+                    await asyncio.sleep(delay)
+                self.produced += 1
+                yield i
+            self.send_event("count_end", n)
+        finally:
+            self.count_finally = True
+
+    def arrays(self, n: int):
+        """Yield float32 arrays [i, i, i] and then a non-contiguous int16 one."""
+        import numpy as np
+
+        for i in range(n):
+            yield np.full(3, i, dtype="float32")
+        yield np.arange(12, dtype="int16").reshape(3, 4)[:, ::2]
+
+    def count_state(self):
+        return {
+            "finally": getattr(self, "count_finally", None),
+            "produced": getattr(self, "produced", 0),
+        }
+
     def _private(self):
         return "never callable"
 

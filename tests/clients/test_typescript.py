@@ -5,8 +5,8 @@ system's, >= 18) and ``bun test`` for Bun (the npm package, a devDependency). Th
 their services with ``KernelBridge.start`` on this venv's Python; every process they start
 inherits this run's tag, so conftest's leak check covers them too.
 
-``contexts``, ``streaming`` and ``packages`` use the routes of issue 11 (contexts, streamed
-executions, package installation): they pass once the service has those routes.
+``contexts``, ``streaming``, ``packages`` and ``files`` use the routes of issues 11 and 24
+(contexts, streamed executions, package installation, a context's files).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ CLIENT = ROOT / "clients" / "typescript"
 BUN = CLIENT / "node_modules" / ".bin" / "bun"
 TSC = CLIENT / "node_modules" / ".bin" / "tsc"
 
-SUITES = ["quickstart", "python", "faults"]
-NEEDS_ISSUE_11 = ["contexts", "streaming", "packages"]
+SUITES = ["quickstart", "python", "faults", "values"]
+NEEDS_ISSUE_11 = ["contexts", "streaming", "packages", "files"]
 TIMEOUT = 280  # seconds for one file under one runtime
 
 

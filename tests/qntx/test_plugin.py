@@ -451,6 +451,30 @@ def test_handle_http_answers_as_the_http_service(
         assert headers["Allow"] == [direct.headers["Allow"]]
 
 
+def test_a_contexts_files_through_the_tunnel(plugin: PluginProcess, files: dict[str, Path]) -> None:
+    created = plugin.http("POST", "/contexts", json.dumps({"cwd": "."}).encode())
+    assert created.status_code == 201, created.body
+    base = f"/contexts/{json.loads(created.body)['id']}"
+    try:
+        data = os.urandom(300_000)
+        put = plugin.http("PUT", f"{base}/files/charts/out.png", data)
+        assert put.status_code == 201, put.body
+        assert json.loads(put.body)["size"] == len(data)
+        assert (files["root"] / "charts" / "out.png").read_bytes() == data
+        got = plugin.http("GET", f"{base}/files/charts/out.png", b"")
+        assert got.status_code == 200 and got.body == data
+        headers = {h.name: list(h.values) for h in got.headers}
+        assert headers["Content-Type"] == ["image/png"]
+        listed = json.loads(plugin.http("GET", f"{base}/files?path=charts", b"").body)
+        assert [e["name"] for e in listed["entries"]] == ["out.png"]
+        refused = plugin.http("GET", f"{base}/files/..%2Fhello.py", b"")
+        assert refused.status_code == 403, refused.body
+        assert plugin.http("DELETE", f"{base}/files/charts/out.png", b"").status_code == 200
+        assert not (files["root"] / "charts" / "out.png").exists()
+    finally:
+        plugin.http("DELETE", base, b"")
+
+
 def test_the_installer_answers_as_over_http(plugin: PluginProcess, service: ServiceProcess) -> None:
     # An installed package: the installer runs for real and changes nothing.
     raw = json.dumps({"package": "packaging"}).encode()

@@ -8,8 +8,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from service_process import ServiceProcess, execute_over_websocket, read_events
+
+from bridge.server import multipart
 
 PROBE = """\
 import os
@@ -47,6 +50,28 @@ class Probe(PythonBridge):
 
     def blob(self):
         return b"\\x00\\x01"
+
+    def grid(self):
+        import numpy as np
+
+        return np.arange(6, dtype="float32").reshape(2, 3)
+
+    def describe(self, value):
+        return {"type": type(value).__name__, "dtype": str(getattr(value, "dtype", "")),
+                "shape": list(getattr(value, "shape", [])), "length": len(value)}
+
+    def count(self, n, fail_at=-1):
+        self.closed = False
+        try:
+            for i in range(n):
+                if i == fail_at:
+                    raise ValueError(f"failed at {i}")
+                yield {"i": i, "raw": bytes([i % 256])} if i < 3 else i
+        finally:
+            self.closed = True
+
+    def closed_yet(self):
+        return getattr(self, "closed", None)
 
 
 if __name__ == "__main__":
@@ -265,3 +290,91 @@ def test_jupyterlab_sees_and_opens_a_backend(service: ServiceProcess, client: ht
         assert call(client, created["id"], "increment").json()["result"] == {"count": 11}
     finally:
         client.delete(f"/backends/{created['id']}")
+
+
+# -- binary values and streamed generator methods ------------------------------------------------
+
+
+def test_binary_values_as_base64_json_or_as_multipart_parts(
+    client: httpx.Client, probe: dict[str, Any]
+) -> None:
+    path = f"/backends/{probe['id']}/call"
+    body = client.post(path, json={"cmd": "grid"}).json()  # JSON, the default
+    assert body["result"]["kind"] == "ndarray" and body["result"]["__bridge_buffer__"] is None
+    assert body["result"]["dtype"] == "<f4" and body["result"]["shape"] == [2, 3]
+    expected = np.arange(6, dtype="float32").tobytes()
+    r = client.post(path, json={"cmd": "grid"}, headers={"Accept": "multipart/mixed"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("multipart/mixed;")
+    text, parts = multipart.decode(r.content, r.headers["content-type"])
+    answer = httpx.Response(200, content=text).json()
+    assert answer["success"] is True and answer["result"]["__bridge_buffer__"] == 0
+    assert "base64" not in answer["result"] and [bytes(p) for p in parts] == [expected]
+    # An answer with no binary value stays JSON.
+    r = client.post(path, json={"cmd": "increment"}, headers={"Accept": "multipart/mixed"})
+    assert r.headers["content-type"].startswith("application/json")
+
+    # Requests: a multipart body whose params name its parts; base64 inline in JSON.
+    value = {"__bridge_buffer__": 0, "kind": "ndarray", "dtype": "<i2", "shape": [2, 2]}
+    chunks, content_type = multipart.encode(
+        httpx.Request("POST", "/", json={"cmd": "describe", "params": {"value": value}}).content,
+        [np.arange(4, dtype="int16").tobytes()],
+    )
+    r = client.post(
+        path,
+        content=b"".join(bytes(c) for c in chunks),
+        headers={"Content-Type": content_type},
+    )
+    assert r.json()["result"] == {"type": "ndarray", "dtype": "int16", "shape": [2, 2], "length": 2}
+    inline = {"__bridge_buffer__": None, "kind": "bytes", "base64": "AAEC"}
+    described = call(client, probe["id"], "describe", value=inline).json()["result"]
+    assert described == {"type": "bytes", "dtype": "", "shape": [], "length": 3}
+    body = failure(call(client, probe["id"], "describe", value=value), 400, "bad_request")
+    assert body["field"] == "params.value" and "part 0" in body["error"]
+
+
+def sse_events(response: httpx.Response) -> Iterator[tuple[str, Any]]:
+    event = "message"
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            yield event, httpx.Response(200, content=line[6:]).json()
+
+
+def test_a_generator_method_streams_its_items_as_sse(
+    client: httpx.Client, probe: dict[str, Any]
+) -> None:
+    path = f"/backends/{probe['id']}/call"
+    events = {"Accept": "text/event-stream"}
+    body = {"cmd": "count", "params": {"n": 5}}
+    with client.stream("POST", path, json=body, headers=events) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        got = list(sse_events(r))
+    items = [data for event, data in got if event == "item"]
+    raw = {"__bridge_buffer__": None, "kind": "bytes", "base64": "AA=="}
+    assert items[0] == {"i": 0, "raw": raw}
+    assert items[3:] == [3, 4] and len(items) == 5
+    assert got[-1][0] == "end" and got[-1][1]["success"] is True and got[-1][1]["items"] == 5
+
+    # Closing the connection closes the generator: its finally has run when the next call
+    # (which a serial backend runs after it) answers.
+    body = {"cmd": "count", "params": {"n": 10**9}}
+    with client.stream("POST", path, json=body, headers=events) as r:
+        first = next(sse_events(r))
+        assert first == ("item", {"i": 0, "raw": first[1]["raw"]})
+    assert call(client, probe["id"], "closed_yet").json()["result"] is True
+
+    # An exception after two items: the end carries it; a plain method is refused as JSON.
+    body = {"cmd": "count", "params": {"n": 5, "fail_at": 2}}
+    with client.stream("POST", path, json=body, headers=events) as r:
+        got = list(sse_events(r))
+    assert [e for e, _ in got] == ["item", "item", "end"]
+    assert got[-1][1]["error_type"] == "python_error"
+    assert got[-1][1]["exception"]["evalue"] == "failed at 2"
+    r = client.post(path, json={"cmd": "increment"}, headers=events)
+    assert r.headers["content-type"].startswith("application/json")
+    assert r.json()["exception"]["ename"] == "TypeError"
+    assert "not a generator method" in r.json()["exception"]["evalue"]
+    # Without the event stream, a generator's call answers its items as a list.
+    items = call(client, probe["id"], "count", n=5).json()["result"]
+    assert items[3:] == [3, 4]

@@ -173,6 +173,29 @@ def test_refusals_name_what_is_wrong(client: httpx.Client, root: Path) -> None:
     assert client.get("/contexts").json()["contexts"] == []  # nothing was left behind
 
 
+def test_an_env_too_large_for_exec_is_a_400_naming_env_before_a_kernel_starts(
+    client: httpx.Client,
+) -> None:
+    """Past what exec() takes a launch fails with "Argument list too long": not a busy
+    service (a client would retry forever) but a refusal naming env, before any start."""
+    kernels = {k["id"] for k in client.get("/api/kernels").json()}
+    for env in ({"BIG": "x" * 300_000}, {f"V{i}": "x" * 100_000 for i in range(8)}):
+        r = client.post("/contexts", json={"name": "too-big", "env": env})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"].startswith("env"), r.text
+    assert client.get("/contexts").json()["contexts"] == []
+    assert {k["id"] for k in client.get("/api/kernels").json()} == kernels
+    r = client.post("/contexts", json={"name": "big-enough", "env": {"BIG": "x" * 100_000}})
+    assert r.status_code == 201, r.text
+    try:
+        code = {"content": "import os\nreturn len(os.environ['BIG'])"}
+        assert client.post(f"/contexts/{r.json()['id']}/execute", json=code).json()["result"] == (
+            100_000
+        )
+    finally:
+        client.delete(f"/contexts/{r.json()['id']}")
+
+
 def test_names_are_unique_and_the_limit_answers_429(client: httpx.Client) -> None:
     made = []
     try:
@@ -194,6 +217,78 @@ def test_names_are_unique_and_the_limit_answers_429(client: httpx.Client) -> Non
     assert client.post("/contexts").status_code == 201  # room again
     for c in client.get("/contexts").json()["contexts"]:
         client.delete(f"/contexts/{c['id']}")
+
+
+def _settled_kernels(client: httpx.Client, owned: int) -> set[str]:
+    """/api/kernels once it lists the pool's kernel and *owned* others (the pool refills in
+    the background), and each of those others has exactly one session."""
+    deadline = time.monotonic() + 60
+    while True:
+        kernels = {k["id"] for k in client.get("/api/kernels").json()}
+        sessions = [s["kernel"]["id"] for s in client.get("/api/sessions").json()]
+        if len(kernels) == 1 + owned and len(sessions) == len(set(sessions)) == owned:
+            return kernels
+        assert time.monotonic() < deadline, f"kernels {kernels}, sessions on {sessions}"
+        time.sleep(0.1)
+
+
+def _at_once(*calls: Any) -> list[httpx.Response]:
+    with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(lambda call: call(), calls))
+
+
+def test_concurrent_restarts_of_one_context_leave_one_kernel(
+    client: httpx.Client, service: ServiceProcess
+) -> None:
+    r = client.post("/contexts", json={"name": "rs"})
+    assert r.status_code == 201, r.text
+    context_id = r.json()["id"]
+    with service.client() as a, service.client() as b, service.client() as c:
+        answers = _at_once(
+            *(lambda x=x: x.post(f"/contexts/{context_id}/restart") for x in (a, b, c))
+        )
+    assert [r.status_code for r in answers] == [200, 200, 200], [r.text for r in answers]
+    kernels = _settled_kernels(client, owned=1)
+    info = client.get(f"/contexts/{context_id}").json()
+    assert info["alive"] and info["kernel_id"] in kernels
+    sessions = [(s["name"], s["kernel"]["id"]) for s in client.get("/api/sessions").json()]
+    assert sessions == [("contexts/rs", info["kernel_id"])]
+    assert client.delete(f"/contexts/{context_id}").status_code == 200
+    _settled_kernels(client, owned=0)
+
+
+def test_a_delete_during_a_restart_leaves_no_kernel(
+    client: httpx.Client, service: ServiceProcess
+) -> None:
+    r = client.post("/contexts", json={"name": "del-rs", "env": {"X": "1"}})
+    assert r.status_code == 201, r.text
+    context_id = r.json()["id"]
+    with service.client() as a, service.client() as b:
+        restart, delete = _at_once(
+            lambda: a.post(f"/contexts/{context_id}/restart"),
+            lambda: b.delete(f"/contexts/{context_id}"),
+        )
+    assert delete.status_code == 200, delete.text
+    # Either the restart came first and finished, or the context was gone when it came.
+    assert restart.status_code in (200, 404), restart.text
+    assert client.get(f"/contexts/{context_id}").status_code == 404
+    _settled_kernels(client, owned=0)
+
+
+def test_a_name_is_reserved_while_its_context_starts(
+    client: httpx.Client, service: ServiceProcess
+) -> None:
+    body = {"name": "one-name", "env": {"X": "1"}}  # a kernel of its own: slow to start
+    with service.client() as a, service.client() as b, service.client() as c:
+        answers = _at_once(*(lambda x=x: x.post("/contexts", json=body) for x in (a, b, c)))
+    assert sorted(r.status_code for r in answers) == [201, 409, 409], [r.text for r in answers]
+    named = [c for c in client.get("/contexts").json()["contexts"] if c["name"] == "one-name"]
+    assert len(named) == 1
+    assert client.delete(f"/contexts/{named[0]['id']}").status_code == 200
+    _settled_kernels(client, owned=0)
+    r = client.post("/contexts", json=body)  # free again once deleted
+    assert r.status_code == 201, r.text
+    client.delete(f"/contexts/{r.json()['id']}")
 
 
 def test_calls_in_one_context_run_one_at_a_time(

@@ -45,6 +45,15 @@ class Hard(PythonBridge):
             self.send_event("tick", {"i": i, "pad": pad})
         return n
 
+    def paced(self, n, size):
+        # Slow enough for the service to send each event on: its socket buffers fill.
+        pad = "x" * size
+        for i in range(n):
+            self.send_event("tick", {"i": i, "pad": pad})
+            if i % 20 == 19:
+                time.sleep(0.002)
+        return n
+
     def drop_link(self):
         import comm
         for c in list(comm.get_comm_manager().comms.values()):
@@ -59,6 +68,9 @@ if __name__ == "__main__":
 
 ORIGIN = "https://app.example"
 BODY_LIMIT = 100_000
+# Seconds a reader stays stalled after a burst that overflowed its stream: more than a loaded
+# machine adds, which once made the service cut the response mid-chunk.
+STALL = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -304,11 +316,22 @@ def test_a_slow_reader_gets_overflow_then_resumes_from_the_kept_history(
     backend = _create(client)
     url = f"/backends/{backend['id']}/events"
     try:
-        with service.client(timeout=60) as reader, reader.stream("GET", url) as stream:
+        # A small receive buffer: the service's writes block soon after the reader stalls,
+        # as over a slow network (loopback's buffers would otherwise take megabytes).
+        small = httpx.HTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)])
+        with (
+            service.client(timeout=60, transport=small) as reader,
+            reader.stream("GET", url) as stream,
+        ):
             lines = stream.iter_lines()
             assert next(lines).startswith(": kernel-bridge")
-            # The reader stops reading while 20,000 events of 1 KB go by.
+            # The reader stops reading: 6,000 events of 1 KB sent slowly enough for the service
+            # to send each on fill its socket buffers, then 20,000 go by at once, and the
+            # reader stays stalled a while after (as on a loaded machine: what used to cut the
+            # response mid-chunk once the service's write had been blocked for a second).
+            assert _call(client, backend["id"], "paced", n=6000, size=1000) == 6000
             assert _call(client, backend["id"], "burst", n=20_000, size=1000) == 20_000
+            time.sleep(STALL)  # the fault under test: a reader stalled, not a wait for an event
             last, overflow = 0, None
             for line in lines:
                 if line.startswith("id: "):
@@ -317,7 +340,7 @@ def test_a_slow_reader_gets_overflow_then_resumes_from_the_kept_history(
                     overflow = json.loads(next(lines)[len("data: ") :])
                     break
             assert overflow is not None, "no overflow event"
-            assert overflow["last_event_id"] == last and last < 20_000
+            assert overflow["last_event_id"] == last and last < 26_000
             assert list(lines) in ([], [""])  # and the stream ends
         # The EventSource reconnects with Last-Event-ID: the kept history comes, in order.
         headers = {"Last-Event-ID": str(last)}
@@ -326,9 +349,9 @@ def test_a_slow_reader_gets_overflow_then_resumes_from_the_kept_history(
             for line in s.iter_lines():
                 if line.startswith("id: "):
                     ids.append(int(line[4:]))
-                    if ids[-1] == 20_000:
+                    if ids[-1] == 26_000:
                         break
-        assert ids == sorted(ids) and ids[0] > last and ids[-1] == 20_000
+        assert ids == sorted(ids) and ids[0] > last and ids[-1] == 26_000
     finally:
         client.delete(f"/backends/{backend['id']}")
 

@@ -4,10 +4,14 @@ as a plain jupyter_client provisioner. The fault tests run on both launch paths 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes.util
 import json
 import logging
 import os
 import signal
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -15,12 +19,14 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from jupyter_client import BlockingKernelClient, find_connection_file
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
-from procs import alive
+from procs import alive, children, cmdline
 
 import bridge
 from bridge.core.kernel import Kernel
+from bridge.core.wire import kernel_side_dir
 from bridge.transports.local import forkserver
 from bridge.transports.local.factory import bridge_kernel_spec
 from bridge.transports.local.provisioner import (
@@ -62,6 +68,16 @@ async def _ready(b: bridge.AsyncBridge, seconds: float = 30) -> None:
     while b.status().idle < b.pool.size:
         assert time.monotonic() < deadline, "the pool did not refill"
         await asyncio.sleep(0.02)
+
+
+async def _ready_server(b: bridge.AsyncBridge) -> forkserver.ForkServer:
+    """The bridge's fork server once it has finished importing (on a loaded machine a pool
+    kernel asked for earlier may have been launched the ordinary way meanwhile)."""
+    factory = b.pool.factory
+    server, reason = forkserver.server_for(factory.python, factory.kernel_env())
+    assert server is not None, reason
+    await asyncio.wait_for(asyncio.wrap_future(server.ready), 60)
+    return server
 
 
 async def test_kernels_are_forked_from_one_server(forked: bridge.AsyncBridge) -> None:
@@ -236,3 +252,106 @@ async def test_a_plain_jupyter_kernelspec_can_use_it(tmp_path: Path) -> None:
         assert not await km.is_alive()
     finally:
         forkserver.release()
+
+
+async def test_a_stopped_fork_server_is_killed_after_one_timeout_and_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One unanswered request marks the server dead: killed (it can never fork late, onto the
+    ports of the launch that fell back) and replaced at the next start, not waited on again."""
+    monkeypatch.setattr(forkserver, "REPLY_WAIT", 1.0)
+    async with bridge.AsyncBridge(pool_size=1, timeout=30) as b:
+        factory = b.pool.factory
+        old = (await _ready_server(b)).process.pid
+        os.kill(old, signal.SIGSTOP)
+        try:
+            fallback = await factory.start()
+            assert not fallback.transport.manager.provisioner.forked
+            deadline = time.monotonic() + 10
+            while alive(old):
+                assert time.monotonic() < deadline, "the stopped fork server was not killed"
+                await asyncio.sleep(0.05)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(old, signal.SIGCONT)
+        replacement = await _ready_server(b)  # the next start's: a new server
+        assert replacement.process.pid != old and not replacement.dead
+        fresh = await factory.start()
+        try:
+            assert fresh.transport.manager.provisioner.forked and _server_pid(fresh) != old
+            assert (await fallback.execute("return 6 * 7", timeout=30)).value == 42
+        finally:
+            await factory.stop(fallback, now=True)
+            await factory.stop(fresh, now=True)
+
+
+def test_the_fork_server_never_forks_past_a_requests_deadline() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bridge_runtime.forkserver", str(theirs.fileno())],
+        pass_fds=[theirs.fileno()],
+        cwd=str(kernel_side_dir()),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    theirs.close()
+    try:
+        assert json.loads(ours.recv(65536))["ready"] is True
+        request = {
+            "op": "fork",
+            "id": 1,
+            "argv": [sys.executable, "-m", "bridge_runtime.launch", "-f", "/nonexistent.json"],
+            "env": dict(os.environ),
+            "cwd": "/",
+            "deadline": time.clock_gettime(time.CLOCK_MONOTONIC) - 0.001,
+        }
+        ours.send(json.dumps(request).encode())
+        reply = json.loads(ours.recv(65536))
+        assert reply == {"id": 1, "error": "the request's deadline has passed"}
+        assert children(server.pid) == set()
+    finally:
+        ours.close()
+        server.wait(timeout=10)
+
+
+async def test_exec_time_environment_falls_back_to_an_ordinary_launch(
+    forked: bridge.AsyncBridge,
+) -> None:
+    """LD_PRELOAD acts at exec, which a fork skips: such a kernel is launched the ordinary way,
+    and the library is loaded (it is not in a kernel without it)."""
+    library = ctypes.util.find_library("anl")
+    assert library is not None
+    maps = "return open('/proc/self/maps').read()"
+    assert library not in (await forked.execute(maps)).value
+    async with forked.session(env={"LD_PRELOAD": library}) as s:
+        assert library in (await s.execute(maps)).value
+        assert not s.kernel.transport.manager.provisioner.forked
+
+
+async def test_a_forked_kernel_shows_its_own_command_line(forked: bridge.AsyncBridge) -> None:
+    """`ps` says it is a kernel and names its connection file, as for a launched kernel; the
+    file is what `jupyter console --existing` finds and connects with."""
+    await _ready_server(forked)
+    kernel = await forked.pool.factory.start()
+    try:
+        assert kernel.transport.manager.provisioner.forked and kernel.pid is not None
+        _shows_its_command_line(kernel)
+    finally:
+        await forked.pool.factory.stop(kernel)
+
+
+def _shows_its_command_line(kernel: Kernel) -> None:
+    assert kernel.pid is not None
+    shown = cmdline(kernel.pid)
+    assert shown == f"{sys.executable} -m bridge_runtime.launch -f {kernel.connection_file}"
+    assert "-m bridge_runtime.forkserver" in cmdline(_server_pid(kernel))
+    found = find_connection_file(os.path.basename(shown.split(" -f ")[1]))
+    client = BlockingKernelClient(connection_file=found)
+    client.load_connection_file()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=30)
+        reply = client.execute_interactive("import os; print(os.getpid())", timeout=30)
+        assert reply["content"]["status"] == "ok"
+    finally:
+        client.stop_channels()

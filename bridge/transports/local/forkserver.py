@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,20 +36,34 @@ log = logging.getLogger("bridge.kernel")
 # launches the ordinary way instead: the server is then there for the next kernels, and a start
 # stays bounded by the caller's start-up timeout (an interpreter that is slow to start at all).
 READY_WAIT = 1.5
-REPLY_WAIT = 10.0  # seconds a started server gets to answer a fork request
+# Seconds a started server gets to answer a fork request. One request unanswered in that time
+# marks its server dead: it is killed (a stopped or hung server must not fork late) and the next
+# start gets a new one. Each request also carries this deadline (CLOCK_MONOTONIC, one clock for
+# every process of the machine): the server never forks for a request past it, so a launch that
+# has fallen back cannot meet a late fork using the same connection file and ports.
+REPLY_WAIT = 10.0
 MAX_MESSAGE = 65536
-# Environment variables that act when an interpreter starts, before any code runs (PYTHON*,
-# the locale, HOME for the user site folder): a forked kernel inherits the server's start-up,
-# so these must match. PYTHONPATH is the exception: the child sets its sys.path from it.
-_STARTUP_EXACT = frozenset({"LANG", "LC_ALL", "LC_CTYPE", "HOME"})
+# A blank last argument of the server's command line this long: room in its argument area for
+# each forked kernel's own command line (what `ps` shows: its module and connection file).
+TITLE_ROOM = 1024
+# Environment variables that act when an interpreter starts, before any code runs: a forked
+# kernel inherits the server's start-up, so these must match the server's or the kernel is
+# launched the ordinary way. The interpreter's (PYTHON*; PYTHONPATH is the exception: the child
+# sets its sys.path from it), HOME (the user site folder), the locale and time zone (set up
+# at start: Python's locale, time.tzname), and what the dynamic loader and libc read at exec
+# (LD_PRELOAD, LD_LIBRARY_PATH and every LD_*, GLIBC_TUNABLES, MALLOC_*, their data paths).
+_STARTUP_EXACT = frozenset(
+    {"LANG", "HOME", "TZ", "TZDIR", "LOCPATH", "GCONV_PATH", "NLSPATH", "GETCONF_DIR"}
+)
+_STARTUP_PREFIXES = ("PYTHON", "LC_", "LD_", "GLIBC_", "MALLOC_")
 
 
 def startup_vars(env: Mapping[str, str]) -> dict[str, str]:
-    """The part of *env* an interpreter reads at start-up (see _STARTUP_EXACT)."""
+    """The part of *env* a process reads at start-up (see _STARTUP_EXACT, _STARTUP_PREFIXES)."""
     return {
         k: v
         for k, v in env.items()
-        if (k.startswith("PYTHON") and k != "PYTHONPATH") or k in _STARTUP_EXACT
+        if k in _STARTUP_EXACT or (k.startswith(_STARTUP_PREFIXES) and k != "PYTHONPATH")
     }
 
 
@@ -149,7 +164,7 @@ class ForkServer:
         server_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
         try:
             self.process = subprocess.Popen(
-                [python, "-m", "bridge_runtime.forkserver", str(theirs.fileno())],
+                [python, "-m", "bridge_runtime.forkserver", str(theirs.fileno()), " " * TITLE_ROOM],
                 pass_fds=[theirs.fileno()],
                 cwd=str(kernel_side_dir()),  # sys.path[0]: where bridge_runtime is
                 env=server_env,
@@ -207,8 +222,17 @@ class ForkServer:
         fds = [fd for fd in (stdout, stderr) if fd is not None]
         if len(fds) != 2:  # both or neither: the server dups them onto 1 and 2 in order
             fds = []
+        wait = REPLY_WAIT
+        deadline = time.clock_gettime(time.CLOCK_MONOTONIC) + wait
         message = json.dumps(
-            {"op": "fork", "id": rid, "argv": argv, "env": dict(env), "cwd": cwd}
+            {
+                "op": "fork",
+                "id": rid,
+                "argv": argv,
+                "env": dict(env),
+                "cwd": cwd,
+                "deadline": deadline,
+            }
         ).encode()
         with self._lock:
             if self.dead:
@@ -225,12 +249,37 @@ class ForkServer:
         # Shielded: a cancelled start must not lose a forked kernel; jupyter_client's caller
         # is the one that cleans up after a cancelled start.
         try:
-            async with asyncio.timeout(REPLY_WAIT):
+            async with asyncio.timeout(wait):
                 return await asyncio.shield(asyncio.wrap_future(reply))
         except TimeoutError:
-            raise ForkServerError(
-                f"the fork server did not answer within {REPLY_WAIT:g} s"
-            ) from None
+            reason = f"the fork server did not answer within {wait:g} s"
+            with self._lock:
+                self._pending.pop(rid, None)  # ours: no one else waits on it
+            self.abandon(reason)
+            raise ForkServerError(reason) from None
+
+    def abandon(self, reason: str) -> None:
+        """It did not answer in time (stopped, hung): dead from now on, and killed, so that it
+        never acts on a request again; what waits on it falls back to an ordinary launch. Its
+        kernels end with it (ipykernel's parent poller), as when it dies on its own."""
+        with self._lock:
+            if self.dead:
+                return
+            self.dead = True
+            pending, self._pending = self._pending, {}
+        log.warning("fork server %s: %s; killing it", self.process.pid, reason)
+        for reply in pending.values():
+            reply.set_exception(ForkServerError(reason))
+        # Its children first: one forked for a request it had not answered yet would start
+        # on the ports of the launch that falls back; the others would follow the server
+        # anyway (ipykernel's parent poller). Then its own process group (start_new_session):
+        # the server and whatever an interpreter wrapper ran. SIGKILL ends a stopped process.
+        server = self.pid or self.process.pid
+        for child in _children_of(server):
+            with contextlib.suppress(OSError):
+                os.kill(child, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
     def close(self) -> None:
         """Close our end: the server exits (its kernels with it, through their poller)."""
@@ -334,6 +383,22 @@ class ForkServer:
                 watched.pop(fd)._exited(None)
         with contextlib.suppress(Exception):
             self.process.wait(timeout=5)
+
+
+def _children_of(pid: int) -> list[int]:
+    """The processes whose parent is *pid* (from /proc)."""
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    if int(f.read().rsplit(b")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
 
 
 # -- the servers of this host ----------------------------------------------------------------------

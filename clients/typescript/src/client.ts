@@ -19,13 +19,16 @@ import {
   pythonErrorOfException,
   PythonTimeoutError,
 } from "./errors.js";
+import { ContextFiles } from "./files.js";
 import { failure, GRACE_MS, Transport } from "./http.js";
 import { ServiceProcess, type StartOptions } from "./service.js";
 import { readSSE } from "./sse.js";
+import { decodeValue } from "./values.js";
 import type {
   Attestation,
   BackendInfo,
   BackendRequest,
+  CallEvents,
   CallSuccess,
   ContextInfo,
   ContextRequest,
@@ -51,6 +54,11 @@ export interface ClientOptions {
    * Default: `console.error`.
    */
   onHandlerError?: (error: unknown, event: string) => void;
+  /**
+   * Send and take bytes and arrays as binary parts of `multipart/mixed` bodies (default true);
+   * false sends and asks for JSON with the bytes as base64, as curl sees them.
+   */
+  binary?: boolean;
 }
 
 /** Options of {@link KernelBridge.connect}. */
@@ -79,6 +87,11 @@ export interface RunOptions extends ExecuteOptions {
   onDisplay?: (output: DisplayDataOutput) => void;
   /** The code's value (an `execute_result` output), when it is known. */
   onResult?: (output: ExecuteResultOutput) => void;
+  /**
+   * The exception the code raised, once it has ended with it (before `run()` resolves with
+   * the same error in {@link Execution.error}); not called for a failure of the service.
+   */
+  onError?: (error: PythonError) => void;
   /** Stops the call (the service interrupts the code). */
   signal?: AbortSignal;
 }
@@ -131,6 +144,17 @@ export interface ContextOptions {
   timeout?: number;
 }
 
+/** Options of {@link PythonBackendHandle.stream}. */
+export interface StreamOptions {
+  /**
+   * Milliseconds to wait for each item (default: the spawn's `timeout`, else 30000); past it
+   * the generator is closed and the stream rejects with a PythonTimeoutError.
+   */
+  timeout?: number;
+  /** Stops the stream (the generator is closed in the kernel, its `finally` runs). */
+  signal?: AbortSignal;
+}
+
 /** An event handler: the event's data (and its type, for handlers shared between types). */
 export type EventHandler<T = any> = (data: T, event: string) => unknown;
 
@@ -181,7 +205,7 @@ class Runner {
         deadline: timeout + GRACE_MS,
         ...(options.signal ? { signal: options.signal } : {}),
       });
-      return toExecution(answer);
+      return reportError(toExecution(answer), options);
     }
     const deadline = AbortSignal.timeout(timeout + GRACE_MS);
     const signal = options.signal ? both(deadline, options.signal) : deadline;
@@ -198,12 +222,12 @@ class Runner {
         // A service without streaming answers JSON: the callbacks get the outputs in order.
         const answer = (await this.transport.read(response, deadline, timeout + GRACE_MS)) as ExecuteAnswer;
         for (const output of answer.outputs ?? []) deliver(output, options);
-        return toExecution(answer);
+        return reportError(toExecution(answer), options);
       }
       let end: ExecuteAnswer | FailureAnswer | undefined;
       try {
         for await (const message of readSSE(response.body as ReadableStream<Uint8Array>)) {
-          const data = JSON.parse(message.data) as Record<string, unknown>;
+          const data = decodeValue(JSON.parse(message.data)) as Record<string, unknown>;
           switch (message.event) {
             case "stdout":
               options.onStdout?.(String(data.text ?? ""));
@@ -237,11 +261,17 @@ class Runner {
         const fail = end as FailureAnswer;
         throw failure(fail.status ?? 500, fail, response.url);
       }
-      return toExecution(end as ExecuteAnswer);
+      return reportError(toExecution(end as ExecuteAnswer), options);
     } finally {
       done();
     }
   }
+}
+
+/** Hand the execution's error to `onError`, as the other callbacks get their outputs. */
+function reportError(execution: Execution, options: RunOptions): Execution {
+  if (execution.error) options.onError?.(execution.error);
+  return execution;
 }
 
 function deliver(output: Output, options: RunOptions): void {
@@ -301,7 +331,7 @@ export class PythonBackendHandle {
   private readonly kept = new Map<string, unknown[]>();
   private readonly onHandlerError: (error: unknown, event: string) => void;
   private readonly forget: () => void;
-  private stream: AbortController | undefined;
+  private events: AbortController | undefined;
   private terminated = false;
   private dead = false;
 
@@ -375,6 +405,59 @@ export class PythonBackendHandle {
   }
 
   /**
+   * The items of a generator method (`def` or `async def` with `yield`), as it yields them.
+   * Bytes and arrays among them arrive as `Uint8Array` and {@link NDArray}.
+   *
+   * Breaking out of the loop (or the signal) closes the generator in the kernel, so its
+   * `finally` runs. The kernel never runs more than a window of items ahead of this reader.
+   *
+   * @example
+   * ```ts
+   * for await (const n of backend.stream<number>("count", { n: 5 })) console.log(n);
+   * ```
+   *
+   * @param cmd - the generator method's name
+   * @param params - its keyword arguments
+   * @param options - see {@link StreamOptions}
+   * @throws PythonError when the method raised (after the items it yielded before);
+   *   PythonTimeoutError when no item came in time; KernelDiedError when the kernel died
+   */
+  async *stream<T = any>(cmd: string, params?: Record<string, unknown>, options: StreamOptions = {}): AsyncGenerator<T, void, undefined> {
+    if (this.terminated) {
+      throw new BackendTerminatedError(`the backend ${this.script} was terminated: stream("${cmd}") was not sent`);
+    }
+    const body: Record<string, unknown> = { cmd };
+    if (params !== undefined) body.params = params;
+    if (options.timeout !== undefined) body.timeout_secs = secs(options.timeout);
+    const controller = new AbortController();
+    const signal = options.signal ? both(controller.signal, options.signal) : controller.signal;
+    const { response, done } = await this.transport.openStream("POST", this.callPath, body, { Accept: "text/event-stream" }, signal);
+    try {
+      if (!(response.headers.get("content-type") ?? "").includes("text/event-stream")) {
+        const answer = (await this.transport.read(response)) as CallSuccess | CallFailure; // a failure throws
+        if (!answer.success) throw pythonErrorOfCall(answer);
+        throw new BridgeHTTPError(`${this.callPath} answered JSON, not a stream: the service is older than this client`, response.status, "http");
+      }
+      for await (const message of readSSE(response.body as ReadableStream<Uint8Array>)) {
+        if (message.event === "item") {
+          yield decodeValue(JSON.parse(message.data)) as T;
+        } else if (message.event === "end") {
+          const end = JSON.parse(message.data) as CallEvents["end"];
+          if (end.success) return;
+          if (end.error_type === "python_error") throw pythonErrorOfCall(end as CallFailure);
+          const error = failure((end as FailureAnswer).status ?? 500, end, response.url);
+          if (error instanceof KernelDiedError) this.dead = true;
+          throw error;
+        }
+      }
+      throw new BridgeHTTPError(`the stream of ${cmd}() ended without its end event`, response.status, "http");
+    } finally {
+      controller.abort(); // when the reader stopped early: the service closes the generator
+      done();
+    }
+  }
+
+  /**
    * Handle the backend's events of one type. Events sent before the first handler of their
    * type are kept (the last 1000) and delivered to it. A handler that throws does not stop the
    * stream (the client's `onHandlerError` sees the error).
@@ -396,7 +479,7 @@ export class PythonBackendHandle {
       this.kept.delete(event);
       for (const data of kept) this.invoke(handler as EventHandler, data, event);
     }
-    if (!this.stream && !this.terminated) this.listen();
+    if (!this.events && !this.terminated) this.listen();
     return () => this.off(event, handler);
   }
 
@@ -440,7 +523,7 @@ export class PythonBackendHandle {
   /** @internal The backend is gone: no call goes out, the stream stops. */
   ended(): void {
     this.terminated = true;
-    this.stream?.abort();
+    this.events?.abort();
     this.forget();
   }
 
@@ -477,7 +560,7 @@ export class PythonBackendHandle {
   /** Read the event stream, reconnecting with Last-Event-ID, until the backend is gone. */
   private listen(): void {
     const controller = new AbortController();
-    this.stream = controller;
+    this.events = controller;
     const path = `backends/${encodeURIComponent(this.id)}/events`;
     void (async () => {
       let lastId: string | undefined;
@@ -499,7 +582,7 @@ export class PythonBackendHandle {
                 }
                 if (message.id !== undefined) lastId = message.id;
                 const event = JSON.parse(message.data) as { type: string; data: unknown };
-                this.dispatch(event.type, event.data);
+                this.dispatch(event.type, decodeValue(event.data));
                 pause = 50;
               }
             } else {
@@ -537,6 +620,8 @@ export class Context {
   readonly kernelId: string;
   /** What the service said when it made it. */
   readonly info: ContextInfo;
+  /** Its files: `write`, `read`, `stream`, `list`, `remove` (relative to its working folder). */
+  readonly files: ContextFiles;
   private readonly transport: Transport;
   private readonly runner: Runner;
   private readonly base: string;
@@ -552,6 +637,7 @@ export class Context {
     this.transport = transport;
     this.runner = new Runner(transport);
     this.base = `contexts/${encodeURIComponent(info.id)}`;
+    this.files = new ContextFiles(transport, this.base);
     this.forget = forget;
   }
 
@@ -885,7 +971,8 @@ export class KernelBridge {
    */
   static async start(options: StartOptions & ClientOptions = {}): Promise<KernelBridge> {
     const service = await ServiceProcess.start(options);
-    return new KernelBridge(new Transport({ url: service.url, token: service.token }), service, options);
+    const endpoint = { url: service.url, token: service.token, binary: options.binary ?? true };
+    return new KernelBridge(new Transport(endpoint), service, options);
   }
 
   /**

@@ -10,7 +10,9 @@ import {
   KernelDiedError,
   PythonTimeoutError,
 } from "./errors.js";
+import { decodeMultipart, encodeMultipart, MULTIPART } from "./multipart.js";
 import type { FailureAnswer } from "./types.js";
+import { decodeValue, encodeValue, hasBinary } from "./values.js";
 
 /** Milliseconds a call may run past its own timeout before the client stops waiting for the answer. */
 export const GRACE_MS = 15_000;
@@ -21,6 +23,11 @@ export interface Endpoint {
   url: string;
   /** Its token. */
   token: string;
+  /**
+   * Send and take binary values (bytes, typed arrays) as `multipart/mixed` bodies, without
+   * base64 (default true); false sends and asks for JSON with base64 placeholders.
+   */
+  binary?: boolean;
 }
 
 /** Options of one request. */
@@ -39,16 +46,29 @@ export class Transport {
   readonly base: string;
   /** The headers of every request. */
   readonly headers: Record<string, string>;
+  /** Whether binary values travel as `multipart/mixed` parts (else base64 in JSON). */
+  readonly binary: boolean;
   private closed = false;
   private readonly streams = new Set<AbortController>();
 
   /** @param endpoint - where the service is */
   constructor(endpoint: Endpoint) {
     this.base = endpoint.url.endsWith("/") ? endpoint.url : `${endpoint.url}/`;
+    this.binary = endpoint.binary ?? true;
     this.headers = {
       Authorization: `token ${endpoint.token}`,
       "Content-Type": "application/json",
+      Accept: this.binary ? `${MULTIPART}, application/json` : "application/json",
     };
+  }
+
+  /** A request body: JSON, or multipart when it holds binary values and the client may. */
+  private encode(body: unknown, headers: Record<string, string>): { init: string | Blob; headers: Record<string, string> } {
+    if (!hasBinary(body)) return { init: JSON.stringify(body), headers };
+    if (!this.binary) return { init: JSON.stringify(encodeValue(body)), headers };
+    const buffers: Uint8Array[] = [];
+    const { body: blob, contentType } = encodeMultipart(encodeValue(body, buffers), buffers);
+    return { init: blob, headers: { ...headers, "Content-Type": contentType } };
   }
 
   /** No request goes out after this; open streams are stopped. */
@@ -91,7 +111,11 @@ export class Transport {
       method,
       headers: options.headers ? { ...this.headers, ...options.headers } : this.headers,
     };
-    if (body !== undefined) init.body = JSON.stringify(body);
+    if (body !== undefined) {
+      const encoded = this.encode(body, init.headers as Record<string, string>);
+      init.body = encoded.init;
+      init.headers = encoded.headers;
+    }
     if (signal) init.signal = signal;
     try {
       return await fetch(url, init);
@@ -100,8 +124,46 @@ export class Transport {
     }
   }
 
+  /**
+   * Send a raw body (not JSON) or none, and return the response, a failure status included:
+   * a file's bytes both ways. A `ReadableStream` body is streamed.
+   */
+  async sendRaw(
+    method: string,
+    path: string,
+    body: Uint8Array | ArrayBuffer | Blob | ReadableStream<Uint8Array> | undefined,
+    options: { signal?: AbortSignal } = {},
+  ): Promise<Response> {
+    if (this.closed) throw new BridgeClosedError("the client is closed");
+    const url = this.base + path;
+    const headers: Record<string, string> = { Authorization: this.headers.Authorization as string };
+    const init: RequestInit & { duplex?: "half" } = { method, headers };
+    if (body !== undefined) {
+      headers["Content-Type"] = "application/octet-stream";
+      init.body = body as NonNullable<RequestInit["body"]>;
+      if (body instanceof ReadableStream) init.duplex = "half"; // Node's fetch needs it to stream
+    }
+    if (options.signal) init.signal = options.signal;
+    try {
+      return await fetch(url, init);
+    } catch (err) {
+      throw this.fetchError(err, url, undefined, undefined);
+    }
+  }
+
   /** The JSON of a success, or the error of a failure. */
   async read(response: Response, timer?: AbortSignal, deadline?: number): Promise<unknown> {
+    const type = response.headers.get("content-type") ?? "";
+    if (response.ok && type.toLowerCase().startsWith(MULTIPART)) {
+      let bytes: Uint8Array;
+      try {
+        bytes = new Uint8Array(await response.arrayBuffer());
+      } catch (err) {
+        throw this.fetchError(err, response.url, timer, deadline);
+      }
+      const { json, buffers } = decodeMultipart(bytes, type);
+      return decodeValue(json, buffers);
+    }
     let text: string;
     try {
       text = await response.text();
@@ -110,7 +172,7 @@ export class Transport {
     }
     let value: unknown;
     try {
-      value = text ? JSON.parse(text) : undefined;
+      value = text ? decodeValue(JSON.parse(text)) : undefined;
     } catch {
       throw new BridgeHTTPError(
         `${response.url} answered ${response.status} with something that is not JSON: ${text.slice(0, 200)}`,
@@ -142,7 +204,11 @@ export class Transport {
       headers: { ...this.headers, ...headers },
       signal: controller.signal,
     };
-    if (body !== undefined) init.body = JSON.stringify(body);
+    if (body !== undefined) {
+      const encoded = this.encode(body, init.headers as Record<string, string>);
+      init.body = encoded.init;
+      init.headers = encoded.headers;
+    }
     try {
       const response = await fetch(url, init);
       return { response, controller, done };

@@ -30,6 +30,7 @@ export {
   type Execution,
   type RunOptions,
   type SpawnOptions,
+  type StreamOptions,
 } from "./client.js";
 export {
   BackendTerminatedError,
@@ -42,8 +43,18 @@ export {
   PythonTimeoutError,
   type CallFailure,
 } from "./errors.js";
+export { ContextFiles, type FileData, type FileOptions } from "./files.js";
 export { GRACE_MS, type Endpoint } from "./http.js";
 export { ServiceProcess, type StartOptions } from "./service.js";
 export { readSSE, type SSEMessage } from "./sse.js";
+export {
+  decodeValue,
+  dtypeOf,
+  encodeValue,
+  NDArray,
+  PLACEHOLDER,
+  type BinaryPlaceholder,
+  type TypedArray,
+} from "./values.js";
 export type * from "./types.js";
 export { errorTypeValues } from "./types.js";

@@ -87,6 +87,21 @@ export type CallAnswer = Schemas["CallAnswer"];
 /** A successful backend call. */
 export type CallSuccess = CallAnswer & { success: true; error: null; error_type: null; exception: null };
 
+/** The `end` event of a generator method's stream (`POST /backends/{id}/call`, SSE) that ended well. */
+export type StreamEnd = Schemas["StreamEnd"];
+
+/**
+ * The events of a generator method's stream, by SSE event name: `item` (one per item; bytes and
+ * arrays as {@link BinaryValue}), then `end` (a {@link StreamEnd}, or the failure).
+ */
+export type CallEvents = Schemas["CallEvents"];
+
+/**
+ * A bytes value or NumPy array on the wire: a part of a `multipart/mixed` body, or inline as
+ * base64. The client turns it into a `Uint8Array` or an `NDArray`.
+ */
+export type BinaryValue = Schemas["BinaryValue"];
+
 /** One event of a backend's stream: `data: {"type", "data"}`, with its SSE id. */
 export type BackendEvent<T = unknown> = Omit<Schemas["BackendEvent"], "data"> & {
   /** The event's number (its SSE id). */
@@ -112,6 +127,12 @@ export type ContextRequest = Schemas["ContextRequest"];
 
 /** A context as the service describes it. */
 export type ContextInfo = Schemas["ContextInfo"];
+
+/** A file or folder in a context's working folder (`kind`: a symlink is listed, never followed). */
+export type FileInfo = Schemas["FileInfo"];
+
+/** `GET /contexts/{id}/files?path=`: a folder's entries, by name. */
+export type FileList = Schemas["FileList"];
 
 /** `POST /packages/install` (`packages`, or one `package`). */
 export type InstallRequest = Schemas["InstallRequest"];

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 
-import { KernelBridge, PythonTimeoutError } from "../src/index.js";
+import { KernelBridge, PythonError, PythonTimeoutError } from "../src/index.js";
 import { startBridge } from "./helpers.js";
 
 const T = { timeout: 60_000 };
@@ -43,6 +43,25 @@ describe("streaming", () => {
     assert.deepEqual(kinds, ["display:text/markdown,text/plain", "stderr:e\n", "result:7"]);
     assert.equal(execution.value, 7);
     assert.equal(execution.outputs.length, 3);
+  });
+
+  test("onError hears the exception, streamed or not, before run() resolves with it", T, async () => {
+    for (const live of [true, false]) {
+      const seen: string[] = [];
+      const errors: PythonError[] = [];
+      const execution = await bridge.python.run("print('before')\n1 / 0", {
+        ...(live ? { onStdout: (t: string) => seen.push(t) } : {}),
+        onError: (error) => errors.push(error),
+      });
+      assert.equal(errors.length, 1, `live: ${live}`);
+      assert.ok(errors[0] instanceof PythonError);
+      assert.equal(errors[0].pythonType, "ZeroDivisionError");
+      assert.equal(errors[0], execution.error); // the same error, not a copy
+      assert.deepEqual(seen, live ? ["before\n"] : []);
+    }
+    const none: PythonError[] = [];
+    await bridge.python.run("return 1", { onError: (e) => none.push(e), onStdout: () => {} });
+    assert.deepEqual(none, []);
   });
 
   test("a streamed call past its timeout rejects with PythonTimeoutError, with the output so far", T, async () => {

@@ -110,7 +110,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description too_large: the request body is larger than the service's limit. */
+                /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -355,7 +355,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description forbidden: a path outside the service's root, a disallowed Host, or installs turned off. */
+                /** @description forbidden: a path outside the service's root or a context's working folder (or through a symlink), a disallowed Host, or installs turned off. */
                 403: {
                     headers: {
                         [name: string]: unknown;
@@ -391,7 +391,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description too_large: the request body is larger than the service's limit. */
+                /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -577,13 +577,14 @@ export interface paths {
                 };
             };
             responses: {
-                /** @description Done (success tells whether the code raised). With 'Accept: text/event-stream' the answer is Server-Sent Events, one per output as the kernel makes it (components.schemas.ExecutionEvents, by event name): 'stdout' and 'stderr', 'display', 'result', 'error', and last 'end' with the whole answer the route gives without streaming (a Failure, such as a timeout, if the call failed after the stream opened). The stream opens at the first output (or after 15 s of silence); a failure before that is the plain JSON answer with its status. Closing the connection interrupts the code. */
+                /** @description Done (success tells whether the code raised). With 'Accept: text/event-stream' the answer is Server-Sent Events, one per output as the kernel makes it (components.schemas.ExecutionEvents, by event name): 'stdout' and 'stderr', 'display', 'result', 'error', and last 'end' with the whole answer the route gives without streaming (a Failure, such as a timeout, if the call failed after the stream opened). The stream opens at the first output (or after 15 s of silence); a failure before that is the plain JSON answer with its status. Closing the connection interrupts the code. With 'Accept: multipart/mixed', an answer whose value holds bytes or NumPy arrays is a multipart/mixed body: this JSON first, its BinaryValues naming the parts after it, one application/octet-stream part per value, each with its Content-Length (docs/http.md). */
                 200: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
                         "application/json": components["schemas"]["ExecuteAnswer"];
+                        "multipart/mixed": string;
                         "text/event-stream": string;
                     };
                 };
@@ -623,7 +624,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description too_large: the request body is larger than the service's limit. */
+                /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -681,16 +682,18 @@ export interface paths {
             requestBody: {
                 content: {
                     "application/json": components["schemas"]["ExecuteRequest"];
+                    "multipart/mixed": string;
                 };
             };
             responses: {
-                /** @description Done (success tells whether the code raised). With 'Accept: text/event-stream' the answer is Server-Sent Events, one per output as the kernel makes it (components.schemas.ExecutionEvents, by event name): 'stdout' and 'stderr', 'display', 'result', 'error', and last 'end' with the whole answer the route gives without streaming (a Failure, such as a timeout, if the call failed after the stream opened). The stream opens at the first output (or after 15 s of silence); a failure before that is the plain JSON answer with its status. Closing the connection interrupts the code. */
+                /** @description Done (success tells whether the code raised). With 'Accept: text/event-stream' the answer is Server-Sent Events, one per output as the kernel makes it (components.schemas.ExecutionEvents, by event name): 'stdout' and 'stderr', 'display', 'result', 'error', and last 'end' with the whole answer the route gives without streaming (a Failure, such as a timeout, if the call failed after the stream opened). The stream opens at the first output (or after 15 s of silence); a failure before that is the plain JSON answer with its status. Closing the connection interrupts the code. With 'Accept: multipart/mixed', an answer whose value holds bytes or NumPy arrays is a multipart/mixed body: this JSON first, its BinaryValues naming the parts after it, one application/octet-stream part per value, each with its Content-Length (docs/http.md). */
                 200: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
                         "application/json": components["schemas"]["ExecuteAnswer"];
+                        "multipart/mixed": string;
                         "text/event-stream": string;
                     };
                 };
@@ -730,7 +733,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description too_large: the request body is larger than the service's limit. */
+                /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -791,13 +794,14 @@ export interface paths {
                 };
             };
             responses: {
-                /** @description Done (success tells whether the code raised). With 'Accept: text/event-stream' the answer is Server-Sent Events, one per output as the kernel makes it (components.schemas.ExecutionEvents, by event name): 'stdout' and 'stderr', 'display', 'result', 'error', and last 'end' with the whole answer the route gives without streaming (a Failure, such as a timeout, if the call failed after the stream opened). The stream opens at the first output (or after 15 s of silence); a failure before that is the plain JSON answer with its status. Closing the connection interrupts the code. */
+                /** @description Done (success tells whether the code raised). With 'Accept: text/event-stream' the answer is Server-Sent Events, one per output as the kernel makes it (components.schemas.ExecutionEvents, by event name): 'stdout' and 'stderr', 'display', 'result', 'error', and last 'end' with the whole answer the route gives without streaming (a Failure, such as a timeout, if the call failed after the stream opened). The stream opens at the first output (or after 15 s of silence); a failure before that is the plain JSON answer with its status. Closing the connection interrupts the code. With 'Accept: multipart/mixed', an answer whose value holds bytes or NumPy arrays is a multipart/mixed body: this JSON first, its BinaryValues naming the parts after it, one application/octet-stream part per value, each with its Content-Length (docs/http.md). */
                 200: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
                         "application/json": components["schemas"]["ExecuteAnswer"];
+                        "multipart/mixed": string;
                         "text/event-stream": string;
                     };
                 };
@@ -819,7 +823,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description forbidden: a path outside the service's root, a disallowed Host, or installs turned off. */
+                /** @description forbidden: a path outside the service's root or a context's working folder (or through a symlink), a disallowed Host, or installs turned off. */
                 403: {
                     headers: {
                         [name: string]: unknown;
@@ -846,7 +850,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description too_large: the request body is larger than the service's limit. */
+                /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -876,6 +880,42 @@ export interface paths {
             };
         };
         delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/contexts/{context_id}/files": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** What a folder of the context's working folder holds (?path=, default the working folder), by name; symlinks listed, never followed */
+        get: operations["listFiles"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/contexts/{context_id}/files/{path}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Download a file of the context's working folder: its bytes, streamed through the kernel, with Content-Length and a Content-Type from its name */
+        get: operations["downloadFile"];
+        /** Upload a file into the context's working folder (the raw body, streamed through the kernel; folders on the way are made): it appears whole or not at all. 413 past max_file_bytes, or past max_context_bytes with the context's other uploads */
+        put: operations["uploadFile"];
+        post?: never;
+        /** Remove a file, an empty folder or a symlink (the link itself) of the context's working folder */
+        delete: operations["removeFile"];
         options?: never;
         head?: never;
         patch?: never;
@@ -952,7 +992,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description too_large: the request body is larger than the service's limit. */
+                /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -1010,13 +1050,14 @@ export interface paths {
                 };
             };
             responses: {
-                /** @description Done (success tells whether the code raised). With 'Accept: text/event-stream' the answer is Server-Sent Events, one per output as the kernel makes it (components.schemas.ExecutionEvents, by event name): 'stdout' and 'stderr', 'display', 'result', 'error', and last 'end' with the whole answer the route gives without streaming (a Failure, such as a timeout, if the call failed after the stream opened). The stream opens at the first output (or after 15 s of silence); a failure before that is the plain JSON answer with its status. Closing the connection interrupts the code. */
+                /** @description Done (success tells whether the code raised). With 'Accept: text/event-stream' the answer is Server-Sent Events, one per output as the kernel makes it (components.schemas.ExecutionEvents, by event name): 'stdout' and 'stderr', 'display', 'result', 'error', and last 'end' with the whole answer the route gives without streaming (a Failure, such as a timeout, if the call failed after the stream opened). The stream opens at the first output (or after 15 s of silence); a failure before that is the plain JSON answer with its status. Closing the connection interrupts the code. With 'Accept: multipart/mixed', an answer whose value holds bytes or NumPy arrays is a multipart/mixed body: this JSON first, its BinaryValues naming the parts after it, one application/octet-stream part per value, each with its Content-Length (docs/http.md). */
                 200: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
                         "application/json": components["schemas"]["ExecuteAnswer"];
+                        "multipart/mixed": string;
                         "text/event-stream": string;
                     };
                 };
@@ -1047,7 +1088,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description too_large: the request body is larger than the service's limit. */
+                /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -1102,16 +1143,18 @@ export interface paths {
             requestBody: {
                 content: {
                     "application/json": components["schemas"]["ExecuteRequest"];
+                    "multipart/mixed": string;
                 };
             };
             responses: {
-                /** @description Done (success tells whether the code raised). With 'Accept: text/event-stream' the answer is Server-Sent Events, one per output as the kernel makes it (components.schemas.ExecutionEvents, by event name): 'stdout' and 'stderr', 'display', 'result', 'error', and last 'end' with the whole answer the route gives without streaming (a Failure, such as a timeout, if the call failed after the stream opened). The stream opens at the first output (or after 15 s of silence); a failure before that is the plain JSON answer with its status. Closing the connection interrupts the code. */
+                /** @description Done (success tells whether the code raised). With 'Accept: text/event-stream' the answer is Server-Sent Events, one per output as the kernel makes it (components.schemas.ExecutionEvents, by event name): 'stdout' and 'stderr', 'display', 'result', 'error', and last 'end' with the whole answer the route gives without streaming (a Failure, such as a timeout, if the call failed after the stream opened). The stream opens at the first output (or after 15 s of silence); a failure before that is the plain JSON answer with its status. Closing the connection interrupts the code. With 'Accept: multipart/mixed', an answer whose value holds bytes or NumPy arrays is a multipart/mixed body: this JSON first, its BinaryValues naming the parts after it, one application/octet-stream part per value, each with its Content-Length (docs/http.md). */
                 200: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
                         "application/json": components["schemas"]["ExecuteAnswer"];
+                        "multipart/mixed": string;
                         "text/event-stream": string;
                     };
                 };
@@ -1142,7 +1185,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description too_large: the request body is larger than the service's limit. */
+                /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -1200,13 +1243,14 @@ export interface paths {
                 };
             };
             responses: {
-                /** @description Done (success tells whether the code raised). With 'Accept: text/event-stream' the answer is Server-Sent Events, one per output as the kernel makes it (components.schemas.ExecutionEvents, by event name): 'stdout' and 'stderr', 'display', 'result', 'error', and last 'end' with the whole answer the route gives without streaming (a Failure, such as a timeout, if the call failed after the stream opened). The stream opens at the first output (or after 15 s of silence); a failure before that is the plain JSON answer with its status. Closing the connection interrupts the code. */
+                /** @description Done (success tells whether the code raised). With 'Accept: text/event-stream' the answer is Server-Sent Events, one per output as the kernel makes it (components.schemas.ExecutionEvents, by event name): 'stdout' and 'stderr', 'display', 'result', 'error', and last 'end' with the whole answer the route gives without streaming (a Failure, such as a timeout, if the call failed after the stream opened). The stream opens at the first output (or after 15 s of silence); a failure before that is the plain JSON answer with its status. Closing the connection interrupts the code. With 'Accept: multipart/mixed', an answer whose value holds bytes or NumPy arrays is a multipart/mixed body: this JSON first, its BinaryValues naming the parts after it, one application/octet-stream part per value, each with its Content-Length (docs/http.md). */
                 200: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
                         "application/json": components["schemas"]["ExecuteAnswer"];
+                        "multipart/mixed": string;
                         "text/event-stream": string;
                     };
                 };
@@ -1228,7 +1272,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description forbidden: a path outside the service's root, a disallowed Host, or installs turned off. */
+                /** @description forbidden: a path outside the service's root or a context's working folder (or through a symlink), a disallowed Host, or installs turned off. */
                 403: {
                     headers: {
                         [name: string]: unknown;
@@ -1255,7 +1299,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description too_large: the request body is larger than the service's limit. */
+                /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -1422,7 +1466,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description too_large: the request body is larger than the service's limit. */
+                /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -1563,7 +1607,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description forbidden: a path outside the service's root, a disallowed Host, or installs turned off. */
+                /** @description forbidden: a path outside the service's root or a context's working folder (or through a symlink), a disallowed Host, or installs turned off. */
                 403: {
                     headers: {
                         [name: string]: unknown;
@@ -1590,7 +1634,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description too_large: the request body is larger than the service's limit. */
+                /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -1685,7 +1729,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description too_large: the request body is larger than the service's limit. */
+                /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -1772,7 +1816,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description forbidden: a path outside the service's root, a disallowed Host, or installs turned off. */
+                /** @description forbidden: a path outside the service's root or a context's working folder (or through a symlink), a disallowed Host, or installs turned off. */
                 403: {
                     headers: {
                         [name: string]: unknown;
@@ -1799,7 +1843,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description too_large: the request body is larger than the service's limit. */
+                /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -1894,7 +1938,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description too_large: the request body is larger than the service's limit. */
+                /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -1981,7 +2025,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description forbidden: a path outside the service's root, a disallowed Host, or installs turned off. */
+                /** @description forbidden: a path outside the service's root or a context's working folder (or through a symlink), a disallowed Host, or installs turned off. */
                 403: {
                     headers: {
                         [name: string]: unknown;
@@ -2008,7 +2052,7 @@ export interface paths {
                         "application/json": components["schemas"]["Failure"];
                     };
                 };
-                /** @description too_large: the request body is larger than the service's limit. */
+                /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -2184,6 +2228,23 @@ export interface components {
             timeout_secs?: number | null;
         };
         /**
+         * BinaryValue
+         * @description A bytes value or NumPy array where a value holds one (docs/http.md, "Binary values"):
+         *     its bytes inline as base64 in JSON, or a part of a ``multipart/mixed`` body.
+         */
+        BinaryValue: {
+            /** @description The part of the multipart/mixed body that holds the bytes, 0 being the first after the JSON; null when they are inline in base64. */
+            __bridge_buffer__: number | null;
+            /** @description The bytes (an array's elements in C order). */
+            base64?: string;
+            /** @description An array's NumPy dtype.str: <f4, |u1, >i4, <c16. */
+            dtype?: string;
+            /** @enum {unknown} */
+            kind: "bytes" | "ndarray";
+            /** @description An array's shape. */
+            shape?: number[];
+        };
+        /**
          * CallAnswer
          * @description What a backend call gives (``success`` tells whether the method raised).
          */
@@ -2192,9 +2253,20 @@ export interface components {
             error: string | null;
             error_type: "python_error" | null;
             exception: components["schemas"]["PythonError"] | null;
-            /** @description The method's value, as JSON. */
+            /** @description The method's value, as JSON; bytes and NumPy arrays in it as BinaryValue placeholders. */
             result: unknown;
             success: boolean;
+        };
+        /**
+         * CallEvents
+         * @description The events of a generator method's call streamed (``Accept: text/event-stream`` on
+         *     ``POST /backends/{id}/call``), by SSE event name.
+         */
+        CallEvents: {
+            /** @description The last event: StreamEnd, or the failure (a CallAnswer of a method that raised, a Failure such as a timeout) if it failed after the stream opened. */
+            end: components["schemas"]["StreamEnd"] | components["schemas"]["CallAnswer"] | components["schemas"]["Failure"];
+            /** @description One item, as the method yielded it (binary values as BinaryValue). */
+            item: unknown;
         };
         /**
          * CallRequest
@@ -2318,7 +2390,7 @@ export interface components {
             error_type: "python_error" | null;
             exception: components["schemas"]["PythonError"] | null;
             outputs: (components["schemas"]["StreamOutput"] | components["schemas"]["DisplayDataOutput"] | components["schemas"]["ExecuteResultOutput"] | components["schemas"]["ErrorOutput"])[];
-            /** @description The value (JSON if it has a JSON form). */
+            /** @description The value (JSON if it has a JSON form; bytes and NumPy arrays in it as BinaryValue placeholders). */
             result: unknown;
             stderr: string;
             stdout: string;
@@ -2413,6 +2485,37 @@ export interface components {
             /** @enum {unknown} */
             success: false;
         };
+        /**
+         * FileInfo
+         * @description A file or folder in a context's working folder.
+         */
+        FileInfo: {
+            /**
+             * @description A symlink is listed, never followed.
+             * @enum {unknown}
+             */
+            kind: "directory" | "file" | "other" | "symlink";
+            /** @description ISO 8601, UTC. */
+            modified: string;
+            name: string;
+            /** @description Relative to the context's working folder. */
+            path: string;
+            /** @description Bytes (0 but for files). */
+            size: number;
+        };
+        /**
+         * FileList
+         * @description ``GET /contexts/{id}/files?path=``: a folder's entries, by name (at most 10,000).
+         */
+        FileList: {
+            entries: components["schemas"]["FileInfo"][];
+            path: string;
+        };
+        /** FileRemoved */
+        FileRemoved: {
+            path: string;
+            removed: boolean;
+        };
         /** HealthAnswer */
         HealthAnswer: {
             backends: number;
@@ -2495,6 +2598,17 @@ export interface components {
             evalue: string;
             /** @description The traceback, as plain text. */
             traceback: string;
+        };
+        /**
+         * StreamEnd
+         * @description The ``end`` of a generator method's stream that ended well.
+         */
+        StreamEnd: {
+            duration_ms: number;
+            /** @description How many items the method yielded. */
+            items: number;
+            /** @enum {unknown} */
+            success: true;
         };
         /**
          * StreamOutput
@@ -2647,16 +2761,19 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["CallRequest"];
+                "multipart/mixed": string;
             };
         };
         responses: {
-            /** @description Done. */
+            /** @description Done. With 'Accept: text/event-stream' a generator method's items stream as Server-Sent Events (components.schemas.CallEvents): one 'item' per item as the method yields it, then 'end' (StreamEnd, or the failure). Closing the connection closes the generator. With 'Accept: multipart/mixed', an answer whose value holds bytes or NumPy arrays is a multipart/mixed body: this JSON first, its BinaryValues naming the parts after it, one application/octet-stream part per value, each with its Content-Length (docs/http.md). */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["CallAnswer"];
+                    "multipart/mixed": string;
+                    "text/event-stream": string;
                 };
             };
             /** @description bad_request: malformed JSON, a wrong type, a missing or unknown field (`field` names it). */
@@ -2695,7 +2812,7 @@ export interface operations {
                     "application/json": components["schemas"]["Failure"];
                 };
             };
-            /** @description too_large: the request body is larger than the service's limit. */
+            /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -2705,6 +2822,382 @@ export interface operations {
                 };
             };
             /** @description overloaded: no kernel became free in time: retry later; kernel_start_failed: no kernel could be started; kernel_died: the kernel died during the call or before it; shutting_down: the service, or the context of the call, is closing; unavailable: the kernel could not be reached. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description timeout: the code ran past its timeout and was interrupted. */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+        };
+    };
+    listFiles: {
+        parameters: {
+            query?: {
+                /** @description The folder, relative to the working folder. */
+                path?: string;
+            };
+            header?: never;
+            path: {
+                /** @description The id POST /contexts gave. */
+                context_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Done. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FileList"];
+                };
+            };
+            /** @description bad_request: malformed JSON, a wrong type, a missing or unknown field (`field` names it). */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description unauthorized: no token, or a wrong one. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description forbidden: a path outside the service's root or a context's working folder (or through a symlink), a disallowed Host, or installs turned off. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description not_found: no such backend, context, file or folder. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description method_not_allowed: the route does not take this method (Allow lists those it does). */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description kernel_died: the kernel died during the call or before it; shutting_down: the service, or the context of the call, is closing; unavailable: the kernel could not be reached. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description timeout: the code ran past its timeout and was interrupted. */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+        };
+    };
+    downloadFile: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The id POST /contexts gave. */
+                context_id: string;
+                /** @description A file's path, relative to the context's working folder; its slashes are kept (an absolute path, '..' or a symlink on the way is 403). */
+                path: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The file's bytes, with Content-Length, and a Content-Type from its name (application/octet-stream if none fits). */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/octet-stream": string;
+                };
+            };
+            /** @description bad_request: malformed JSON, a wrong type, a missing or unknown field (`field` names it). */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description unauthorized: no token, or a wrong one. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description forbidden: a path outside the service's root or a context's working folder (or through a symlink), a disallowed Host, or installs turned off. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description not_found: no such backend, context, file or folder. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description method_not_allowed: the route does not take this method (Allow lists those it does). */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description kernel_died: the kernel died during the call or before it; shutting_down: the service, or the context of the call, is closing; unavailable: the kernel could not be reached. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description timeout: the code ran past its timeout and was interrupted. */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+        };
+    };
+    uploadFile: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The id POST /contexts gave. */
+                context_id: string;
+                /** @description A file's path, relative to the context's working folder; its slashes are kept (an absolute path, '..' or a symlink on the way is 403). */
+                path: string;
+            };
+            cookie?: never;
+        };
+        /** @description The file's bytes (any content type), streamed. */
+        requestBody: {
+            content: {
+                "application/octet-stream": string;
+            };
+        };
+        responses: {
+            /** @description Done. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FileInfo"];
+                };
+            };
+            /** @description bad_request: malformed JSON, a wrong type, a missing or unknown field (`field` names it). */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description unauthorized: no token, or a wrong one. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description forbidden: a path outside the service's root or a context's working folder (or through a symlink), a disallowed Host, or installs turned off. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description not_found: no such backend, context, file or folder. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description method_not_allowed: the route does not take this method (Allow lists those it does). */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description too_large: the request body is larger than the service's limit (a file: max_file_bytes, or the context's uploads past max_context_bytes). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description kernel_died: the kernel died during the call or before it; shutting_down: the service, or the context of the call, is closing; unavailable: the kernel could not be reached. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description timeout: the code ran past its timeout and was interrupted. */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+        };
+    };
+    removeFile: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The id POST /contexts gave. */
+                context_id: string;
+                /** @description A file's path, relative to the context's working folder; its slashes are kept (an absolute path, '..' or a symlink on the way is 403). */
+                path: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Done. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FileRemoved"];
+                };
+            };
+            /** @description bad_request: malformed JSON, a wrong type, a missing or unknown field (`field` names it). */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description unauthorized: no token, or a wrong one. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description forbidden: a path outside the service's root or a context's working folder (or through a symlink), a disallowed Host, or installs turned off. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description not_found: no such backend, context, file or folder. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description method_not_allowed: the route does not take this method (Allow lists those it does). */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+            /** @description kernel_died: the kernel died during the call or before it; shutting_down: the service, or the context of the call, is closing; unavailable: the kernel could not be reached. */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2734,12 +3227,14 @@ type ReadonlyArray<T> = [
     unknown[]
 ] ? Readonly<Exclude<T, undefined>> : Readonly<Exclude<T, undefined>[]>;
 export const backendInfoStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["BackendInfo"]["state"]> = ["alive", "dead", "lost", "restarting"];
+export const binaryValueKindValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["BinaryValue"]["kind"]> = ["bytes", "ndarray"];
 export const callAnswerError_typeAnyOf0Values: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["CallAnswer"]["error_type"]> = ["python_error"];
 export const displayDataOutputOutput_typeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["DisplayDataOutput"]["output_type"]> = ["display_data"];
 export const errorOutputOutput_typeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ErrorOutput"]["output_type"]> = ["error"];
 export const errorTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ErrorType"]> = ["bad_request", "conflict", "forbidden", "internal", "kernel_died", "kernel_start_failed", "limit_reached", "method_not_allowed", "not_found", "overloaded", "python_error", "shutting_down", "timeout", "too_large", "unauthorized", "unavailable"];
 export const executeAnswerError_typeAnyOf0Values: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ExecuteAnswer"]["error_type"]> = ["python_error"];
 export const executeResultOutputOutput_typeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ExecuteResultOutput"]["output_type"]> = ["execute_result"];
+export const fileInfoKindValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["FileInfo"]["kind"]> = ["directory", "file", "other", "symlink"];
 export const healthAnswerStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["HealthAnswer"]["status"]> = ["ok"];
 export const installAnswerInstallerValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["InstallAnswer"]["installer"]> = ["pip", "uv"];
 export const streamOutputNameValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["StreamOutput"]["name"]> = ["stderr", "stdout"];
