@@ -123,6 +123,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/notebooks.py
 	$(BIN)/python bench/http_service.py
+	$(BIN)/python bench/http_in_process.py
 	$(BIN)/python bench/backend.py
 	$(BIN)/python bench/qntx.py
 	$(BIN)/python bench/load.py --duration 12 --soak 60 --backends 20 --all

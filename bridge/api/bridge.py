@@ -32,6 +32,7 @@ from bridge.core.validate import (
 from bridge.transports.gateway.factory import GatewayFactory
 from bridge.transports.gateway.settings import check_gateway_manager, gateway_settings
 from bridge.transports.local.factory import KernelFactory
+from bridge.transports.local.transport import ActivityHook as KernelActivity
 
 Limits = KernelLimits | Mapping[str, Any]
 
@@ -201,6 +202,11 @@ class AsyncBridge(_AsyncCalls):
     (about 0.1 of a kernel start); ``fork_server=False`` starts a new interpreter per kernel,
     as jupyter_client does by default (docs/kernels.md#fork-server).
 
+    ``on_kernel_activity(kernel_id, msg_type, parent_msg_type, execution_state)`` hears every
+    IOPub message of a local kernel, the bridge's calls and any other client's alike
+    (``execution_state`` is a status message's, else None); it runs in the reader and must be
+    quick. The HTTP service feeds Jupyter Server's activity tracking (culling, the busy
+    indicator) from it instead of a second IOPub subscription per kernel.
     A session's files (``upload``, ``download``...) are limited to ``max_file_bytes`` each
     (default 1 GiB) and ``max_context_bytes`` for all a session has uploaded (default 4 GiB).
 
@@ -229,6 +235,7 @@ class AsyncBridge(_AsyncCalls):
         gateway_token: str | None = None,
         gateway_kernel_name: str | None = None,
         fork_server: bool = True,
+        on_kernel_activity: KernelActivity | None = None,
         max_file_bytes: int = files_.DEFAULT_MAX_FILE,
         max_context_bytes: int = files_.DEFAULT_MAX_CONTEXT,
         limits: Limits | None = None,
@@ -237,6 +244,8 @@ class AsyncBridge(_AsyncCalls):
         check_count(pool_size, "pool_size")
         self.limits = KernelLimits.of(limits)
         self.max_waiting = None if max_waiting is None else check_count(max_waiting, "max_waiting")
+        if on_kernel_activity is not None:
+            check_callable(on_kernel_activity, "on_kernel_activity")
         self.max_output = check_count(max_output, "max_output")
         self.max_file_bytes = check_count(max_file_bytes, "max_file_bytes")
         self.max_context_bytes = check_count(max_context_bytes, "max_context_bytes")
@@ -252,6 +261,7 @@ class AsyncBridge(_AsyncCalls):
             "kernel_manager": kernel_manager,
             "fork_server": fork_server,
             "limits": self.limits,
+            "on_activity": on_kernel_activity,
         }
         self.gateway_url, gateway_token = gateway_settings(gateway_url, gateway_token)
         if self.gateway_url:

@@ -221,6 +221,7 @@ class Bridge(_BlockingCalls):
         gateway_token: str | None = None,
         gateway_kernel_name: str | None = None,
         fork_server: bool = True,
+        on_kernel_activity: Callable[[str, str, str | None, str | None], None] | None = None,
         max_file_bytes: int = DEFAULT_MAX_FILE,
         max_context_bytes: int = DEFAULT_MAX_CONTEXT,
         limits: Limits | None = None,
@@ -240,6 +241,7 @@ class Bridge(_BlockingCalls):
             gateway_token=gateway_token,
             gateway_kernel_name=gateway_kernel_name,
             fork_server=fork_server,
+            on_kernel_activity=on_kernel_activity,  # in the reader, on the portal's loop
             max_file_bytes=max_file_bytes,
             max_context_bytes=max_context_bytes,
             limits=limits,

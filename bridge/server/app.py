@@ -27,6 +27,7 @@ from bridge import InvalidRequest, KernelLimits
 from bridge._version import __version__
 from bridge.service.service import Service
 
+from .activity import Activity
 from .handlers import routes
 from .sessions import Sessions
 
@@ -190,6 +191,9 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
             sessions=Sessions(serverapp.session_manager),
             kernel_limits=self.kernel_limits,
             max_waiting=self.max_waiting,
+            # The server's activity records of the bridge's kernels, from the bridge's reader
+            # instead of a second IOPub subscription per kernel (activity.py).
+            on_kernel_activity=Activity(serverapp.kernel_manager),
         )
 
     def initialize_handlers(self) -> None:

@@ -156,6 +156,7 @@ class Service:
         sessions: SessionRegistry | None = None,
         kernel_limits: Mapping[str, Any] | None = None,
         max_waiting: int | None = None,
+        on_kernel_activity: Callable[[str, str, str | None, str | None], None] | None = None,
     ) -> None:
         self.root = os.path.realpath(root)
         # The front end's listing (Jupyter Server's sessions: JupyterLab lists each by name).
@@ -180,6 +181,7 @@ class Service:
             gateway_url=gateway_url,
             gateway_token=gateway_token,
             gateway_kernel_name=gateway_kernel_name,
+            on_kernel_activity=on_kernel_activity,
             max_file_bytes=max_file_bytes,
             max_context_bytes=max_context_bytes,
             # On a gateway, its operator bounds the kernels: no defaults to refuse there.

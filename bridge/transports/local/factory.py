@@ -34,7 +34,7 @@ from bridge.core.translate import jupyter_client_errors
 from bridge.core.validate import check_env, check_paths
 from bridge.core.wire import kernel_side_dir
 from bridge.transports.local import forkserver, provisioner
-from bridge.transports.local.transport import LocalTransport
+from bridge.transports.local.transport import ActivityHook, LocalTransport
 from bridge.transports.local.watchdog import Reaper, kill_group
 
 log = logging.getLogger("bridge.kernel")
@@ -109,9 +109,11 @@ class KernelFactory:
         kernel_manager: Any = None,
         fork_server: bool = True,
         limits: KernelLimits | None = None,
+        on_activity: ActivityHook | None = None,
     ) -> None:
         self.python = resolve_python(python)
         self.limits = limits if limits is not None else KernelLimits()
+        self.on_activity = on_activity  # hears every kernel's IOPub (transport.ActivityHook)
         self.env = check_env(env)
         self.python_paths = check_paths(python_paths)
         self.startup_timeout = startup_timeout
@@ -244,6 +246,7 @@ class KernelFactory:
                 pgid=pgid,
                 group_started=started,
                 log_path=log_path,
+                on_activity=self.on_activity,
             ),
             limits=limits,
         )
