@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test stress lint bench bench-ts clean ts-client ts-types
+.PHONY: run demo test stress stress-random stress-load lint bench bench-ts clean ts-client ts-types
 
 RUN_STAMP := $(VENV)/.installed-run
 
@@ -109,7 +109,9 @@ test: lint $(EG_STAMP) $(CHROMIUM) ts-client
 # (the test prints its seed), KB_RANDOM_STEPS / KB_RANDOM_SECONDS set its length.
 KB_RANDOM_STEPS ?= 400
 KB_RANDOM_SECONDS ?= 600
-stress: $(STAMP)
+stress: stress-random stress-load
+
+stress-random: $(STAMP)
 	KB_RANDOM_SEED=$${KB_RANDOM_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')} \
 	KB_RANDOM_STEPS=$(KB_RANDOM_STEPS) KB_RANDOM_SECONDS=$(KB_RANDOM_SECONDS) \
 	$(BIN)/python -m pytest tests/server/test_server_random.py -p no:randomly -s
@@ -121,9 +123,17 @@ bench: $(STAMP)
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/notebooks.py
 	$(BIN)/python bench/http_service.py
+	$(BIN)/python bench/http_in_process.py
 	$(BIN)/python bench/backend.py
 	$(BIN)/python bench/qntx.py
+	$(BIN)/python bench/load.py --duration 12 --soak 60 --backends 20 --all
 	$(MAKE) bench-ts
+
+# Load as issue 20 asks (needs wrk: Debian's `wrk`): 60 s per concurrency level, a 10-minute
+# mixed soak and 100 backends alive; about 20 minutes. The figures go in docs/performance.md.
+stress-load: $(STAMP)
+	@command -v wrk >/dev/null || { echo "make stress needs wrk (Debian: apt-get install wrk)" >&2; exit 1; }
+	$(BIN)/python bench/load.py --duration 60 --soak 600 --backends 100 --all
 
 # The TypeScript client against a raw fetch of the same routes, under Bun and under Node.
 bench-ts: $(STAMP) ts-client

@@ -1,248 +1,189 @@
-"""Benchmark: what the HTTP service adds to a call, against the Python API on the same pool.
+"""Benchmark: what the HTTP service adds to a call, against the floor of an HTTP round trip.
 
-    .venv/bin/python bench/http_service.py [--calls 300] [--requests 400]
+    .venv/bin/python bench/http_service.py [--calls 600] [--block 10]
 
-The service runs in this process (Jupyter Server with the kernel-bridge extension, pool of 2)
-and every figure comes from one run on its one pool:
-(a) AsyncBridge.execute("return 1+1") on the service's own bridge: the baseline;
-(b) POST /execute {"content": "return 1+1"} from a minimal keep-alive HTTP/1.1 client, about
-    what a Go or Node host spends on its side: (b) - (a) is the service's own overhead;
-(c) the same POST with httpx, a Python host's usual client, whose own cost shows beside it;
-then requests per second with 1, 8 and 32 concurrent clients, HTTP (b's client, one
-connection each) against the Python API at the same concurrency; and backend calls,
-POST /backends/{id}/call against backend.call on the same backend; and the first-output
-latency of a streamed execute (`Accept: text/event-stream`, code that prints and then sleeps
-SLEEP s): the time to its first `stdout` event against the time of the whole call, beside the
-Python API's `on_output` on the same pool. Clients and server share this process's one event
-loop; calls alternate in blocks so drift hits both sides alike.
+Three processes, as a host sees them:
+(a) ``AsyncBridge.execute("return 1+1")`` in this process, warm pool of 2: the baseline;
+(b) ``POST /execute {"content": "return 1+1"}`` to a ``kernel-bridge serve --pool-size 2``
+    process, from a keep-alive ``http.client`` connection: (b) - (a) is what the service adds;
+(f) the same POST, same client, to a bare tornado handler in a process of its own
+    (bench/http_floor.py) that checks the token, parses the body and answers a fixed JSON of
+    the size of (b)'s answer: the floor of an HTTP round trip from this client.
+The target is (b) - (a) <= 2x (f) (moonshot 1.3x). The three alternate in blocks of BLOCK calls
+so the load of a shared machine hits them alike; figures are p50 of CALLS calls each.
+Beside the wall times, the CPU each path costs per call in the process that serves it (this
+process for (a), the service's for (b), the floor's for (f); from the scheduler's run time of
+every thread, /proc/PID/task/*/schedstat), which a loaded machine disturbs far less.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import os
 import secrets
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-from rawhttp import RawClient
-from timing import interleaved, pct
-from traitlets.config import Config
+from timing import pct
 
 import bridge
-from bridge.server import BridgeApp
+
+HERE = Path(__file__).resolve().parent
+KERNEL_BRIDGE = str(Path(sys.executable).with_name("kernel-bridge"))
+BODY = json.dumps({"content": "return 1+1"}).encode()
 
 
-async def rate(fn: Callable[[], Awaitable[object]], clients: int, requests: int) -> float:
-    """Requests per second of *clients* workers sharing *requests* calls."""
-    left = requests
+class Client:
+    """One keep-alive ``http.client`` connection posting BODY to /execute."""
 
-    async def worker() -> None:
-        nonlocal left
-        while left > 0:
-            left -= 1
-            await fn()
+    def __init__(self, port: int, token: str) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port)
+        self.headers = {"Authorization": f"token {token}", "Content-Type": "application/json"}
 
-    t = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(clients)))
-    return requests / (time.perf_counter() - t)
-
-
-async def measure(app: Any, port: int, token: str, calls: int, requests: int) -> dict[str, Any]:
-    service = app.service
-    await service.wait_ready()
-    b = service.bridge
-    url = f"http://127.0.0.1:{port}"
-    headers = {"Authorization": f"token {token}"}
-    body = json.dumps({"content": "return 1+1"}).encode()
-    raw = [RawClient(port, token) for _ in range(32)]
-    async with httpx.AsyncClient(base_url=url, headers=headers) as http:
-
-        async def api() -> None:
-            r = await b.execute("return 1+1")
-            assert r.value == 2
-
-        async def post() -> None:
-            assert (await raw[0].post("/execute", body))["result"] == 2
-
-        async def post_httpx() -> None:
-            r = await http.post("/execute", content=body)
-            assert r.json()["result"] == 2
-
-        latency = await interleaved(api, post, calls)
-        with_httpx = await interleaved(api, post_httpx, calls)
-        rates = {}
-        for clients in (1, 8, 32):
-            free = list(raw[:clients])  # one connection per concurrent client
-
-            async def pooled(free: list[RawClient] = free) -> None:
-                client = free.pop()
-                try:
-                    assert (await client.post("/execute", body))["result"] == 2
-                finally:
-                    free.append(client)
-
-            rates[clients] = (
-                await rate(api, clients, requests),
-                await rate(pooled, clients, requests),
-            )
-        backend = await measure_backends(app, http, raw[0], calls)
-        streamed = await measure_streaming(b, http, max(10, calls // 15))
-    for client in raw:
-        client.close()
-    return {
-        "latency": latency,
-        "httpx": with_httpx,
-        "rates": rates,
-        "backend": backend,
-        "streamed": streamed,
-    }
+    def post(self) -> bytes:
+        self.conn.request("POST", "/execute", BODY, self.headers)
+        response = self.conn.getresponse()
+        data = response.read()
+        assert response.status == 200, (response.status, data)
+        return data
 
 
-SLEEP = 0.25
-PRINT_THEN_SLEEP = f"import time\nprint('first', flush=True)\ntime.sleep({SLEEP})\nreturn 1"
+def cpu_seconds(pid: int) -> float:
+    """Run time of every thread of *pid* so far (the scheduler's, in ns), in seconds."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError):
+            pass  # a thread that ended meanwhile
+    return total / 1e9
 
 
-async def measure_streaming(
-    b: bridge.AsyncBridge, http: httpx.AsyncClient, n: int
-) -> dict[str, list[float]]:
-    """Time to the first output and to the end: streamed over HTTP, and with on_output."""
-    out: dict[str, list[float]] = {"http_first": [], "http_end": [], "api_first": [], "api_end": []}
-    body = {"content": PRINT_THEN_SLEEP}
-    events = {"Accept": "text/event-stream"}
-    for i in range(n + 2):  # the first two warm up
-        t = time.perf_counter()
-        first = end = 0.0
-        async with http.stream("POST", "/execute", json=body, headers=events) as r:
-            async for line in r.aiter_lines():
-                if line == "event: stdout" and not first:
-                    first = time.perf_counter() - t
-                elif line == "event: end":
-                    end = time.perf_counter() - t
-        heard: list[float] = []
-        t2 = time.perf_counter()
-        await b.execute(
-            PRINT_THEN_SLEEP, on_output=lambda o, h=heard: h.append(time.perf_counter())
-        )
-        api_end = time.perf_counter() - t2
-        if i >= 2:
-            out["http_first"].append(first)
-            out["http_end"].append(end)
-            out["api_first"].append(heard[0] - t2)
-            out["api_end"].append(api_end)
-    return out
+def start(cmd: list[str], env: dict[str, str], ready: Callable[[str], str | None]) -> Any:
+    """Start *cmd* with a stdin pipe (its end stops it); return (process, what *ready* found
+    in the first stdout line it accepts)."""
+    process = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        found = ready(line)
+        if found:
+            return process, found
+    sys.exit(f"{cmd[0]} exited before it was ready (status {process.wait()})")
 
 
-async def measure_backends(
-    app: Any, http: httpx.AsyncClient, client: RawClient, calls: int
-) -> tuple[list[float], list[float]]:
-    """backend.call("echo") against POST /backends/{id}/call, on one backend."""
-    script = (Path(bridge.__file__).parent.parent / "kernels/examples/echo_backend.py").read_text()
-    r = await http.post("/backends", json={"script": script})
-    r.raise_for_status()
-    backend_id = r.json()["id"]
-    backend = app.service.backends[backend_id].backend
+def serve(token: str) -> tuple[subprocess.Popen[str], int]:
+    env = {**os.environ, "JUPYTER_TOKEN": token}
+    cmd = [KERNEL_BRIDGE, "serve", "--port", "0", "--pool-size", "2"]
+    cmd += ["--log-level", "warning", "--watch-stdin"]
+
+    def ready(line: str) -> str | None:
+        return line.split("serving at ")[1].strip() if "serving at " in line else None
+
+    process, url = start(cmd, env, ready)
+    return process, int(url.rstrip("/").rsplit(":", 1)[1])
+
+
+def floor(token: str, size: int) -> tuple[subprocess.Popen[str], int]:
+    env = {**os.environ, "FLOOR_TOKEN": token}
+    cmd = [sys.executable, str(HERE / "http_floor.py"), str(size)]
+    process, port = start(
+        cmd, env, lambda line: line.split()[1] if line.startswith("port") else None
+    )
+    return process, int(port)
+
+
+async def measure(calls: int, block: int) -> dict[str, list[float]]:
+    token = secrets.token_hex(16)
+    service, service_port = serve(token)
+    floor_process = None
     try:
+        http_service = Client(service_port, token)
+        size = len(http_service.post())
+        assert json.loads(http_service.post())["result"] == 2
+        floor_process, floor_port = floor(token, size)
+        http_floor = Client(floor_port, token)
+        assert len(http_floor.post()) == size
+        async with bridge.AsyncBridge(pool_size=2) as b:
 
-        async def direct() -> None:
-            assert (await backend.call("echo", {"data": 1}))["echo"] == 1
+            async def api() -> None:
+                assert (await b.execute("return 1+1")).value == 2
 
-        request = json.dumps({"cmd": "echo", "params": {"data": 1}}).encode()
+            async def post() -> None:
+                http_service.post()
 
-        async def post() -> None:
-            resp = await client.post(f"/backends/{backend_id}/call", request)
-            assert resp["result"]["echo"] == 1
+            async def bare() -> None:
+                http_floor.post()
 
-        return await interleaved(direct, post, calls)
+            variants = {"api": api, "service": post, "floor": bare}
+            server = {"api": os.getpid(), "service": service.pid, "floor": floor_process.pid}
+            samples: dict[str, list[float]] = {name: [] for name in variants}
+            cpu = dict.fromkeys(variants, 0.0)
+            for fn in variants.values():  # warm-up
+                for _ in range(block):
+                    await fn()
+            while len(samples["floor"]) < calls:
+                for name, fn in variants.items():
+                    used = cpu_seconds(server[name])
+                    for _ in range(min(block, calls - len(samples[name]))):
+                        t = time.perf_counter()
+                        await fn()
+                        samples[name].append(time.perf_counter() - t)
+                    cpu[name] += cpu_seconds(server[name]) - used
+        samples["size"] = [float(size)]
+        samples.update({f"cpu_{name}": [cpu[name] / calls] for name in variants})
+        return samples
     finally:
-        await http.delete(f"/backends/{backend_id}")
+        for process in (service, floor_process):
+            if process is not None:
+                assert process.stdin is not None
+                process.stdin.close()  # --watch-stdin / the floor: stop
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--calls", type=int, default=300, help="sequential calls per variant")
-    parser.add_argument("--requests", type=int, default=400, help="calls per throughput figure")
+    parser.add_argument("--calls", type=int, default=600, help="calls per variant")
+    parser.add_argument("--block", type=int, default=10, help="calls per block, interleaved")
     args = parser.parse_args()
-
-    token = secrets.token_hex(16)
-    config = Config()
-    config.ServerApp.ip = "127.0.0.1"
-    config.ServerApp.port = 0
-    config.ServerApp.open_browser = False
-    config.ServerApp.log_level = "WARN"
-    config.ServerApp.allow_root = True
-    config.ServerApp.allow_unauthenticated_access = False
-    config.IdentityProvider.token = token
-    config.BridgeApp.pool_size = 2
-    serverapp = BridgeApp.initialize_server(argv=[], config=config)
-    app = serverapp.extension_manager.extension_points[BridgeApp.name].app
-    figures: dict[str, Any] = {}
-
-    async def run() -> None:
-        try:
-            figures.update(await measure(app, serverapp.port, token, args.calls, args.requests))
-        finally:
-            serverapp.stop()
-
-    serverapp.io_loop.add_callback(run)
-    serverapp.start()
-    if not figures:
-        sys.exit("the benchmark did not finish; see the log above")
-
-    api, post = figures["latency"]
-    api2, post_httpx = figures["httpx"]
+    s = asyncio.run(measure(args.calls, args.block))
+    load = os.getloadavg()[0]
     print(
         f"kernel-bridge {bridge.__version__}, Python {sys.version.split()[0]}, "
-        f"{os.cpu_count()} cores, pool of 2"
+        f"{os.cpu_count()} cores, load average {load:.1f}, pool of 2, {args.calls} calls each, "
+        f"answer {int(s['size'][0])} bytes"
     )
-    print(f"{'':48} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'':58} {'p50 ms':>8} {'p90 ms':>8}")
     rows = [
-        ("(a) AsyncBridge.execute", api),
-        ("(b) POST /execute, minimal keep-alive client", post),
-        ("(c) POST /execute, httpx", post_httpx),
+        ("(a) AsyncBridge.execute, in this process", "api"),
+        ("(b) POST /execute to `kernel-bridge serve`, http.client", "service"),
+        ("(f) the same POST to a bare tornado handler (the floor)", "floor"),
     ]
-    for name, samples in rows:
-        print(f"{name:48} {pct(samples, 0.5):8.2f} {pct(samples, 0.99):8.2f}")
-    a50, b50 = statistics.median(api), statistics.median(post)
-    c_over = (statistics.median(post_httpx) - statistics.median(api2)) * 1000
-    overhead = (b50 - a50) * 1000
-    print(f"HTTP overhead at p50: b-a = {overhead:.2f} ms (target <= 1 ms), b/a = {b50 / a50:.2f}")
-    print(f"                      c-a = {c_over:.2f} ms (with httpx's own cost)")
-    print()
-    print(f"{'requests/s':12} {'Python API':>11} {'HTTP':>8} {'HTTP/API':>9}")
-    for clients, (api_rate, http_rate) in figures["rates"].items():
-        print(
-            f"{clients:>3} clients  {api_rate:11.0f} {http_rate:8.0f} {http_rate / api_rate:9.2f}"
-        )
-    direct, over_http = figures["backend"]
-    print()
-    print(f"{'(c) backend.call':48} {pct(direct, 0.5):8.2f} {pct(direct, 0.99):8.2f}")
+    for name, key in rows:
+        print(f"{name:58} {pct(s[key], 0.5):8.3f} {pct(s[key], 0.9):8.3f}")
+    a, b, f = (statistics.median(s[k]) * 1000 for k in ("api", "service", "floor"))
     print(
-        f"{'(d) POST /backends/{id}/call':48} {pct(over_http, 0.5):8.2f} "
-        f"{pct(over_http, 0.99):8.2f}"
+        f"the service adds b - a = {b - a:.3f} ms per call; floor f = {f:.3f} ms; "
+        f"(b - a) / f = {(b - a) / f:.2f} (target <= 2, moonshot <= 1.3)"
     )
-    extra = (statistics.median(over_http) - statistics.median(direct)) * 1000
-    print(f"HTTP overhead at p50 = {extra:.2f} ms")
-    s = figures["streamed"]
-    print()
-    print(f"streamed execute: print, then sleep {SLEEP:g} s ({len(s['http_first'])} calls)")
-    print(f"{'':48} {'p50 ms':>8} {'p99 ms':>8}")
-    for name, key in (
-        ("(e) HTTP: first stdout event", "http_first"),
-        ("(e) HTTP: end event (the whole call)", "http_end"),
-        ("(f) AsyncBridge on_output: first output", "api_first"),
-        ("(f) AsyncBridge: the whole call", "api_end"),
-    ):
-        print(f"{name:48} {pct(s[key], 0.5):8.2f} {pct(s[key], 0.99):8.2f}")
-    ratio = statistics.median(s["http_first"]) / statistics.median(s["http_end"])
-    print(f"first output at {ratio:.1%} of the call's time over HTTP")
+    ca, cb, cf = (s[f"cpu_{k}"][0] * 1000 for k in ("api", "service", "floor"))
+    print(
+        f"CPU per call in the serving process: (a) {ca:.3f} ms, (b) {cb:.3f} ms, (f) {cf:.3f} ms; "
+        f"b - a = {cb - ca:.3f} ms, (b - a) / f = {(cb - ca) / cf:.2f}"
+    )
 
 
 if __name__ == "__main__":

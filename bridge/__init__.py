@@ -31,6 +31,7 @@ from bridge.core.errors import (
     KernelDied,
     KernelStartError,
     NotebookFailed,
+    Overloaded,
     PackageConflict,
     PathRefused,
     ScriptRefused,
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from bridge.api.sync import Backend, BackendStream, Bridge, Session
     from bridge.backends.backend import AsyncBackend
     from bridge.backends.stream import AsyncBackendStream
+    from bridge.core.limits import KernelLimits
     from bridge.core.pool import PoolStatus
     from bridge.core.transfers import FileDownload, FileInfo
     from bridge.core.wire import Encoded
@@ -88,11 +90,13 @@ __all__ = [
     "InvalidNotebook",
     "InvalidRequest",
     "KernelDied",
+    "KernelLimits",
     "KernelStartError",
     "Notebook",
     "NotebookFailed",
     "NotebookOptions",
     "NotebookResult",
+    "Overloaded",
     "PackageConflict",
     "PathRefused",
     "PoolStatus",
@@ -122,6 +126,7 @@ _LAZY = {
     "FileDownload": "bridge.core.transfers",
     "FileInfo": "bridge.core.transfers",
     "InstallResult": "bridge.api.packages",
+    "KernelLimits": "bridge.core.limits",
     "Notebook": "bridge.notebooks.handle",
     "NotebookOptions": "bridge.notebooks.options",
     "NotebookResult": "bridge.notebooks.report",

@@ -15,6 +15,8 @@ from bridge.backends.backend import AsyncBackend
 from bridge.core.errors import BridgeClosed, ExecutionTimeout, InvalidRequest, KernelDied
 from bridge.core.files import DEFAULT_MAX_SCRIPT, folder_inside, read_script
 from bridge.core.kernel import Kernel
+from bridge.core.limits import KernelLimits, enforcement
+from bridge.core.metrics import OUTPUT_BYTES
 from bridge.core.pool import Factory, KernelPool, PoolStatus
 from bridge.core.python import resolve_python
 from bridge.core.results import DEFAULT_MAX_OUTPUT, ExecutionResult
@@ -30,6 +32,9 @@ from bridge.core.validate import (
 from bridge.transports.gateway.factory import GatewayFactory
 from bridge.transports.gateway.settings import check_gateway_manager, gateway_settings
 from bridge.transports.local.factory import KernelFactory
+from bridge.transports.local.transport import ActivityHook as KernelActivity
+
+Limits = KernelLimits | Mapping[str, Any]
 
 
 def _request(
@@ -73,7 +78,7 @@ def _gateway_options(
         "env": options["env"],
         "python_paths": options["python_paths"],
         "startup_timeout": options["startup_timeout"],
-    }
+    }  # no limits: a gateway's operator bounds its kernels
 
 
 class _AsyncCalls:
@@ -197,8 +202,21 @@ class AsyncBridge(_AsyncCalls):
     (about 0.1 of a kernel start); ``fork_server=False`` starts a new interpreter per kernel,
     as jupyter_client does by default (docs/kernels.md#fork-server).
 
+    ``on_kernel_activity(kernel_id, msg_type, parent_msg_type, execution_state)`` hears every
+    IOPub message of a local kernel, the bridge's calls and any other client's alike
+    (``execution_state`` is a status message's, else None); it runs in the reader and must be
+    quick. The HTTP service feeds Jupyter Server's activity tracking (culling, the busy
+    indicator) from it instead of a second IOPub subscription per kernel.
     A session's files (``upload``, ``download``...) are limited to ``max_file_bytes`` each
     (default 1 GiB) and ``max_context_bytes`` for all a session has uploaded (default 4 GiB).
+
+    *limits* bound what each local kernel may take (memory, CPU seconds, processes, open
+    files, file size: ``bridge.KernelLimits``; a mapping changes the defaults' entries, a null
+    entry lifts one); sessions and backends may ask for tighter ones (docs/kernels.md#limits).
+
+    One-off calls wait for a free pool kernel in a queue of at most *max_waiting* calls
+    (default 32 per pool kernel); beyond it a call raises ``bridge.Overloaded`` at once, with
+    ``retry_after`` seconds. The wait counts against the call's timeout.
     """
 
     def __init__(
@@ -217,10 +235,17 @@ class AsyncBridge(_AsyncCalls):
         gateway_token: str | None = None,
         gateway_kernel_name: str | None = None,
         fork_server: bool = True,
+        on_kernel_activity: KernelActivity | None = None,
         max_file_bytes: int = files_.DEFAULT_MAX_FILE,
         max_context_bytes: int = files_.DEFAULT_MAX_CONTEXT,
+        limits: Limits | None = None,
+        max_waiting: int | None = None,
     ) -> None:
         check_count(pool_size, "pool_size")
+        self.limits = KernelLimits.of(limits)
+        self.max_waiting = None if max_waiting is None else check_count(max_waiting, "max_waiting")
+        if on_kernel_activity is not None:
+            check_callable(on_kernel_activity, "on_kernel_activity")
         self.max_output = check_count(max_output, "max_output")
         self.max_file_bytes = check_count(max_file_bytes, "max_file_bytes")
         self.max_context_bytes = check_count(max_context_bytes, "max_context_bytes")
@@ -235,6 +260,8 @@ class AsyncBridge(_AsyncCalls):
             "startup_timeout": check_timeout(startup_timeout, 60.0),
             "kernel_manager": kernel_manager,
             "fork_server": fork_server,
+            "limits": self.limits,
+            "on_activity": on_kernel_activity,
         }
         self.gateway_url, gateway_token = gateway_settings(gateway_url, gateway_token)
         if self.gateway_url:
@@ -275,7 +302,7 @@ class AsyncBridge(_AsyncCalls):
                 factory = GatewayFactory(**self._options)
             else:
                 factory = KernelFactory(**self._options)
-            pool = KernelPool(factory, self._pool_size)
+            pool = KernelPool(factory, self._pool_size, max_waiting=self.max_waiting)
             try:
                 await pool.start()
             except BaseException:
@@ -323,6 +350,17 @@ class AsyncBridge(_AsyncCalls):
         """The pool's kernels now: ``b.status().ready`` live ones, ``busy``, ``starting``..."""
         return self.pool.status()
 
+    def limits_in_force(self) -> dict[str, Any]:
+        """What bounds each kernel, for a health check: the limits, and how they are enforced
+        here (``mechanism``; ``processes`` and ``cgroup_v2`` say what rlimits cannot do).
+
+        >>> b.limits_in_force()["limits"]["memory_mb"]           # doctest: +SKIP
+        4096
+        """
+        if self.gateway_url:
+            return {"limits": {}, "mechanism": "none: a gateway's operator bounds its kernels"}
+        return {"limits": self.limits.as_dict(), **enforcement()}
+
     async def kernel_language(self, name: str) -> str | None:
         """The language of the kernel spec *name* where this bridge's kernels run; None if
         there is no kernel spec by that name.
@@ -361,9 +399,11 @@ class AsyncBridge(_AsyncCalls):
     ) -> ExecutionResult:
         seconds = check_timeout(timeout, self.timeout)
         pool = self.pool
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
         try:
-            # Waiting for a free kernel is bounded too (all busy, or the only one being
-            # replaced); the code then gets its full timeout to run.
+            # The wait for a free kernel (all busy, or the only one being replaced) counts
+            # against the call's timeout; a full queue refuses at once (Overloaded).
             async with asyncio.timeout(seconds):
                 kernel = await pool.acquire()
         except TimeoutError:
@@ -374,9 +414,12 @@ class AsyncBridge(_AsyncCalls):
                 restarted=False,
                 result=ExecutionResult(success=False, code=code),
             ) from None
+        started = loop.time()
+        left = max(seconds - (started - asked), 0.001)
         try:
-            return await self.run_on(kernel, code, meta, seconds, capture, on_output)
+            return await self.run_on(kernel, code, meta, left, capture, on_output)
         finally:
+            pool.record_call(loop.time() - started)
             pool.release(kernel)
 
     async def run_on(
@@ -406,6 +449,7 @@ class AsyncBridge(_AsyncCalls):
             on_output=on_output,
             on_attest=self.on_attest,
         )
+        OUTPUT_BYTES.inc(len(result.stdout) + len(result.stderr))
         return result
 
     # -- backends --------------------------------------------------------------------------------
@@ -419,6 +463,7 @@ class AsyncBridge(_AsyncCalls):
         timeout: float | None = None,
         restart: bool = False,
         name: str | None = None,
+        limits: Limits | None = None,
     ) -> AsyncBackend:
         """Run a backend script in a kernel of its own and return it, ready for calls.
 
@@ -429,12 +474,13 @@ class AsyncBridge(_AsyncCalls):
         *timeout* is the default for its calls and the limit for running the script;
         *restart* brings a dead kernel back with the script run again; *name* is what people
         see it as (default: the script's file name; the service's JupyterLab session is
-        ``backends/<name>``). Raises ``BackendStartError`` if the script raises or never
-        calls ``run()``.
+        ``backends/<name>``); *limits* tighten the bridge's for its kernel. Raises
+        ``BackendStartError`` if the script raises or never calls ``run()``.
         """
         if self._closed:
             raise BridgeClosed("the bridge is closed")
         seconds = check_timeout(timeout, self.timeout)
+        kernel_limits = self._tighter(limits)
         source, path = await asyncio.to_thread(read_script, script)
         backend = AsyncBackend(
             self.factory,
@@ -446,6 +492,7 @@ class AsyncBridge(_AsyncCalls):
             restart=restart,
             max_output=self.max_output,
             name=name,
+            limits=kernel_limits,
         )
         self._backends.add(backend)
         backend.on_terminate(lambda: self._backends.discard(backend))
@@ -466,6 +513,7 @@ class AsyncBridge(_AsyncCalls):
         root: str | os.PathLike[str] | None = None,
         max_file_bytes: int | None = None,
         max_context_bytes: int | None = None,
+        limits: Limits | None = None,
     ) -> AsyncSession:
         """One kernel kept for the caller, state and all, until the session closes.
 
@@ -479,6 +527,8 @@ class AsyncBridge(_AsyncCalls):
         ``restart()`` starts it again with the same. With *root*, *cwd* must be a folder
         inside it (``ScriptRefused`` otherwise), as a service checks what its clients ask for.
         *max_file_bytes* and *max_context_bytes* limit its files (default: the bridge's).
+        With *limits* (tighter than the bridge's, ``InvalidRequest`` otherwise) it gets a
+        kernel started with them: ``b.session(limits={"memory_mb": 256})``.
         """
         if cwd is not None and root is not None:
             cwd = folder_inside(root, cwd)
@@ -488,7 +538,18 @@ class AsyncBridge(_AsyncCalls):
             cwd=cwd,
             max_file_bytes=max_file_bytes,
             max_context_bytes=max_context_bytes,
+            limits=self._tighter(limits),
         )
+
+    def _tighter(self, limits: Limits | None) -> KernelLimits | None:
+        """A session's or backend's own limits (None: the bridge's)."""
+        if limits is None:
+            return None
+        if self.gateway_url:
+            raise InvalidRequest(
+                "limits apply to local kernels; a gateway's kernels are bounded by its operator"
+            )
+        return self.limits.tighten(limits)
 
     # -- packages --------------------------------------------------------------------------------
 
@@ -553,9 +614,11 @@ class AsyncSession(_AsyncCalls):
         cwd: str | os.PathLike[str] | None = None,
         max_file_bytes: int | None = None,
         max_context_bytes: int | None = None,
+        limits: KernelLimits | None = None,
     ) -> None:
         self._bridge = bridge
         self.env = check_env(env)
+        self.limits = limits  # None: the bridge's, and a warm kernel
         self.max_file_bytes = (
             bridge.max_file_bytes
             if max_file_bytes is None
@@ -594,9 +657,11 @@ class AsyncSession(_AsyncCalls):
         if self._closed:
             raise BridgeClosed("the session is closed")
         if self._kernel is None:
-            own = bool(self.env) or self.cwd is not None
+            own = bool(self.env) or self.cwd is not None or self.limits is not None
             pool = self._bridge.pool
-            kernel = await (pool.take(env=self.env, cwd=self.cwd) if own else pool.take())
+            kernel = await (
+                pool.take(env=self.env, cwd=self.cwd, limits=self.limits) if own else pool.take()
+            )
             if self._closed:  # closed while its kernel started: no one else will stop it
                 await pool.retire(kernel)
                 raise BridgeClosed("the session was closed while its kernel started")
@@ -665,6 +730,7 @@ class AsyncSession(_AsyncCalls):
                 f"the session's kernel is gone ({self._lost or kernel.exit_status}); "
                 "its state is lost: call restart()",
                 status=kernel.exit_status,
+                reason=kernel.death_reason,
             )
 
     @property

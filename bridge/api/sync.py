@@ -20,13 +20,21 @@ import inspect
 import os
 import threading
 import weakref
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from bridge.api.bridge import AsyncBridge, AsyncSession
+from bridge.api.bridge import AsyncBridge, AsyncSession, Limits
 from bridge.api.files import DEFAULT_MAX_CONTEXT, DEFAULT_MAX_FILE
 from bridge.api.outputs import AttestCallback, OutputCallback
 from bridge.api.packages import InstallResult
@@ -36,8 +44,9 @@ from bridge.core.errors import BridgeClosed, BridgeError
 from bridge.core.files import DEFAULT_MAX_SCRIPT
 from bridge.core.pool import PoolStatus
 from bridge.core.results import DEFAULT_MAX_OUTPUT, ExecutionResult
-from bridge.core.transfers import FileInfo
+from bridge.core.transfers import FileDownload, FileInfo
 from bridge.core.validate import check_callable
+from bridge.core.wire import Encoded
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -212,8 +221,11 @@ class Bridge(_BlockingCalls):
         gateway_token: str | None = None,
         gateway_kernel_name: str | None = None,
         fork_server: bool = True,
+        on_kernel_activity: Callable[[str, str, str | None, str | None], None] | None = None,
         max_file_bytes: int = DEFAULT_MAX_FILE,
         max_context_bytes: int = DEFAULT_MAX_CONTEXT,
+        limits: Limits | None = None,
+        max_waiting: int | None = None,
     ) -> None:
         self._async: AsyncBridge = AsyncBridge(
             pool_size=pool_size,
@@ -229,8 +241,11 @@ class Bridge(_BlockingCalls):
             gateway_token=gateway_token,
             gateway_kernel_name=gateway_kernel_name,
             fork_server=fork_server,
+            on_kernel_activity=on_kernel_activity,  # in the reader, on the portal's loop
             max_file_bytes=max_file_bytes,
             max_context_bytes=max_context_bytes,
+            limits=limits,
+            max_waiting=max_waiting,
         )
         self._portal: _Portal | None = None
         self._closing = False
@@ -319,6 +334,10 @@ class Bridge(_BlockingCalls):
         """A pool kernel's ``kernel_info_reply`` content; {} if no kernel is live."""
         return self.call(_on_loop, lambda: self._async.kernel_info)
 
+    def limits_in_force(self) -> dict[str, Any]:
+        """What bounds each kernel, and how (see ``AsyncBridge.limits_in_force``)."""
+        return self.call(_on_loop, self._async.limits_in_force)
+
     def kernel_language(self, name: str) -> str | None:
         """The language of the kernel spec *name*: ``b.kernel_language("python3") == "python"``."""
         return self._call(self._async.kernel_language, name)
@@ -331,6 +350,7 @@ class Bridge(_BlockingCalls):
         root: str | os.PathLike[str] | None = None,
         max_file_bytes: int | None = None,
         max_context_bytes: int | None = None,
+        limits: Limits | None = None,
     ) -> Session:
         """A blocking session: ``with b.session() as s: s.execute("x = 1")`` (arguments as
         for ``AsyncBridge.session``)."""
@@ -342,6 +362,7 @@ class Bridge(_BlockingCalls):
                 root=root,
                 max_file_bytes=max_file_bytes,
                 max_context_bytes=max_context_bytes,
+                limits=limits,
             ),
         )
 
@@ -369,6 +390,7 @@ class Bridge(_BlockingCalls):
         timeout: float | None = None,
         restart: bool = False,
         name: str | None = None,
+        limits: Limits | None = None,
     ) -> Backend:
         """A blocking backend: ``b.spawn("echo_backend.py").call("echo", {"data": 1})``."""
         backend = self.call(
@@ -379,6 +401,7 @@ class Bridge(_BlockingCalls):
             timeout=timeout,
             restart=restart,
             name=name,
+            limits=limits,
         )
         return Backend(self, backend)
 
@@ -446,14 +469,30 @@ class Session(_BlockingCalls):
 
     def upload(
         self,
-        source: bytes | bytearray | memoryview | str | os.PathLike[str],
+        source: bytes | bytearray | memoryview | str | os.PathLike[str] | Iterable[bytes],
         path: str,
         *,
+        size: int | None = None,
         timeout: float | None = None,
     ) -> FileInfo:
-        """Write *source* (bytes, or a local file's path) to *path* in the kernel's working
-        folder (see ``AsyncSession.upload``)."""
-        return self._bridge.call(self._async.upload, source, path, timeout=timeout)
+        """Write *source* (bytes, a local file's path, or an iterable of byte chunks, read in
+        a worker thread) to *path* in the kernel's working folder (see
+        ``AsyncSession.upload``)."""
+        given: Any = source
+        if isinstance(source, Iterable) and not isinstance(
+            source, bytes | bytearray | memoryview | str
+        ):
+            given = _chunks_in_thread(iter(source))
+        return self._bridge.call(self._async.upload, given, path, size=size, timeout=timeout)
+
+    def download_stream(self, path: str, *, timeout: float | None = None) -> DownloadStream:
+        """The file at *path*, chunk by chunk (see ``AsyncSession.download_stream``).
+
+        >>> with s.download_stream("out.png") as d:            # doctest: +SKIP
+        ...     for chunk in d:
+        ...         sink.write(chunk)
+        """
+        return DownloadStream(self._bridge, self._async.download_stream(path, timeout=timeout))
 
     @overload
     def download(self, path: str, dest: None = None, *, timeout: float | None = None) -> bytes: ...
@@ -531,9 +570,14 @@ class Backend:
     to_json = staticmethod(AsyncBackend.to_json)
 
     def call(
-        self, method: str, params: Mapping[str, Any] | None = None, *, timeout: float | None = None
+        self,
+        method: str,
+        params: Mapping[str, Any] | Encoded | None = None,
+        *,
+        timeout: float | None = None,
+        encoded: bool = False,
     ) -> Any:
-        return self._bridge.call(self._async.call, method, params, timeout=timeout)
+        return self._bridge.call(self._async.call, method, params, timeout=timeout, encoded=encoded)
 
     def methods(self, *, timeout: float | None = None) -> dict[str, dict[str, Any]]:
         return self._bridge.call(self._async.methods, timeout=timeout)
@@ -618,6 +662,51 @@ class BackendStream:
             self._bridge.call(self._async.aclose)
         except BridgeClosed:
             pass  # the bridge is closed, and with it the backend
+
+
+class DownloadStream:
+    """The blocking twin of ``FileDownload``: ``with`` opens it (``info`` is then known),
+    iterating gives the file's chunks; leaving ``with`` ends the transfer."""
+
+    def __init__(self, bridge: Bridge, download: FileDownload) -> None:
+        self._bridge = bridge
+        self._async = download
+        self._chunks: Any = None
+
+    @property
+    def info(self) -> FileInfo | None:
+        return self._async.info
+
+    def __enter__(self) -> DownloadStream:
+        self._bridge.call(self._async.__aenter__)
+        self._chunks = self._async.__aiter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._bridge.call(self._async.__aexit__, exc_type, exc, tb)
+
+    def __iter__(self) -> DownloadStream:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._chunks is None:
+            raise BridgeError("enter the download with `with` first")
+        try:
+            chunk: bytes = self._bridge.call(self._chunks.__anext__)
+        except StopAsyncIteration:
+            raise StopIteration from None
+        return chunk
+
+
+async def _chunks_in_thread(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """A blocking iterator's chunks, each taken in a worker thread (it may read a file)."""
+    while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+        yield chunk
 
 
 async def _on_loop(fn: Callable[..., T], *args: Any) -> T:

@@ -50,6 +50,7 @@ from bridge.core.errors import (
     KernelStartError,
 )
 from bridge.core.kernel import Kernel
+from bridge.core.limits import KernelLimits
 from bridge.core.pool import Factory
 from bridge.core.validate import (
     check_callable,
@@ -93,9 +94,11 @@ class AsyncBackend:
         restart: bool = False,
         max_output: int,
         name: str | None = None,
+        limits: KernelLimits | None = None,
     ) -> None:
         # Read by the caller, in a thread (spawn(): files.read_script blocks).
         self.source, self.path = source, path
+        self.limits = limits  # None: the bridge's
         # What people see it as (JupyterLab's session, the messages): the script's file name.
         self.name = Path(self.path).name if name is None else check_name(name)
         self.timeout = timeout
@@ -243,7 +246,7 @@ class AsyncBackend:
 
     async def _launch(self) -> None:
         try:
-            kernel = await self._factory.start(env=self._kernel_env())
+            kernel = await self._factory.start(env=self._kernel_env(), limits=self.limits)
         except KernelStartError as exc:
             raise BackendStartError(f"{self._label}: its kernel did not start: {exc}") from exc
         try:
@@ -662,14 +665,19 @@ class AsyncBackend:
     def _on_exit(self, kernel: Kernel, status: ExitStatus) -> None:
         if kernel is not self._kernel or self.terminated:
             return  # replaced on purpose, or being terminated
+        limit = kernel.death_reason
+        how = f"{status}: it ran into its {limit}" if limit else str(status)
         self._lost = KernelDied(
-            f"{self._label}: its kernel died ({status})"
+            f"{self._label}: its kernel died ({how})"
             + ("; restarting" if self.restart_on_exit else ""),
             status=status,
+            reason=limit,
         )
         self._fail_pending(
             lambda method: KernelDied(
-                f"{self._label}: its kernel died ({status}) during {method}()", status=status
+                f"{self._label}: its kernel died ({how}) during {method}()",
+                status=status,
+                reason=limit,
             )
         )
         self._dispatch(
@@ -677,7 +685,7 @@ class AsyncBackend:
             {
                 "code": status.code,
                 "signal": status.signal,
-                "reason": str(status),
+                "reason": limit or str(status),
                 "restarting": self.restart_on_exit,
             },
         )

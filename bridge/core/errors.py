@@ -78,7 +78,11 @@ class ExitStatus:
 
 
 class KernelDied(BridgeError):
-    """The kernel died during the call (or before it). Carries the output produced before death."""
+    """The kernel died during the call (or before it). Carries the output produced before death.
+
+    ``reason`` names the limit it ran into when that is what ended it (``"cpu limit 10 s"``,
+    ``"memory limit 256 MB"``), else None.
+    """
 
     def __init__(
         self,
@@ -86,10 +90,12 @@ class KernelDied(BridgeError):
         *,
         status: ExitStatus | None = None,
         result: ExecutionResult | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status or ExitStatus()
         self.result = result
+        self.reason = reason
 
     @property
     def exit_code(self) -> int | None:
@@ -98,6 +104,15 @@ class KernelDied(BridgeError):
     @property
     def signal(self) -> int | None:
         return self.status.signal
+
+
+class Overloaded(BridgeError):
+    """Every pool kernel is busy and the wait queue is full: the call was not run. Try again
+    after ``retry_after`` seconds (the service answers 503 with ``Retry-After``)."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ExecutionTimeout(BridgeError, TimeoutError):

@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridge.core import wire
 from bridge.core.errors import (
@@ -29,6 +29,7 @@ from bridge.core.errors import (
     KernelDied,
     KernelStartError,
 )
+from bridge.core.metrics import KERNEL_DEATHS
 from bridge.core.results import (
     DEFAULT_MAX_OUTPUT,
     ExecutionResult,
@@ -37,6 +38,9 @@ from bridge.core.results import (
 )
 from bridge.core.translate import jupyter_client_errors
 from bridge.core.transport import Transport, TransportClosed
+
+if TYPE_CHECKING:
+    from bridge.core.limits import KernelLimits
 
 log = logging.getLogger("bridge.kernel")
 
@@ -106,13 +110,16 @@ class Kernel:
     ``name`` is for messages (``kernel 1a2b3c4d``).
     """
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: Transport, *, limits: KernelLimits | None = None) -> None:
         self.transport = transport
         self.kernel_id = transport.kernel_id
         self.session = transport.session
+        self.limits = limits  # what its process may take: a death may be one of them
         self.kernel_info: dict[str, Any] = {}
         self.runtime_info: dict[str, Any] = {}
         self.exit_status: ExitStatus | None = None
+        self.death_reason: str | None = None  # the limit it ran into, if one ended it
+        self.killed_after_timeout = False
         self.closing = False
         self._calls: dict[str, _Call] = {}
         self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -457,6 +464,7 @@ class Kernel:
         except _Fallback:
             pass  # the runtime ran nothing (top-level await) and the time is up: interrupted
         except (TimeoutError, BridgeError):
+            self.killed_after_timeout = True
             await self.kill()
             return ExecutionTimeout(
                 f"code ran past its timeout of {timeout:g} s and ignored the interrupt; "
@@ -481,6 +489,7 @@ class Kernel:
         except _Fallback:
             pass  # nothing ran
         except (TimeoutError, BridgeError):
+            self.killed_after_timeout = True
             await self.kill()
         finally:
             self._forget(call)
@@ -542,7 +551,12 @@ class Kernel:
         if not self._exited.done():
             self._exited.set_result(None)
         if not self.closing:
-            log.warning("%s died: %s", self.name, status)
+            if self.limits is not None:
+                self.death_reason = self.limits.death_reason(status, self.transport.log_tail())
+            log.warning("%s died: %s%s", self.name, status, self._reason_text())
+            KERNEL_DEATHS.labels("limit" if self.death_reason else "crash").inc()
+        elif self.killed_after_timeout:
+            KERNEL_DEATHS.labels("timeout_kill").inc()
         for call in list(self._calls.values()):
             call.fail(self._died_error(call))
         for future in self._replies.values():
@@ -554,16 +568,21 @@ class Kernel:
             except Exception:
                 log.exception("%s: exit callback failed", self.name)
 
+    def _reason_text(self) -> str:
+        return f": it ran into its {self.death_reason}" if self.death_reason else ""
+
     def _died_error(self, call: _Call | None = None) -> KernelDied:
         status = self.exit_status or ExitStatus()
-        how = "was shut down" if self.closing else f"died ({status})"
+        how = "was shut down" if self.closing else f"died ({status}){self._reason_text()}"
         reason = self.transport.reason
         if reason and not self.closing:
             how += f": {reason}"
         result = call.result() if call is not None else None
         if result is not None:
             result.success = False
-        return KernelDied(f"{self.name} {how}", status=status, result=result)
+        return KernelDied(
+            f"{self.name} {how}", status=status, result=result, reason=self.death_reason
+        )
 
     # -- shutdown --------------------------------------------------------------------------------
 

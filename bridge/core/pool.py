@@ -7,12 +7,21 @@ import collections
 import contextlib
 import functools
 import logging
+import math
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from bridge.core.errors import BridgeClosed, ExitStatus, InvalidRequest, KernelStartError
+from bridge.core.errors import (
+    BridgeClosed,
+    ExitStatus,
+    InvalidRequest,
+    KernelStartError,
+    Overloaded,
+)
 from bridge.core.kernel import Kernel
+from bridge.core.limits import KernelLimits
+from bridge.core.metrics import OVERLOADED, QUEUE_WAIT, watch_pool
 
 log = logging.getLogger("bridge.pool")
 
@@ -31,7 +40,11 @@ class Factory(Protocol):
     def kernel_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]: ...
 
     async def start(
-        self, *, env: Mapping[str, str] | None = None, cwd: str | None = None
+        self,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        limits: KernelLimits | None = None,
     ) -> Kernel: ...
 
     async def stop(self, kernel: Kernel, *, now: bool = False) -> None: ...
@@ -46,7 +59,8 @@ class PoolStatus:
     """How a bridge's kernels are doing: ``b.status().idle``.
 
     ``size`` warm kernels are wanted; ``idle`` wait for a call, ``busy`` run one, ``starting``
-    are on their way (replacements included), ``sessions`` are kernels taken by sessions.
+    are on their way (replacements included), ``sessions`` are kernels taken by sessions;
+    ``waiting`` calls wait for a kernel, at most ``max_waiting``.
     """
 
     size: int
@@ -54,11 +68,19 @@ class PoolStatus:
     busy: int
     starting: int
     sessions: int
+    waiting: int = 0
+    max_waiting: int = 0
 
     @property
     def ready(self) -> int:
         """Live pool kernels, idle or busy."""
         return self.idle + self.busy
+
+
+def default_max_waiting(size: int) -> int:
+    """Calls that may wait for a pool of *size*: 32 per kernel (a warm call takes a few ms,
+    so a full queue drains within a second or so), at least 16."""
+    return max(16, 32 * size)
 
 
 class KernelPool:
@@ -69,9 +91,14 @@ class KernelPool:
     a warm kernel is free.
     """
 
-    def __init__(self, factory: Factory, size: int) -> None:
+    def __init__(self, factory: Factory, size: int, *, max_waiting: int | None = None) -> None:
         self.factory = factory
         self.size = size
+        # Calls beyond this many waiting are refused at once (Overloaded) instead of queueing
+        # without bound: latency stays bounded by the queue and the host learns to back off.
+        self.max_waiting = default_max_waiting(size) if max_waiting is None else max_waiting
+        self._call_time = 0.01  # seconds a call holds a kernel, a moving average (Retry-After)
+        watch_pool(self)
         self._free: collections.deque[Kernel] = collections.deque()
         self._busy: set[Kernel] = set()
         self._taken: set[Kernel] = set()  # given to sessions; not ours to reuse
@@ -93,6 +120,28 @@ class KernelPool:
             busy=sum(1 for k in self._busy if k.alive),
             starting=self._starting,
             sessions=sum(1 for k in self._taken if k.alive),
+            waiting=self.waiting,
+            max_waiting=self.max_waiting,
+        )
+
+    @property
+    def waiting(self) -> int:
+        """Calls waiting for a kernel now."""
+        return sum(1 for f in self._waiters if not f.done())
+
+    def record_call(self, seconds: float) -> None:
+        """A call held a kernel for *seconds*: the estimate behind ``Retry-After``."""
+        self._call_time += 0.1 * (seconds - self._call_time)
+
+    def _overloaded(self) -> Overloaded:
+        OVERLOADED.inc()
+        waiting = self.waiting
+        # How long until the queue has drained to half: at least a second (HTTP's unit).
+        drain = (waiting / 2 + 1) * self._call_time / max(1, self.size)
+        return Overloaded(
+            f"all {self.size} pool kernels are busy and {waiting} calls wait already "
+            f"(max_waiting={self.max_waiting}); try again later",
+            retry_after=max(1.0, float(math.ceil(drain))),
         )
 
     async def start(self) -> None:
@@ -123,17 +172,24 @@ class KernelPool:
                 self._discard(kernel)
             if len(self._busy) + self._starting < self.size:
                 self._replace()  # after a failed start, try again now that someone needs one
-            future: asyncio.Future[Kernel] = asyncio.get_running_loop().create_future()
+            if self.waiting >= self.max_waiting:
+                raise self._overloaded()
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[Kernel] = loop.create_future()
             self._waiters.append(future)
+            asked = loop.time()
             try:
-                kernel = await future
+                kernel = await future  # busy already: _put() handed it over
+                QUEUE_WAIT.observe(loop.time() - asked)
             except asyncio.CancelledError:
                 if future.done() and not future.cancelled() and future.exception() is None:
-                    self._put(future.result())  # handed over just as we gave up: pass it on
+                    handed = future.result()  # handed over just as we gave up: pass it on
+                    self._busy.discard(handed)
+                    self._put(handed)
                 raise
             if kernel.alive:
-                self._busy.add(kernel)
                 return kernel
+            self._busy.discard(kernel)
             self._discard(kernel)
 
     def release(self, kernel: Kernel) -> None:
@@ -150,16 +206,22 @@ class KernelPool:
             # the next acquire(), which would start a surplus kernel to make up for it.
             self._put(kernel)
 
-    async def take(self, *, env: Mapping[str, str] | None = None, cwd: str | None = None) -> Kernel:
+    async def take(
+        self,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        limits: KernelLimits | None = None,
+    ) -> Kernel:
         """A kernel for a session's own use; the pool starts another to stay warm.
 
-        With *env* or *cwd* (or no warm kernels at all), a kernel is started for the session
-        with them instead; the pool closes it with the others all the same.
+        With *env*, *cwd* or *limits* (or no warm kernels at all), a kernel is started for the
+        session with them instead; the pool closes it with the others all the same.
         """
-        if self.size == 0 or env or cwd is not None:
+        if self.size == 0 or env or cwd is not None or limits is not None:
             if self._closed:
                 raise BridgeClosed("the bridge is closed")
-            kernel = await self.factory.start(env=env, cwd=cwd)
+            kernel = await self.factory.start(env=env, cwd=cwd, limits=limits)
             if self._closed:  # closed while it started: close() did not see it
                 await self.factory.stop(kernel, now=True)
                 raise BridgeClosed("the bridge was closed while the session's kernel started")
@@ -199,6 +261,10 @@ class KernelPool:
         while self._waiters:
             future = self._waiters.popleft()
             if not future.done():
+                # Busy from the hand-over on, not from when its waiter wakes: a kernel in
+                # none of free, busy or starting meanwhile would look missing to the next
+                # acquire(), which would start a surplus kernel (and the pool would grow).
+                self._busy.add(kernel)
                 future.set_result(kernel)
                 return
         self._free.append(kernel)

@@ -70,6 +70,10 @@ class Transport(Protocol):
     def reason(self) -> str:
         """Why the kernel is gone, where the transport knows more than its exit status."""
 
+    def log_tail(self) -> str:
+        """The end of the kernel's own output (what a C library said as it failed); "" where
+        the transport has none."""
+
     async def connect(self, timeout: float) -> None:
         """Open the channels (within *timeout* seconds)."""
 

@@ -132,3 +132,26 @@ def check_paths(paths: object, *, absolute: bool = True) -> tuple[str, ...]:
         text = os.fspath(path)
         out.append(os.path.abspath(text) if absolute else text)
     return tuple(out)
+
+
+def check_limits(limits: Mapping[str, Any], fields: Mapping[str, int]) -> dict[str, int | None]:
+    """Kernel limits: each key one of *fields*, each value a whole number >= the field's
+    minimum, or None (not limited)."""
+    if not isinstance(limits, Mapping):
+        raise InvalidRequest(f"limits must be a mapping of limit names to numbers, got {limits!r}")
+    checked: dict[str, int | None] = {}
+    for name, value in limits.items():
+        if name not in fields:
+            raise InvalidRequest(
+                f"limits.{name}: unknown limit; the limits are {', '.join(sorted(fields))}"
+            )
+        if value is None:
+            checked[name] = None
+            continue
+        least = fields[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise InvalidRequest(
+                f"limits.{name} must be a whole number >= {least} or null, got {value!r}"
+            )
+        checked[name] = value
+    return checked

@@ -39,6 +39,7 @@ def _load(name: str) -> ModuleType:
 protocol = _load("protocol")
 codec: Any = _load("_wire")  # encode/decode/dumps/loads of values with binary buffers
 beneath: Any = _load("_beneath")  # opening a path beneath a folder, no symlink followed
+rlimits: Any = _load("limits")  # a kernel's resource limits: their variable and how they apply
 
 EXECUTE_COMM: str = protocol.EXECUTE_COMM
 BACKEND_COMM: str = protocol.BACKEND_COMM

@@ -21,11 +21,13 @@ import shlex
 from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Float, Int, List, TraitError, Unicode, default, validate
+from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, default, validate
 
+from bridge import InvalidRequest, KernelLimits
 from bridge._version import __version__
 from bridge.service.service import Service
 
+from .activity import Activity
 from .handlers import routes
 from .sessions import Sessions
 
@@ -45,7 +47,25 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
     root = Unicode(config=True, help="The folder /execute-file may read scripts from.")
     timeout = Float(30.0, config=True, help="Default timeout of a call, in seconds.")
     queue_timeout = Float(
-        60.0, config=True, help="Seconds a request may wait for a free kernel before 503 busy."
+        60.0,
+        config=True,
+        help="Seconds a request may wait for the kernels to be ready, or for a context's "
+        "previous call, before 503 overloaded.",
+    )
+    max_waiting = Int(
+        None,
+        allow_none=True,
+        config=True,
+        help="One-off calls that may wait for a busy pool (default: 32 per pool kernel); "
+        "past it 503 overloaded at once, with Retry-After.",
+    )
+    kernel_limits = Dict(
+        value_trait=Int(allow_none=True),
+        config=True,
+        help="What each kernel may take, over the defaults: memory_mb, cpu_seconds, "
+        "processes, open_files, file_size_mb (None: not limited), e.g. "
+        "--BridgeApp.kernel_limits=memory_mb=1024 --BridgeApp.kernel_limits=cpu_seconds=600 "
+        "(docs/kernels.md#limits).",
     )
     max_backends = Int(16, config=True, help="Live backends at most; more get 429 busy.")
     max_contexts = Int(16, config=True, help="Contexts at most; more get 429 busy.")
@@ -84,6 +104,22 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
         "", config=True, help="The private file holding the token, for the banner's curl line."
     )
 
+    @validate("kernel_limits")
+    def _limits(self, proposal: Any) -> dict[str, Any]:
+        value: dict[str, Any] = proposal["value"]
+        try:
+            KernelLimits.of(value)
+        except InvalidRequest as exc:
+            raise TraitError(f"BridgeApp.kernel_limits: {exc}") from None
+        return value
+
+    @validate("max_waiting")
+    def _max_waiting(self, proposal: Any) -> int | None:
+        value: int | None = proposal["value"]
+        if value is not None and value < 0:
+            raise TraitError(f"BridgeApp.max_waiting must be 0 or more, got {value}")
+        return value
+
     @validate("context_idle_timeout")
     def _not_negative(self, proposal: Any) -> float:
         value: float = proposal["value"]
@@ -117,6 +153,13 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
         serverapp = self.serverapp
         assert serverapp is not None  # linked by Jupyter Server before settings
         _drop_unshown_records(serverapp.log)
+        if not serverapp.authenticate_prometheus:
+            # /metrics names the service's traffic and kernels: the token, like every route.
+            serverapp.log.warning("kernel-bridge: /metrics needs the token all the same")
+            serverapp.authenticate_prometheus = True
+            web_app = getattr(serverapp, "web_app", None)  # its settings are read per request
+            if web_app is not None:
+                web_app.settings["authenticate_prometheus"] = True
         bridge_log = logging.getLogger("bridge")
         if not bridge_log.handlers:
             # The library logs to `bridge.*` without handlers; the service logs there too,
@@ -146,6 +189,11 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
             max_file_bytes=self.max_file_bytes,
             max_context_bytes=self.max_context_bytes,
             sessions=Sessions(serverapp.session_manager),
+            kernel_limits=self.kernel_limits,
+            max_waiting=self.max_waiting,
+            # The server's activity records of the bridge's kernels, from the bridge's reader
+            # instead of a second IOPub subscription per kernel (activity.py).
+            on_kernel_activity=Activity(serverapp.kernel_manager),
         )
 
     def initialize_handlers(self) -> None:

@@ -23,7 +23,7 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from bridge import AsyncBackendStream, BackendError, Encoded
-from bridge.service import dispatch
+from bridge.service import dispatch, metrics
 from bridge.service import models as m
 from bridge.service.backends import EventStream, HostedBackend
 from bridge.service.errors import ApiError, ErrorType, bad_request, internal, to_api_error
@@ -119,9 +119,9 @@ class BaseHandler(APIHandler):  # type: ignore[misc]
             if getattr(cls, m.lower()) is not getattr(web.RequestHandler, m.lower())
         ]
 
-    async def answer(self, work: Awaitable[Any], status: int = 200) -> None:
+    async def answer(self, work: Awaitable[Any], status: int = 200, *, route: str = "") -> None:
         """Await *work* and write its result or its failure; a gone client cancels it."""
-        self._work = asyncio.ensure_future(dispatch.outcome(work, status))
+        self._work = asyncio.ensure_future(dispatch.outcome(work, status, route=route))
         try:
             answer = await self._work
         except asyncio.CancelledError:
@@ -228,8 +228,10 @@ class EventsHandler(BaseHandler):
                     for seq, data in batch:
                         self.write(f"id: {seq}\ndata: {data}\n\n")
                     stream.cursor = batch[-1][0]
+                    metrics.EVENTS_SENT.inc(len(batch))
                     overflowed = not await self._flush_while_kept(hosted, stream)
                 if overflowed:
+                    metrics.EVENTS_DROPPED.inc(hosted.missed(stream))
                     body = m.encode(m.OverflowEvent(stream.cursor)).decode()
                     self.write(f"event: overflow\ndata: {body}\n\n")
                     overflow = True
@@ -334,7 +336,8 @@ def _serve(method: str) -> Any:
         if operation.raw_answer:
             await self.download(operation, request)
             return
-        await self.answer(operation(self.service, request), operation.status)
+        label = f"{method} {self.route.path}"
+        await self.answer(operation(self.service, request), operation.status, route=label)
 
     serve.__name__ = method.lower()
     return serve
@@ -458,8 +461,9 @@ class RouteHandler(BodyHandler):
         """
         outputs = OutputBacklog()
         request = dataclasses.replace(request, on_output=outputs.put)
+        label = f"{self.request.method} {self.route.path}"
         self._work = work = asyncio.ensure_future(
-            dispatch.outcome(operation(self.service, request), operation.status)
+            dispatch.outcome(operation(self.service, request), operation.status, route=label)
         )
         opened = False
         try:

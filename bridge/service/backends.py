@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 from bridge import AsyncBackend
 
+from . import metrics
 from . import models as m
 from .sessions import NoSessions, SessionRegistry
 
@@ -137,6 +138,7 @@ class HostedBackend:
         elif event == "restart" and isinstance(data, dict) and data.get("ok"):
             self._in_background(self.open_session())
         self._seq += 1
+        metrics.EVENTS.inc()
         item = (self._seq, m.encode(m.BackendEvent(event, to_json(data))).decode())
         self._log.append(item)
         self._log_bytes += len(item[1])
@@ -196,6 +198,10 @@ class HostedBackend:
                 stream.wake.set()  # more is waiting
                 break
         return batch, False
+
+    def missed(self, stream: EventStream) -> int:
+        """Events the log dropped before *stream* was sent them."""
+        return max(0, self._log[0][0] - stream.cursor - 1) if self._log else 0
 
     def overflowed(self, stream: EventStream) -> bool:
         """The log dropped an event *stream* had not sent."""

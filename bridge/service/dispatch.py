@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import re
+import time
 import urllib.parse
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,8 +29,8 @@ import msgspec
 
 from bridge import Encoded
 
+from . import metrics, openapi
 from . import models as m
-from . import openapi
 from .errors import ApiError, ErrorType, bad_request, internal, not_found, to_api_error
 from .files import FileStream
 from .service import DEFAULT_MODULES, Service
@@ -93,6 +95,8 @@ def failure(error: ApiError, allow: str = "") -> Answer:
         headers["Allow"] = allow
     if error.status == 401:
         headers["WWW-Authenticate"] = 'Token realm="kernel-bridge"'
+    if "retry_after" in error.extra:  # overloaded: HTTP says when, in whole seconds
+        headers["Retry-After"] = str(math.ceil(error.extra["retry_after"]))
     return Answer(error.status, failure_body(error), headers)
 
 
@@ -666,16 +670,21 @@ def document(host: str = "127.0.0.1") -> dict[str, Any]:
 _COMPILED = [(re.compile(route.pattern + r"\Z"), route) for route in ROUTES]
 
 
-async def outcome(work: Awaitable[Any], status: int = 200) -> Answer:
-    """Await *work*: its body with *status*, or the answer for the error it raised."""
+async def outcome(work: Awaitable[Any], status: int = 200, *, route: str = "") -> Answer:
+    """Await *work*: its body with *status*, or the answer for the error it raised; counted
+    in the metrics under *route* (``POST /execute``) if given."""
+    started = time.perf_counter()
     try:
-        return Answer(status, await work)
+        answer = Answer(status, await work)
     except Exception as exc:
         known = to_api_error(exc)
         if known is None:
             log.exception("a request failed")
             known = internal()
-        return failure(known)
+        answer = failure(known)
+    if route:
+        metrics.observe(route, answer, started)
+    return answer
 
 
 def parse_query(text: str) -> dict[str, str]:
@@ -714,7 +723,8 @@ async def respond(
         except ApiError as error:
             return failure(error)
         request = Request(match.groups(), query, body, len(body), host)
-        answer = await outcome(operation(service, request), operation.status)
+        label = f"{method.upper()} {route.path}"
+        answer = await outcome(operation(service, request), operation.status, route=label)
         if isinstance(answer.body, FileStream):  # a download, answered whole here
             stream = answer.body
             if max_answer is not None and stream.size > max_answer:

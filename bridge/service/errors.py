@@ -29,6 +29,7 @@ from bridge import (
     InvalidRequest,
     KernelDied,
     KernelStartError,
+    Overloaded,
     PackageConflict,
     PathRefused,
 )
@@ -49,7 +50,7 @@ class ErrorType(enum.StrEnum):
     TIMEOUT = "timeout"  # the code ran past its timeout and was interrupted
     KERNEL_DIED = "kernel_died"  # the kernel died (a context or backend needs a restart)
     KERNEL_START_FAILED = "kernel_start_failed"  # no kernel could be started
-    OVERLOADED = "overloaded"  # no kernel became free in time (or none is ready yet): retry
+    OVERLOADED = "overloaded"  # every pool kernel busy, its wait queue full: Retry-After
     SHUTTING_DOWN = "shutting_down"  # the service, or the context of the call, is closing
     UNAVAILABLE = "unavailable"  # the kernel could not be reached (a transport failure)
     INTERNAL = "internal"  # a bug: the server's log has the details
@@ -149,7 +150,10 @@ def to_api_error(exc: BaseException) -> ApiError | None:
         raised = exception_of(exc.ename, exc.evalue, exc.traceback)
         return ApiError(ErrorType.PYTHON_ERROR, str(exc), exception=raised)
     if isinstance(exc, KernelDied):
-        return ApiError(ErrorType.KERNEL_DIED, str(exc), **_so_far(exc.result))
+        limit = {"reason": exc.reason} if exc.reason else {}
+        return ApiError(ErrorType.KERNEL_DIED, str(exc), **limit, **_so_far(exc.result))
+    if isinstance(exc, Overloaded):
+        return ApiError(ErrorType.OVERLOADED, str(exc), retry_after=exc.retry_after)
     if isinstance(exc, BackendLost):
         return ApiError(ErrorType.KERNEL_DIED, str(exc))
     if isinstance(exc, KernelStartError):

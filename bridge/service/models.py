@@ -114,6 +114,41 @@ class ExecuteFileRequest(Request):
     capture_variables: bool = False
 
 
+MemoryMb = Annotated[
+    int, Meta(ge=192, description="Megabytes of data segment (RLIMIT_DATA): heap, private maps.")
+]
+CpuSeconds = Annotated[int, Meta(ge=1, description="CPU seconds over the kernel's life.")]
+Processes = Annotated[
+    int, Meta(ge=16, description="Processes and threads of the kernel's user (RLIMIT_NPROC).")
+]
+OpenFiles = Annotated[int, Meta(ge=128, description="Open files (RLIMIT_NOFILE).")]
+FileSizeMb = Annotated[int, Meta(ge=1, description="The largest file it may write, in MB.")]
+
+
+class Limits(Request):
+    """What one kernel may take (docs/kernels.md#limits): each at most the service's (a
+    looser one, or null where the service has a limit, is a 400); left out: the service's."""
+
+    memory_mb: MemoryMb | UnsetType | None = UNSET
+    cpu_seconds: CpuSeconds | UnsetType | None = UNSET
+    processes: Processes | UnsetType | None = UNSET
+    open_files: OpenFiles | UnsetType | None = UNSET
+    file_size_mb: FileSizeMb | UnsetType | None = UNSET
+
+
+KernelLimitsField = Annotated[
+    Limits, Meta(description="Limits for its kernel, tighter than the service's.")
+]
+
+
+def limits_of(limits: Limits | UnsetType | None) -> dict[str, int | None] | None:
+    """The limits a request asked for, as ``AsyncBridge.session(limits=)`` takes them."""
+    if limits is None or limits is UNSET:
+        return None
+    asked = msgspec.structs.asdict(limits)  # type: ignore[arg-type]
+    return {k: v for k, v in asked.items() if v is not UNSET}
+
+
 class BackendRequest(Request):
     """``POST /backends``: start a backend from its script."""
 
@@ -137,6 +172,7 @@ class BackendRequest(Request):
     restart: Annotated[
         bool, Meta(description="Bring a dead kernel back with the script run again.")
     ] = False
+    limits: KernelLimitsField | None = None
 
 
 class CallRequest(Request):
@@ -224,6 +260,7 @@ class ContextRequest(Request):
         | None
     ) = None
     timeout_secs: StartTimeout | None = None
+    limits: KernelLimitsField | None = None
 
 
 class EmptyRequest(Request):
@@ -349,6 +386,22 @@ class Failure(Struct):
         ]
         | UnsetType
     ) = UNSET
+    reason: (
+        Annotated[
+            str,
+            Meta(
+                description="With kernel_died: the limit the kernel ran into, e.g. cpu limit 10 s."
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    retry_after: (
+        Annotated[
+            float,
+            Meta(description="With overloaded: seconds to wait before trying again (Retry-After)."),
+        ]
+        | UnsetType
+    ) = UNSET
 
 
 class VersionAnswer(Struct):
@@ -368,6 +421,25 @@ class ModuleCheckAnswer(Struct):
     available: bool
 
 
+class LimitsInForce(Struct):
+    """What bounds each kernel here, and how (docs/kernels.md#limits)."""
+
+    limits: Annotated[
+        dict[str, int | None], Meta(description="The service's limits; null: not limited.")
+    ]
+    mechanism: Annotated[str, Meta(description="rlimit (or why none, on a gateway).")]
+    cgroup_v2: (
+        Annotated[
+            str, Meta(description="Whether a cgroup v2 of each kernel's own is used, why not.")
+        ]
+        | UnsetType
+    ) = UNSET
+    processes: (
+        Annotated[str, Meta(description="Whether the process limit binds here (root is exempt).")]
+        | UnsetType
+    ) = UNSET
+
+
 class HealthAnswer(Struct):
     status: Literal["ok"]
     version: str
@@ -375,6 +447,11 @@ class HealthAnswer(Struct):
     kernels: Annotated[int, Meta(description="Live kernels of the pool.")]
     backends: int
     contexts: int
+    waiting: Annotated[int, Meta(description="One-off calls waiting for a pool kernel now.")]
+    max_waiting: Annotated[
+        int, Meta(description="Calls that may wait; past it, 503 overloaded at once.")
+    ]
+    limits: LimitsInForce
 
 
 class InstallAnswer(Struct):

@@ -34,6 +34,7 @@ from bridge import (
 )
 from bridge._version import __version__
 
+from . import metrics
 from . import models as m
 from .backends import HostedBackend
 from .contexts import HostedContext
@@ -153,6 +154,9 @@ class Service:
         gateway_token: str = "",
         gateway_kernel_name: str | None = None,
         sessions: SessionRegistry | None = None,
+        kernel_limits: Mapping[str, Any] | None = None,
+        max_waiting: int | None = None,
+        on_kernel_activity: Callable[[str, str, str | None, str | None], None] | None = None,
     ) -> None:
         self.root = os.path.realpath(root)
         # The front end's listing (Jupyter Server's sessions: JupyterLab lists each by name).
@@ -177,12 +181,15 @@ class Service:
             gateway_url=gateway_url,
             gateway_token=gateway_token,
             gateway_kernel_name=gateway_kernel_name,
+            on_kernel_activity=on_kernel_activity,
             max_file_bytes=max_file_bytes,
             max_context_bytes=max_context_bytes,
+            # On a gateway, its operator bounds the kernels: no defaults to refuse there.
+            limits=kernel_limits if kernel_limits or not gateway_url else None,
+            max_waiting=max_waiting,
         )
         self.kernel_python_version = ""
         self._ready: asyncio.Future[None] | None = None
-        self._slots: asyncio.Semaphore | None = None
         self.backends: dict[str, HostedBackend] = {}
         self._starting_backends = 0
         self._busy = 0  # one-off calls running on a pool kernel
@@ -194,6 +201,7 @@ class Service:
         # one, so that two creations of one name cannot both start.
         self._context_names: set[str] = set()
         self._closed = False
+        metrics.watch_service(self)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -205,7 +213,6 @@ class Service:
     async def start(self) -> None:
         """Warm the pool; requests that come earlier wait for this."""
         ready = self._ready_future()
-        self._slots = asyncio.Semaphore(max(self.pool_size, 1))
         try:
             await self.bridge.start()
             info = self.bridge.kernel_info.get("language_info") or {}
@@ -253,22 +260,15 @@ class Service:
     # -- execute, evaluate, execute-file: on a pool kernel or in a context ----------------------
 
     async def _oneoff(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Run *call* once a pool kernel is free; 503 overloaded if none frees up in time."""
+        """Run *call* on a pool kernel. It waits for a free one in the pool's bounded queue
+        (the wait counts against its timeout); past the queue's bound it is refused at once,
+        503 overloaded with Retry-After (bridge.Overloaded)."""
         await self.wait_ready()
-        assert self._slots is not None
-        try:
-            async with asyncio.timeout(self.queue_timeout):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise ApiError(
-                ErrorType.OVERLOADED, f"no kernel became free within {self.queue_timeout:g} s"
-            ) from None
         self._busy += 1
         try:
             return await call()
         finally:
             self._busy -= 1
-            self._slots.release()
 
     async def _run(
         self,
@@ -393,13 +393,17 @@ class Service:
 
     async def health(self) -> m.HealthAnswer:
         await self.wait_ready()
+        pool = self.bridge.status()
         return m.HealthAnswer(
             status="ok",
             version=__version__,
             pool_size=self.pool_size,
-            kernels=self.bridge.status().ready,
+            kernels=pool.ready,
             backends=len(self.backends),
             contexts=len(self.contexts),
+            waiting=pool.waiting,
+            max_waiting=pool.max_waiting,
+            limits=m.LimitsInForce(**self.bridge.limits_in_force()),
         )
 
     def pool_status(self) -> dict[str, int]:
@@ -447,6 +451,7 @@ class Service:
                     timeout=req.timeout_secs,
                     restart=req.restart,
                     name=req.name,
+                    limits=m.limits_of(req.limits),
                 )
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -539,7 +544,9 @@ class Service:
         """Start a context: a session with a kernel of its own (the one place contexts are
         made; ``_drop_context`` is the one place they go)."""
         # A bad cwd (outside the root, missing, not a folder) is refused before anything waits.
-        session = self.bridge.session(env=req.env, cwd=req.cwd, root=self.root)
+        session = self.bridge.session(
+            env=req.env, cwd=req.cwd, root=self.root, limits=m.limits_of(req.limits)
+        )
         await self.wait_ready()
         hosted = HostedContext(session, name=req.name, timeout=req.timeout_secs, cwd=session.cwd)
         # Checked and taken in one step (nothing runs between them): the name is this

@@ -353,6 +353,9 @@ class Server:
         os.environ.update(env)
         _refresh_import_time_env(env)
         sys.path[:] = [os.getcwd(), *paths, *self.base_path]
+        from . import limits
+
+        limits.apply(limits.from_env(env))  # before the kernel runs anything (limits.py)
         import random
 
         random.seed()  # also done by random's own at-fork hook; said here, not assumed

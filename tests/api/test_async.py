@@ -322,3 +322,32 @@ async def test_a_session_closed_without_waiting_is_shut_down_by_the_bridge() -> 
         pid2 = (await s2.evaluate("__import__('os').getpid()")).value
         await s2.aclose(wait=False)
     assert not alive(pid2)  # the bridge's close waited for it
+
+
+@pytest.mark.asyncio
+async def test_on_kernel_activity_hears_each_iopub_message_with_its_state() -> None:
+    """A call's busy and idle status (which the bridge itself skips unread) and its output
+    reach the hook with the request's type, and only the status messages carry a state."""
+    heard: list[tuple[str, str, str | None, str | None]] = []
+    idle = asyncio.Event()
+
+    def hook(kernel_id: str, msg_type: str, parent: str | None, state: str | None) -> None:
+        heard.append((kernel_id, msg_type, parent, state))
+        if parent == "comm_msg" and state == "idle" and ("comm_msg", "busy") in states():
+            idle.set()
+
+    def states() -> list[tuple[str | None, str | None]]:
+        return [(m[2], m[3]) for m in heard if m[1] == "status"]
+
+    async with bridge.AsyncBridge(pool_size=1, on_kernel_activity=hook) as b:
+        kernel_id = b.pool.kernels[0].kernel_id
+        heard.clear()  # the start-up's (its last idle may still come: an idle counts after a busy)
+        r = await b.execute("print('hi')\nreturn 1")
+        assert r.stdout == "hi\n" and r.value == 1
+        async with asyncio.timeout(30):
+            await idle.wait()  # the idle status may follow the reply
+    assert {m[0] for m in heard} == {kernel_id}
+    busy = states().index(("comm_msg", "busy"))
+    assert ("comm_msg", "idle") in states()[busy + 1 :]
+    assert ("stream", "comm_msg", None) in {m[1:] for m in heard}
+    assert all(m[3] is None for m in heard if m[1] != "status")

@@ -79,6 +79,19 @@ def test_a_png_the_kernel_wrote_downloads_whole(
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]  # no temporary file left
 
 
+def test_the_blocking_stream_twins_move_chunks_both_ways(
+    session: bridge.Session, folder: str
+) -> None:
+    chunks = [os.urandom(700_000) for _ in range(4)]  # several of the channel's chunks
+    info = session.upload(iter(chunks), f"{folder}/parts.bin", size=sum(map(len, chunks)))
+    assert info.size == sum(map(len, chunks))
+    with session.download_stream(f"{folder}/parts.bin") as d:
+        assert d.info is not None and d.info.size == info.size
+        received = list(d)
+    assert len(received) > 1  # it came chunk by chunk, not whole
+    assert b"".join(received) == b"".join(chunks)
+
+
 def test_list_and_remove(session: bridge.Session, folder: str) -> None:
     session.upload(b"a,b\n1,2\n", f"{folder}/data/in.csv")
     session.upload(b"x", f"{folder}/note.txt")

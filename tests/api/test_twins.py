@@ -82,7 +82,7 @@ def test_every_async_member_has_a_blocking_twin_with_the_same_parameters(
 def test_the_blocking_classes_add_only_their_portal() -> None:
     extra = {
         bridge.Bridge: {"async_bridge", "loop", "call", "submit"},
-        bridge.Session: set(),
+        bridge.Session: {"async_session"},
         bridge.Backend: {"async_backend", "name"},  # an attribute of AsyncBackend
     }
     for async_cls, sync_cls in TWINS:

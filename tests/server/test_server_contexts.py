@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import concurrent.futures
 import os
 import time
@@ -10,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from procs import alive
-from service_process import ServiceProcess
+from service_process import KernelSocket, ServiceProcess, idle
 
 MAX_CONTEXTS = 3
 
@@ -348,3 +351,66 @@ def test_env_values_reach_the_kernel_and_secrets_do_not(
         assert os.environ.get("ONLY_HERE") is None
     finally:
         client.delete(base)
+
+
+def kernel_record(client: httpx.Client, kernel_id: str, state: str) -> dict[str, Any]:
+    """Jupyter Server's record of the kernel (/api/kernels/{id}) once it shows *state*."""
+    deadline = time.monotonic() + 60
+    while True:
+        record: dict[str, Any] = client.get(f"/api/kernels/{kernel_id}").json()
+        if record["execution_state"] == state:
+            return record
+        assert time.monotonic() < deadline, f"still {record['execution_state']}, not {state}"
+
+
+def wait_for(gate: Path) -> str:
+    """Kernel code that runs until *gate* exists."""
+    return f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.005)\n"
+
+
+def test_the_server_tracks_activity_of_bridge_calls_and_of_other_clients(
+    service: ServiceProcess, client: httpx.Client, context: dict[str, Any], tmp_path: Path
+) -> None:
+    """Busy while a call runs, idle after it, last_activity moved: for a call of the bridge
+    and for an execute_request of another client (a console on the kernel's websocket),
+    though the server no longer watches the bridge's kernels itself (bridge/server/activity.py)."""
+    kernel_id = context["kernel_id"]
+    first = kernel_record(client, kernel_id, "idle")
+    gate = tmp_path / "bridge-call"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, service.client() as other:
+        url = f"/contexts/{context['id']}/execute"
+        call = pool.submit(other.post, url, json={"content": wait_for(gate) + "return 7"})
+        kernel_record(client, kernel_id, "busy")
+        gate.touch()
+        assert call.result().json()["result"] == 7
+    after_call = kernel_record(client, kernel_id, "idle")
+    assert after_call["last_activity"] > first["last_activity"]  # ISO 8601, UTC: in order
+
+    console_gate = tmp_path / "console"
+
+    async def console() -> None:
+        async with KernelSocket(service, kernel_id) as socket:
+            msg_id = socket.execute(wait_for(console_gate) + "6 * 7")
+            await asyncio.to_thread(kernel_record, client, kernel_id, "busy")
+            console_gate.touch()
+            await socket.read(msg_id, idle)
+
+    asyncio.run(console())
+    after_console = kernel_record(client, kernel_id, "idle")
+    assert after_console["last_activity"] > after_call["last_activity"]
+
+
+def test_the_server_subscribes_to_no_bridge_kernel_twice(
+    service: ServiceProcess, context: dict[str, Any]
+) -> None:
+    """Jupyter Server's own activity watcher (a second IOPub connection per kernel) is stopped
+    for the bridge's kernels: the service connects to each kernel port once (the bridge's)."""
+    ours = psutil.Process(service.pid).net_connections(kind="tcp")
+    service_port = int(service.url.rsplit(":", 1)[1])
+    outbound = collections.Counter(
+        c.raddr.port
+        for c in ours
+        if c.raddr and c.laddr.port != service_port and c.status == psutil.CONN_ESTABLISHED
+    )
+    assert outbound, "the service holds no connection to its kernels"
+    assert max(outbound.values()) == 1, outbound

@@ -8,11 +8,14 @@ import contextlib
 import getpass
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bridge.core.errors import BridgeError
+from bridge.core.errors import BridgeError, InvalidRequest
 from bridge.core.kernel import Kernel
+from bridge.core.limits import KernelLimits
+from bridge.core.metrics import KERNEL_STARTS
 from bridge.core.validate import check_env, check_paths
 from bridge.transports.gateway.rest import Gateway
 from bridge.transports.gateway.transport import GatewayTransport
@@ -63,12 +66,22 @@ class GatewayFactory:
         return env
 
     async def start(
-        self, *, env: Mapping[str, str] | None = None, cwd: str | None = None
+        self,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        limits: KernelLimits | None = None,
     ) -> Kernel:
         """Start a kernel on the gateway; return it once it answers and runs the runtime.
 
-        *cwd* is ignored: the gateway decides where its kernels run.
+        *cwd* is ignored: the gateway decides where its kernels run. *limits* are refused:
+        the gateway's operator bounds its kernels (docs/kernels.md#limits).
         """
+        if limits is not None:
+            raise InvalidRequest(
+                "limits apply to local kernels; a gateway's kernels are bounded by its operator"
+            )
+        asked = time.monotonic()
         kernel_id = await self.gateway.start_kernel(
             self.kernel_name, self.kernel_env(env), self.startup_timeout
         )
@@ -83,6 +96,7 @@ class GatewayFactory:
             self._poller = asyncio.create_task(self._poll())
         if self.kernel_manager is not None:
             await self._show(kernel)
+        KERNEL_STARTS.labels("gateway").observe(time.monotonic() - asked)
         log.debug("started %s", kernel.name)
         return kernel
 

@@ -112,6 +112,9 @@ class GatewayTransport:
                 )
         return False
 
+    def log_tail(self) -> str:
+        return ""  # the kernel's output stays on the gateway's host
+
     def lost(self, reason: str) -> None:
         """The kernel is gone for *reason*: its Kernel fails the calls now."""
         if not self._exit.done():

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import tempfile
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -26,12 +27,14 @@ from jupyter_core.utils import ensure_dir_exists
 
 from bridge.core.errors import KernelStartError
 from bridge.core.kernel import Kernel
+from bridge.core.limits import KernelLimits
+from bridge.core.metrics import KERNEL_STARTS
 from bridge.core.python import diagnose, resolve_python
 from bridge.core.translate import jupyter_client_errors
 from bridge.core.validate import check_env, check_paths
 from bridge.core.wire import kernel_side_dir
 from bridge.transports.local import forkserver, provisioner
-from bridge.transports.local.transport import LocalTransport
+from bridge.transports.local.transport import ActivityHook, LocalTransport
 from bridge.transports.local.watchdog import Reaper, kill_group
 
 log = logging.getLogger("bridge.kernel")
@@ -105,8 +108,12 @@ class KernelFactory:
         startup_timeout: float = 60.0,
         kernel_manager: Any = None,
         fork_server: bool = True,
+        limits: KernelLimits | None = None,
+        on_activity: ActivityHook | None = None,
     ) -> None:
         self.python = resolve_python(python)
+        self.limits = limits if limits is not None else KernelLimits()
+        self.on_activity = on_activity  # hears every kernel's IOPub (transport.ActivityHook)
         self.env = check_env(env)
         self.python_paths = check_paths(python_paths)
         self.startup_timeout = startup_timeout
@@ -152,9 +159,20 @@ class KernelFactory:
         return env
 
     async def start(
-        self, *, env: Mapping[str, str] | None = None, cwd: str | None = None
+        self,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        limits: KernelLimits | None = None,
     ) -> Kernel:
-        """Start a kernel and return it once it answers and its IOPub delivers."""
+        """Start a kernel and return it once it answers and its IOPub delivers.
+
+        *limits* (at most the factory's: ``KernelLimits.tighten``) apply to it instead of the
+        factory's own, in its process before it runs anything.
+        """
+        limits = limits if limits is not None else self.limits
+        kernel_env = {**self.kernel_env(env), **limits.env()}
+        asked = time.monotonic()
         fd, log_path = tempfile.mkstemp(prefix="kernel-bridge-", suffix=".log")
         kernel_id = str(uuid.uuid4())
         group: list[tuple[int, int | None]] = []  # (pgid, start time) once launched
@@ -177,7 +195,7 @@ class KernelFactory:
                     self.kernel_manager.start_kernel(
                         kernel_name=KERNEL_NAME,
                         kernel_id=kernel_id,
-                        env=self.kernel_env(env),
+                        env=kernel_env,
                         cwd=cwd or os.getcwd(),
                         stdout=fd,
                         stderr=fd,
@@ -228,7 +246,9 @@ class KernelFactory:
                 pgid=pgid,
                 group_started=started,
                 log_path=log_path,
-            )
+                on_activity=self.on_activity,
+            ),
+            limits=limits,
         )
         if pgid is not None:
             # A dead kernel's group is ended by its transport at its death and forgotten here at
@@ -250,7 +270,9 @@ class KernelFactory:
                     message += f"\n--- kernel log ---\n{detail}"
                 raise KernelStartError(message) from None
             raise
-        log.debug("started %s (pid %s)", kernel.name, kernel.pid)
+        path = "fork" if getattr(manager.provisioner, "forked", False) else "launch"
+        KERNEL_STARTS.labels(path).observe(time.monotonic() - asked)
+        log.debug("started %s (pid %s, %s)", kernel.name, kernel.pid, path)
         return kernel
 
     async def _abandon(

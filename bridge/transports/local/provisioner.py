@@ -40,6 +40,7 @@ from typing import Any
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 
+from bridge.core.wire import rlimits
 from bridge.transports.local import forkserver
 from bridge.transports.local.forkserver import ForkedProcess, ForkServerError
 from bridge.transports.local.watchdog import start_time
@@ -84,12 +85,26 @@ def _fd(stream: Any) -> int | None:
         return None
 
 
+def apply_limits(process: Any, env: Any) -> None:
+    """The kernel's limits (kernels/bridge_runtime/limits.py) on a process just launched,
+    before it can have bound its ports: the fork path's child applies them to itself."""
+    limits = rlimits.from_env(env)
+    if not limits or process is None:
+        return
+    try:
+        rlimits.apply(limits, process.pid)
+    except OSError:
+        process.kill()  # not a kernel without its limits
+        raise
+
+
 class WatchedProvisioner(LocalProvisioner):  # type: ignore[misc]
     """LocalProvisioner that reports each launch to ``launched()``."""
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         info: KernelConnectionInfo = await super().launch_kernel(cmd, **kwargs)
         self._report_launch()
+        apply_limits(self.process, kwargs.get("env") or os.environ)
         return info
 
     def _report_launch(self) -> None:

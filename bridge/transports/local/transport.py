@@ -13,7 +13,10 @@ import logging
 import os
 import signal
 import uuid
+from collections.abc import Callable
 from typing import Any, Protocol
+
+import msgspec
 
 from bridge.core.errors import ExitStatus
 from bridge.core.transport import Receiver
@@ -22,6 +25,25 @@ from bridge.transports.local.watchdog import kill_group
 log = logging.getLogger("bridge.kernel")
 
 POLL_INTERVAL = 0.5  # seconds between liveness checks where there is no pidfd
+DELIMITER = b"<IDS|MSG>"
+
+# Hears every IOPub message of a kernel: (kernel_id, msg_type, the parent's msg_type, the
+# execution_state of a status message or None). Called from the reader: it must be quick.
+ActivityHook = Callable[[str, str, str | None, str | None], None]
+
+
+class _Typed(msgspec.Struct):
+    """The one field of a parent header the activity hook needs (the rest is skipped)."""
+
+    msg_type: str | None = None
+
+
+class _Status(msgspec.Struct):
+    execution_state: str | None = None
+
+
+_read_parent = msgspec.json.Decoder(_Typed).decode
+_read_status = msgspec.json.Decoder(_Status).decode
 
 
 class KernelOwner(Protocol):
@@ -55,8 +77,10 @@ class LocalTransport:
         pgid: int | None,
         group_started: int | None = None,
         log_path: str | None = None,
+        on_activity: ActivityHook | None = None,
     ) -> None:
         self.manager = manager
+        self.on_activity = on_activity
         self.kernel_manager = kernel_manager
         self.kernel_id = kernel_id
         self.pgid = pgid  # None once the kernel is dead and its group ended: never reused
@@ -101,6 +125,7 @@ class LocalTransport:
 
     async def _read(self, socket: Any, channel: str, receiver: Receiver) -> None:
         session = self.session
+        activity = self.on_activity if channel == "iopub" else None
         while True:
             try:
                 frames = await socket.recv_multipart()
@@ -109,8 +134,12 @@ class LocalTransport:
             except Exception as exc:  # socket closed under us: the kernel is being shut down
                 log.debug("%s: reader stopped: %s", self.name, exc)
                 return
-            if not receiver.wants_status and frames[0].endswith(b".status"):
-                # The topic frame says what it is: no signature check, no JSON, no dateutil.
+            status = frames[0].endswith(b".status")
+            if status and not receiver.wants_status:
+                # The topic frame says what it is: no signature check, no dateutil; the
+                # activity hook gets the state and the parent's type from two small frames.
+                if activity is not None:
+                    self._status_activity(frames, activity)
                 continue
             try:
                 _, frames = session.feed_identities(frames)
@@ -118,6 +147,10 @@ class LocalTransport:
             except Exception as exc:  # a bad signature or a broken message: drop it, go on
                 log.warning("%s: dropped an unreadable message: %s", self.name, exc)
                 continue
+            if activity is not None:
+                state = msg["content"].get("execution_state") if status else None
+                parent = msg["parent_header"].get("msg_type")
+                self._activity(activity, msg["msg_type"], parent, state)
             try:
                 receiver.deliver(channel, msg)
             except Exception:
@@ -126,6 +159,26 @@ class LocalTransport:
             # burst (a backend's stream of event batches) holds the loop until it is all read,
             # and whatever consumes the messages (an event stream's writer) waits behind it.
             await asyncio.sleep(0)
+
+    def _status_activity(self, frames: list[bytes], activity: ActivityHook) -> None:
+        """A status message the Kernel does not read, for the activity hook: its parent header
+        and content frames parsed as they are (the socket only carries the kernel's own
+        publications; a broken one is dropped)."""
+        try:
+            start = frames.index(DELIMITER)
+            parent = _read_parent(frames[start + 3]).msg_type
+            state = _read_status(frames[start + 5]).execution_state
+        except (ValueError, IndexError, msgspec.DecodeError):
+            return
+        self._activity(activity, "status", parent, state)
+
+    def _activity(
+        self, activity: ActivityHook, msg_type: str, parent: str | None, state: str | None
+    ) -> None:
+        try:
+            activity(self.kernel_id, msg_type, parent, state)
+        except Exception:
+            log.exception("%s: the activity hook failed on %s", self.name, msg_type)
 
     async def interrupt(self) -> None:
         await self.manager.interrupt_kernel()
@@ -170,6 +223,16 @@ class LocalTransport:
                 await _to_the_end(self.kernel_manager.shutdown_kernel(self.kernel_id, now=now))
         finally:
             self._end_group()  # children the kernel started, if any are left
+
+    def log_tail(self, limit: int = 4000) -> str:
+        if not self.log_path:
+            return ""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - limit))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -20,7 +20,7 @@ import {
   PythonTimeoutError,
 } from "./errors.js";
 import { ContextFiles } from "./files.js";
-import { failure, GRACE_MS, Transport } from "./http.js";
+import { failure, GRACE_MS, type OverloadRetry, Transport } from "./http.js";
 import { ServiceProcess, type StartOptions } from "./service.js";
 import { readSSE } from "./sse.js";
 import { decodeValue } from "./values.js";
@@ -38,6 +38,7 @@ import type {
   FailureAnswer,
   HealthAnswer,
   InstallAnswer,
+  KernelLimits,
   MimeBundle,
   ModulesAnswer,
   Output,
@@ -60,6 +61,11 @@ export interface ClientOptions {
    * false sends and asks for JSON with the bytes as base64, as curl sees them.
    */
   binary?: boolean;
+  /**
+   * Retrying a call the service refused as `overloaded` (all pool kernels busy, its queue
+   * full): with backoff until the call's timeout is spent (default: on); `false` never retries.
+   */
+  overloadRetry?: OverloadRetry | false;
 }
 
 /** Options of {@link KernelBridge.connect}. */
@@ -137,6 +143,8 @@ export interface SpawnOptions {
   timeout?: number;
   /** Bring the kernel back (running the script anew) when it dies. */
   restart?: boolean;
+  /** Limits for the backend's kernel, tighter than the service's (`{ memory_mb: 512 }`). */
+  limits?: KernelLimits;
 }
 
 /** Options of {@link PythonAPI.context}. */
@@ -149,6 +157,8 @@ export interface ContextOptions {
   cwd?: string;
   /** Milliseconds it gets to start. */
   timeout?: number;
+  /** Limits for its kernel, tighter than the service's (`{ memory_mb: 256, cpu_seconds: 60 }`). */
+  limits?: KernelLimits;
 }
 
 /** Options of {@link PythonBackendHandle.stream}. */
@@ -823,6 +833,7 @@ export class PythonAPI {
     const body: BackendRequest = { script: source, name: basename(path), timeout_secs: secs(timeout) };
     if (options.env) body.env = options.env;
     if (options.restart) body.restart = true;
+    if (options.limits) body.limits = options.limits;
     const answer = await this.transport.request<BackendInfo | FailureAnswer>("POST", "backends", body, { deadline: timeout + 60_000 });
     if ("success" in answer) {
       // The script raised: a Python error is 200 on every route, with its exception.
@@ -931,6 +942,7 @@ export class PythonAPI {
     if (options.env !== undefined) body.env = options.env;
     if (options.cwd !== undefined) body.cwd = options.cwd;
     if (options.timeout !== undefined) body.timeout_secs = secs(options.timeout);
+    if (options.limits !== undefined) body.limits = options.limits;
     const info = await this.transport.request<ContextInfo>("POST", "contexts", body, {
       deadline: (options.timeout ?? 60_000) + 60_000,
     });
@@ -981,7 +993,12 @@ export class KernelBridge {
    */
   static async start(options: StartOptions & ClientOptions = {}): Promise<KernelBridge> {
     const service = await ServiceProcess.start(options);
-    const endpoint = { url: service.url, token: service.token, binary: options.binary ?? true };
+    const endpoint = {
+      url: service.url,
+      token: service.token,
+      binary: options.binary ?? true,
+      overloadRetry: options.overloadRetry,
+    };
     return new KernelBridge(new Transport(endpoint), service, options);
   }
 

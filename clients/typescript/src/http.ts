@@ -17,6 +17,19 @@ import { decodeValue, encodeValue, hasBinary } from "./values.js";
 /** Milliseconds a call may run past its own timeout before the client stops waiting for the answer. */
 export const GRACE_MS = 15_000;
 
+/**
+ * How the client retries a call the service refused as `overloaded` (503, every pool kernel
+ * busy and its wait queue full): after a backoff, until the call's own timeout is spent, so a
+ * host sees latency rather than errors under a burst. Each try sends the time left as the
+ * call's `timeout_secs`.
+ */
+export interface OverloadRetry {
+  /** Milliseconds before the first retry (default 25); each next backoff doubles, with jitter. */
+  initialDelay?: number;
+  /** The longest backoff in milliseconds (default 1000); never longer than the service's `Retry-After`. */
+  maxDelay?: number;
+}
+
 /** How to reach a service. */
 export interface Endpoint {
   /** The service's base URL, for example `http://127.0.0.1:9000/`. */
@@ -28,6 +41,8 @@ export interface Endpoint {
    * base64 (default true); false sends and asks for JSON with base64 placeholders.
    */
   binary?: boolean;
+  /** Retrying `overloaded` answers (default: on, {@link OverloadRetry}'s defaults); `false`: never. */
+  overloadRetry?: OverloadRetry | false;
 }
 
 /** Options of one request. */
@@ -50,11 +65,14 @@ export class Transport {
   readonly binary: boolean;
   private closed = false;
   private readonly streams = new Set<AbortController>();
+  private readonly retry: Required<OverloadRetry> | false;
 
   /** @param endpoint - where the service is */
   constructor(endpoint: Endpoint) {
     this.base = endpoint.url.endsWith("/") ? endpoint.url : `${endpoint.url}/`;
     this.binary = endpoint.binary ?? true;
+    const retry = endpoint.overloadRetry;
+    this.retry = retry === false ? false : { initialDelay: retry?.initialDelay ?? 25, maxDelay: retry?.maxDelay ?? 1000 };
     this.headers = {
       Authorization: `token ${endpoint.token}`,
       "Content-Type": "application/json",
@@ -107,20 +125,29 @@ export class Transport {
     if (this.closed) throw new BridgeClosedError("the client is closed");
     const url = this.base + path;
     const signal = timer && options.signal ? anySignal(timer, options.signal) : (timer ?? options.signal);
-    const init: RequestInit = {
-      method,
-      headers: options.headers ? { ...this.headers, ...options.headers } : this.headers,
-    };
-    if (body !== undefined) {
-      const encoded = this.encode(body, init.headers as Record<string, string>);
-      init.body = encoded.init;
-      init.headers = encoded.headers;
-    }
-    if (signal) init.signal = signal;
-    try {
-      return await fetch(url, init);
-    } catch (err) {
-      throw this.fetchError(err, url, timer, options.deadline);
+    const headers = options.headers ? { ...this.headers, ...options.headers } : this.headers;
+    const started = Date.now();
+    for (let attempt = 0; ; attempt++) {
+      const init: RequestInit = { method, headers };
+      if (body !== undefined) {
+        const encoded = this.encode(attempt ? timeLeft(body, started) : body, headers as Record<string, string>);
+        init.body = encoded.init;
+        init.headers = encoded.headers;
+      }
+      if (signal) init.signal = signal;
+      let response: Response;
+      try {
+        response = await fetch(url, init);
+      } catch (err) {
+        throw this.fetchError(err, url, timer, options.deadline);
+      }
+      const wait = await this.overloadBackoff(response, attempt, budget(body, options.deadline) - (Date.now() - started));
+      if (wait === undefined) return response;
+      try {
+        await sleep(wait, signal);
+      } catch (err) {
+        throw this.fetchError(err, url, timer, options.deadline);
+      }
     }
   }
 
@@ -149,6 +176,24 @@ export class Transport {
     } catch (err) {
       throw this.fetchError(err, url, undefined, undefined);
     }
+  }
+
+  /** Milliseconds to wait before trying an `overloaded` answer again; undefined: do not. */
+  private async overloadBackoff(response: Response, attempt: number, left: number): Promise<number | undefined> {
+    if (response.status !== 503 || this.retry === false || this.closed) return undefined;
+    let type: unknown;
+    try {
+      type = ((await response.clone().json()) as FailureAnswer).error_type;
+    } catch {
+      return undefined;
+    }
+    if (type !== "overloaded") return undefined;
+    const hint = Number(response.headers.get("retry-after") ?? "") * 1000 || Infinity;
+    const backoff = Math.min(this.retry.initialDelay * 2 ** attempt, this.retry.maxDelay, hint);
+    const wait = backoff * (0.5 + Math.random() / 2);
+    if (wait >= left) return undefined; // the call's time would be spent waiting: say so
+    await response.body?.cancel();
+    return wait;
   }
 
   /** The JSON of a success, or the error of a failure. */
@@ -247,6 +292,37 @@ export function failure(status: number, value: unknown, url = ""): BridgeHTTPErr
     return new BridgeHTTPError(body.error, status, body.error_type, body);
   }
   return new BridgeHTTPError(`${url} answered HTTP ${status}`, status, "http");
+}
+
+/** Milliseconds a call may spend on retries: its `timeout_secs`, else the request's deadline. */
+function budget(body: unknown, deadline: number | undefined): number {
+  const secs = (body as { timeout_secs?: unknown } | undefined)?.timeout_secs;
+  if (typeof secs === "number") return secs * 1000;
+  return deadline ?? 0;
+}
+
+/** *body* with its `timeout_secs` less the time already spent since *started* (retries). */
+function timeLeft(body: unknown, started: number): unknown {
+  const secs = (body as { timeout_secs?: unknown } | undefined)?.timeout_secs;
+  const spent = Date.now() - started;
+  if (typeof secs !== "number") return body;
+  return { ...(body as object), timeout_secs: Math.max(secs - spent / 1000, 0.001) };
+}
+
+/** Resolves after *ms*, or rejects with an AbortError when *signal* aborts first. */
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const abort = () => {
+      clearTimeout(timer);
+      reject(new DOMException("aborted while waiting to retry", "AbortError"));
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", abort);
+      resolve();
+    }, ms);
+    if (signal?.aborted) abort();
+    else signal?.addEventListener("abort", abort, { once: true });
+  });
 }
 
 /** A signal aborted when either one is (AbortSignal.any is not in Node 18). */

@@ -44,7 +44,7 @@ export {
   type CallFailure,
 } from "./errors.js";
 export { ContextFiles, type FileData, type FileOptions } from "./files.js";
-export { GRACE_MS, type Endpoint } from "./http.js";
+export { GRACE_MS, type Endpoint, type OverloadRetry } from "./http.js";
 export { ServiceProcess, type StartOptions } from "./service.js";
 export { readSSE, type SSEMessage } from "./sse.js";
 export {

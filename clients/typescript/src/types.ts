@@ -72,6 +72,14 @@ export type ModulesAnswer = Schemas["ModulesAnswer"];
 /** `GET /health`. */
 export type HealthAnswer = Schemas["HealthAnswer"];
 
+/**
+ * What one kernel may take (docs/kernels.md#limits): `memory_mb`, `cpu_seconds`, `processes`,
+ * `open_files`, `file_size_mb`, each at most the service's (`null`: as the service allows).
+ * A kernel that runs into one dies with `kernel_died` and a `reason` naming it (memory: a
+ * Python `MemoryError` first, where Python can raise one).
+ */
+export type KernelLimits = Schemas["Limits"];
+
 /** `POST /backends`: start a backend from its source. */
 export type BackendRequest = Schemas["BackendRequest"];
 

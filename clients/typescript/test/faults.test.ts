@@ -5,7 +5,7 @@ import { spawn } from "node:child_process";
 import { describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 
-import { KernelDiedError } from "../src/index.js";
+import { BridgeHTTPError, KernelBridge, KernelDiedError } from "../src/index.js";
 import { alive, cmdline, descendants, eventually, FIXTURES, PYTHON, startBridge, waitFor, within } from "./helpers.js";
 
 const T = { timeout: 90_000 };
@@ -113,5 +113,36 @@ describe("faults", () => {
     process.kill(pid, "SIGKILL");
     await within(exited, 10_000, "the host's death");
     assert.ok(await waitFor(() => leftOf(processes).length === 0, 20_000), `left: ${leftOf(processes).join("; ")}`);
+  });
+});
+
+describe("overload", () => {
+  test("an overloaded answer is retried until the call's timeout; overloadRetry: false shows it", T, async () => {
+    // One pool kernel and no room to wait: every call beyond the running one is refused at once.
+    const bridge = await startBridge({ args: ["--BridgeApp.max_waiting=0"] });
+    const service = bridge.service;
+    assert.ok(service);
+    const raw = await KernelBridge.connect({ url: service.url, token: service.token, overloadRetry: false });
+    try {
+      const slow = "import time\ntime.sleep(0.2)\nreturn n";
+      const calls = [0, 1, 2, 3].map((n) => bridge.python.execute(slow, { inputs: { n }, timeout: 30_000 }));
+      assert.deepEqual(await Promise.all(calls), [0, 1, 2, 3]);
+      const refused = await Promise.allSettled([0, 1].map((n) => raw.python.execute(slow, { inputs: { n } })));
+      const reasons = refused.filter((r) => r.status === "rejected").map((r) => (r as PromiseRejectedResult).reason);
+      assert.equal(reasons.length, 1);
+      assert.ok(reasons[0] instanceof BridgeHTTPError && reasons[0].error_type === "overloaded" && reasons[0].status === 503);
+      // A call whose timeout is spent before a kernel frees up gets the overloaded answer.
+      const held = bridge.python.execute("import time\ntime.sleep(2)", { timeout: 30_000 });
+      const refusedNow = () => raw.python.execute("return 1").then(
+        () => false,
+        (e: unknown) => e instanceof BridgeHTTPError && e.error_type === "overloaded",
+      );
+      while (!(await refusedNow())); // until the held call has the kernel
+      await assert.rejects(bridge.python.execute("return 1", { timeout: 500 }), (e: unknown) => e instanceof BridgeHTTPError && e.error_type === "overloaded");
+      await held;
+    } finally {
+      await raw.close();
+      await bridge.close();
+    }
   });
 });

@@ -2216,6 +2216,8 @@ export interface components {
                 [key: string]: string;
             } | null;
             /** @default null */
+            limits?: components["schemas"]["Limits"] | null;
+            /** @default null */
             name?: string | null;
             /**
              * @description Bring a dead kernel back with the script run again.
@@ -2315,6 +2317,8 @@ export interface components {
             env?: {
                 [key: string]: string;
             } | null;
+            /** @default null */
+            limits?: components["schemas"]["Limits"] | null;
             /** @default null */
             name?: string | null;
             /** @default null */
@@ -2477,8 +2481,12 @@ export interface components {
             /** @description With bad_request: the field at fault, e.g. env.A. */
             field?: string;
             outputs?: (components["schemas"]["StreamOutput"] | components["schemas"]["DisplayDataOutput"] | components["schemas"]["ExecuteResultOutput"] | components["schemas"]["ErrorOutput"])[];
+            /** @description With kernel_died: the limit the kernel ran into, e.g. cpu limit 10 s. */
+            reason?: string;
             /** @description With timeout: whether the kernel was replaced. */
             restarted?: boolean;
+            /** @description With overloaded: seconds to wait before trying again (Retry-After). */
+            retry_after?: number;
             /** @description The HTTP status, again. */
             status: number;
             stderr?: string;
@@ -2523,10 +2531,15 @@ export interface components {
             contexts: number;
             /** @description Live kernels of the pool. */
             kernels: number;
+            limits: components["schemas"]["LimitsInForce"];
+            /** @description Calls that may wait; past it, 503 overloaded at once. */
+            max_waiting: number;
             pool_size: number;
             /** @enum {unknown} */
             status: "ok";
             version: string;
+            /** @description One-off calls waiting for a pool kernel now. */
+            waiting: number;
         };
         /** InstallAnswer */
         InstallAnswer: {
@@ -2553,6 +2566,34 @@ export interface components {
             /** @default false */
             upgrade?: boolean;
         } & (unknown | unknown);
+        /**
+         * Limits
+         * @description What one kernel may take (docs/kernels.md#limits): each at most the service's (a
+         *     looser one, or null where the service has a limit, is a 400); left out: the service's.
+         */
+        Limits: {
+            cpu_seconds?: number | null;
+            file_size_mb?: number | null;
+            memory_mb?: number | null;
+            open_files?: number | null;
+            processes?: number | null;
+        };
+        /**
+         * LimitsInForce
+         * @description What bounds each kernel here, and how (docs/kernels.md#limits).
+         */
+        LimitsInForce: {
+            /** @description Whether a cgroup v2 of each kernel's own is used, why not. */
+            cgroup_v2?: string;
+            /** @description The service's limits; null: not limited. */
+            limits: {
+                [key: string]: number | null;
+            };
+            /** @description rlimit (or why none, on a gateway). */
+            mechanism: string;
+            /** @description Whether the process limit binds here (root is exempt). */
+            processes?: string;
+        };
         /** ModuleCheckAnswer */
         ModuleCheckAnswer: {
             available: boolean;
