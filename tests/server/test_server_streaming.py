@@ -13,6 +13,8 @@ import httpx
 import pytest
 from service_process import ServiceProcess
 
+from bridge.service.events import OutputBacklog
+
 EVENTS = {"Accept": "text/event-stream"}
 
 
@@ -245,3 +247,22 @@ def test_a_reader_that_reads_nothing_is_told_what_was_skipped_and_end_has_it_all
     assert sum(event["characters"] for event in skipped) >= len(stdout) - streamed
     assert found["end"]["success"] and found["end"]["result"] == "ok"
     assert found["end"]["stdout"] == stdout
+
+
+def test_the_backlog_keeps_at_most_its_limit_and_counts_the_rest() -> None:
+    backlog = OutputBacklog(limit=10_000)
+    for i in range(1_000):  # 1,000 outputs of 100 characters: 356 counted each
+        backlog.put({"output_type": "stream", "name": "stdout", "text": f"{i:099}\n"})
+    events = backlog.drain()
+    kept = [data for name, data in events if name == "stdout"]
+    assert len(kept) == 10_000 // (100 + OutputBacklog.OVERHEAD)
+    assert [d["text"] for d in kept] == [f"{i:099}\n" for i in range(len(kept))]
+    name, skipped = events[-1]
+    assert name == "skipped" and (skipped.outputs, skipped.characters) == (
+        1_000 - len(kept),
+        100 * (1_000 - len(kept)),
+    )
+    assert not backlog.pending and backlog.drain() == []
+    big = {"output_type": "stream", "name": "stderr", "text": "x" * 50_000}
+    backlog.put(big)  # bigger than the limit, with nothing before it: it still goes
+    assert backlog.drain() == [("stderr", {"text": big["text"]})]
