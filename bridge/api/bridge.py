@@ -418,6 +418,8 @@ class AsyncBridge(_AsyncCalls):
         left = max(seconds - (started - asked), 0.001)
         try:
             return await self.run_on(kernel, code, meta, left, capture, on_output)
+        except ExecutionTimeout as exc:
+            raise exc.as_asked(seconds) from None
         finally:
             pool.record_call(loop.time() - started)
             pool.release(kernel)

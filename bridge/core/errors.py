@@ -127,6 +127,13 @@ class ExecutionTimeout(BridgeError, TimeoutError):
         self.restarted = restarted
         self.result = result
 
+    def as_asked(self, asked: float) -> ExecutionTimeout:
+        """The same timeout told as the caller gave it: a call that waited for a kernel ran
+        with what was left of *asked* seconds, and its message names *asked*."""
+        said = str(self).replace(f"timeout of {self.timeout:g} s", f"timeout of {asked:g} s", 1)
+        told = ExecutionTimeout(said, timeout=asked, restarted=self.restarted, result=self.result)
+        return told
+
 
 class ExecutionError(BridgeError):
     """The executed code raised; raised by ``ExecutionResult.raise_for_error()``.
