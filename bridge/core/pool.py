@@ -77,6 +77,10 @@ class PoolStatus:
         return self.idle + self.busy
 
 
+RETRY_FIRST = 0.5  # seconds before a failed replacement start is tried again; doubled each
+RETRY_MAX = 30.0  # time it fails again, up to this (a broken interpreter is not hammered)
+
+
 def default_max_waiting(size: int) -> int:
     """Calls that may wait for a pool of *size*: 32 per kernel (a warm call takes a few ms,
     so a full queue drains within a second or so), at least 16."""
@@ -105,6 +109,11 @@ class KernelPool:
         self._waiters: collections.deque[asyncio.Future[Kernel]] = collections.deque()
         self._starting = 0
         self._start_error: BaseException | None = None
+        # A replacement that failed to start (killed while starting, a machine too loaded to
+        # start one in time) is tried again in the background, sooner the first time: a pool
+        # left short would make the next call wait for a cold start.
+        self._retry: asyncio.TimerHandle | None = None
+        self._retry_delay = RETRY_FIRST
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -295,13 +304,18 @@ class KernelPool:
             kernel = await self.factory.start()
         except Exception as exc:
             self._start_error = exc
-            log.error("could not start a replacement kernel: %s", exc)
+            log.error(
+                "could not start a replacement kernel (trying again in %g s): %s",
+                self._retry_delay,
+                exc,
+            )
             if not self._free and not self._busy and self._starting == 1:
                 error = KernelStartError(f"no kernel available: {exc}")
                 while self._waiters:
                     future = self._waiters.popleft()
                     if not future.done():
                         future.set_exception(error)
+            self._retry_later()
             return
         finally:
             self._starting -= 1
@@ -309,7 +323,20 @@ class KernelPool:
             await self.factory.stop(kernel, now=True)
         else:
             self._start_error = None
+            self._retry_delay = RETRY_FIRST
             self._put(kernel)
+
+    def _retry_later(self) -> None:
+        if self._closed or self._retry is not None:
+            return
+        delay, self._retry_delay = self._retry_delay, min(RETRY_MAX, self._retry_delay * 2)
+        self._retry = asyncio.get_running_loop().call_later(delay, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        # Short still? (a call may have started one meanwhile, see acquire())
+        if not self._closed and len(self._free) + len(self._busy) + self._starting < self.size:
+            self._replace()
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -319,6 +346,9 @@ class KernelPool:
     async def close(self) -> None:
         """Stop every kernel, the busy ones and the sessions' too; fail the waiters."""
         self._closed = True
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         while self._waiters:
             future = self._waiters.popleft()
             if not future.done():

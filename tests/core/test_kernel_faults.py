@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import time
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from procs import kernels_below
 
 import bridge
 
@@ -134,6 +136,33 @@ def test_idle_kernel_death_is_replaced(faulty: bridge.Bridge) -> None:
     assert victim not in pool.kernels and all(k.alive for k in pool.kernels)
     for _ in range(4):
         assert faulty.evaluate("1").value == 1
+
+
+def test_a_replacement_killed_while_starting_is_started_again(
+    faulty: bridge.Bridge, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failed replacement start is tried again in the background: the pool does not stay
+    short until a call finds it so (and pays for a cold start)."""
+    pool = faulty.async_bridge.pool
+    caplog.set_level(logging.ERROR, logger="bridge.pool")
+    for _ in range(5):  # a kill that lands after the start was done is a plain death
+        _wait_full(faulty)
+        known = set(kernels_below(os.getpid()))
+        with faulty.session():  # takes a pool kernel: the pool starts a replacement
+            deadline = time.monotonic() + 30
+            while not (new := set(kernels_below(os.getpid())) - known - _taken_pids(faulty)):
+                assert time.monotonic() < deadline, "no replacement was started"
+                time.sleep(0.002)
+            os.kill(new.pop(), signal.SIGKILL)
+            _wait_full(faulty)  # no call asks for a kernel meanwhile
+        if "could not start a replacement kernel" in caplog.text:
+            break
+    assert "could not start a replacement kernel (trying again in" in caplog.text
+    assert all(k.alive for k in pool.kernels) and len(pool.kernels) == pool.size
+
+
+def _taken_pids(b: bridge.Bridge) -> set[int]:
+    return {k.pid for k in b.async_bridge.pool._taken if k.pid is not None}
 
 
 def test_session_death_is_reported_until_restart(faulty: bridge.Bridge) -> None:

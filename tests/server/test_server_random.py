@@ -368,14 +368,16 @@ async def test_no_interleaving_leaks_a_kernel(service: tuple[ServiceProcess, Pat
                     raise AssertionError(
                         f"seed {SEED}, step {step}: {op} failed: {outcome!r}\n"
                         + "\n".join(model.log)
-                        + f"\nreplay: {replay}"
+                        + f"\nreplay: {replay}\n--- the service's log, its end ---\n"
+                        + svc.log()[-8000:]
                     ) from outcome
             wrong, state = await _settled(clients[0], svc, runtime, model)
             assert not wrong, (
                 f"seed {SEED}, step {step}: " + "; ".join(wrong) + "\n"
                 f"state: {json.dumps(state, indent=1)[:4000]}\n"
                 + "\n".join(model.log)
-                + f"\nreplay: {replay}"
+                + f"\nreplay: {replay}\n--- the service's log, its end ---\n"
+                + svc.log()[-8000:]
             )
         print(f"seed {SEED}: {len(model.log)} operations in {step + 1} steps")
     finally:
