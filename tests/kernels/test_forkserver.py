@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from typing import cast
 
+import pytest
 from procs import children
 
 from bridge.core.wire import kernel_side_dir
+from bridge.transports.local.forkserver import ForkedProcess, ForkServer
 
 
 def test_the_fork_server_never_forks_past_a_requests_deadline() -> None:
@@ -41,3 +45,20 @@ def test_the_fork_server_never_forks_past_a_requests_deadline() -> None:
     finally:
         ours.close()
         server.wait(timeout=10)
+
+
+def test_signalling_a_forked_kernel_that_is_gone_is_quiet() -> None:
+    """Between the server reaping a kernel and its message saying so, a signal finds no
+    process: as with Popen, nothing is raised (jupyter_client's shutdown signals first, and
+    an error there left the kernel listed with its connection file)."""
+    process = subprocess.Popen(["true"])
+    pidfd = os.pidfd_open(process.pid)
+    process.wait()  # reaped: the pidfd names a process that is no more
+    forked = ForkedProcess(process.pid, pidfd, cast("ForkServer", None))
+    with pytest.raises(ProcessLookupError):
+        signal.pidfd_send_signal(pidfd, signal.SIGINT)  # what the fork server's child meets
+    forked.send_signal(signal.SIGINT)
+    forked.kill()
+    assert forked.poll() is None  # not marked exited: the server's message does that
+    forked._exited(0)
+    assert forked.poll() == 0
