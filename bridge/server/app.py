@@ -81,6 +81,14 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
         "(off: 403 forbidden).",
     )
     max_body_size = Int(10 * 1024 * 1024, config=True, help="Largest request body, in bytes.")
+    max_output = Int(
+        None,
+        allow_none=True,
+        config=True,
+        help="Characters of output one call keeps for its answer (streams, display data; "
+        "default: AsyncBridge's, 10,000,000); past it the rest is dropped and the result "
+        "says it was truncated.",
+    )
     max_file_bytes = Int(
         1 << 30,
         config=True,
@@ -118,6 +126,13 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
         value: int | None = proposal["value"]
         if value is not None and value < 0:
             raise TraitError(f"BridgeApp.max_waiting must be 0 or more, got {value}")
+        return value
+
+    @validate("max_output")
+    def _max_output(self, proposal: Any) -> int | None:
+        value: int | None = proposal["value"]
+        if value is not None and value < 1:
+            raise TraitError(f"BridgeApp.max_output must be 1 or more, got {value}")
         return value
 
     @validate("context_idle_timeout")
@@ -186,6 +201,7 @@ class BridgeApp(ExtensionApp):  # type: ignore[misc]
             context_idle_timeout=self.context_idle_timeout,
             allow_install=self.allow_install,
             max_body_size=self.max_body_size,
+            max_output=self.max_output,
             max_file_bytes=self.max_file_bytes,
             max_context_bytes=self.max_context_bytes,
             sessions=Sessions(serverapp.session_manager),

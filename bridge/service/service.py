@@ -148,6 +148,7 @@ class Service:
         context_idle_timeout: float = 3600.0,
         allow_install: bool = True,
         max_body_size: int = 10 * 1024 * 1024,
+        max_output: int | None = None,
         max_file_bytes: int = 1 << 30,
         max_context_bytes: int = 4 << 30,
         gateway_url: str = "",
@@ -170,6 +171,8 @@ class Service:
         self.allow_install = allow_install
         self.max_body_size = max_body_size
         self.max_file_bytes = max_file_bytes
+        # None: the bridge's own default
+        output_cap: dict[str, Any] = {} if max_output is None else {"max_output": max_output}
         self.bridge = AsyncBridge(
             pool_size=pool_size,
             python=python,
@@ -187,6 +190,7 @@ class Service:
             # On a gateway, its operator bounds the kernels: no defaults to refuse there.
             limits=kernel_limits if kernel_limits or not gateway_url else None,
             max_waiting=max_waiting,
+            **output_cap,
         )
         self.kernel_python_version = ""
         self._ready: asyncio.Future[None] | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -266,3 +267,69 @@ def test_the_backlog_keeps_at_most_its_limit_and_counts_the_rest() -> None:
     big = {"output_type": "stream", "name": "stderr", "text": "x" * 50_000}
     backlog.put(big)  # bigger than the limit, with nothing before it: it still goes
     assert backlog.drain() == [("stderr", {"text": big["text"]})]
+
+
+# -- what a flood costs the service ------------------------------------------------------------
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def _flood_to_a_stalled_reader(service: ServiceProcess, prints: int) -> tuple[float, str]:
+    """Stream *prints* lines of 5,000 characters to a reader that reads nothing until the
+    code says it is done; (the service's peak RSS meanwhile in MB, the answer's body)."""
+    peak, stop = [0.0], threading.Event()
+
+    def sample() -> None:  # a measurement at a fixed pace, not a wait for anything
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_mb(service.pid))
+            stop.wait(0.02)
+
+    with socket.create_server(("127.0.0.1", 0)) as done:
+        done.settimeout(120)
+        code = (
+            "import socket\n"
+            f"for i in range({prints}):\n    print(f'{{i:04999}}', flush=True)\n"
+            f"socket.create_connection(('127.0.0.1', {done.getsockname()[1]})).close()\n"
+            "return 'ok'"
+        )
+        body = json.dumps({"content": code, "timeout_secs": 120}).encode()
+        host, port = service.url.removeprefix("http://").rsplit(":", 1)
+        request = (
+            f"POST /execute HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Authorization: token {service.token}\r\nAccept: text/event-stream\r\n"
+            "Content-Type: application/json\r\nConnection: close\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            with socket.socket() as reader:
+                reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                reader.connect((host, int(port)))
+                reader.sendall(request)
+                done.accept()[0].close()  # the whole flood has been made
+                text = read_chunked(reader)
+        finally:
+            stop.set()
+            sampler.join()
+    return peak[0], text
+
+
+def test_a_flood_to_a_stalled_reader_costs_max_output_not_the_flood() -> None:
+    """40 MB printed to a stalled reader costs the service what the call keeps (max_output,
+    1 MB here) and the stream's backlog, not what was printed (issue 19: 93 -> 330 MB)."""
+    with ServiceProcess("--BridgeApp.max_output=1000000", pool_size=1) as service:
+        _flood_to_a_stalled_reader(service, 1000)  # warms the allocators up
+        before = _rss_mb(service.pid)
+        peak, text = _flood_to_a_stalled_reader(service, 8000)
+    grown = peak - before
+    assert grown < 20, f"40 MB printed to a stalled reader grew the service by {grown:.0f} MB"
+    end = json.loads(text.rsplit("event: end\ndata: ", 1)[1].split("\n", 1)[0])
+    assert end["success"] and end["result"] == "ok" and end["truncated"]
+    kept = "".join(f"{i:04999}\n" for i in range(200))[:1_000_000]
+    assert end["stdout"].startswith(kept) and len(end["stdout"]) < 1_000_000 + 200  # + a note
