@@ -224,10 +224,21 @@ class AsyncBackend:
             self._restarting = asyncio.ensure_future(
                 self._relaunch("restarted by the host", automatic=False)
             )
-        task = self._restarting
-        await asyncio.shield(task)
+        await self._restart_over(self._restarting)
+        if self.terminated:
+            raise BridgeClosed(f"{self._label} was terminated during its restart")
         if self._lost is not None:
             raise copy.copy(self._lost)
+
+    async def _restart_over(self, task: asyncio.Task[None]) -> None:
+        """Wait for a restart to end, however it ends: terminate() cancels it, which is no
+        cancellation of ours (the caller then finds the backend terminated)."""
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not task.cancelled() or (current is not None and current.cancelling()):
+                raise  # our caller was cancelled, not (only) the restart
 
     # -- start-up --------------------------------------------------------------------------------
 
@@ -645,7 +656,7 @@ class AsyncBackend:
             if self.terminated:
                 raise BridgeClosed(f"{self._label} was terminated")
             if self._restarting is not None:
-                await asyncio.shield(self._restarting)
+                await self._restart_over(self._restarting)
                 continue
             if self._lost is not None:
                 raise copy.copy(self._lost)  # a fresh exception each time, not one re-raised

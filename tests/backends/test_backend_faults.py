@@ -289,3 +289,21 @@ async def test_connection_closed_in_the_kernel_is_a_lost_backend(
             await backend.call("add", {"a": 1})
         await backend.restart()  # a fresh kernel, the script run again
         assert backend.alive and await backend.call("add", {"a": 1}) == 1
+
+
+async def test_terminate_during_a_restart_closes_what_waited_for_it(
+    abridge: bridge.AsyncBridge,
+) -> None:
+    """A call waiting for a restart, and the restart itself, end as BridgeClosed when the
+    backend is terminated meanwhile: terminate() cancels the restart, not its waiters."""
+    backend = await abridge.spawn(TOOLBOX, timeout=30)
+    restarting = asyncio.ensure_future(backend.restart())
+    await asyncio.sleep(0)  # the restart task is made at restart()'s first step
+    assert not backend.alive  # restarting: a call waits for it
+    waiting = asyncio.ensure_future(backend.call("add", {"a": 1}))
+    await asyncio.sleep(0)  # the call reaches its wait for the restart
+    await backend.terminate()
+    for pending, during in ((restarting, "restart"), (waiting, "terminated")):
+        with pytest.raises(bridge.BridgeClosed, match=during):
+            await pending
+    assert backend.terminated and not backend.alive

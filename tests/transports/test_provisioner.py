@@ -10,8 +10,6 @@ import json
 import logging
 import os
 import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -22,11 +20,10 @@ import pytest_asyncio
 from jupyter_client import BlockingKernelClient, find_connection_file
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
-from procs import alive, children, cmdline
+from procs import alive, cmdline
 
 import bridge
 from bridge.core.kernel import Kernel
-from bridge.core.wire import kernel_side_dir
 from bridge.transports.local import forkserver
 from bridge.transports.local.factory import bridge_kernel_spec
 from bridge.transports.local.provisioner import (
@@ -289,35 +286,6 @@ async def test_a_stopped_fork_server_is_killed_after_one_timeout_and_replaced(
         finally:
             await factory.stop(fallback, now=True)
             await factory.stop(fresh, now=True)
-
-
-def test_the_fork_server_never_forks_past_a_requests_deadline() -> None:
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "bridge_runtime.forkserver", str(theirs.fileno())],
-        pass_fds=[theirs.fileno()],
-        cwd=str(kernel_side_dir()),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    theirs.close()
-    try:
-        assert json.loads(ours.recv(65536))["ready"] is True
-        request = {
-            "op": "fork",
-            "id": 1,
-            "argv": [sys.executable, "-m", "bridge_runtime.launch", "-f", "/nonexistent.json"],
-            "env": dict(os.environ),
-            "cwd": "/",
-            "deadline": time.clock_gettime(time.CLOCK_MONOTONIC) - 0.001,
-        }
-        ours.send(json.dumps(request).encode())
-        reply = json.loads(ours.recv(65536))
-        assert reply == {"id": 1, "error": "the request's deadline has passed"}
-        assert children(server.pid) == set()
-    finally:
-        ours.close()
-        server.wait(timeout=10)
 
 
 async def test_exec_time_environment_falls_back_to_an_ordinary_launch(

@@ -141,10 +141,14 @@ class ForkedProcess:
         with self._lock:
             if self._exit.done():
                 return
-            if self.pidfd is not None:
-                signal.pidfd_send_signal(self.pidfd, signum)
-            else:
-                os.kill(self.pid, signum)
+            # Gone already (the server reaped it and its message is on the way): nothing to
+            # signal. Popen.send_signal is as quiet (bpo-40550); jupyter_client's shutdown
+            # interrupts first and, on an error here, left the kernel listed with its file.
+            with contextlib.suppress(ProcessLookupError):
+                if self.pidfd is not None:
+                    signal.pidfd_send_signal(self.pidfd, signum)
+                else:
+                    os.kill(self.pid, signum)
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)

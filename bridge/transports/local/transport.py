@@ -54,6 +54,8 @@ class KernelOwner(Protocol):
 
     async def shutdown_kernel(self, kernel_id: str, now: bool = False) -> None: ...
 
+    def remove_kernel(self, kernel_id: str) -> Any: ...
+
 
 class LocalTransport:
     """One local kernel's sockets and process: the ``Transport`` of ``KernelFactory``.
@@ -220,9 +222,26 @@ class LocalTransport:
         shutdown then fails on it (and the server hangs). Then the group's leftovers."""
         try:
             if self.kernel_id in self.kernel_manager:
-                await _to_the_end(self.kernel_manager.shutdown_kernel(self.kernel_id, now=now))
+                failed = await _to_the_end(
+                    self.kernel_manager.shutdown_kernel(self.kernel_id, now=now)
+                )
+                if failed is not None and self.kernel_id in self.kernel_manager:
+                    await self._forget(failed)
         finally:
             self._end_group()  # children the kernel started, if any are left
+
+    async def _forget(self, failed: BaseException) -> None:
+        """jupyter_client's shutdown failed half-way, which leaves the kernel listed (at
+        /api/kernels too) with its connection file for good: kill it, remove its files, and
+        take it off the list."""
+        log.warning("%s: shutdown failed (%r); removing what is left of it", self.name, failed)
+        self._end_group()
+        with contextlib.suppress(Exception):
+            await self.manager.provisioner.kill()
+        with contextlib.suppress(Exception):
+            await self.manager.cleanup_resources(restart=False)
+        with contextlib.suppress(Exception):
+            self.kernel_manager.remove_kernel(self.kernel_id)
 
     def log_tail(self, limit: int = 4000) -> str:
         if not self.log_path:
@@ -254,9 +273,9 @@ async def _readable(fd: int) -> None:
         os.close(fd)
 
 
-async def _to_the_end(coro: Any) -> None:
+async def _to_the_end(coro: Any) -> Exception | None:
     """Await *coro* in a task of its own that a cancelled caller does not cut short; its
-    failure is dropped (the group is ended after it either way)."""
+    failure is returned, not raised (the group is ended after it either way)."""
     task = asyncio.ensure_future(coro)
     try:
         await asyncio.shield(task)
@@ -265,4 +284,5 @@ async def _to_the_end(coro: Any) -> None:
             await asyncio.shield(task)
         raise
     except Exception as exc:
-        log.debug("shutdown failed: %s", exc)
+        return exc
+    return None
