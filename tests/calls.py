@@ -8,13 +8,18 @@ from typing import Any
 import bridge
 
 
-async def running_slow_call(backend: bridge.AsyncBackend, seconds: float, **params: Any) -> Any:
-    """Start the toolbox's ``slow`` method; return its future once the method runs."""
+async def running_slow_call(
+    backend: bridge.AsyncBackend, seconds: float, *, timeout: float | None = None, **params: Any
+) -> Any:
+    """Start the toolbox's ``slow`` method (the call's *timeout* if given); return its future
+    once the method runs."""
     started = asyncio.Event()
-    undo = backend.on("started", lambda _seconds: started.set())
+    # The script's own "started" ({"pid": ...}, sent at its start) may be kept for the first
+    # handler of the type: only the method's announcement (its *seconds*) counts.
+    undo = backend.on("started", lambda data: started.set() if data == seconds else None)
     try:
         call = asyncio.ensure_future(
-            backend.call("slow", {"seconds": seconds, "announce": True, **params})
+            backend.call("slow", {"seconds": seconds, "announce": True, **params}, timeout=timeout)
         )
         async with asyncio.timeout(30):
             await started.wait()

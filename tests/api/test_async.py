@@ -52,9 +52,11 @@ async def test_sessions_run_beside_one_off_calls(abridge: bridge.AsyncBridge) ->
 async def test_on_attest_sees_each_record_as_it_is_made() -> None:
     seen: list[tuple[float, dict[str, Any]]] = []
     later: list[str] = []
+    heard = asyncio.Event()
 
     async def async_hook(record: dict[str, Any]) -> None:
         later.append(record["subjects"][0])
+        heard.set()
 
     def hook(record: dict[str, Any]) -> None:
         seen.append((time.monotonic(), record))
@@ -69,7 +71,7 @@ async def test_on_attest_sees_each_record_as_it_is_made() -> None:
         assert seen[0][0] - started < ended - started - 0.5  # delivered during the call
         b.on_attest = async_hook
         await b.execute("attest('from-async-hook', 'made')")
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(heard.wait(), 10)
         assert later == ["from-async-hook"]
 
 
@@ -163,21 +165,31 @@ async def test_pool_size_zero_serves_sessions_and_refuses_one_off_calls() -> Non
 async def test_back_to_back_calls_do_not_grow_the_pool() -> None:
     async with bridge.AsyncBridge(pool_size=1) as b:
         pids = {(await b.evaluate("__import__('os').getpid()")).value for _ in range(10)}
-        await asyncio.sleep(0.5)  # a surplus start, if any, would be under way by now
+        # A surplus start is counted the moment the pool begins it (a finished one would be
+        # in the factory's kernels): no window to wait for.
+        assert b.status().starting == 0
         assert len(pids) == 1
         assert len(b.factory.kernels) == 1 and len(b.pool.kernels) == 1
 
 
 @pytest.mark.asyncio
 async def test_closing_while_starting_leaves_nothing_running() -> None:
+    kernels = _kernel_processes()
     b = bridge.AsyncBridge(pool_size=1)
     starting = asyncio.ensure_future(b.start())
-    await asyncio.sleep(0.05)
+    deadline = time.monotonic() + 60
+    while not _kernel_processes() - kernels:  # the start is under way: its kernel exists
+        assert time.monotonic() < deadline, "no kernel process was started"
+        await asyncio.sleep(0.01)
     await b.aclose()
-    with pytest.raises(bridge.BridgeClosed):
+    with pytest.raises(bridge.BridgeClosed, match="closed while it was starting"):
         await starting
     with pytest.raises(bridge.BridgeClosed):
         await b.evaluate("1")
+    deadline = time.monotonic() + 10  # a SIGKILLed kernel takes a moment to be reaped
+    while _kernel_processes() - kernels and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert _kernel_processes() - kernels == set()
 
 
 @pytest.mark.asyncio

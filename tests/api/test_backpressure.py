@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,8 +23,10 @@ async def one() -> AsyncIterator[bridge.AsyncBridge]:
         yield b
 
 
-async def _until(check: object) -> None:
+async def _until(check: object, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
     while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "the pool never reached the state waited for"
         await asyncio.sleep(0.005)
 
 

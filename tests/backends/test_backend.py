@@ -143,8 +143,7 @@ async def test_calls_run_one_at_a_time_in_order(toolbox: bridge.AsyncBackend) ->
 async def test_concurrent_backend_does_not_hold_fast_calls_behind_slow_ones(
     concurrent_toolbox: bridge.AsyncBackend,
 ) -> None:
-    slow = asyncio.ensure_future(concurrent_toolbox.call("slow", {"seconds": 3, "value": "slow"}))
-    await asyncio.sleep(0.2)
+    slow = await running_slow_call(concurrent_toolbox, 3, value="slow")
     started = time.monotonic()
     assert await concurrent_toolbox.call("add", {"a": 40, "b": 2}) == 42
     assert time.monotonic() - started < 2.0
@@ -216,10 +215,7 @@ async def test_late_reply_is_dropped_not_given_to_another_call(
     # blocks its loop), so the cancel comes too late and the reply does go out: the host
     # must drop it by its request id.
     backend = concurrent_toolbox
-    late = asyncio.ensure_future(
-        backend.call("slow", {"seconds": 0.6, "value": "late"}, timeout=0.3)
-    )
-    await asyncio.sleep(0.1)
+    late = await running_slow_call(backend, 0.6, value="late", timeout=0.3)
     blocker = asyncio.ensure_future(backend.call("block_loop", {"seconds": 1.5}))
     with caplog.at_level("DEBUG", logger="bridge.backend"):
         with pytest.raises(bridge.CallTimeout):

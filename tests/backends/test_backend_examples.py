@@ -37,12 +37,13 @@ async def test_streaming_example_streams_until_stopped(abridge: bridge.AsyncBrid
         await asyncio.wait_for(five.wait(), 10)
         stopped = await backend.call("stop_streaming")
         assert stopped["streaming"] is False and stopped["sent"] >= 5
-        await asyncio.sleep(0.1)  # nothing more after the stop
-        assert [d["seq"] for d in got] == list(range(stopped["sent"]))
-        assert all(isinstance(d["value"], float) for d in got)
-        # stop_streaming stops the stream, not the backend: _running is still True.
+        # stop_streaming stops the stream, not the backend: _running is still True. Its count
+        # has not moved since the stop (the thread was joined), and this reply came after every
+        # event sent before it (one ordered channel): nothing more came after the stop.
         status = await backend.call("status")
         assert status == {"streaming": False, "sent": stopped["sent"], "running": True}
+        assert [d["seq"] for d in got] == list(range(stopped["sent"]))
+        assert all(isinstance(d["value"], float) for d in got)
 
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         backend.on("done", done.set_result)

@@ -64,8 +64,7 @@ async def test_death_fails_pending_calls_and_restart_brings_it_back(
             first_kernel = backend.kernel_id
             pid = backend.info["pid"]
             await backend.call("slow", {"seconds": 0})  # state that the restart will lose
-            pending = asyncio.ensure_future(backend.call("slow", {"seconds": 60}))
-            await asyncio.sleep(0.2)
+            pending = await running_slow_call(backend, 60)  # slow() runs when it dies
             started = time.monotonic()
             if how == "kill":
                 os.kill(pid, signal.SIGKILL)
@@ -118,8 +117,7 @@ async def test_terminate_fails_pending_calls_and_is_idempotent(
 ) -> None:
     backend = await launched.spawn(TOOLBOX)
     pid = backend.info["pid"]
-    pending = asyncio.ensure_future(backend.call("slow", {"seconds": 60}))
-    await asyncio.sleep(0.2)
+    pending = await running_slow_call(backend, 60)  # terminated during slow, not before it
     await backend.terminate()
     with pytest.raises(bridge.BridgeClosed, match="terminated during slow"):
         await pending

@@ -930,28 +930,40 @@ def test_keepalive_pings_with_no_call_in_flight_are_accepted(plugin: PluginProce
         stub = domain_rpc.DomainPluginServiceStub(channel)
         stub.Metadata(domain_pb.Empty(), timeout=5)
         channel.subscribe(states.append)
+        # The window is the test: no event tells that a ping went out and was accepted; five
+        # idle seconds hold about five pings, and a GOAWAY would show as a change of state.
         time.sleep(5)
         assert stub.Metadata(domain_pb.Empty(), timeout=5).name == "python"
         channel.unsubscribe(states.append)
     assert states and set(states) == {grpc.ChannelConnectivity.READY}, states
 
 
-def test_health_reports_the_pool(plugin: PluginProcess) -> None:
+def test_health_reports_the_pool(plugin: PluginProcess, tmp_path: Path) -> None:
     health = plugin.domain.Health(domain_pb.Empty(), timeout=5)
     assert health.healthy is True
     details = dict(health.details)
     assert details["kernels_ready"] == details["pool_size"] == "2"
     assert details["kernels_busy"] == "0"
     assert details["attestations_failed"] == "0"
-    slow = threading.Thread(
-        target=plugin.http,
-        args=("POST", "/execute", b'{"content": "import time; time.sleep(2)"}'),
-    )
+    # A call that holds its kernel until the test lets it go: Health is read while it runs.
+    gate = tmp_path / "go"
+    code = f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.01)\n"
+    body = json.dumps({"content": code + "return 'held'"}).encode()
+    replies: list[Any] = []
+    slow = threading.Thread(target=lambda: replies.append(plugin.http("POST", "/execute", body)))
     slow.start()
-    time.sleep(1)
-    busy = dict(plugin.domain.Health(domain_pb.Empty(), timeout=5).details)
-    slow.join()
+    try:
+        deadline = time.monotonic() + 30
+        while (busy := dict(plugin.domain.Health(domain_pb.Empty(), timeout=5).details))[
+            "kernels_busy"
+        ] != "1":
+            assert time.monotonic() < deadline, f"the call never held a kernel: {busy}"
+            time.sleep(0.05)
+    finally:
+        gate.touch()
+        slow.join()
     assert (busy["kernels_busy"], busy["kernels_ready"]) == ("1", "1")
+    assert json.loads(replies[0].body)["result"] == "held"
 
 
 # -- a second Initialize, Shutdown, SIGTERM --------------------------------------------------------

@@ -7,6 +7,7 @@ import asyncio
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,12 +139,14 @@ async def test_past_the_wait_queue_a_call_is_503_overloaded_with_retry_after(
 async def _until(c: httpx.AsyncClient, *, busy: bool = False, waiting: int = 0) -> None:
     """Until the pool runs a call (*busy*) or *waiting* calls wait, as /health and the
     metrics see it."""
+    deadline = time.monotonic() + 30
     while True:
         health = (await c.get("/health")).json()
         if waiting and health["waiting"] >= waiting:
             return
         if busy and _gauge((await c.get("/metrics")).text, 'state="busy"') >= 1:
             return
+        assert time.monotonic() < deadline, f"not seen: busy={busy}, waiting={waiting}"
         await asyncio.sleep(0.01)
 
 

@@ -51,6 +51,19 @@ async def target(request: pytest.FixtureRequest) -> AsyncIterator[Target]:
         yield Target(request.param, b, request.getfixturevalue(request.param))
 
 
+async def _running(runner: bridge.AsyncBridge | bridge.AsyncSession) -> asyncio.Future[Any]:
+    """A 30-second call, returned once its code runs (its first output has come back)."""
+    started = asyncio.Event()
+    call = asyncio.ensure_future(
+        runner.execute(
+            "import time\nprint('started', flush=True)\ntime.sleep(30)",
+            on_output=lambda _output: started.set(),
+        )
+    )
+    await asyncio.wait_for(started.wait(), 30)
+    return call
+
+
 # -- the core's faults and comms, over the gateway's websocket ------------------------------
 
 
@@ -134,8 +147,7 @@ async def test_kernel_killed_on_the_gateway_host(target: Target) -> None:
     async with target.bridge.session() as s:
         pid = (await s.evaluate("__import__('os').getpid()")).value
         assert pid in target.gateway.kernel_processes()  # a child of the gateway, not ours
-        call = asyncio.ensure_future(s.execute("import time\ntime.sleep(30)"))
-        await asyncio.sleep(0.5)
+        call = await _running(s)
         os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
         with pytest.raises(bridge.KernelDied):
@@ -148,8 +160,7 @@ async def test_kernel_killed_on_the_gateway_host(target: Target) -> None:
 async def test_kernel_deleted_by_someone_else(target: Target) -> None:
     gateway = target.gateway
     async with target.bridge.session() as s:
-        call = asyncio.ensure_future(s.execute("import time\ntime.sleep(30)"))
-        await asyncio.sleep(0.5)
+        call = await _running(s)
         status, _ = await asyncio.to_thread(
             gateway.request, "DELETE", f"/api/kernels/{s.kernel_id}"
         )
@@ -327,8 +338,7 @@ async def test_gateway_stopped_mid_call() -> None:
             assert not kernel.transport.channels.v1  # type: ignore[attr-defined]
             r = await b.execute("print('legacy')\nreturn [1, 'two']")
             assert (r.stdout, r.value) == ("legacy\n", [1, "two"])
-            call = asyncio.ensure_future(b.execute("import time\ntime.sleep(30)"))
-            await asyncio.sleep(0.5)
+            call = await _running(b)
             stopping = asyncio.ensure_future(asyncio.to_thread(gateway.stop))
             stopped = time.monotonic()
             with pytest.raises(bridge.KernelDied, match="gateway"):

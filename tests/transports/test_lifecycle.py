@@ -51,7 +51,7 @@ def test_close_ends_kernels_their_children_and_connection_files(launch: dict[str
 
 HOST = textwrap.dedent(
     """
-    import asyncio, json, sys
+    import asyncio, json, os, sys, time
     import bridge
 
     async def main():
@@ -63,8 +63,16 @@ HOST = textwrap.dedent(
         )
         report = {"kernel": kernel.pid, "child": r.value, "file": kernel.connection_file}
         async with b.session() as s:
-            busy = asyncio.ensure_future(s.execute("sum(range(10**12))", timeout=600))
-            await asyncio.sleep(0.5)
+            # The cell makes this file, then is busy in C (holding the GIL: no output would
+            # get out) until killed; the host reports once the file is there.
+            running = os.path.join(sys.argv[2], "running")
+            busy = asyncio.ensure_future(s.execute(
+                f"open({running!r}, 'w').close()\\nsum(range(10**12))", timeout=600
+            ))
+            deadline = time.monotonic() + 60
+            while not os.path.exists(running):
+                assert time.monotonic() < deadline, "the busy cell never ran"
+                await asyncio.sleep(0.01)
             report["busy"] = s.kernel.pid
             report["busy_file"] = s.connection_file
             print(json.dumps(report), flush=True)
@@ -75,10 +83,12 @@ HOST = textwrap.dedent(
 )
 
 
-def test_kernels_and_children_die_with_a_sigkilled_host(launch: dict[str, bool]) -> None:
+def test_kernels_and_children_die_with_a_sigkilled_host(
+    launch: dict[str, bool], tmp_path: Path
+) -> None:
     how = "fork" if launch["fork_server"] else "local"
     host = subprocess.Popen(
-        [sys.executable, "-c", HOST, how],
+        [sys.executable, "-c", HOST, how, str(tmp_path)],
         stdout=subprocess.PIPE,
         text=True,
         start_new_session=True,

@@ -111,8 +111,14 @@ async def test_exit_code_and_signal_reach_kernel_died(forked: bridge.AsyncBridge
     await _ready(forked)
     async with forked.session() as s:
         pid = (await s.evaluate("__import__('os').getpid()")).value
-        pending = asyncio.ensure_future(s.execute("import time\ntime.sleep(60)"))
-        await asyncio.sleep(0.2)
+        started = asyncio.Event()
+        pending = asyncio.ensure_future(
+            s.execute(
+                "import time\nprint('started', flush=True)\ntime.sleep(60)",
+                on_output=lambda _output: started.set(),
+            )
+        )
+        await asyncio.wait_for(started.wait(), 30)  # killed mid-call
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(bridge.KernelDied) as info:
             await pending

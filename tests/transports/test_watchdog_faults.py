@@ -179,9 +179,15 @@ def test_the_watchdog_spares_a_group_whose_id_now_names_another_process() -> Non
         assert started is not None
         reaper = Reaper()
         reaper.watch(stranger.pid, started - 1, [])
+        process = reaper._proc
         reaper.close()  # as if the host died: it ends every group it still knows
-        time.sleep(0.5)
+        # close() waited for the reaper to exit, its work done (not killed at close's timeout):
+        # whatever it signalled, it signalled before. The first fatal signal sent to a process
+        # is the one it dies of, so ours (SIGKILL) names the stranger's end only if none came.
+        assert process is not None and process.returncode == 0
         assert alive(stranger.pid), "the watchdog killed a group that was not ours"
+        stranger.kill()
+        assert stranger.wait(timeout=10) == -signal.SIGKILL, "the watchdog signalled a stranger"
         ours = _own_group()
         reaper = Reaper()
         reaper.watch(ours.pid, start_time(ours.pid), [])
@@ -200,10 +206,11 @@ def test_kill_group_checks_the_start_time() -> None:
         started = start_time(stranger.pid)
         assert started is not None
         kill_group(stranger.pid, signal.SIGKILL, started + 1)
-        time.sleep(0.2)
-        assert stranger.poll() is None, "a group with another leader was killed"
-        kill_group(stranger.pid, signal.SIGKILL, started)
-        stranger.wait(timeout=10)
+        # A process dies of the first fatal signal sent to it (the kernel fixes the exit then,
+        # in the sender's kill()): ending by SIGTERM proves the SIGKILL above was never sent.
+        kill_group(stranger.pid, signal.SIGTERM, started)
+        code = stranger.wait(timeout=10)
+        assert code == -signal.SIGTERM, f"a group with another leader was killed ({code})"
     finally:
         if stranger.poll() is None:
             stranger.kill()

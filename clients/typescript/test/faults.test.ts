@@ -48,8 +48,9 @@ describe("faults", () => {
       const pid = await backend.call<number>("pid");
       processes = [service, ...descendants(service)];
       assert.ok(processes.includes(pid), "the backend's kernel is the service's");
-      const pending = backend.call("sleep", { seconds: 60 });
-      await new Promise((r) => setTimeout(r, 500)); // the call is running
+      const started = new Promise<void>((resolve) => backend.on("started", () => resolve()));
+      const pending = backend.call("sleep", { seconds: 60, announce: true });
+      await within(started, 30_000, "the call's start"); // killed while the call runs
       const killedAt = Date.now();
       process.kill(pid, "SIGKILL");
       const error = await within(pending.then(() => "resolved", (e: unknown) => e), 5_000, "the call");

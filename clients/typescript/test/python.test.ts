@@ -242,7 +242,11 @@ return {"answer": 42}`,
       for (const socket of sockets) socket.destroy(); // cut the event stream's connection
       await backend.call("emit", { event: "n", n: 200 });
       await within(everything, 15_000, "the rest after the reconnect");
-      await new Promise((r) => setTimeout(r, 200));
+      // A last event on the same stream: once it is here, every event before it is too (a
+      // repeat after the reconnect would be among them).
+      const marked = new Promise<void>((resolve) => backend.on("mark", () => resolve()));
+      await backend.call("emit", { event: "mark", n: 1 });
+      await within(marked, 10_000, "the mark");
       assert.deepEqual(got, [...[...Array(100).keys()], ...Array(200).keys()]);
     } finally {
       await viaProxy.close();

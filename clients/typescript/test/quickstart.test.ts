@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 
 import { KernelBridge, PythonError, PythonTimeoutError } from "../src/index.js";
-import { FIXTURES, REPO, startBridge } from "./helpers.js";
+import { FIXTURES, REPO, startBridge, waitFor } from "./helpers.js";
 
 const T = { timeout: 60_000 };
 
@@ -85,7 +85,8 @@ return {"squared": value ** 2}
       const stopped = await backend?.call("stop_streaming");
       assert.equal(stopped.streaming, false);
       assert.ok(stopped.sent >= 5);
-      await new Promise((r) => setTimeout(r, 300)); // the last events are on their way
+      // The events come on their own stream, apart from the call's answer: wait for the last.
+      assert.ok(await waitFor(() => received.length >= stopped.sent, 10_000), `${received.length} of ${stopped.sent}`);
       assert.deepEqual(
         received.map((d) => d.seq),
         [...Array(stopped.sent).keys()],
