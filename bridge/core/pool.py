@@ -106,6 +106,9 @@ class KernelPool:
         self._free: collections.deque[Kernel] = collections.deque()
         self._busy: set[Kernel] = set()
         self._taken: set[Kernel] = set()  # given to sessions; not ours to reuse
+        # Back from a cancelled call, winding it down: ours still, neither free nor busy. Not
+        # counted, it would look missing to acquire(), which would start a surplus kernel.
+        self._settling: set[Kernel] = set()
         self._waiters: collections.deque[asyncio.Future[Kernel]] = collections.deque()
         self._starting = 0
         self._start_error: BaseException | None = None
@@ -119,14 +122,14 @@ class KernelPool:
 
     @property
     def kernels(self) -> list[Kernel]:
-        """Every kernel of the pool, free or busy (not those taken by sessions)."""
-        return [*self._free, *self._busy]
+        """Every kernel of the pool, free, busy or settling (not those taken by sessions)."""
+        return [*self._free, *self._busy, *self._settling]
 
     def status(self) -> PoolStatus:
         return PoolStatus(
             size=self.size,
             idle=sum(1 for k in self._free if k.alive),
-            busy=sum(1 for k in self._busy if k.alive),
+            busy=sum(1 for k in (*self._busy, *self._settling) if k.alive),
             starting=self._starting,
             sessions=sum(1 for k in self._taken if k.alive),
             waiting=self.waiting,
@@ -179,7 +182,7 @@ class KernelPool:
                     self._busy.add(kernel)
                     return kernel
                 self._discard(kernel)
-            if len(self._busy) + self._starting < self.size:
+            if len(self._busy) + len(self._settling) + self._starting < self.size:
                 self._replace()  # after a failed start, try again now that someone needs one
             if self.waiting >= self.max_waiting:
                 raise self._overloaded()
@@ -209,6 +212,7 @@ class KernelPool:
         if not kernel.alive or kernel.closing:
             self._discard(kernel)
         elif kernel.settling:
+            self._settling.add(kernel)
             self._spawn(self._settle_and_put(kernel))
         else:
             # Back at once: a kernel in none of free, busy or starting would look missing to
@@ -254,7 +258,10 @@ class KernelPool:
             self._spawn(self.factory.stop(kernel))
 
     async def _settle_and_put(self, kernel: Kernel) -> None:
-        await kernel.settle()  # a cancelled call may still be winding down
+        try:
+            await kernel.settle()  # a cancelled call may still be winding down
+        finally:
+            self._settling.discard(kernel)
         if kernel.alive and not kernel.closing and not self._closed:
             self._put(kernel)
         else:
@@ -335,7 +342,8 @@ class KernelPool:
     def _retry_now(self) -> None:
         self._retry = None
         # Short still? (a call may have started one meanwhile, see acquire())
-        if not self._closed and len(self._free) + len(self._busy) + self._starting < self.size:
+        counted = len(self._free) + len(self._busy) + len(self._settling) + self._starting
+        if not self._closed and counted < self.size:
             self._replace()
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:

@@ -79,13 +79,24 @@ async def test_on_attest_sees_each_record_as_it_is_made() -> None:
 async def test_a_cancelled_call_leaves_a_usable_kernel() -> None:
     async with bridge.AsyncBridge(pool_size=1) as b:
         pid = (await b.evaluate("__import__('os').getpid()")).value
-        task = asyncio.ensure_future(b.execute("import time\ntime.sleep(60)"))
-        await asyncio.sleep(0.5)
+        running = asyncio.Event()
+        task = asyncio.ensure_future(
+            b.execute(
+                "print('started', flush=True)\nimport time\ntime.sleep(60)",
+                on_output=lambda _output: running.set(),
+            )
+        )
+        await asyncio.wait_for(running.wait(), 30)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        # Winding the call down, the kernel is still the pool's: the next call waits for it
+        # instead of starting a surplus kernel.
+        status = b.status()
+        assert (status.idle + status.busy, status.starting) == (1, 0)
         r = await b.execute("import os\nreturn os.getpid()", timeout=10)
         assert r.value == pid  # interrupted and reused, not replaced
+        assert len(b.pool.kernels) == 1 and b.status().starting == 0
 
 
 @pytest.mark.asyncio
