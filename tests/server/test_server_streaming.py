@@ -188,8 +188,9 @@ def test_a_client_that_goes_away_interrupts_the_code(
 
 # -- a reader that reads nothing ---------------------------------------------------------------
 
-FLOOD = 10_000  # prints, each its own message (flush=True): 5 MB of text, more than loopback's
-# socket buffers (4 MB at most) and the stream's backlog (OutputBacklog.LIMIT) take
+FLOOD = 1_600  # prints of 5,000 characters, each its own message (flush=True): 8 MB of text,
+# well past what loopback's socket buffers (4 MB at most: net.ipv4.tcp_wmem) and the stream's
+# backlog (OutputBacklog.LIMIT, 1 MiB) take together (5 MB was too close: at times all fitted)
 
 
 def read_chunked(sock: socket.socket) -> str:
@@ -215,7 +216,7 @@ def test_a_reader_that_reads_nothing_is_told_what_was_skipped_and_end_has_it_all
         # size, whatever the machine's speed, and the test waits on that event.
         code = (
             "import socket\n"
-            f"for i in range({FLOOD}):\n    print(f'{{i:0499}}', flush=True)\n"
+            f"for i in range({FLOOD}):\n    print(f'{{i:04999}}', flush=True)\n"
             f"socket.create_connection(('127.0.0.1', {done.getsockname()[1]})).close()\n"
             "return 'ok'"
         )
@@ -239,7 +240,7 @@ def test_a_reader_that_reads_nothing_is_told_what_was_skipped_and_end_has_it_all
     found = {name[7:]: json.loads(data[6:]) for name, data, *_ in named}
     chunks = [json.loads(data[6:])["text"] for name, data, *_ in named if name == "event: stdout"]
     skipped = [json.loads(data[6:]) for name, data, *_ in named if name == "event: skipped"]
-    stdout = "".join(f"{i:0499}\n" for i in range(FLOOD))
+    stdout = "".join(f"{i:04999}\n" for i in range(FLOOD))
     # What was streamed came in order; the rest (and the result's output) is said skipped,
     # and `end` has it all.
     at = 0
