@@ -1,4 +1,5 @@
-"""A backend call a test knows to be running: it waits on its "started" event, not a sleep."""
+"""Calls a test knows to be running: it waits on their first output or "started" event, not a
+sleep."""
 
 from __future__ import annotations
 
@@ -25,4 +26,19 @@ async def running_slow_call(
             await started.wait()
     finally:
         undo()
+    return call
+
+
+async def running_execute(
+    runner: bridge.AsyncBridge | bridge.AsyncSession, seconds: float = 30
+) -> asyncio.Future[Any]:
+    """A call that sleeps *seconds*, returned once its code runs (its first output is back)."""
+    started = asyncio.Event()
+    call = asyncio.ensure_future(
+        runner.execute(
+            f"import time\nprint('started', flush=True)\ntime.sleep({seconds})",
+            on_output=lambda _output: started.set(),
+        )
+    )
+    await asyncio.wait_for(started.wait(), 30)
     return call

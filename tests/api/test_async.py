@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from calls import running_execute
 from conftest import tagged_processes
 from jupyter_core.paths import jupyter_runtime_dir
 from paths import EXAMPLES
@@ -79,14 +80,7 @@ async def test_on_attest_sees_each_record_as_it_is_made() -> None:
 async def test_a_cancelled_call_leaves_a_usable_kernel() -> None:
     async with bridge.AsyncBridge(pool_size=1) as b:
         pid = (await b.evaluate("__import__('os').getpid()")).value
-        running = asyncio.Event()
-        task = asyncio.ensure_future(
-            b.execute(
-                "print('started', flush=True)\nimport time\ntime.sleep(60)",
-                on_output=lambda _output: running.set(),
-            )
-        )
-        await asyncio.wait_for(running.wait(), 30)
+        task = await running_execute(b, 60)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -207,20 +207,36 @@ def read_chunked(sock: socket.socket) -> str:
     return body.decode()
 
 
-def test_a_reader_that_reads_nothing_is_told_what_was_skipped_and_end_has_it_all(
-    service: ServiceProcess,
-) -> None:
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def flood_to_a_stalled_reader(service: ServiceProcess, prints: int) -> tuple[float, str]:
+    """Stream *prints* lines of 5,000 characters to a reader that reads nothing until the
+    code says it is done; (the service's peak RSS meanwhile in MB, the answer's body).
+
+    The code says it has printed everything by connecting to `done`: the flood is a size,
+    whatever the machine's speed, and the reader waits on that event. Its receive buffer is
+    small: the service's writes stall at once (loopback's would take megabytes first)."""
+    peak, stop = [0.0], threading.Event()
+
+    def sample() -> None:  # a measurement at a fixed pace, not a wait for anything
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_mb(service.pid))
+            stop.wait(0.02)
+
     with socket.create_server(("127.0.0.1", 0)) as done:
         done.settimeout(120)
-        # The code says it has printed everything by connecting to `done`: the flood is a
-        # size, whatever the machine's speed, and the test waits on that event.
         code = (
             "import socket\n"
-            f"for i in range({FLOOD}):\n    print(f'{{i:04999}}', flush=True)\n"
+            f"for i in range({prints}):\n    print(f'{{i:04999}}', flush=True)\n"
             f"socket.create_connection(('127.0.0.1', {done.getsockname()[1]})).close()\n"
             "return 'ok'"
         )
-        body = json.dumps({"content": code}).encode()
+        body = json.dumps({"content": code, "timeout_secs": 120}).encode()
         host, port = service.url.removeprefix("http://").rsplit(":", 1)
         request = (
             f"POST /execute HTTP/1.1\r\nHost: {host}:{port}\r\n"
@@ -228,14 +244,25 @@ def test_a_reader_that_reads_nothing_is_told_what_was_skipped_and_end_has_it_all
             "Content-Type: application/json\r\nConnection: close\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
         ).encode() + body
-        with socket.socket() as reader:
-            # A small receive buffer: the service's writes stall at once (over loopback the
-            # kernel's buffers would take megabytes first).
-            reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            reader.connect((host, int(port)))
-            reader.sendall(request)
-            done.accept()[0].close()  # the whole flood is in the service: now read
-            text = read_chunked(reader)
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            with socket.socket() as reader:
+                reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                reader.connect((host, int(port)))
+                reader.sendall(request)
+                done.accept()[0].close()  # the whole flood has been made
+                text = read_chunked(reader)
+        finally:
+            stop.set()
+            sampler.join()
+    return peak[0], text
+
+
+def test_a_reader_that_reads_nothing_is_told_what_was_skipped_and_end_has_it_all(
+    service: ServiceProcess,
+) -> None:
+    _, text = flood_to_a_stalled_reader(service, FLOOD)
     named = [block.split("\n", 2) for block in text.split("\n\n") if block.startswith("event: ")]
     found = {name[7:]: json.loads(data[6:]) for name, data, *_ in named}
     chunks = [json.loads(data[6:])["text"] for name, data, *_ in named if name == "event: stdout"]
@@ -275,61 +302,13 @@ def test_the_backlog_keeps_at_most_its_limit_and_counts_the_rest() -> None:
 # -- what a flood costs the service ------------------------------------------------------------
 
 
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
-def _flood_to_a_stalled_reader(service: ServiceProcess, prints: int) -> tuple[float, str]:
-    """Stream *prints* lines of 5,000 characters to a reader that reads nothing until the
-    code says it is done; (the service's peak RSS meanwhile in MB, the answer's body)."""
-    peak, stop = [0.0], threading.Event()
-
-    def sample() -> None:  # a measurement at a fixed pace, not a wait for anything
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss_mb(service.pid))
-            stop.wait(0.02)
-
-    with socket.create_server(("127.0.0.1", 0)) as done:
-        done.settimeout(120)
-        code = (
-            "import socket\n"
-            f"for i in range({prints}):\n    print(f'{{i:04999}}', flush=True)\n"
-            f"socket.create_connection(('127.0.0.1', {done.getsockname()[1]})).close()\n"
-            "return 'ok'"
-        )
-        body = json.dumps({"content": code, "timeout_secs": 120}).encode()
-        host, port = service.url.removeprefix("http://").rsplit(":", 1)
-        request = (
-            f"POST /execute HTTP/1.1\r\nHost: {host}:{port}\r\n"
-            f"Authorization: token {service.token}\r\nAccept: text/event-stream\r\n"
-            "Content-Type: application/json\r\nConnection: close\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode() + body
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        try:
-            with socket.socket() as reader:
-                reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-                reader.connect((host, int(port)))
-                reader.sendall(request)
-                done.accept()[0].close()  # the whole flood has been made
-                text = read_chunked(reader)
-        finally:
-            stop.set()
-            sampler.join()
-    return peak[0], text
-
-
 def test_a_flood_to_a_stalled_reader_costs_max_output_not_the_flood() -> None:
     """40 MB printed to a stalled reader costs the service what the call keeps (max_output,
     1 MB here) and the stream's backlog, not what was printed (issue 19: 93 -> 330 MB)."""
     with ServiceProcess("--BridgeApp.max_output=1000000", pool_size=1) as service:
-        _flood_to_a_stalled_reader(service, 1000)  # warms the allocators up
+        flood_to_a_stalled_reader(service, 1000)  # warms the allocators up
         before = _rss_mb(service.pid)
-        peak, text = _flood_to_a_stalled_reader(service, 8000)
+        peak, text = flood_to_a_stalled_reader(service, 8000)
     grown = peak - before
     assert grown < 20, f"40 MB printed to a stalled reader grew the service by {grown:.0f} MB"
     end = json.loads(text.rsplit("event: end\ndata: ", 1)[1].split("\n", 1)[0])

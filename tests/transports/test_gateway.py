@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import tornado.web
-from calls import running_slow_call
+from calls import running_execute, running_slow_call
 from gateways import GATEWAY_KINDS, GatewayProcess, bridge_options, free_port
 from paths import TOOLBOX
 from procs import alive
@@ -49,19 +49,6 @@ async def target(request: pytest.FixtureRequest) -> AsyncIterator[Target]:
     options = bridge_options(request, request.param)
     async with bridge.AsyncBridge(pool_size=2, timeout=30, **options) as b:  # type: ignore[arg-type]
         yield Target(request.param, b, request.getfixturevalue(request.param))
-
-
-async def _running(runner: bridge.AsyncBridge | bridge.AsyncSession) -> asyncio.Future[Any]:
-    """A 30-second call, returned once its code runs (its first output has come back)."""
-    started = asyncio.Event()
-    call = asyncio.ensure_future(
-        runner.execute(
-            "import time\nprint('started', flush=True)\ntime.sleep(30)",
-            on_output=lambda _output: started.set(),
-        )
-    )
-    await asyncio.wait_for(started.wait(), 30)
-    return call
 
 
 # -- the core's faults and comms, over the gateway's websocket ------------------------------
@@ -147,7 +134,7 @@ async def test_kernel_killed_on_the_gateway_host(target: Target) -> None:
     async with target.bridge.session() as s:
         pid = (await s.evaluate("__import__('os').getpid()")).value
         assert pid in target.gateway.kernel_processes()  # a child of the gateway, not ours
-        call = await _running(s)
+        call = await running_execute(s)
         os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
         with pytest.raises(bridge.KernelDied):
@@ -160,7 +147,7 @@ async def test_kernel_killed_on_the_gateway_host(target: Target) -> None:
 async def test_kernel_deleted_by_someone_else(target: Target) -> None:
     gateway = target.gateway
     async with target.bridge.session() as s:
-        call = await _running(s)
+        call = await running_execute(s)
         status, _ = await asyncio.to_thread(
             gateway.request, "DELETE", f"/api/kernels/{s.kernel_id}"
         )
@@ -338,7 +325,7 @@ async def test_gateway_stopped_mid_call() -> None:
             assert not kernel.transport.channels.v1  # type: ignore[attr-defined]
             r = await b.execute("print('legacy')\nreturn [1, 'two']")
             assert (r.stdout, r.value) == ("legacy\n", [1, "two"])
-            call = await _running(b)
+            call = await running_execute(b)
             stopping = asyncio.ensure_future(asyncio.to_thread(gateway.stop))
             stopped = time.monotonic()
             with pytest.raises(bridge.KernelDied, match="gateway"):

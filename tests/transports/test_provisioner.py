@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from calls import running_execute
 from jupyter_client import BlockingKernelClient, find_connection_file
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
@@ -111,14 +112,7 @@ async def test_exit_code_and_signal_reach_kernel_died(forked: bridge.AsyncBridge
     await _ready(forked)
     async with forked.session() as s:
         pid = (await s.evaluate("__import__('os').getpid()")).value
-        started = asyncio.Event()
-        pending = asyncio.ensure_future(
-            s.execute(
-                "import time\nprint('started', flush=True)\ntime.sleep(60)",
-                on_output=lambda _output: started.set(),
-            )
-        )
-        await asyncio.wait_for(started.wait(), 30)  # killed mid-call
+        pending = await running_execute(s, 60)  # killed mid-call
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(bridge.KernelDied) as info:
             await pending
@@ -154,8 +148,11 @@ async def test_a_dead_fork_server_takes_its_kernels_and_is_replaced() -> None:
 
 
 async def test_start_up_variables_fall_back_to_an_ordinary_launch(
-    caplog: pytest.LogCaptureFixture,
+    forked: bridge.AsyncBridge, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The interpreter's one fork server runs with a default start-up (*forked*'s; were none
+    running, the first bridge to ask would start it with its own, and fork from it)."""
+    await _ready_server(forked)
     caplog.set_level(logging.DEBUG, logger="bridge.kernel")
     async with bridge.AsyncBridge(pool_size=1, env={"PYTHONHASHSEED": "123"}) as b:
         kernel = b.pool.kernels[0]
