@@ -10,40 +10,14 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
 from gateways import GATEWAY_KINDS, GatewayProcess, bridge_options
+from procs import tagged_processes
 
 import bridge
-
-TAG_NAME = "KERNEL_BRIDGE_TEST_RUN"
-TAG = os.environ.setdefault(TAG_NAME, uuid.uuid4().hex)
-_TAG_BYTES = f"{TAG_NAME}={TAG}".encode()
-
-
-def tagged_processes() -> list[tuple[int, str]]:
-    """(pid, command line) of every live process of this test run except pytest itself."""
-    found = []
-    me = os.getpid()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if _TAG_BYTES not in f.read().split(b"\0"):
-                    continue
-            with open(f"/proc/{entry}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    continue  # a zombie is already dead; its parent reaps it
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-        found.append((int(entry), cmd))
-    return found
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import uuid
 from pathlib import Path
 
 
@@ -70,3 +72,31 @@ def is_kernel(pid: int) -> bool:
 def kernels_below(pid: int) -> set[int]:
     """The bridge kernels among *pid*'s descendants."""
     return {p for p in descendants(pid) if is_kernel(p)}
+
+
+# Every process the run starts inherits this tag (tests/conftest.py ends any left at the end).
+TAG_NAME = "KERNEL_BRIDGE_TEST_RUN"
+TAG = os.environ.setdefault(TAG_NAME, uuid.uuid4().hex)
+_TAG_BYTES = f"{TAG_NAME}={TAG}".encode()
+
+
+def tagged_processes() -> list[tuple[int, str]]:
+    """(pid, command line) of every live process of this test run except pytest itself."""
+    found = []
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if _TAG_BYTES not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{entry}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue  # a zombie is already dead; its parent reaps it
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        found.append((int(entry), cmd))
+    return found

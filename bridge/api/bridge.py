@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterable, Mapping, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, overload
 
 from bridge.api import files as files_
 from bridge.api import packages as packages_
-from bridge.api.outputs import AttestCallback, OutputCallback, relayed
+from bridge.api.outputs import AttestCallback, Listener, OutputCallback, relayed
 from bridge.backends.backend import AsyncBackend
 from bridge.core.errors import BridgeClosed, ExecutionTimeout, InvalidRequest, KernelDied
 from bridge.core.files import DEFAULT_MAX_SCRIPT, folder_inside, read_script
@@ -398,6 +398,20 @@ class AsyncBridge(_AsyncCalls):
         on_output: OutputCallback | None = None,
     ) -> ExecutionResult:
         seconds = check_timeout(timeout, self.timeout)
+        return await self._relay(
+            lambda output, attest: self._pooled(code, meta, seconds, capture, output, attest),
+            on_output,
+        )
+
+    async def _pooled(
+        self,
+        code: str,
+        meta: dict[str, Any] | None,
+        seconds: float,
+        capture: bool,
+        output: Listener | None,
+        attest: Listener | None,
+    ) -> ExecutionResult:
         pool = self.pool
         loop = asyncio.get_running_loop()
         asked = loop.time()
@@ -417,12 +431,25 @@ class AsyncBridge(_AsyncCalls):
         started = loop.time()
         left = max(seconds - (started - asked), 0.001)
         try:
-            return await self.run_on(kernel, code, meta, left, capture, on_output)
+            return await self.run_on(kernel, code, meta, left, capture, output, attest)
         except ExecutionTimeout as exc:
             raise exc.as_asked(seconds) from None
         finally:
             pool.record_call(loop.time() - started)
             pool.release(kernel)
+
+    async def _relay(
+        self,
+        run: Callable[[Listener | None, Listener | None], Awaitable[ExecutionResult]],
+        on_output: OutputCallback | None,
+    ) -> ExecutionResult:
+        """``await run(output_listener, attest_listener)``, its callbacks done on return.
+
+        The callbacks drain after *run* has let its kernel go (back to the pool, or the
+        session's turn), so a callback may itself call the bridge, even the same session,
+        without waiting for the call it is a callback of.
+        """
+        return await relayed(run, on_output=on_output, on_attest=self.on_attest)
 
     async def run_on(
         self,
@@ -431,25 +458,23 @@ class AsyncBridge(_AsyncCalls):
         meta: dict[str, Any] | None,
         timeout: float,
         capture: bool,
-        on_output: OutputCallback | None = None,
+        output: Listener | None = None,
+        attest: Listener | None = None,
     ) -> ExecutionResult:
-        """Run one prepared request on *kernel* with this bridge's output cap and callbacks.
+        """Run one prepared request on *kernel* with this bridge's output cap, handing each
+        output and record to the listeners (``_relay`` runs the callbacks behind them).
 
         ``meta=None`` runs *code* as a notebook cell (``Kernel.execute(as_cell=True)``).
         """
-        result: ExecutionResult = await relayed(
-            lambda output, attest: kernel.execute(
-                code,
-                timeout=timeout,
-                meta=meta,
-                max_output=self.max_output,
-                on_attest=attest,
-                capture_variables=capture,
-                as_cell=meta is None,
-                on_output=output,
-            ),
-            on_output=on_output,
-            on_attest=self.on_attest,
+        result = await kernel.execute(
+            code,
+            timeout=timeout,
+            meta=meta,
+            max_output=self.max_output,
+            on_attest=attest,
+            capture_variables=capture,
+            as_cell=meta is None,
+            on_output=output,
         )
         OUTPUT_BYTES.inc(len(result.stdout) + len(result.stderr))
         return result
@@ -755,6 +780,20 @@ class AsyncSession(_AsyncCalls):
         on_output: OutputCallback | None = None,
     ) -> ExecutionResult:
         seconds = check_timeout(timeout, self._bridge.timeout)
+        return await self._bridge._relay(
+            lambda output, attest: self._locked(code, meta, seconds, capture, output, attest),
+            on_output,
+        )
+
+    async def _locked(
+        self,
+        code: str,
+        meta: dict[str, Any] | None,
+        seconds: float,
+        capture: bool,
+        output: Listener | None,
+        attest: Listener | None,
+    ) -> ExecutionResult:
         async with self._lock:  # one call at a time: a timeout interrupts only its own call
             if self._kernel is None and self._life.locked():
                 async with self._life:  # a restart is under way: the call runs after it
@@ -763,7 +802,9 @@ class AsyncSession(_AsyncCalls):
             await kernel.settle()  # a cancelled call before this one may still be stopping
             self._check_alive(kernel)
             try:
-                return await self._bridge.run_on(kernel, code, meta, seconds, capture, on_output)
+                return await self._bridge.run_on(
+                    kernel, code, meta, seconds, capture, output, attest
+                )
             except ExecutionTimeout as exc:
                 if exc.restarted:
                     self._lost = "killed after a timeout"

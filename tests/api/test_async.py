@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 from calls import running_execute
-from conftest import tagged_processes
 from jupyter_core.paths import jupyter_runtime_dir
 from paths import EXAMPLES
-from procs import alive, is_kernel
+from procs import alive, is_kernel, tagged_processes
 
 import bridge
 
