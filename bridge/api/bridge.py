@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, overload
 
@@ -90,6 +90,11 @@ class _AsyncCalls:
 
     _isolate: bool
 
+    @property
+    def _home(self) -> AsyncBridge:
+        """The bridge whose timeout, output cap and ``on_attest`` the calls use."""
+        raise NotImplementedError
+
     async def _submit(
         self,
         code: str,
@@ -98,6 +103,27 @@ class _AsyncCalls:
         capture: bool,
         on_output: OutputCallback | None = None,
     ) -> ExecutionResult:
+        home = self._home
+        seconds = check_timeout(timeout, home.timeout)
+        # The callbacks drain after _run has let its kernel go (back to the pool, or the
+        # session's next call): a callback may call the bridge, even the same session,
+        # without waiting for the call it belongs to.
+        return await relayed(
+            lambda output, attest: self._run(code, meta, seconds, capture, output, attest),
+            on_output=on_output,
+            on_attest=home.on_attest,
+        )
+
+    async def _run(
+        self,
+        code: str,
+        meta: dict[str, Any] | None,
+        seconds: float,
+        capture: bool,
+        output: Listener | None,
+        attest: Listener | None,
+    ) -> ExecutionResult:
+        """Run a prepared request where this object runs them, handing outputs to *output*."""
         raise NotImplementedError
 
     async def execute(
@@ -389,21 +415,11 @@ class AsyncBridge(_AsyncCalls):
 
     _isolate = True  # one-off calls: a fresh namespace each
 
-    async def _submit(
-        self,
-        code: str,
-        meta: dict[str, Any] | None,
-        timeout: float | None,
-        capture: bool,
-        on_output: OutputCallback | None = None,
-    ) -> ExecutionResult:
-        seconds = check_timeout(timeout, self.timeout)
-        return await self._relay(
-            lambda output, attest: self._pooled(code, meta, seconds, capture, output, attest),
-            on_output,
-        )
+    @property
+    def _home(self) -> AsyncBridge:
+        return self
 
-    async def _pooled(
+    async def _run(
         self,
         code: str,
         meta: dict[str, Any] | None,
@@ -438,19 +454,6 @@ class AsyncBridge(_AsyncCalls):
             pool.record_call(loop.time() - started)
             pool.release(kernel)
 
-    async def _relay(
-        self,
-        run: Callable[[Listener | None, Listener | None], Awaitable[ExecutionResult]],
-        on_output: OutputCallback | None,
-    ) -> ExecutionResult:
-        """``await run(output_listener, attest_listener)``, its callbacks done on return.
-
-        The callbacks drain after *run* has let its kernel go (back to the pool, or the
-        session's turn), so a callback may itself call the bridge, even the same session,
-        without waiting for the call it is a callback of.
-        """
-        return await relayed(run, on_output=on_output, on_attest=self.on_attest)
-
     async def run_on(
         self,
         kernel: Kernel,
@@ -462,7 +465,7 @@ class AsyncBridge(_AsyncCalls):
         attest: Listener | None = None,
     ) -> ExecutionResult:
         """Run one prepared request on *kernel* with this bridge's output cap, handing each
-        output and record to the listeners (``_relay`` runs the callbacks behind them).
+        output and record to the listeners (``_submit`` runs the callbacks behind them).
 
         ``meta=None`` runs *code* as a notebook cell (``Kernel.execute(as_cell=True)``).
         """
@@ -771,21 +774,11 @@ class AsyncSession(_AsyncCalls):
         """A call is running (or waiting for the one before it)."""
         return self._lock.locked()
 
-    async def _submit(
-        self,
-        code: str,
-        meta: dict[str, Any] | None,
-        timeout: float | None,
-        capture: bool,
-        on_output: OutputCallback | None = None,
-    ) -> ExecutionResult:
-        seconds = check_timeout(timeout, self._bridge.timeout)
-        return await self._bridge._relay(
-            lambda output, attest: self._locked(code, meta, seconds, capture, output, attest),
-            on_output,
-        )
+    @property
+    def _home(self) -> AsyncBridge:
+        return self._bridge
 
-    async def _locked(
+    async def _run(
         self,
         code: str,
         meta: dict[str, Any] | None,

@@ -15,8 +15,9 @@ The rule, one for all of them:
 - **A callback that raises is logged**, and it keeps receiving events.
 - **A call's callbacks are done when the call returns** (``on_output``, ``on_attest``); a
   cancelled call drops what is still queued for them. The call lets its kernel go before they
-  are done (bridge/api/bridge.py ``_relay``), so a callback may call the bridge, or the session
-  it belongs to, without waiting on itself. A backend's handlers go on for its life.
+  are done (``_AsyncCalls._submit`` in bridge/api/bridge.py), so a callback may call the
+  bridge, or the session it belongs to, without waiting on itself. A backend's handlers go on
+  for its life.
 
 A queued event holds only what the kernel already sent, and what a call's output and a
 backend's event stream keep is bounded upstream (``max_output``, the event backlog).
