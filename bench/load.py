@@ -69,17 +69,30 @@ class Service:
         return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=120, limits=limits)
 
     def kernel_pids(self) -> list[int]:
-        """The kernels this service started (their environment names it as their host)."""
-        mark = f"KERNEL_BRIDGE_HOST_PID={self.process.pid}".encode()
-        found = []
+        """The kernels this service started: its descendants that run the bridge's kernel
+        launcher. (Not by environment: a kernel forked by the fork server keeps the server's
+        /proc/PID/environ, whatever it sets in os.environ.)"""
+        parents: dict[int, int] = {}
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 try:
-                    with open(f"/proc/{entry}/environ", "rb") as f:
-                        if mark in f.read().split(b"\0"):
-                            found.append(int(entry))
+                    stat = Path(f"/proc/{entry}/stat").read_text()
                 except OSError:
-                    pass
+                    continue
+                parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+        found = []
+        for pid in parents:
+            ancestor = parents.get(pid)
+            while ancestor is not None and ancestor != self.process.pid:
+                ancestor = parents.get(ancestor)
+            if ancestor is None:
+                continue
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"bridge_runtime.launch" in cmd:
+                found.append(pid)
         return found
 
     def rss_mb(self) -> float:

@@ -67,9 +67,14 @@ def quiet_success(handler: Any) -> bool:
     so at info and above they are not formatted at all (only their metrics are kept)."""
     if handler.get_status() >= 300 or handler.log.isEnabledFor(logging.DEBUG):
         return False
+    record_metrics(handler)
+    return True
+
+
+def record_metrics(handler: Any) -> None:
+    """What Jupyter Server's request log records besides the line: the request's metrics."""
     serverapp = handler.settings.get("serverapp")
     if serverapp is None or serverapp.record_http_request_metrics:
         from jupyter_server.prometheus.log_functions import prometheus_log_method
 
         prometheus_log_method(handler)  # type: ignore[no-untyped-call,unused-ignore]
-    return True

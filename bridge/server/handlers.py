@@ -45,22 +45,64 @@ _TORNADO_TYPES = {
 }
 
 
+class RefusalLog:
+    """Calls refused as overloaded, logged as a count, not a line each.
+
+    Under a burst the service refuses hundreds of calls a second by design (503 with
+    Retry-After); Jupyter Server would log each at error level with its headers, which costs
+    the loop about as much as a call and floods the log. The first refusal of a burst is one
+    warning; the rest are counted and said every *every* seconds while they go on. The exact
+    numbers are in /metrics (``kernel_bridge_overloaded_total``).
+    """
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self.count = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def note(self, log: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+        if self._timer is None:
+            log.warning(
+                "overloaded: refusing calls with 503 and Retry-After (every pool kernel is busy "
+                "and max_waiting calls wait); refusals are counted every %g s while it lasts",
+                self.every,
+            )
+            self._timer = asyncio.get_running_loop().call_later(self.every, self._say, log)
+        else:
+            self.count += 1
+
+    def _say(self, log: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+        self._timer = None
+        if self.count:
+            log.warning("overloaded: %d more calls refused in %g s", self.count, self.every)
+            self.count = 0
+            self._timer = asyncio.get_running_loop().call_later(self.every, self._say, log)
+
+
 class BaseHandler(APIHandler):  # type: ignore[misc]
     """Token-checked JSON routes whose failures all have one shape."""
 
     service: Service
 
-    def initialize(self, service: Service) -> None:  # type: ignore[override]
+    def initialize(  # type: ignore[override]
+        self, service: Service, refusals: RefusalLog | None = None
+    ) -> None:
         self.service = service
+        self.refusals = refusals
         self._work: asyncio.Future[Any] | None = None
         self._gone = False
+        self._overloaded = False
 
     async def prepare(self) -> None:  # type: ignore[override]
         # Not Jupyter Server's prepare(): token only, no cookie read or set (auth.py).
         await auth.authenticate(self)
 
     def _log(self) -> None:
-        if not auth.quiet_success(self):
+        debug = self.log.isEnabledFor(logging.DEBUG)  # then every request is logged, as before
+        if self._overloaded and self.refusals is not None and not debug:
+            auth.record_metrics(self)
+            self.refusals.note(self.log)
+        elif not auth.quiet_success(self):
             super()._log()
 
     # -- answers -------------------------------------------------------------------------------
@@ -69,6 +111,7 @@ class BaseHandler(APIHandler):  # type: ignore[misc]
         if answer.status >= 400:
             self.clear()
         self.set_status(answer.status)
+        self._overloaded = answer.status == 503 and "Retry-After" in answer.headers
         for name, value in answer.headers.items():
             self.set_header(name, value)
         if answer.status < 400 and multipart.accepts(self.request.headers.get("Accept")):
@@ -630,4 +673,7 @@ def routes(service: Service) -> list[tuple[str, type[BaseHandler], dict[str, Any
         )
         for route in dispatch.ROUTES
     ]
-    return [(pattern, handler, {"service": service}) for pattern, handler in table]
+    refusals = RefusalLog()
+    return [
+        (pattern, handler, {"service": service, "refusals": refusals}) for pattern, handler in table
+    ]
