@@ -84,9 +84,7 @@ class BaseHandler(APIHandler):  # type: ignore[misc]
 
     service: Service
 
-    def initialize(  # type: ignore[override]
-        self, service: Service, refusals: RefusalLog | None = None
-    ) -> None:
+    def initialize(self, service: Service, refusals: RefusalLog) -> None:  # type: ignore[override]
         self.service = service
         self.refusals = refusals
         self._work: asyncio.Future[Any] | None = None
@@ -99,7 +97,7 @@ class BaseHandler(APIHandler):  # type: ignore[misc]
 
     def _log(self) -> None:
         debug = self.log.isEnabledFor(logging.DEBUG)  # then every request is logged, as before
-        if self._overloaded and self.refusals is not None and not debug:
+        if self._overloaded and not debug:
             auth.record_metrics(self)
             self.refusals.note(self.log)
         elif not auth.quiet_success(self):
